@@ -1,0 +1,92 @@
+//! Catalogs: where a table's current metadata location lives, and the
+//! compare-and-set that swaps it. firn's commit layer builds the new metadata
+//! itself; a catalog only loads, creates and swaps.
+
+pub mod sql;
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use iceberg::io::FileIO;
+use iceberg::spec::{ManifestList, Snapshot, TableMetadata, TableMetadataRef};
+use iceberg::table::Table;
+use iceberg::{TableIdent, TableUpdate};
+
+use crate::error::{Error, Result};
+
+/// A table as one catalog read saw it: its metadata and where that lives.
+#[derive(Debug, Clone)]
+pub struct TableHandle {
+    /// Table identifier.
+    pub ident: TableIdent,
+    /// The metadata at `metadata_location`.
+    pub metadata: TableMetadataRef,
+    /// The metadata file the catalog points at.
+    pub metadata_location: String,
+    /// IO for the table's files.
+    pub file_io: FileIO,
+}
+
+impl TableHandle {
+    /// An iceberg [`Table`] for scans (read-only use).
+    pub fn table(&self) -> Result<Table> {
+        Table::builder()
+            .identifier(self.ident.clone())
+            .metadata(self.metadata.clone())
+            .metadata_location(self.metadata_location.clone())
+            .file_io(self.file_io.clone())
+            .runtime(iceberg::Runtime::current())
+            .readonly(true)
+            .build()
+            .map_err(|e| Error::iceberg(format!("opening table {}", self.ident), e))
+    }
+
+    /// The manifest list of `snapshot`.
+    pub async fn manifest_list(&self, snapshot: &Snapshot) -> Result<ManifestList> {
+        let path = snapshot.manifest_list();
+        let bytes = self
+            .file_io
+            .new_input(path)
+            .map_err(|e| Error::iceberg(format!("opening manifest list {path}"), e))?
+            .read()
+            .await
+            .map_err(|e| Error::iceberg(format!("reading manifest list {path}"), e))?;
+        ManifestList::parse_with_version(&bytes, self.metadata.format_version())
+            .map_err(|e| Error::iceberg(format!("parsing manifest list {path}"), e))
+    }
+}
+
+/// New metadata to swap in, with the updates that produced it (what a REST
+/// catalog receives).
+#[derive(Debug)]
+pub struct StagedMetadata {
+    /// The new metadata.
+    pub metadata: TableMetadata,
+    /// The updates from the base metadata to `metadata`.
+    pub changes: Vec<TableUpdate>,
+}
+
+/// The catalog operations firn needs. Every backend passes the same
+/// conformance tests.
+#[async_trait]
+pub trait Catalog: Debug + Send + Sync {
+    /// IO for metadata and data files.
+    fn file_io(&self) -> &FileIO;
+
+    /// Where a new table's files go: `<warehouse>/<namespace>/<name>`.
+    fn default_location(&self, ident: &TableIdent) -> String;
+
+    /// Load the current metadata of a table. `NotFound` if absent.
+    async fn load(&self, ident: &TableIdent) -> Result<TableHandle>;
+
+    /// Whether the table exists.
+    async fn exists(&self, ident: &TableIdent) -> Result<bool>;
+
+    /// Create a table whose first metadata is `metadata` (creating the
+    /// namespace if needed).
+    async fn create(&self, ident: &TableIdent, metadata: TableMetadata) -> Result<TableHandle>;
+
+    /// Swap `base` for `staged` if the catalog still points at `base`;
+    /// otherwise fail with `CommitConflict` and change nothing.
+    async fn swap(&self, base: &TableHandle, staged: StagedMetadata) -> Result<TableHandle>;
+}

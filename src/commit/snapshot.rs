@@ -1,0 +1,225 @@
+//! Building one snapshot on a base: manifests for the added files (one per
+//! partition spec), a manifest list over the base's manifests plus those, the
+//! summary, and the new metadata from iceberg's public `TableMetadataBuilder`.
+//!
+//! Mirrors iceberg-java's `MergingSnapshotProducer` for the cases firn needs.
+
+use std::collections::{BTreeMap, HashMap};
+
+use iceberg::spec::{
+    DataFile, FormatVersion, MAIN_BRANCH, ManifestFile, ManifestListWriter, ManifestWriterBuilder,
+    Snapshot, SnapshotSummaryCollector, Summary, TableMetadata,
+};
+use uuid::Uuid;
+
+use super::Change;
+use crate::catalog::{StagedMetadata, TableHandle};
+use crate::error::{Error, ErrorKind, Result};
+use crate::offsets;
+
+/// Summary totals maintained from the previous snapshot, as Iceberg defines them:
+/// (total, added, removed).
+const TOTALS: [(&str, &str, &str); 4] = [
+    ("total-data-files", "added-data-files", "deleted-data-files"),
+    ("total-records", "added-records", "deleted-records"),
+    ("total-files-size", "added-files-size", "removed-files-size"),
+    (
+        "total-delete-files",
+        "added-delete-files",
+        "removed-delete-files",
+    ),
+];
+
+/// What a built snapshot is, for logging and metrics.
+#[derive(Debug, Clone)]
+pub struct BuiltSnapshot {
+    /// Its id.
+    pub snapshot_id: i64,
+    /// Files it adds.
+    pub added_files: usize,
+    /// Records it adds.
+    pub added_records: u64,
+}
+
+fn unique_snapshot_id(metadata: &TableMetadata) -> i64 {
+    loop {
+        let (hi, lo) = Uuid::new_v4().as_u64_pair();
+        let id = ((hi ^ lo) & (i64::MAX as u64)) as i64;
+        if id != 0 && metadata.snapshot_by_id(id).is_none() {
+            return id;
+        }
+    }
+}
+
+/// Build the staged metadata for `change` on `base`. Writes manifests and the
+/// manifest list; nothing is visible until the catalog swap succeeds.
+pub async fn build(
+    base: &TableHandle,
+    change: &Change,
+    attempt: u32,
+) -> Result<(StagedMetadata, BuiltSnapshot)> {
+    let meta = base.metadata.as_ref();
+    let ident = &base.ident;
+    let ice = |what: &str| {
+        let what = format!("{what} for {ident}");
+        move |e: iceberg::Error| Error::iceberg(what, e)
+    };
+    if meta.format_version() != FormatVersion::V2 {
+        return Err(Error::new(
+            ErrorKind::Iceberg,
+            format!("table {ident} is not format v2; firn writes v2 tables"),
+        ));
+    }
+
+    let snapshot_id = unique_snapshot_id(meta);
+    let sequence_number = meta.next_sequence_number();
+    let commit_uuid = Uuid::now_v7();
+    let schema = meta.current_schema().clone();
+
+    // Existing manifests carry forward unchanged.
+    let mut manifests: Vec<ManifestFile> = Vec::new();
+    if let Some(current) = meta.current_snapshot() {
+        let list = base.manifest_list(current).await?;
+        manifests.extend(list.consume_entries());
+    }
+
+    // One new manifest per partition spec among the added files.
+    let mut by_spec: BTreeMap<i32, Vec<&DataFile>> = BTreeMap::new();
+    for f in &change.added {
+        by_spec.entry(f.spec_id).or_default().push(&f.file);
+    }
+    let mut collector = SnapshotSummaryCollector::default();
+    collector.set_partition_summary_limit(0);
+    let mut added_records = 0;
+    for (n, (spec_id, files)) in by_spec.into_iter().enumerate() {
+        let spec = meta.partition_spec_by_id(spec_id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("table {ident} has no partition spec {spec_id}"),
+            )
+        })?;
+        let path = format!(
+            "{}/metadata/{commit_uuid}-m{n}.avro",
+            meta.location().trim_end_matches('/')
+        );
+        let output = base
+            .file_io
+            .new_output(&path)
+            .map_err(ice("creating manifest"))?;
+        let mut writer = ManifestWriterBuilder::new(
+            output,
+            Some(snapshot_id),
+            schema.clone(),
+            spec.as_ref().clone(),
+        )
+        .build_v2_data();
+        for f in files {
+            collector.add_file(f, schema.clone(), spec.clone());
+            added_records += f.record_count();
+            // A negative sequence number inherits the snapshot's (v2 inheritance).
+            writer
+                .add_file((*f).clone(), -1)
+                .map_err(ice("adding data file to manifest"))?;
+        }
+        manifests.push(
+            writer
+                .write_manifest_file()
+                .await
+                .map_err(ice("writing manifest"))?,
+        );
+    }
+
+    let list_path = format!(
+        "{}/metadata/snap-{snapshot_id}-{attempt}-{commit_uuid}.avro",
+        meta.location().trim_end_matches('/')
+    );
+    let list_out = base
+        .file_io
+        .new_output(&list_path)
+        .map_err(ice("creating manifest list"))?;
+    let mut list_writer = ManifestListWriter::v2(
+        list_out
+            .writer()
+            .await
+            .map_err(ice("opening manifest list"))?,
+        snapshot_id,
+        meta.current_snapshot_id(),
+        sequence_number,
+    );
+    list_writer
+        .add_manifests(manifests.into_iter())
+        .map_err(ice("writing manifest list"))?;
+    list_writer
+        .close()
+        .await
+        .map_err(ice("closing manifest list"))?;
+
+    let summary = summary(meta, change, collector)?;
+    let timestamp_ms = chrono::Utc::now()
+        .timestamp_millis()
+        .max(meta.last_updated_ms() + 1);
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(meta.current_snapshot_id())
+        .with_sequence_number(sequence_number)
+        .with_timestamp_ms(timestamp_ms)
+        .with_manifest_list(list_path)
+        .with_schema_id(meta.current_schema_id())
+        .with_summary(summary)
+        .build();
+
+    let result = meta
+        .clone()
+        .into_builder(Some(base.metadata_location.clone()))
+        .set_branch_snapshot(snapshot, MAIN_BRANCH)
+        .map_err(ice("adding snapshot"))?
+        .build()
+        .map_err(ice("building metadata"))?;
+    Ok((
+        StagedMetadata {
+            metadata: result.metadata,
+            changes: result.changes,
+        },
+        BuiltSnapshot {
+            snapshot_id,
+            added_files: change.added.len(),
+            added_records,
+        },
+    ))
+}
+
+fn summary(
+    base: &TableMetadata,
+    change: &Change,
+    collector: SnapshotSummaryCollector,
+) -> Result<Summary> {
+    let mut props: HashMap<String, String> = change.properties.clone();
+    props.extend(collector.build());
+    props.insert("firn.operation".into(), change.firn_operation.clone());
+
+    // Offsets: the batch's advance on top of what the base holds; every other
+    // group's offsets are carried forward as they are.
+    if let Some(advance) = &change.offsets {
+        let held = offsets::read(base, &advance.group)?;
+        props.insert(
+            offsets::key(&advance.group),
+            offsets::encode(&advance.apply(held)),
+        );
+    }
+    offsets::carry_forward(base, &mut props);
+
+    let previous = base.current_snapshot().map(|s| s.summary());
+    for (total, added, removed) in TOTALS {
+        let prev: u64 = previous
+            .and_then(|s| s.additional_properties.get(total))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let get = |k: &str| -> u64 { props.get(k).and_then(|v| v.parse().ok()).unwrap_or(0) };
+        let value = (prev + get(added)).saturating_sub(get(removed));
+        props.insert(total.to_string(), value.to_string());
+    }
+    Ok(Summary {
+        operation: change.operation.clone(),
+        additional_properties: props,
+    })
+}

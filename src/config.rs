@@ -1,0 +1,292 @@
+//! Configuration in two phases: a raw `firn.toml` (serde, unknown keys
+//! refused, humantime durations), overridden by flags and `FIRN_*` variables,
+//! then validated into [`Config`]. With no file at all, the embedded default:
+//! a SQLite catalog and a local warehouse under `firn-data/`, Kafka on
+//! 127.0.0.1:9092.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::catalog::Catalog;
+use crate::catalog::sql::SqlCatalog;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ingest::IngestOptions;
+use crate::storage::{ObjectStoreStorage, StoreOptions};
+
+/// Default catalog database.
+pub const DEFAULT_CATALOG_URI: &str = "sqlite://firn-data/catalog.db?mode=rwc";
+/// Default warehouse.
+pub const DEFAULT_WAREHOUSE: &str = "firn-data/warehouse";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    schemas: Option<PathBuf>,
+    #[serde(default)]
+    catalog: RawCatalog,
+    #[serde(default)]
+    storage: BTreeMap<String, String>,
+    #[serde(default)]
+    kafka: RawKafka,
+    #[serde(default)]
+    ingest: RawIngest,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    name: Option<String>,
+    uri: Option<String>,
+    warehouse: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    brokers: Option<String>,
+    group: Option<String>,
+    #[serde(default)]
+    properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIngest {
+    #[serde(default, with = "humantime_serde")]
+    commit_interval: Option<Duration>,
+    max_buffered_rows: Option<usize>,
+    max_buffered_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    future_skew: Option<Duration>,
+    target_file_size: Option<usize>,
+}
+
+/// Values from flags and `FIRN_*` variables; they win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// Table declarations directory.
+    pub schemas: Option<PathBuf>,
+    /// Catalog database URI.
+    pub catalog_uri: Option<String>,
+    /// Warehouse URL or path.
+    pub warehouse: Option<String>,
+    /// Kafka bootstrap servers.
+    pub brokers: Option<String>,
+    /// Consumer group.
+    pub group: Option<String>,
+}
+
+/// The catalog to use.
+#[derive(Debug, Clone)]
+pub struct CatalogConfig {
+    /// Catalog name (the `catalog_name` column of a SQL catalog).
+    pub name: String,
+    /// Database URI.
+    pub uri: String,
+    /// Warehouse URL (`file:///…`, `s3://bucket/prefix`).
+    pub warehouse: String,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the table declarations are.
+    pub schemas: PathBuf,
+    /// Catalog.
+    pub catalog: CatalogConfig,
+    /// Object store options.
+    pub storage: StoreOptions,
+    /// Ingest settings (brokers, group, buffering).
+    pub ingest: IngestOptions,
+}
+
+impl Config {
+    /// Load `path` (if given; `firn.toml` in the working directory if present)
+    /// and apply `overrides`.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self> {
+        let (raw, source) = match path {
+            Some(p) => (read(p)?, p.display().to_string()),
+            None if Path::new("firn.toml").exists() => {
+                (read(Path::new("firn.toml"))?, "firn.toml".to_string())
+            }
+            None => (RawConfig::default(), "defaults".to_string()),
+        };
+        Self::from_raw(raw, overrides, &source)
+    }
+
+    /// The embedded default with `overrides` applied; no file is read.
+    pub fn with_overrides(overrides: &Overrides) -> Result<Self> {
+        Self::from_raw(RawConfig::default(), overrides, "defaults")
+    }
+
+    fn from_raw(raw: RawConfig, o: &Overrides, source: &str) -> Result<Self> {
+        if let Some(kind) = raw.catalog.kind.as_deref()
+            && kind != "sql"
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("{source}: catalog.type `{kind}` is not supported here (expected sql)"),
+            ));
+        }
+        let uri = o
+            .catalog_uri
+            .clone()
+            .or(raw.catalog.uri)
+            .unwrap_or_else(|| DEFAULT_CATALOG_URI.to_string());
+        let warehouse = warehouse_url(
+            &o.warehouse
+                .clone()
+                .or(raw.catalog.warehouse)
+                .unwrap_or_else(|| DEFAULT_WAREHOUSE.to_string()),
+        )?;
+        let defaults = IngestOptions::default();
+        let ing = raw.ingest;
+        let ingest = IngestOptions {
+            brokers: o
+                .brokers
+                .clone()
+                .or(raw.kafka.brokers)
+                .unwrap_or(defaults.brokers),
+            group: o
+                .group
+                .clone()
+                .or(raw.kafka.group)
+                .unwrap_or(defaults.group),
+            kafka: raw.kafka.properties,
+            commit_interval: ing.commit_interval.unwrap_or(defaults.commit_interval),
+            max_buffered_rows: ing.max_buffered_rows.unwrap_or(defaults.max_buffered_rows),
+            max_buffered_bytes: ing
+                .max_buffered_bytes
+                .unwrap_or(defaults.max_buffered_bytes),
+            future_skew: ing.future_skew.unwrap_or(defaults.future_skew),
+            target_file_size: ing.target_file_size.unwrap_or(defaults.target_file_size),
+            ..defaults
+        };
+        if ingest.commit_interval.is_zero() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("{source}: ingest.commit_interval must be positive"),
+            ));
+        }
+        Ok(Config {
+            schemas: o
+                .schemas
+                .clone()
+                .or(raw.schemas)
+                .unwrap_or_else(|| PathBuf::from("schemas")),
+            catalog: CatalogConfig {
+                name: raw.catalog.name.unwrap_or_else(|| "firn".to_string()),
+                uri,
+                warehouse,
+            },
+            storage: StoreOptions(raw.storage),
+            ingest,
+        })
+    }
+
+    /// Open the configured catalog (creating a local SQLite file's folder).
+    pub async fn open_catalog(&self) -> Result<Arc<dyn Catalog>> {
+        if let Some(path) = self.catalog.uri.strip_prefix("sqlite://") {
+            let file = path.split('?').next().unwrap_or(path);
+            if let Some(dir) = Path::new(file)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::new(ErrorKind::Io, format!("creating {}", dir.display())).with_source(e)
+                })?;
+            }
+        }
+        let storage = ObjectStoreStorage::new(self.storage.clone());
+        let catalog = SqlCatalog::connect(
+            &self.catalog.name,
+            &self.catalog.uri,
+            &self.catalog.warehouse,
+            storage,
+        )
+        .await?;
+        Ok(Arc::new(catalog))
+    }
+}
+
+fn read(path: &Path) -> Result<RawConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            format!("reading {}", path.display()),
+        )
+        .with_source(e)
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            format!("{}: {}", path.display(), e.to_string().trim_end()),
+        )
+    })
+}
+
+/// A warehouse as a URL: URLs pass through; a local path becomes `file://`
+/// with an absolute path (created if missing).
+pub fn warehouse_url(value: &str) -> Result<String> {
+    if value.contains("://") {
+        return Ok(value.trim_end_matches('/').to_string());
+    }
+    std::fs::create_dir_all(value).map_err(|e| {
+        Error::new(ErrorKind::Io, format!("creating warehouse {value}")).with_source(e)
+    })?;
+    let abs = std::fs::canonicalize(value).map_err(|e| {
+        Error::new(ErrorKind::Io, format!("resolving warehouse {value}")).with_source(e)
+    })?;
+    Ok(format!("file://{}", abs.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_overrides() {
+        let raw: RawConfig = toml::from_str(
+            r#"
+            [catalog]
+            uri = "sqlite://a.db"
+            warehouse = "s3://bucket/wh/"
+            [kafka]
+            brokers = "k:9092"
+            [kafka.properties]
+            "session.timeout.ms" = "6000"
+            [ingest]
+            commit_interval = "5s"
+            "#,
+        )
+        .unwrap();
+        let o = Overrides {
+            brokers: Some("x:1".into()),
+            ..Default::default()
+        };
+        let c = Config::from_raw(raw, &o, "firn.toml").unwrap();
+        assert_eq!(c.catalog.uri, "sqlite://a.db");
+        assert_eq!(c.catalog.warehouse, "s3://bucket/wh");
+        assert_eq!(c.ingest.brokers, "x:1");
+        assert_eq!(c.ingest.commit_interval, Duration::from_secs(5));
+        assert_eq!(c.ingest.kafka["session.timeout.ms"], "6000");
+        assert_eq!(c.ingest.group, "firn-ingest");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("firn.toml");
+        std::fs::write(&p, "[ingest]\ncommit_intervall = \"5s\"\n").unwrap();
+        let e = Config::load(Some(&p), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("firn.toml"), "{e}");
+        assert!(e.to_string().contains("commit_intervall"), "{e}");
+    }
+}

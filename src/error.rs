@@ -1,0 +1,169 @@
+//! firn's one error type: a matchable kind, a message that names the thing at
+//! fault (file, table, field, offset), and an optional source.
+//!
+//! Shaped like `iceberg::Error`: callers branch on [`ErrorKind`] and ask
+//! [`Error::retryable`] instead of parsing messages.
+
+use std::fmt;
+
+/// What went wrong, coarse enough to match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A table declaration (`schemas/*.toml`) is malformed or inconsistent.
+    InvalidDeclaration,
+    /// Configuration (file, env, flags) is invalid.
+    InvalidConfig,
+    /// Input data (an event, a file) cannot be used.
+    InvalidInput,
+    /// The catalog changed under a commit (compare-and-set lost); retry on a fresh base.
+    CommitConflict,
+    /// The commit's Kafka offsets no longer match the table: another worker
+    /// committed this range. The batch must be dropped and re-read.
+    Fenced,
+    /// A table or namespace does not exist.
+    NotFound,
+    /// Object storage failed.
+    Storage,
+    /// The catalog (SQL database, REST service) failed.
+    Catalog,
+    /// The Kafka client failed.
+    Kafka,
+    /// Iceberg metadata or Parquet could not be read or written.
+    Iceberg,
+    /// Local I/O failed.
+    Io,
+    /// A bug or an impossible state.
+    Internal,
+}
+
+/// The library's error.
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// Result with firn's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A new error of `kind` with a message naming what is at fault.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attach the underlying cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The error's kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message, without the source chain.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether the same operation may succeed if tried again on fresh state.
+    pub fn retryable(&self) -> bool {
+        match self.kind {
+            ErrorKind::CommitConflict | ErrorKind::Storage | ErrorKind::Catalog => true,
+            ErrorKind::Kafka => true,
+            _ => false,
+        }
+    }
+
+    /// Wrap an iceberg error with context saying what firn was doing.
+    pub fn iceberg(context: impl Into<String>, err: iceberg::Error) -> Self {
+        let kind = match err.kind() {
+            iceberg::ErrorKind::CatalogCommitConflicts => ErrorKind::CommitConflict,
+            iceberg::ErrorKind::TableNotFound | iceberg::ErrorKind::NamespaceNotFound => {
+                ErrorKind::NotFound
+            }
+            _ => ErrorKind::Iceberg,
+        };
+        Self::new(kind, context).with_source(err)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("source", &self.source.as_ref().map(|s| s.to_string()))
+            .finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<rdkafka::error::KafkaError> for Error {
+    fn from(err: rdkafka::error::KafkaError) -> Self {
+        Error::new(ErrorKind::Kafka, "kafka client").with_source(err)
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        Error::new(ErrorKind::Catalog, "SQL catalog").with_source(err)
+    }
+}
+
+impl From<object_store::Error> for Error {
+    fn from(err: object_store::Error) -> Self {
+        Error::new(ErrorKind::Storage, "object store").with_source(err)
+    }
+}
+
+impl From<parquet::errors::ParquetError> for Error {
+    fn from(err: parquet::errors::ParquetError) -> Self {
+        Error::new(ErrorKind::Iceberg, "parquet").with_source(err)
+    }
+}
+
+impl From<arrow_schema::ArrowError> for Error {
+    fn from(err: arrow_schema::ArrowError) -> Self {
+        Error::new(ErrorKind::Internal, "arrow").with_source(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_includes_source_chain() {
+        let io = std::io::Error::other("disk on fire");
+        let err = Error::new(ErrorKind::Io, "writing firn-data/x.parquet").with_source(io);
+        assert_eq!(err.to_string(), "writing firn-data/x.parquet: disk on fire");
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert!(!err.retryable());
+        assert!(Error::new(ErrorKind::CommitConflict, "x").retryable());
+    }
+}

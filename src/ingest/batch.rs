@@ -1,0 +1,204 @@
+//! One table's in-flight batch: the minute rows aggregated since the last
+//! commit, the rejects, and the Kafka range each partition covers.
+
+use std::collections::BTreeMap;
+
+use iceberg::TableIdent;
+
+use super::decode::{Decoder, TimeWindow};
+use crate::rejects::RejectRecord;
+use crate::rows::{MeasureSpec, RowMap};
+use crate::schema::decl::TableDecl;
+
+/// Where a partition's next batch starts, as the table held it when the
+/// partition was assigned or last committed (`None`: the table had no offset).
+pub type Positions = BTreeMap<i32, Option<i64>>;
+
+/// A table fed by one topic, with its current batch.
+#[derive(Debug)]
+pub struct TableSink {
+    /// The table.
+    pub ident: TableIdent,
+    /// Its rejects table.
+    pub rejects_ident: TableIdent,
+    /// Decoder for its declaration.
+    pub decoder: Decoder,
+    /// Measure layout.
+    pub spec: MeasureSpec,
+    /// Assigned partitions and where their current batch starts.
+    pub positions: Positions,
+    /// The batch.
+    pub batch: Batch,
+}
+
+/// Rows, rejects and covered offsets since the last commit.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Aggregated minute rows.
+    pub rows: RowMap,
+    /// Rejected records.
+    pub rejects: Vec<RejectRecord>,
+    /// Next offset after the last record seen, per partition.
+    pub to: BTreeMap<i32, i64>,
+    /// Records in the batch.
+    pub records: u64,
+    /// Payload bytes in the batch.
+    pub bytes: u64,
+}
+
+impl Batch {
+    /// Whether nothing was consumed since the last commit.
+    pub fn is_empty(&self) -> bool {
+        self.to.is_empty()
+    }
+}
+
+/// What happened to one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumed {
+    /// Aggregated into a row.
+    Accepted,
+    /// Sent to the rejects table.
+    Rejected(&'static str),
+    /// Already covered (a re-delivery before the seek took effect); ignored.
+    Duplicate,
+    /// From a partition this worker does not hold; ignored.
+    NotAssigned,
+}
+
+impl TableSink {
+    /// A sink for `decl`.
+    pub fn new(decl: TableDecl, ident: TableIdent, rejects_ident: TableIdent) -> Self {
+        Self {
+            ident,
+            rejects_ident,
+            spec: MeasureSpec::new(&decl),
+            decoder: Decoder::new(decl),
+            positions: Positions::new(),
+            batch: Batch::default(),
+        }
+    }
+
+    /// The declaration.
+    pub fn decl(&self) -> &TableDecl {
+        self.decoder.decl()
+    }
+
+    /// Next offset this worker expects from `partition`.
+    fn expected(&self, partition: i32) -> Option<Option<i64>> {
+        match self.batch.to.get(&partition) {
+            Some(to) => Some(Some(*to)),
+            None => self.positions.get(&partition).copied(),
+        }
+    }
+
+    /// Take one record into the batch.
+    pub fn consume(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+        window: TimeWindow,
+        now_micros: i64,
+    ) -> Consumed {
+        let Some(expected) = self.expected(partition) else {
+            return Consumed::NotAssigned;
+        };
+        if expected.is_some_and(|e| offset < e) {
+            return Consumed::Duplicate;
+        }
+        self.batch.to.insert(partition, offset + 1);
+        self.batch.records += 1;
+        self.batch.bytes += payload.len() as u64;
+        match self.decoder.decode(payload, window) {
+            Ok(ev) => {
+                self.batch.rows.add_event(&self.spec, ev.key, &ev.values);
+                Consumed::Accepted
+            }
+            Err(reason) => {
+                let code = reason.as_label();
+                self.batch.rejects.push(RejectRecord {
+                    topic: self.decl().topic.clone(),
+                    partition,
+                    offset,
+                    rejected_at_micros: now_micros,
+                    reason_code: code.to_string(),
+                    reason: reason.to_string(),
+                    payload: payload.to_vec(),
+                });
+                Consumed::Rejected(code)
+            }
+        }
+    }
+
+    /// Where each partition in the batch started.
+    pub fn batch_from(&self) -> BTreeMap<i32, Option<i64>> {
+        self.batch
+            .to
+            .keys()
+            .map(|p| (*p, self.positions.get(p).copied().flatten()))
+            .collect()
+    }
+
+    /// After a successful commit: the batch's end is the new start.
+    pub fn committed(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        for (p, to) in batch.to {
+            if let Some(pos) = self.positions.get_mut(&p) {
+                *pos = Some(to);
+            }
+        }
+    }
+
+    /// After a fence: drop the batch; positions are reset by the caller from
+    /// the table.
+    pub fn discard(&mut self) -> Batch {
+        std::mem::take(&mut self.batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+    use crate::tables;
+
+    fn sink() -> TableSink {
+        let decl = TableDecl::parse(
+            Path::new("t.toml"),
+            include_str!("../../schemas/usage.http_requests.toml"),
+        )
+        .unwrap();
+        let (i, r) = (
+            tables::ident(&decl).unwrap(),
+            tables::rejects_ident(&decl).unwrap(),
+        );
+        TableSink::new(decl, i, r)
+    }
+
+    #[test]
+    fn tracks_ranges_rejects_and_duplicates() {
+        let mut s = sink();
+        let now = Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap();
+        let w = TimeWindow::new(now, s.decl(), std::time::Duration::from_secs(3600));
+        let good = br#"{"ts":"2026-11-27T11:59:00Z","account_id":1,"zone_id":2,"colo":"a","product":"p","bytes":5,"cpu_ms":1,"ttfb_ms":3}"#;
+        assert_eq!(s.consume(0, 0, good, w, 0), Consumed::NotAssigned);
+        s.positions.insert(0, Some(10));
+        s.positions.insert(1, None);
+        assert_eq!(s.consume(0, 9, good, w, 0), Consumed::Duplicate);
+        assert_eq!(s.consume(0, 10, good, w, 0), Consumed::Accepted);
+        assert_eq!(s.consume(0, 10, good, w, 0), Consumed::Duplicate);
+        assert_eq!(s.consume(1, 0, b"{", w, 0), Consumed::Rejected("not_json"));
+        assert_eq!(s.consume(0, 12, good, w, 0), Consumed::Accepted);
+        assert_eq!(s.batch_from(), BTreeMap::from([(0, Some(10)), (1, None)]));
+        assert_eq!(s.batch.to, BTreeMap::from([(0, 13), (1, 1)]));
+        assert_eq!(s.batch.rows.len(), 1);
+        assert_eq!(s.batch.rejects[0].offset, 0);
+        s.committed();
+        assert!(s.batch.is_empty());
+        assert_eq!(s.positions, BTreeMap::from([(0, Some(13)), (1, Some(1))]));
+    }
+}

@@ -1,0 +1,161 @@
+//! Flushing a batch: rejects first (fenced per record), then the minute rows
+//! as one Iceberg append whose summary carries the group's offsets (fenced
+//! per partition). Kafka offsets are committed by the caller, after.
+
+use std::sync::Arc;
+
+use iceberg::TableIdent;
+
+use super::batch::TableSink;
+use crate::catalog::Catalog;
+use crate::commit::{self, Change, RetryPolicy};
+use crate::error::{ErrorKind, Result};
+use crate::offsets::{self, OffsetAdvance};
+use crate::rejects::{self, RejectRecord};
+use crate::schema::layout::Grain;
+use crate::write;
+
+/// What a flush did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlushOutcome {
+    /// Nothing was buffered.
+    Empty,
+    /// The batch is in the table.
+    Committed {
+        /// The new snapshot.
+        snapshot_id: i64,
+        /// Records covered.
+        records: u64,
+        /// Minute rows written.
+        rows: u64,
+        /// Data files written.
+        files: usize,
+        /// Rejects recorded (new ones; re-deliveries are skipped).
+        rejects: usize,
+        /// Commit attempts.
+        attempts: u32,
+    },
+}
+
+/// Flush `sink`'s batch. On success the sink's positions advance. On any
+/// error the batch is left in place for the caller to discard and re-read
+/// (`Fenced` means another worker committed the range).
+pub async fn flush(
+    catalog: &dyn Catalog,
+    group: &str,
+    sink: &mut TableSink,
+    target_file_size: usize,
+    retry: RetryPolicy,
+) -> Result<FlushOutcome> {
+    if sink.batch.is_empty() {
+        return Ok(FlushOutcome::Empty);
+    }
+    let topic = sink.decl().topic.clone();
+    let rejects = if sink.batch.rejects.is_empty() {
+        0
+    } else {
+        commit_rejects(
+            catalog,
+            group,
+            &sink.rejects_ident,
+            &topic,
+            &sink.batch.rejects,
+            retry,
+        )
+        .await?
+    };
+
+    let table = catalog.load(&sink.ident).await?;
+    let rows = std::mem::take(&mut sink.batch.rows).into_sorted();
+    let row_count = rows.len() as u64;
+    let files =
+        write::write_rows(&table, sink.decl(), Grain::Minute, rows, target_file_size).await?;
+    let file_count = files.len();
+    let mut change = Change::append("ingest", files);
+    change.offsets = Some(OffsetAdvance {
+        group: group.to_string(),
+        topic,
+        from: sink.batch_from(),
+        to: sink.batch.to.clone(),
+    });
+    change
+        .properties
+        .insert("firn.records".into(), sink.batch.records.to_string());
+    let committed = commit::commit(catalog, &sink.ident, &change, retry).await?;
+    let records = sink.batch.records;
+    sink.committed();
+    Ok(FlushOutcome::Committed {
+        snapshot_id: committed.snapshot_id,
+        records,
+        rows: row_count,
+        files: file_count,
+        rejects,
+        attempts: committed.attempts,
+    })
+}
+
+/// Append rejects not yet recorded. The rejects table's summary holds, per
+/// partition, the offset after the last reject it recorded; records below it
+/// are re-deliveries and are skipped, so each reject is recorded once.
+async fn commit_rejects(
+    catalog: &dyn Catalog,
+    group: &str,
+    ident: &TableIdent,
+    topic: &str,
+    rejects: &[RejectRecord],
+    retry: RetryPolicy,
+) -> Result<usize> {
+    let mut last_err = None;
+    for _ in 0..retry.max_attempts {
+        let base = catalog.load(ident).await?;
+        let held = offsets::read(&base.metadata, group)?
+            .remove(topic)
+            .unwrap_or_default();
+        let fresh: Vec<RejectRecord> = rejects
+            .iter()
+            .filter(|r| held.get(&r.partition).is_none_or(|h| r.offset >= *h))
+            .cloned()
+            .collect();
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        let mut advance = OffsetAdvance {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            ..Default::default()
+        };
+        for r in &fresh {
+            advance
+                .from
+                .insert(r.partition, held.get(&r.partition).copied());
+            let to = advance.to.entry(r.partition).or_insert(0);
+            *to = (*to).max(r.offset + 1);
+        }
+        let schema = Arc::new(
+            iceberg::arrow::schema_to_arrow_schema(base.metadata.current_schema())
+                .map_err(|e| crate::Error::iceberg(format!("arrow schema of {ident}"), e))?,
+        );
+        let batch = rejects::to_batch(schema, &fresh)?;
+        let files = write::write_batches(
+            &base,
+            None,
+            "rejects",
+            vec![batch],
+            write::DEFAULT_TARGET_FILE_SIZE,
+        )
+        .await?;
+        let mut change = Change::append("ingest-rejects", files);
+        change.offsets = Some(advance);
+        match commit::commit(catalog, ident, &change, retry).await {
+            Ok(_) => return Ok(fresh.len()),
+            Err(e) if e.kind() == ErrorKind::Fenced => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        crate::Error::new(
+            ErrorKind::CommitConflict,
+            format!("recording rejects in {ident}"),
+        )
+    }))
+}

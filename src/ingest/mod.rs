@@ -1,0 +1,120 @@
+//! `firn ingest`: Kafka records → minute rows → Parquet → Iceberg appends,
+//! exactly once (see [`worker`]).
+
+pub mod batch;
+pub mod decode;
+pub mod flush;
+pub mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use self::batch::TableSink;
+pub use self::worker::IngestReport;
+use crate::catalog::Catalog;
+use crate::clock::Clock;
+use crate::commit::RetryPolicy;
+use crate::error::{Error, ErrorKind, Result};
+use crate::schema::decl::TableDecl;
+use crate::tables;
+use crate::telemetry::IngestMetrics;
+
+/// Runtime knobs of an ingest worker.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// Consumer group (also the key of the offsets in the table).
+    pub group: String,
+    /// Extra librdkafka properties.
+    pub kafka: BTreeMap<String, String>,
+    /// Flush at least this often.
+    pub commit_interval: Duration,
+    /// Flush when this many rows (and rejects) are buffered.
+    pub max_buffered_rows: usize,
+    /// Flush when this many payload bytes were consumed since the last flush.
+    pub max_buffered_bytes: u64,
+    /// Accept events at most this far in the future.
+    pub future_skew: Duration,
+    /// Target size of a data file.
+    pub target_file_size: usize,
+    /// Stop (after a final flush) when no record arrived for this long.
+    pub stop_when_idle: Option<Duration>,
+    /// Commit retries on catalog conflicts.
+    pub retry: RetryPolicy,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group: "firn-ingest".into(),
+            kafka: BTreeMap::new(),
+            commit_interval: Duration::from_secs(60),
+            max_buffered_rows: 1_000_000,
+            max_buffered_bytes: 256 * 1024 * 1024,
+            future_skew: Duration::from_secs(3600),
+            target_file_size: crate::write::DEFAULT_TARGET_FILE_SIZE,
+            stop_when_idle: None,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Run an ingest worker for `decls` until `shutdown` resolves (SIGTERM,
+/// SIGINT) or it is idle as `opts.stop_when_idle` says; then flush, commit
+/// and return what it did.
+pub async fn run(
+    catalog: Arc<dyn Catalog>,
+    decls: Vec<TableDecl>,
+    opts: IngestOptions,
+    clock: Arc<dyn Clock>,
+    metrics: IngestMetrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<IngestReport> {
+    let mut sinks = HashMap::new();
+    for decl in decls {
+        let ident = tables::ident(&decl)?;
+        let rejects = tables::rejects_ident(&decl)?;
+        for t in [&ident, &rejects] {
+            if !catalog.exists(t).await? {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "table {t} (declared in {}) does not exist; run `firn tables sync`",
+                        decl.source.display()
+                    ),
+                ));
+            }
+        }
+        sinks.insert(decl.topic.clone(), TableSink::new(decl, ident, rejects));
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_on_signal = stop.clone();
+    let watcher = tokio::spawn(async move {
+        shutdown.await;
+        stop_on_signal.store(true, Ordering::Relaxed);
+    });
+
+    let handle = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("firn-consumer".into())
+        .spawn(move || {
+            let result = worker::run_blocking(handle, catalog, sinks, opts, clock, metrics, stop);
+            let _ = tx.send(result);
+        })
+        .map_err(|e| Error::new(ErrorKind::Internal, "starting consumer thread").with_source(e))?;
+    let result = rx.await.unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::Internal,
+            "consumer thread ended without a result",
+        ))
+    });
+    watcher.abort();
+    result
+}

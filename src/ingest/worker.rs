@@ -1,0 +1,400 @@
+//! The consumer-group member. A dedicated thread owns the Kafka consumer and
+//! drives it; async work (catalog reads, Parquet writes, commits) runs on the
+//! tokio runtime through its handle.
+//!
+//! Exactly-once, as DESIGN.md says: on assignment the worker seeks each
+//! partition to the offset the table holds; each flush commits rows and the
+//! batch's offsets in one snapshot, fenced per partition; Kafka's group
+//! offsets are committed only after, for lag tools. On revocation the batch is
+//! flushed before the partitions are released; if a flush fails for any
+//! reason the batch is dropped and the partitions are re-read from the table's
+//! offsets, so nothing is lost and nothing counted twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use tokio::runtime::Handle;
+
+use super::IngestOptions;
+use super::batch::{Consumed, TableSink};
+use super::decode::TimeWindow;
+use super::flush::{self, FlushOutcome};
+use crate::catalog::Catalog;
+use crate::clock::Clock;
+use crate::error::{Error, ErrorKind, Result};
+use crate::offsets;
+use crate::telemetry::IngestMetrics;
+
+/// Totals of one worker run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    /// Records consumed and committed.
+    pub records: u64,
+    /// Records rejected (recorded in the rejects tables).
+    pub rejected: u64,
+    /// Successful flush commits.
+    pub commits: u64,
+    /// Flushes dropped by the fence or a failure, and re-read.
+    pub dropped_batches: u64,
+}
+
+pub(super) struct Core {
+    handle: Handle,
+    catalog: Arc<dyn Catalog>,
+    opts: IngestOptions,
+    clock: Arc<dyn Clock>,
+    metrics: IngestMetrics,
+    sinks: HashMap<String, TableSink>,
+    last_flush: Instant,
+    last_message: Instant,
+    fatal: Option<Error>,
+    report: IngestReport,
+}
+
+pub(super) struct IngestContext {
+    core: Mutex<Core>,
+}
+
+impl IngestContext {
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ClientContext for IngestContext {}
+
+impl ConsumerContext for IngestContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let mut core = self.core();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Err(e) = core.on_assign(tpl) {
+                    tracing::error!(error = %e, "cannot read offsets from the table; not consuming");
+                    core.fatal = Some(e);
+                    let _ = consumer.assign(&TopicPartitionList::new());
+                    return;
+                }
+                if let Err(e) = consumer.assign(tpl) {
+                    core.fatal = Some(e.into());
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                core.on_revoke(consumer, tpl);
+                let _ = consumer.unassign();
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error; releasing partitions");
+                core.drop_all_positions();
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Core {
+    /// Positions from the table, per topic, for the given partitions.
+    fn table_positions(&self, topic: &str) -> Result<BTreeMap<i32, i64>> {
+        let sink = &self.sinks[topic];
+        let mut last = None;
+        for attempt in 0..5u32 {
+            match self.handle.block_on(self.catalog.load(&sink.ident)) {
+                Ok(t) => {
+                    return Ok(offsets::read(&t.metadata, &self.opts.group)?
+                        .remove(topic)
+                        .unwrap_or_default());
+                }
+                Err(e) => {
+                    tracing::warn!(table = %sink.ident, error = %e, attempt, "loading table");
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(200 << attempt));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::new(ErrorKind::Internal, "no attempt made")))
+    }
+
+    fn on_assign(&mut self, tpl: &mut TopicPartitionList) -> Result<()> {
+        let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for e in tpl.elements() {
+            by_topic
+                .entry(e.topic().to_string())
+                .or_default()
+                .push(e.partition());
+        }
+        for (topic, partitions) in by_topic {
+            if !self.sinks.contains_key(&topic) {
+                continue;
+            }
+            let held = self.table_positions(&topic)?;
+            let sink = self.sinks.get_mut(&topic).expect("checked above");
+            for p in partitions {
+                let pos = held.get(&p).copied();
+                let offset = pos.map_or(Offset::Beginning, Offset::Offset);
+                tpl.set_partition_offset(&topic, p, offset)?;
+                sink.positions.insert(p, pos);
+            }
+        }
+        tracing::info!(partitions = %describe(tpl), "assigned; positioned at the table's offsets");
+        Ok(())
+    }
+
+    fn on_revoke(&mut self, consumer: &BaseConsumer<IngestContext>, tpl: &TopicPartitionList) {
+        tracing::info!(partitions = %describe(tpl), "revoked; flushing before release");
+        self.flush_all(consumer, false);
+        self.drop_all_positions();
+    }
+
+    fn drop_all_positions(&mut self) {
+        for sink in self.sinks.values_mut() {
+            if !sink.batch.is_empty() {
+                self.report.dropped_batches += 1;
+            }
+            sink.discard();
+            sink.positions.clear();
+        }
+    }
+
+    fn buffered_rows(&self) -> usize {
+        self.sinks
+            .values()
+            .map(|s| s.batch.rows.len() + s.batch.rejects.len())
+            .sum()
+    }
+
+    fn buffered_bytes(&self) -> u64 {
+        self.sinks.values().map(|s| s.batch.bytes).sum()
+    }
+
+    fn anything_buffered(&self) -> bool {
+        self.sinks.values().any(|s| !s.batch.is_empty())
+    }
+
+    fn flush_due(&self) -> bool {
+        self.anything_buffered()
+            && (self.last_flush.elapsed() >= self.opts.commit_interval
+                || self.buffered_rows() >= self.opts.max_buffered_rows
+                || self.buffered_bytes() >= self.opts.max_buffered_bytes)
+    }
+
+    fn consume(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
+        self.last_message = Instant::now();
+        let now = self.clock.now();
+        let skew = self.opts.future_skew;
+        let Some(sink) = self.sinks.get_mut(topic) else {
+            return;
+        };
+        let window = TimeWindow::new(now, sink.decl(), skew);
+        let table = sink.decl().qualified_name();
+        match sink.consume(partition, offset, payload, window, now.timestamp_micros()) {
+            Consumed::Accepted => self.metrics.consumed(&table, topic),
+            Consumed::Rejected(reason) => {
+                self.metrics.consumed(&table, topic);
+                self.metrics.rejected(&table, reason);
+            }
+            Consumed::Duplicate | Consumed::NotAssigned => {}
+        }
+    }
+
+    /// Flush every table with a batch. With `reposition`, a dropped batch's
+    /// partitions are sought back to the table's offsets (they stay assigned);
+    /// on revocation they are being released anyway.
+    fn flush_all(&mut self, consumer: &BaseConsumer<IngestContext>, reposition: bool) {
+        let topics: Vec<String> = self.sinks.keys().cloned().collect();
+        for topic in topics {
+            if self.sinks[&topic].batch.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            let sink = self.sinks.get_mut(&topic).expect("listed above");
+            let table = sink.decl().qualified_name();
+            let covered: BTreeMap<i32, i64> = sink.batch.to.clone();
+            let result = self.handle.block_on(flush::flush(
+                self.catalog.as_ref(),
+                &self.opts.group,
+                sink,
+                self.opts.target_file_size,
+                self.opts.retry,
+            ));
+            match result {
+                Ok(FlushOutcome::Committed {
+                    snapshot_id,
+                    records,
+                    rows,
+                    files,
+                    rejects,
+                    attempts,
+                }) => {
+                    self.report.records += records;
+                    self.report.rejected += rejects as u64;
+                    self.report.commits += 1;
+                    let secs = started.elapsed().as_secs_f64();
+                    self.metrics.flush_committed(&table, rows, files, secs);
+                    tracing::info!(
+                        table = %table, snapshot_id, records, rows, files, rejects, attempts,
+                        seconds = secs, "flushed"
+                    );
+                    let mut tpl = TopicPartitionList::new();
+                    for (p, to) in covered {
+                        let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(to));
+                    }
+                    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                        tracing::debug!(error = %e, "group offset commit (for lag tools) failed");
+                    }
+                }
+                Ok(FlushOutcome::Empty) => {}
+                Err(e) => {
+                    let outcome = if e.kind() == ErrorKind::Fenced {
+                        "fenced"
+                    } else {
+                        "failed"
+                    };
+                    self.metrics.flush_failed(&table, outcome);
+                    tracing::warn!(table = %table, error = %e, "batch dropped; re-reading from the table's offsets");
+                    self.report.dropped_batches += 1;
+                    let sink = self.sinks.get_mut(&topic).expect("listed above");
+                    sink.discard();
+                    if reposition && let Err(e) = self.reposition(consumer, &topic) {
+                        tracing::error!(error = %e, "cannot re-position after a dropped batch");
+                        self.fatal = Some(e);
+                        return;
+                    }
+                    if outcome == "failed" {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+            self.metrics.buffered(&table, 0);
+        }
+        self.last_flush = Instant::now();
+    }
+
+    /// Seek the topic's assigned partitions back to the table's offsets.
+    fn reposition(&mut self, consumer: &BaseConsumer<IngestContext>, topic: &str) -> Result<()> {
+        let held = self.table_positions(topic)?;
+        let sink = self.sinks.get_mut(topic).expect("known topic");
+        for (p, pos) in sink.positions.iter_mut() {
+            *pos = held.get(p).copied();
+            let offset = pos.map_or(Offset::Beginning, Offset::Offset);
+            consumer.seek(topic, *p, offset, Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+}
+
+/// Create the consumer, subscribe, and consume until `stop` is set (or the
+/// worker has been idle for `opts.stop_when_idle`). Runs on its own thread.
+pub(super) fn run_blocking(
+    handle: Handle,
+    catalog: Arc<dyn Catalog>,
+    sinks: HashMap<String, TableSink>,
+    opts: IngestOptions,
+    clock: Arc<dyn Clock>,
+    metrics: IngestMetrics,
+    stop: Arc<AtomicBool>,
+) -> Result<IngestReport> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &opts.brokers)
+        .set("group.id", &opts.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("partition.assignment.strategy", "range,roundrobin")
+        .set("client.id", "firn-ingest");
+    for (k, v) in &opts.kafka {
+        config.set(k, v);
+    }
+    let topics: Vec<String> = sinks.keys().cloned().collect();
+    let now = Instant::now();
+    let context = IngestContext {
+        core: Mutex::new(Core {
+            handle,
+            catalog,
+            opts: opts.clone(),
+            clock,
+            metrics,
+            sinks,
+            last_flush: now,
+            last_message: now,
+            fatal: None,
+            report: IngestReport::default(),
+        }),
+    };
+    let consumer: BaseConsumer<IngestContext> = config.create_with_context(context)?;
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    tracing::info!(topics = ?topics, group = %opts.group, brokers = %opts.brokers, "consuming");
+
+    let mut stopped_idle = false;
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(msg)) => {
+                let payload = msg.payload().unwrap_or_default();
+                consumer.context().core().consume(
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    payload,
+                );
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "kafka"),
+        }
+        let mut core = consumer.context().core();
+        if let Some(e) = core.fatal.take() {
+            return Err(e);
+        }
+        if core.flush_due() {
+            core.flush_all(&consumer, true);
+            if let Some(e) = core.fatal.take() {
+                return Err(e);
+            }
+        }
+        if let Some(idle) = opts.stop_when_idle {
+            let assigned = core.sinks.values().any(|s| !s.positions.is_empty());
+            if assigned && core.last_message.elapsed() >= idle {
+                tracing::info!(?idle, "idle; stopping");
+                stopped_idle = true;
+                break;
+            }
+        }
+    }
+    if !stopped_idle {
+        tracing::info!("shutting down: flushing what is buffered");
+    }
+    let report = {
+        let mut core = consumer.context().core();
+        core.flush_all(&consumer, false);
+        if let Some(e) = core.fatal.take() {
+            return Err(e);
+        }
+        core.report.clone()
+    };
+    consumer.unsubscribe();
+    drop(consumer);
+    Ok(report)
+}

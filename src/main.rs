@@ -1,0 +1,333 @@
+//! The `firn` command: parses the command line, sets up logging, and calls
+//! the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use firn::clock::{Clock, SystemClock};
+use firn::config::{Config, Overrides};
+use firn::schema::decl::{self, TableDecl};
+use firn::telemetry::IngestMetrics;
+use firn::{ingest, produce, status, tables};
+
+/// firn turns a Kafka stream of usage events into an Apache Iceberg lake that
+/// stays exact, cheap and fast as it ages.
+///
+/// Tables are declared in schemas/*.toml. With no configuration, firn uses an
+/// embedded default: a SQLite catalog at firn-data/catalog.db, a warehouse in
+/// firn-data/warehouse, and Kafka at 127.0.0.1:9092. Every flag below also
+/// reads the FIRN_* variable it names.
+#[derive(Debug, Parser)]
+#[command(name = "firn", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Configuration file (default: ./firn.toml if present).
+    #[arg(long, env = "FIRN_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Directory of table declarations (default: ./schemas).
+    #[arg(long, env = "FIRN_SCHEMAS", global = true)]
+    schemas: Option<PathBuf>,
+    /// Catalog database: sqlite://PATH?mode=rwc or postgres://USER@HOST/DB.
+    #[arg(long, env = "FIRN_CATALOG_URI", global = true)]
+    catalog_uri: Option<String>,
+    /// Warehouse: a local path, file:///PATH, or s3://BUCKET/PREFIX.
+    #[arg(long, env = "FIRN_WAREHOUSE", global = true)]
+    warehouse: Option<String>,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "FIRN_BROKERS", global = true)]
+    brokers: Option<String>,
+    /// Consumer group of the ingest deployment (its offsets live in the table).
+    #[arg(long, env = "FIRN_GROUP", global = true)]
+    group: Option<String>,
+    /// Log format: text on a terminal, json for log pipelines.
+    #[arg(long, env = "FIRN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or evolve the Iceberg tables declared in schemas/.
+    Tables {
+        #[command(subcommand)]
+        command: TablesCommand,
+    },
+    /// Consume the declared topics as a consumer-group member and commit
+    /// minute rows to the tables, exactly once. Stops cleanly on SIGTERM or
+    /// SIGINT after committing what it buffered.
+    Ingest(IngestArgs),
+    /// Write generated events for a declared table to its topic and print the
+    /// exact totals produced (JSON).
+    Produce(ProduceArgs),
+    /// Show files, rows and bytes per grain, snapshots, manifests and
+    /// committed offsets of each table.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TablesCommand {
+    /// Create missing tables and add declared columns to existing ones.
+    Sync,
+    /// Validate the declarations without touching the catalog.
+    Check,
+}
+
+#[derive(Debug, Args)]
+struct IngestArgs {
+    /// Flush at least this often (e.g. 60s, 5m).
+    #[arg(long, env = "FIRN_COMMIT_INTERVAL", value_parser = humantime::parse_duration)]
+    commit_interval: Option<Duration>,
+    /// Flush when this many rows are buffered.
+    #[arg(long, env = "FIRN_MAX_BUFFERED_ROWS")]
+    max_buffered_rows: Option<usize>,
+    /// Flush when this many payload bytes were consumed since the last flush.
+    #[arg(long, env = "FIRN_MAX_BUFFERED_BYTES")]
+    max_buffered_bytes: Option<u64>,
+    /// Reject events further than this in the future.
+    #[arg(long, env = "FIRN_FUTURE_SKEW", value_parser = humantime::parse_duration)]
+    future_skew: Option<Duration>,
+    /// Stop (after a final commit) once no record arrived for this long.
+    #[arg(long, env = "FIRN_STOP_WHEN_IDLE", value_parser = humantime::parse_duration)]
+    stop_when_idle: Option<Duration>,
+    /// Extra librdkafka property, KEY=VALUE (repeatable).
+    #[arg(long = "kafka-property", value_parser = parse_kv)]
+    kafka_property: Vec<(String, String)>,
+    /// Only ingest these tables (namespace.name); default all declared.
+    #[arg(long = "table")]
+    tables: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    /// Declared table (namespace.name) whose topic and fields to use.
+    #[arg(long, default_value = "usage.http_requests")]
+    table: String,
+    /// Topic (default: the declaration's).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Events to send.
+    #[arg(long, default_value_t = 10_000)]
+    count: u64,
+    /// Events per second (default: as fast as the broker takes them).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Share of malformed records, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    bad_ratio: f64,
+    /// Spread event times over this window before now.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2h")]
+    spread: Duration,
+    /// Distinct accounts.
+    #[arg(long, default_value_t = 1000)]
+    accounts: i64,
+    /// Create the topic with this many partitions first, if it does not exist.
+    #[arg(long)]
+    create_topic: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Only this table (namespace.name).
+    table: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}
+
+fn select<'a>(decls: &'a [TableDecl], name: &str) -> Result<&'a TableDecl> {
+    decls
+        .iter()
+        .find(|d| d.qualified_name() == name)
+        .with_context(|| {
+            let known: Vec<_> = decls.iter().map(|d| d.qualified_name()).collect();
+            format!("no declared table {name} (declared: {})", known.join(", "))
+        })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    let overrides = Overrides {
+        schemas: g.schemas.clone(),
+        catalog_uri: g.catalog_uri.clone(),
+        warehouse: g.warehouse.clone(),
+        brokers: g.brokers.clone(),
+        group: g.group.clone(),
+    };
+    let config = Config::load(g.config.as_deref(), &overrides)?;
+    let decls = decl::load_dir(&config.schemas)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+
+    match cli.command {
+        Command::Tables {
+            command: TablesCommand::Check,
+        } => {
+            for d in &decls {
+                println!("{}: {} ok", d.source.display(), d.qualified_name());
+            }
+        }
+        Command::Tables {
+            command: TablesCommand::Sync,
+        } => {
+            let catalog = config.open_catalog().await?;
+            for d in &decls {
+                let outcome = tables::sync(catalog.as_ref(), d).await?;
+                let what = match outcome {
+                    tables::SyncOutcome::Created => "created".to_string(),
+                    tables::SyncOutcome::Evolved(cols) => format!("added {}", cols.join(", ")),
+                    tables::SyncOutcome::Unchanged => "unchanged".to_string(),
+                };
+                println!("{}: {what}", d.qualified_name());
+            }
+        }
+        Command::Ingest(args) => {
+            let mut opts = config.ingest.clone();
+            if let Some(v) = args.commit_interval {
+                opts.commit_interval = v;
+            }
+            if let Some(v) = args.max_buffered_rows {
+                opts.max_buffered_rows = v;
+            }
+            if let Some(v) = args.max_buffered_bytes {
+                opts.max_buffered_bytes = v;
+            }
+            if let Some(v) = args.future_skew {
+                opts.future_skew = v;
+            }
+            opts.stop_when_idle = args.stop_when_idle;
+            opts.kafka.extend(args.kafka_property);
+            let chosen: Vec<TableDecl> = if args.tables.is_empty() {
+                decls.clone()
+            } else {
+                args.tables
+                    .iter()
+                    .map(|t| select(&decls, t).cloned())
+                    .collect::<Result<_>>()?
+            };
+            let catalog = config.open_catalog().await?;
+            let report = ingest::run(
+                catalog,
+                chosen,
+                opts,
+                clock,
+                IngestMetrics::default(),
+                shutdown_signal(),
+            )
+            .await?;
+            tracing::info!(
+                records = report.records,
+                rejected = report.rejected,
+                commits = report.commits,
+                dropped_batches = report.dropped_batches,
+                "ingest stopped"
+            );
+        }
+        Command::Produce(args) => {
+            let d = select(&decls, &args.table)?;
+            let opts = produce::ProduceOptions {
+                brokers: config.ingest.brokers.clone(),
+                topic: args.topic,
+                count: args.count,
+                rate: args.rate,
+                seed: args.seed,
+                bad_ratio: args.bad_ratio,
+                spread: args.spread,
+                accounts: args.accounts,
+                kafka: config.ingest.kafka.clone(),
+            };
+            if !(0.0..=1.0).contains(&opts.bad_ratio) {
+                bail!("--bad-ratio must be between 0 and 1");
+            }
+            if let Some(p) = args.create_topic {
+                let topic = opts.topic.clone().unwrap_or_else(|| d.topic.clone());
+                produce::create_topic(&opts.brokers, &topic, p).await?;
+            }
+            let d = d.clone();
+            let report =
+                tokio::task::spawn_blocking(move || produce::produce(&d, &opts, clock)).await??;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Status(args) => {
+            let catalog = config.open_catalog().await?;
+            let chosen: Vec<&TableDecl> = match &args.table {
+                Some(t) => vec![select(&decls, t)?],
+                None => decls.iter().collect(),
+            };
+            let mut statuses = Vec::new();
+            for d in chosen {
+                statuses.push(status::table_status(catalog.as_ref(), d).await?);
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&statuses)?);
+            } else {
+                print!("{}", status::render(&statuses));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! Table declarations and their Iceberg layout.
+
+pub mod decl;
+pub mod layout;

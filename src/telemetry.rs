@@ -1,0 +1,139 @@
+//! Telemetry as named events: each thing worth counting is one function that
+//! both logs and updates its Prometheus metric. Labels stay bounded (table,
+//! topic, reason, outcome), never a file or an offset.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Ingest metrics, registered in one registry.
+#[derive(Debug, Clone)]
+pub struct IngestMetrics {
+    registry: Registry,
+    events_consumed: IntCounterVec,
+    events_rejected: IntCounterVec,
+    rows_written: IntCounterVec,
+    files_committed: IntCounterVec,
+    commits: IntCounterVec,
+    commit_seconds: HistogramVec,
+    buffered_rows: IntGaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+impl Default for IngestMetrics {
+    fn default() -> Self {
+        Self::new(Registry::new())
+    }
+}
+
+impl IngestMetrics {
+    /// Register ingest metrics in `registry`.
+    pub fn new(registry: Registry) -> Self {
+        let commit_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "firn_ingest_commit_duration_seconds",
+                "Time to write and commit one flush, per table.",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["table"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(commit_seconds.clone()))
+            .expect("metric registered once");
+        let buffered_rows = IntGaugeVec::new(
+            Opts::new(
+                "firn_ingest_buffered_rows",
+                "Minute rows buffered and not yet committed.",
+            ),
+            &["table"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(buffered_rows.clone()))
+            .expect("metric registered once");
+        Self {
+            events_consumed: counter(
+                &registry,
+                "firn_ingest_events_consumed_total",
+                "Kafka records consumed (accepted or rejected).",
+                &["table", "topic"],
+            ),
+            events_rejected: counter(
+                &registry,
+                "firn_ingest_events_rejected_total",
+                "Records sent to the rejects table, by reason.",
+                &["table", "reason"],
+            ),
+            rows_written: counter(
+                &registry,
+                "firn_ingest_rows_written_total",
+                "Minute rows committed to the table.",
+                &["table"],
+            ),
+            files_committed: counter(
+                &registry,
+                "firn_ingest_files_committed_total",
+                "Data files committed to the table.",
+                &["table"],
+            ),
+            commits: counter(
+                &registry,
+                "firn_ingest_commits_total",
+                "Flush commits by outcome (committed, fenced, failed).",
+                &["table", "outcome"],
+            ),
+            commit_seconds,
+            buffered_rows,
+            registry,
+        }
+    }
+
+    /// The registry (for `/metrics`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// A record was consumed.
+    pub fn consumed(&self, table: &str, topic: &str) {
+        self.events_consumed
+            .with_label_values(&[table, topic])
+            .inc();
+    }
+
+    /// A record was rejected.
+    pub fn rejected(&self, table: &str, reason: &str) {
+        self.events_rejected
+            .with_label_values(&[table, reason])
+            .inc();
+    }
+
+    /// Rows currently buffered for a table.
+    pub fn buffered(&self, table: &str, rows: usize) {
+        self.buffered_rows
+            .with_label_values(&[table])
+            .set(rows as i64);
+    }
+
+    /// A flush committed.
+    pub fn flush_committed(&self, table: &str, rows: u64, files: usize, seconds: f64) {
+        self.rows_written.with_label_values(&[table]).inc_by(rows);
+        self.files_committed
+            .with_label_values(&[table])
+            .inc_by(files as u64);
+        self.commits.with_label_values(&[table, "committed"]).inc();
+        self.commit_seconds
+            .with_label_values(&[table])
+            .observe(seconds);
+    }
+
+    /// A flush did not commit (`fenced` or `failed`).
+    pub fn flush_failed(&self, table: &str, outcome: &'static str) {
+        self.commits.with_label_values(&[table, outcome]).inc();
+    }
+}

@@ -1,0 +1,266 @@
+//! The real local stack for end-to-end tests: a tansu broker (sqlite engine)
+//! on a free loopback port in a temporary folder, the built `firn` binary
+//! run as a subprocess against a temporary SQLite catalog and warehouse, and
+//! helpers that read the table back through the library.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use firn::catalog::Catalog;
+use firn::clock::SystemClock;
+use firn::config::{Config, Overrides};
+use firn::offsets;
+use firn::produce::{self, ProduceOptions, ProduceReport};
+use firn::schema::decl::TableDecl;
+use firn::tables;
+
+pub const GROUP: &str = "firn-e2e";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("FIRN_TANSU") {
+        return PathBuf::from(p);
+    }
+    let home_bin =
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu");
+    if home_bin.exists() {
+        return home_bin;
+    }
+    PathBuf::from("tansu")
+}
+
+/// A tansu broker on loopback, stopped when dropped.
+pub struct Broker {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let child = Command::new(tansu_binary())
+            .current_dir(dir.path())
+            .args([
+                "broker",
+                "--storage-engine",
+                "sqlite://tansu.db",
+                "--kafka-listener-url",
+                &url,
+                "--kafka-advertised-listener-url",
+                &url,
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start tansu ({e}); install it with deploy/local/install-tansu.sh")
+            });
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Broker {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A firn deployment in a temporary folder: schemas, catalog, warehouse.
+pub struct Lake {
+    pub dir: tempfile::TempDir,
+    pub brokers: String,
+}
+
+impl Lake {
+    pub fn new(broker: &Broker) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("schemas")).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/usage.http_requests.toml"),
+            dir.path().join("schemas/usage.http_requests.toml"),
+        )
+        .unwrap();
+        Lake {
+            dir,
+            brokers: broker.addr.clone(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn decl(&self) -> TableDecl {
+        TableDecl::load(&self.path().join("schemas/usage.http_requests.toml")).unwrap()
+    }
+
+    /// The `firn` binary, configured for this lake.
+    pub fn firn(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_firn"));
+        c.current_dir(self.path())
+            .env("FIRN_CATALOG_URI", self.catalog_uri())
+            .env("FIRN_WAREHOUSE", self.path().join("warehouse"))
+            .env("FIRN_SCHEMAS", self.path().join("schemas"))
+            .env("FIRN_BROKERS", &self.brokers)
+            .env("FIRN_GROUP", GROUP)
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn");
+        c
+    }
+
+    fn catalog_uri(&self) -> String {
+        format!(
+            "sqlite://{}?mode=rwc",
+            self.path().join("catalog.db").display()
+        )
+    }
+
+    /// Run a firn command to completion; panic with its output on failure.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.firn().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "firn {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Start `firn ingest` in the background; its log goes to `ingest-N.log`.
+    pub fn spawn_ingest(&self, name: &str, extra: &[&str]) -> Child {
+        let log = std::fs::File::create(self.path().join(format!("ingest-{name}.log"))).unwrap();
+        self.firn()
+            .args([
+                "ingest",
+                "--commit-interval",
+                "1s",
+                "--kafka-property",
+                "session.timeout.ms=6000",
+                "--kafka-property",
+                "heartbeat.interval.ms=500",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path().join(format!("ingest-{name}.log"))).unwrap_or_default()
+    }
+
+    pub async fn catalog(&self) -> Arc<dyn Catalog> {
+        let o = Overrides {
+            catalog_uri: Some(self.catalog_uri()),
+            warehouse: Some(self.path().join("warehouse").display().to_string()),
+            schemas: Some(self.path().join("schemas")),
+            brokers: Some(self.brokers.clone()),
+            group: Some(GROUP.into()),
+        };
+        Config::with_overrides(&o)
+            .unwrap()
+            .open_catalog()
+            .await
+            .unwrap()
+    }
+
+    /// Sum of the group's committed offsets in the table.
+    pub async fn committed_records(&self, catalog: &dyn Catalog) -> i64 {
+        let t = catalog
+            .load(&tables::ident(&self.decl()).unwrap())
+            .await
+            .unwrap();
+        offsets::read(&t.metadata, GROUP)
+            .unwrap()
+            .values()
+            .flat_map(|m| m.values())
+            .sum()
+    }
+
+    /// Wait until the table's offsets cover `records` records (topic offsets
+    /// start at 0), or panic naming what was reached.
+    pub async fn wait_for_offsets(&self, catalog: &dyn Catalog, records: i64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let at = self.committed_records(catalog).await;
+            if at == records {
+                return;
+            }
+            assert!(
+                at <= records,
+                "table offsets {at} passed the {records} records produced"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "table offsets reached {at} of {records} records within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Produce events through the library (same generator as `firn produce`).
+    pub async fn produce(&self, opts: ProduceOptions) -> ProduceReport {
+        let decl = self.decl();
+        let opts = ProduceOptions {
+            brokers: self.brokers.clone(),
+            ..opts
+        };
+        tokio::task::spawn_blocking(move || produce::produce(&decl, &opts, Arc::new(SystemClock)))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    pub async fn create_topic(&self, partitions: i32) {
+        produce::create_topic(&self.brokers, &self.decl().topic, partitions)
+            .await
+            .unwrap();
+    }
+}
+
+/// Send SIGTERM and wait for the exit status.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().unwrap()
+}
+
+/// Peak resident set (VmHWM) of a running process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,287 @@
+//! Exactly-once ingest against a real tansu broker.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use firn::produce::{ProduceOptions, ProduceReport};
+use firn::read::{self, Totals};
+use firn::schema::decl::TableDecl;
+use firn::tables;
+use rand::Rng;
+
+use crate::common::{Broker, Lake, peak_rss_kib, terminate};
+
+const WAIT: Duration = Duration::from_secs(600);
+
+fn assert_totals_match(decl: &TableDecl, totals: &Totals, reports: &[&ProduceReport]) {
+    for m in &decl.measures {
+        let produced: Vec<i64> = reports
+            .iter()
+            .map(|r| r.totals[&m.name].as_i64().unwrap_or(0))
+            .collect();
+        let want = match m.agg {
+            firn::schema::decl::Agg::Max => produced.iter().copied().max().unwrap_or(0),
+            firn::schema::decl::Agg::Min => produced.iter().copied().min().unwrap_or(0),
+            _ => produced.iter().sum(),
+        };
+        assert_eq!(totals.long(decl, &m.name), want, "measure {}", m.name);
+    }
+    let valid: u64 = reports.iter().map(|r| r.valid).sum();
+    assert_eq!(totals.long(decl, "requests"), valid as i64);
+}
+
+async fn table_totals(lake: &Lake) -> Totals {
+    let catalog = lake.catalog().await;
+    let decl = lake.decl();
+    let t = catalog.load(&tables::ident(&decl).unwrap()).await.unwrap();
+    read::totals(&t, &decl).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_totals_and_every_malformed_record_rejected() {
+    let broker = Broker::start();
+    let lake = Lake::new(&broker);
+    lake.create_topic(4).await;
+    let synced = lake.run(&["tables", "sync"]);
+    assert!(synced.contains("usage.http_requests: created"), "{synced}");
+
+    let report = lake
+        .produce(ProduceOptions {
+            count: 200_000,
+            seed: 7,
+            bad_ratio: 0.01,
+            ..Default::default()
+        })
+        .await;
+    assert!(report.malformed > 1500, "{report:?}");
+
+    let started = Instant::now();
+    let mut worker = lake.spawn_ingest("a", &[]);
+    let catalog = lake.catalog().await;
+    lake.wait_for_offsets(catalog.as_ref(), report.sent as i64, WAIT)
+        .await;
+    let elapsed = started.elapsed();
+    let rss = peak_rss_kib(worker.id());
+    assert!(terminate(&mut worker).success(), "{}", lake.log("a"));
+    eprintln!(
+        "MEASURE ingest {} records in {:.1}s = {:.0} records/s end to end; worker peak RSS {:?} KiB",
+        report.sent,
+        elapsed.as_secs_f64(),
+        report.sent as f64 / elapsed.as_secs_f64(),
+        rss
+    );
+
+    let decl = lake.decl();
+    let totals = table_totals(&lake).await;
+    assert_totals_match(&decl, &totals, &[&report]);
+
+    // Every malformed record is in the rejects table, once, with its reason.
+    let rejects_table = catalog
+        .load(&tables::rejects_ident(&decl).unwrap())
+        .await
+        .unwrap();
+    let rejects = read::rejects(&rejects_table).await.unwrap();
+    assert_eq!(rejects.len() as u64, report.malformed);
+    let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &rejects {
+        *by_reason.entry(r.reason_code.clone()).or_default() += 1;
+        assert_eq!(r.topic, "http-requests");
+        assert!(!r.payload.is_empty());
+        assert!(!r.reason.is_empty());
+    }
+    assert_eq!(by_reason, report.malformed_by_reason);
+    let positions: std::collections::BTreeSet<_> =
+        rejects.iter().map(|r| (r.partition, r.offset)).collect();
+    assert_eq!(positions.len(), rejects.len(), "a reject recorded twice");
+
+    let status = lake.run(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(json[0]["grains"]["minute"]["rows"], totals.rows);
+    assert_eq!(json[0]["rejects"], report.malformed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_keeps_totals_exact() {
+    let broker = Broker::start();
+    let lake = Lake::new(&broker);
+    lake.create_topic(4).await;
+    lake.run(&["tables", "sync"]);
+
+    // Events keep arriving while the worker is killed and restarted.
+    let producing = {
+        let opts = ProduceOptions {
+            count: 120_000,
+            rate: Some(4_000),
+            seed: 11,
+            bad_ratio: 0.005,
+            ..Default::default()
+        };
+        let lake_brokers = lake.brokers.clone();
+        let decl = lake.decl();
+        tokio::task::spawn_blocking(move || {
+            let opts = ProduceOptions {
+                brokers: lake_brokers,
+                ..opts
+            };
+            firn::produce::produce(&decl, &opts, std::sync::Arc::new(firn::clock::SystemClock))
+                .unwrap()
+        })
+    };
+
+    let seed: u64 = rand::rng().random();
+    eprintln!("kill schedule seed {seed}");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    for i in 0..5 {
+        let mut w = lake.spawn_ingest(&format!("k{i}"), &[]);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1_500..5_000))).await;
+        w.kill().unwrap();
+        w.wait().unwrap();
+    }
+    let report = producing.await.unwrap();
+    let mut last = lake.spawn_ingest("final", &[]);
+    let catalog = lake.catalog().await;
+    lake.wait_for_offsets(catalog.as_ref(), report.sent as i64, WAIT)
+        .await;
+    assert!(terminate(&mut last).success(), "{}", lake.log("final"));
+
+    let totals = table_totals(&lake).await;
+    assert_totals_match(&lake.decl(), &totals, &[&report]);
+    let rejects_table = catalog
+        .load(&tables::rejects_ident(&lake.decl()).unwrap())
+        .await
+        .unwrap();
+    let rejects = read::rejects(&rejects_table).await.unwrap();
+    assert_eq!(rejects.len() as u64, report.malformed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_with_partitions_moving_keep_totals_exact() {
+    let broker = Broker::start();
+    let lake = Lake::new(&broker);
+    lake.create_topic(6).await;
+    lake.run(&["tables", "sync"]);
+
+    let producing = {
+        let brokers = lake.brokers.clone();
+        let decl = lake.decl();
+        tokio::task::spawn_blocking(move || {
+            let opts = ProduceOptions {
+                brokers,
+                count: 100_000,
+                rate: Some(4_000),
+                seed: 13,
+                ..Default::default()
+            };
+            firn::produce::produce(&decl, &opts, std::sync::Arc::new(firn::clock::SystemClock))
+                .unwrap()
+        })
+    };
+    let mut a = lake.spawn_ingest("a", &[]);
+    let mut b = lake.spawn_ingest("b1", &[]);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Stop b mid-stream: its partitions move to a; then restart it: they move back.
+    assert!(terminate(&mut b).success(), "{}", lake.log("b1"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut b = lake.spawn_ingest("b2", &[]);
+
+    let report = producing.await.unwrap();
+    let catalog = lake.catalog().await;
+    lake.wait_for_offsets(catalog.as_ref(), report.sent as i64, WAIT)
+        .await;
+    assert!(terminate(&mut b).success(), "{}", lake.log("b2"));
+    assert!(terminate(&mut a).success(), "{}", lake.log("a"));
+
+    for name in ["a", "b1"] {
+        assert!(
+            lake.log(name).contains("flushed"),
+            "worker {name} never committed:\n{}",
+            lake.log(name)
+        );
+    }
+    assert!(
+        lake.log("a").matches("assigned").count() >= 2,
+        "{}",
+        lake.log("a")
+    );
+    let totals = table_totals(&lake).await;
+    assert_totals_match(&lake.decl(), &totals, &[&report]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_dimension_keeps_ingesting_after_sync() {
+    let broker = Broker::start();
+    let lake = Lake::new(&broker);
+    lake.create_topic(2).await;
+    lake.run(&["tables", "sync"]);
+    let catalog = lake.catalog().await;
+
+    let first = lake
+        .produce(ProduceOptions {
+            count: 20_000,
+            seed: 3,
+            ..Default::default()
+        })
+        .await;
+    let mut w = lake.spawn_ingest("before", &[]);
+    lake.wait_for_offsets(catalog.as_ref(), first.sent as i64, WAIT)
+        .await;
+    assert!(terminate(&mut w).success());
+
+    // The declaration gains an optional dimension.
+    let path = lake.path().join("schemas/usage.http_requests.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[[measure]]\nname = \"requests\"",
+        "[[dimension]]\nname = \"method\"\ntype = \"string\"\noptional = true\n\n[[measure]]\nname = \"requests\"",
+    );
+    std::fs::write(&path, text).unwrap();
+    let synced = lake.run(&["tables", "sync"]);
+    assert!(
+        synced.contains("usage.http_requests: added method"),
+        "{synced}"
+    );
+    assert!(lake.run(&["tables", "sync"]).contains("unchanged"));
+
+    let second = lake
+        .produce(ProduceOptions {
+            count: 20_000,
+            seed: 4,
+            ..Default::default()
+        })
+        .await;
+    let mut w = lake.spawn_ingest("after", &[]);
+    lake.wait_for_offsets(catalog.as_ref(), (first.sent + second.sent) as i64, WAIT)
+        .await;
+    assert!(terminate(&mut w).success(), "{}", lake.log("after"));
+
+    let decl = lake.decl();
+    let table = catalog.load(&tables::ident(&decl).unwrap()).await.unwrap();
+    assert!(
+        table
+            .metadata
+            .current_schema()
+            .field_by_name("method")
+            .is_some()
+    );
+    let totals = read::totals(&table, &decl).await.unwrap();
+    assert_totals_match(&decl, &totals, &[&first, &second]);
+}
+
+#[test]
+fn a_bad_declaration_names_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("schemas")).unwrap();
+    let text = include_str!("../../schemas/usage.http_requests.toml")
+        .replace("agg = \"max\"", "agg = \"median\"");
+    std::fs::write(dir.path().join("schemas/bad.toml"), text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_firn"))
+        .current_dir(dir.path())
+        .args(["tables", "sync"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("schemas/bad.toml: measure `ttfb_ms_max`: unknown agg `median`"),
+        "{err}"
+    );
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests against the real local stack. One test binary, so the
+//! stack helpers compile once.
+
+mod common;
+mod ingest;
