@@ -125,7 +125,7 @@ pub async fn rejects(table: &TableHandle) -> Result<Vec<RejectRecord>> {
             .column(3)
             .as_primitive::<TimestampMicrosecondType>()
             .clone();
-        let payload = batch.column(6).as_binary::<i32>().clone();
+        let payload = batch.column(6).as_binary::<i64>().clone();
         for i in 0..batch.num_rows() {
             out.push(RejectRecord {
                 topic: topic.value(i).to_string(),

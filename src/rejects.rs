@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use arrow_array::{
-    ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    ArrayRef, Int32Array, Int64Array, LargeBinaryArray, RecordBatch, StringArray,
     TimestampMicrosecondArray,
 };
 use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
@@ -80,7 +80,7 @@ pub fn to_batch(
         Arc::new(StringArray::from_iter_values(
             rejects.iter().map(|r| r.reason.as_str()),
         )),
-        Arc::new(BinaryArray::from_iter_values(
+        Arc::new(LargeBinaryArray::from_iter_values(
             rejects.iter().map(|r| r.payload.as_slice()),
         )),
     ];
