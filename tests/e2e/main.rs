@@ -1,5 +1,6 @@
 //! End-to-end tests against the real local stack. One test binary, so the
 //! stack helpers compile once.
 
+mod commit;
 mod common;
 mod ingest;
