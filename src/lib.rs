@@ -13,6 +13,7 @@ pub mod commit;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod maintain;
 pub mod offsets;
 pub mod produce;
 pub mod read;

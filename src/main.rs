@@ -7,11 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use firn::clock::{Clock, SystemClock};
 use firn::config::{Config, Overrides};
 use firn::schema::decl::{self, TableDecl};
 use firn::telemetry::IngestMetrics;
+use firn::commit::RetryPolicy;
+use firn::maintain::{self, PlanOptions, TaskKind, plan};
 use firn::{ingest, produce, status, tables};
 
 /// firn turns a Kafka stream of usage events into an Apache Iceberg lake that
@@ -75,6 +78,18 @@ enum Command {
     /// Write generated events for a declared table to its topic and print the
     /// exact totals produced (JSON).
     Produce(ProduceArgs),
+    /// Merge the small files of sealed partitions into files of the target
+    /// size, collapsing rows with the same key and bucket. One replace commit
+    /// per partition.
+    Compact(MaintainArgs),
+    /// Roll aged rows up as the table's policy says: minute rows into hour
+    /// rows (day partitions), hour rows into day rows (month partitions),
+    /// merged with the rows already there. One replace commit per target
+    /// partition.
+    Rollup(MaintainArgs),
+    /// Drop partitions wholly older than the table's retention, in one delete
+    /// commit.
+    Retention(MaintainArgs),
     /// Show files, rows and bytes per grain, snapshots, manifests and
     /// committed offsets of each table.
     Status(StatusArgs),
@@ -145,12 +160,49 @@ struct ProduceArgs {
 }
 
 #[derive(Debug, Args)]
+struct MaintainArgs {
+    /// Declared table (namespace.name).
+    table: String,
+    /// Print the plan (partitions, files in/out, rows, bytes) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Only partitions that end after this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_parser = parse_time)]
+    from: Option<DateTime<Utc>>,
+    /// Only partitions that start before this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_parser = parse_time)]
+    to: Option<DateTime<Utc>>,
+    /// Plan as if it were this time (RFC 3339 or YYYY-MM-DD); default now.
+    #[arg(long, env = "FIRN_NOW", value_parser = parse_time)]
+    now: Option<DateTime<Utc>>,
+    /// A partition is sealed (compactable) this long after it ends, so live
+    /// ingest is never raced.
+    #[arg(long, env = "FIRN_SEAL_DELAY", value_parser = humantime::parse_duration, default_value = "1h")]
+    seal_delay: Duration,
+    /// Target size of output files in bytes (default 128 MiB).
+    #[arg(long, env = "FIRN_TARGET_FILE_SIZE")]
+    target_file_size: Option<usize>,
+    /// Print the run report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct StatusArgs {
     /// Only this table (namespace.name).
     table: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        .map_err(|_| format!("`{s}` is neither RFC 3339 nor YYYY-MM-DD"))
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -312,6 +364,11 @@ async fn run(cli: Cli) -> Result<()> {
                 tokio::task::spawn_blocking(move || produce::produce(&d, &opts, clock)).await??;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
+        Command::Compact(args) => maintain_cmd(&config, &decls, TaskKind::Compact, args, clock).await?,
+        Command::Rollup(args) => maintain_cmd(&config, &decls, TaskKind::Rollup, args, clock).await?,
+        Command::Retention(args) => {
+            maintain_cmd(&config, &decls, TaskKind::Retention, args, clock).await?
+        }
         Command::Status(args) => {
             let catalog = config.open_catalog().await?;
             let chosen: Vec<&TableDecl> = match &args.table {
@@ -328,6 +385,74 @@ async fn run(cli: Cli) -> Result<()> {
                 print!("{}", status::render(&statuses));
             }
         }
+    }
+    Ok(())
+}
+
+/// compact / rollup / retention: plan, print or execute, report.
+async fn maintain_cmd(
+    config: &Config,
+    decls: &[TableDecl],
+    kind: TaskKind,
+    args: MaintainArgs,
+    clock: Arc<dyn Clock>,
+) -> Result<()> {
+    let d = select(decls, &args.table)?;
+    let target_file_size = args
+        .target_file_size
+        .unwrap_or(config.ingest.target_file_size);
+    let opts = PlanOptions {
+        now: args.now.unwrap_or_else(|| clock.now()),
+        from: args.from,
+        to: args.to,
+        seal_delay: args.seal_delay,
+        target_file_size: target_file_size as u64,
+    };
+    let catalog = config.open_catalog().await?;
+    let ident = tables::ident(d)?;
+    let table = catalog.load(&ident).await?;
+    let state = maintain::state::load(&table).await?;
+    let tasks = match kind {
+        TaskKind::Compact => maintain::plan_compaction(&state, &d.policy, &opts),
+        TaskKind::Rollup => maintain::plan_rollup(&state, &d.policy, &opts),
+        TaskKind::Retention => maintain::plan_retention(&state, &d.policy, &opts),
+    };
+    if args.dry_run {
+        println!(
+            "plan for {} at {} ({} tasks, nothing changed):",
+            d.qualified_name(),
+            opts.now.to_rfc3339(),
+            tasks.len()
+        );
+        for t in &tasks {
+            println!("  {}", plan::describe(t, opts.target_file_size));
+        }
+        return Ok(());
+    }
+    let report = maintain::run_plan(
+        catalog.as_ref(),
+        &ident,
+        d,
+        &tasks,
+        target_file_size,
+        RetryPolicy::default(),
+    )
+    .await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} {}: {} committed, {} superseded, {} failed, {} commit retries",
+            kind.as_str(),
+            d.qualified_name(),
+            report.committed,
+            report.superseded,
+            report.failed,
+            report.retries
+        );
+    }
+    if report.failed > 0 {
+        bail!("{} of {} tasks failed (see the log)", report.failed, tasks.len());
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringB
 use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, new_null_array};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
 use iceberg::spec::{DataFileFormat, Literal, PartitionKey, Struct};
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{
     DefaultFileNameGenerator, DefaultLocationGenerator,
@@ -31,30 +31,20 @@ use crate::schema::layout::Grain;
 /// Rows per Arrow batch handed to the Parquet writer.
 const BATCH_ROWS: usize = 64 * 1024;
 
+/// Rows per Parquet row group: small enough that a merge over many files
+/// holds one modest row group per input, large enough for good compression.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
 /// Default target size of a data file.
 pub const DEFAULT_TARGET_FILE_SIZE: usize = 128 * 1024 * 1024;
 
-/// The partition ordinal of a bucket starting at `ts_micros` in `grain`'s
-/// spec: hours, days or months since the epoch, as Iceberg's transforms say.
-pub fn partition_ordinal(grain: Grain, ts_micros: i64) -> i32 {
-    use chrono::Datelike;
-    const HOUR: i64 = 3_600_000_000;
-    const DAY: i64 = 24 * HOUR;
-    match grain {
-        Grain::Minute => ts_micros.div_euclid(HOUR) as i32,
-        Grain::Hour => ts_micros.div_euclid(DAY) as i32,
-        Grain::Day => {
-            let date = chrono::DateTime::from_timestamp_micros(ts_micros)
-                .unwrap_or_default()
-                .date_naive();
-            (date.year() - 1970) * 12 + date.month0() as i32
-        }
-    }
-}
-
 /// The partition value (an Iceberg literal) of a bucket in `grain`'s spec.
 pub fn partition_value(grain: Grain, ts_micros: i64) -> Literal {
-    let ordinal = partition_ordinal(grain, ts_micros);
+    ordinal_literal(grain, grain.partition_ordinal(ts_micros))
+}
+
+/// A partition ordinal as the literal its spec's transform produces.
+fn ordinal_literal(grain: Grain, ordinal: i32) -> Literal {
     match grain {
         Grain::Hour => Literal::date(ordinal),
         Grain::Minute | Grain::Day => Literal::int(ordinal),
@@ -66,6 +56,7 @@ pub fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .build()
 }
 
@@ -184,55 +175,138 @@ pub async fn write_rows(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let meta = table.metadata.as_ref();
-    let ice = |what: String| move |e: iceberg::Error| Error::iceberg(what, e);
-    let schema = meta.current_schema().clone();
-    let spec = meta
-        .partition_spec_by_id(grain.spec_id())
-        .ok_or_else(|| {
-            Error::new(
-                crate::error::ErrorKind::Iceberg,
-                format!(
-                    "table {} has no partition spec for {} rows; run `firn tables sync`",
-                    table.ident,
-                    grain.as_str()
-                ),
-            )
-        })?
-        .as_ref()
-        .clone();
     let arrow_schema: ArrowSchemaRef = Arc::new(
-        iceberg::arrow::schema_to_arrow_schema(&schema)
-            .map_err(ice(format!("arrow schema of {}", table.ident)))?,
+        iceberg::arrow::schema_to_arrow_schema(table.metadata.current_schema())
+            .map_err(|e| Error::iceberg(format!("arrow schema of {}", table.ident), e))?,
     );
 
     // Split by partition, keeping the sort order within each.
     let mut partitions: BTreeMap<i32, Vec<(RowKey, Measures)>> = BTreeMap::new();
     for row in rows {
         partitions
-            .entry(partition_ordinal(grain, row.0.ts_micros))
+            .entry(grain.partition_ordinal(row.0.ts_micros))
             .or_default()
             .push(row);
     }
 
     let mut files = Vec::new();
-    for (_, part_rows) in partitions {
-        let value = partition_value(grain, part_rows[0].0.ts_micros);
-        let key = PartitionKey::new(
-            spec.clone(),
-            schema.clone(),
-            Struct::from_iter([Some(value)]),
-        );
+    for (ordinal, part_rows) in partitions {
+        let key = partition_key(table, grain, ordinal)?;
         let batches = to_batches(&arrow_schema, decl, grain, &part_rows)?;
-        let prefix = grain.as_str();
-        files.extend(write_batches(table, Some(key), prefix, batches, target_file_size).await?);
+        files.extend(
+            write_batches(table, Some(key), grain.as_str(), batches, target_file_size).await?,
+        );
     }
     Ok(files)
 }
 
-/// Write Arrow batches (already in the table's current schema) as data files
-/// of one partition (`None` for an unpartitioned table), rolling at
-/// `target_file_size`. File names start with `prefix`.
+/// Writes Arrow batches (in the table's current schema) as data files of one
+/// partition (`None` for an unpartitioned table), rolling at a target size.
+/// The writer stack: Parquet → rolling → data files with partition values.
+pub struct PartitionWriter {
+    inner: DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>,
+    spec_id: i32,
+    ident: String,
+}
+
+impl std::fmt::Debug for PartitionWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionWriter")
+            .field("table", &self.ident)
+            .field("spec_id", &self.spec_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartitionWriter {
+    /// A writer for one partition of `table`; file names start with `prefix`.
+    pub async fn open(
+        table: &TableHandle,
+        partition: Option<PartitionKey>,
+        prefix: &str,
+        target_file_size: usize,
+    ) -> Result<Self> {
+        let meta = table.metadata.as_ref();
+        let ident = table.ident.to_string();
+        let ice = |what: &str| {
+            let what = format!("{what} for {ident}");
+            move |e: iceberg::Error| Error::iceberg(what, e)
+        };
+        let location = DefaultLocationGenerator::new(meta).map_err(ice("data location"))?;
+        let names = DefaultFileNameGenerator::new(
+            format!("{prefix}-{}", Uuid::now_v7()),
+            None,
+            DataFileFormat::Parquet,
+        );
+        let parquet =
+            ParquetWriterBuilder::new(writer_properties(), meta.current_schema().clone());
+        let rolling = RollingFileWriterBuilder::new(
+            parquet,
+            target_file_size,
+            table.file_io.clone(),
+            location,
+            names,
+        );
+        let spec_id = partition
+            .as_ref()
+            .map_or(meta.default_partition_spec_id(), |k| k.spec().spec_id());
+        let inner = DataFileWriterBuilder::new(rolling)
+            .build(partition)
+            .await
+            .map_err(ice("opening data file writer"))?;
+        Ok(Self {
+            inner,
+            spec_id,
+            ident,
+        })
+    }
+
+    /// Write one batch.
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let ident = &self.ident;
+        self.inner
+            .write(batch)
+            .await
+            .map_err(|e| Error::iceberg(format!("writing data file for {ident}"), e))
+    }
+
+    /// Finish the files and return them.
+    pub async fn close(mut self) -> Result<Vec<NewFile>> {
+        let ident = &self.ident;
+        let files = self
+            .inner
+            .close()
+            .await
+            .map_err(|e| Error::iceberg(format!("closing data file for {ident}"), e))?;
+        let spec_id = self.spec_id;
+        Ok(files
+            .into_iter()
+            .map(|file| NewFile { spec_id, file })
+            .collect())
+    }
+}
+
+/// The partition key of `grain`'s partition `ordinal` in `table`.
+pub fn partition_key(table: &TableHandle, grain: Grain, ordinal: i32) -> Result<PartitionKey> {
+    let meta = table.metadata.as_ref();
+    let spec = meta.partition_spec_by_id(grain.spec_id()).ok_or_else(|| {
+        Error::new(
+            crate::error::ErrorKind::Iceberg,
+            format!(
+                "table {} has no partition spec for {} rows; run `firn tables sync`",
+                table.ident,
+                grain.as_str()
+            ),
+        )
+    })?;
+    Ok(PartitionKey::new(
+        spec.as_ref().clone(),
+        meta.current_schema().clone(),
+        Struct::from_iter([Some(ordinal_literal(grain, ordinal))]),
+    ))
+}
+
+/// Write batches as data files of one partition.
 pub async fn write_batches(
     table: &TableHandle,
     partition: Option<PartitionKey>,
@@ -240,43 +314,11 @@ pub async fn write_batches(
     batches: Vec<RecordBatch>,
     target_file_size: usize,
 ) -> Result<Vec<NewFile>> {
-    let meta = table.metadata.as_ref();
-    let ice = |what: &str| {
-        let what = format!("{what} for {}", table.ident);
-        move |e: iceberg::Error| Error::iceberg(what, e)
-    };
-    let location = DefaultLocationGenerator::new(meta).map_err(ice("data location"))?;
-    let names = DefaultFileNameGenerator::new(
-        format!("{prefix}-{}", Uuid::now_v7()),
-        None,
-        DataFileFormat::Parquet,
-    );
-    let parquet = ParquetWriterBuilder::new(writer_properties(), meta.current_schema().clone());
-    let rolling = RollingFileWriterBuilder::new(
-        parquet,
-        target_file_size,
-        table.file_io.clone(),
-        location,
-        names,
-    );
-    let spec_id = partition
-        .as_ref()
-        .map_or(meta.default_partition_spec_id(), |k| k.spec().spec_id());
-    let mut writer = DataFileWriterBuilder::new(rolling)
-        .build(partition)
-        .await
-        .map_err(ice("opening data file writer"))?;
+    let mut writer = PartitionWriter::open(table, partition, prefix, target_file_size).await?;
     for batch in batches {
-        writer
-            .write(batch)
-            .await
-            .map_err(ice("writing data file"))?;
+        writer.write(batch).await?;
     }
-    let files = writer.close().await.map_err(ice("closing data file"))?;
-    Ok(files
-        .into_iter()
-        .map(|file| NewFile { spec_id, file })
-        .collect())
+    writer.close().await
 }
 
 #[cfg(test)]

@@ -30,6 +30,18 @@ pub struct NewFile {
     pub file: DataFile,
 }
 
+/// A live data file a change removes, located by its partition so that only
+/// the manifests that can hold it are rewritten.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RemovedFile {
+    /// Data file path.
+    pub path: String,
+    /// Partition spec id.
+    pub spec_id: i32,
+    /// Partition ordinal (hours, days or months since the epoch).
+    pub partition: i32,
+}
+
 /// One atomic change to a table.
 #[derive(Debug, Clone)]
 pub struct Change {
@@ -39,6 +51,9 @@ pub struct Change {
     pub firn_operation: String,
     /// Data files the snapshot adds.
     pub added: Vec<NewFile>,
+    /// Live data files the snapshot removes (replace, delete). Every one must
+    /// still be live in the base, or the change is `Superseded`.
+    pub removed: Vec<RemovedFile>,
     /// Kafka offsets the change advances, fenced against the base.
     pub offsets: Option<OffsetAdvance>,
     /// Extra snapshot summary properties.
@@ -52,6 +67,7 @@ impl Change {
             operation: Operation::Append,
             firn_operation: firn_operation.to_string(),
             added,
+            removed: Vec::new(),
             offsets: None,
             properties: HashMap::new(),
         }
@@ -90,6 +106,8 @@ pub struct Committed {
     pub attempts: u32,
     /// Files added.
     pub added_files: usize,
+    /// Files removed.
+    pub removed_files: usize,
     /// Records added.
     pub added_records: u64,
 }
@@ -127,6 +145,8 @@ pub async fn commit(
                     snapshot_id = built.snapshot_id,
                     files = built.added_files,
                     rows = built.added_records,
+                    removed_files = built.removed_files,
+                    removed_rows = built.removed_records,
                     attempts = attempt,
                     "committed"
                 );
@@ -136,6 +156,7 @@ pub async fn commit(
                     attempts: attempt,
                     added_files: built.added_files,
                     added_records: built.added_records,
+                    removed_files: built.removed_files,
                 });
             }
             Err(e) if e.kind() == ErrorKind::CommitConflict && attempt < retry.max_attempts => {

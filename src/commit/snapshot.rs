@@ -12,7 +12,7 @@ use iceberg::spec::{
 };
 use uuid::Uuid;
 
-use super::Change;
+use super::{Change, RemovedFile};
 use crate::catalog::{StagedMetadata, TableHandle};
 use crate::error::{Error, ErrorKind, Result};
 use crate::offsets;
@@ -39,6 +39,25 @@ pub struct BuiltSnapshot {
     pub added_files: usize,
     /// Records it adds.
     pub added_records: u64,
+    /// Files it removes.
+    pub removed_files: usize,
+    /// Records it removes.
+    pub removed_records: u64,
+}
+
+/// Whether a manifest may hold one of `removed`: same spec, and the
+/// partition summary's bounds do not exclude the file's partition.
+fn may_hold(mf: &ManifestFile, removed: &[RemovedFile]) -> bool {
+    let bounds = mf.partitions.as_ref().and_then(|p| p.first()).and_then(|s| {
+        let lo = s.lower_bound.as_ref()?;
+        let hi = s.upper_bound.as_ref()?;
+        let int = |b: &[u8]| <[u8; 4]>::try_from(b).ok().map(i32::from_le_bytes);
+        Some((int(lo)?, int(hi)?))
+    });
+    removed.iter().any(|r| {
+        r.spec_id == mf.partition_spec_id
+            && bounds.is_none_or(|(lo, hi)| lo <= r.partition && r.partition <= hi)
+    })
 }
 
 fn unique_snapshot_id(metadata: &TableMetadata) -> i64 {
@@ -76,11 +95,101 @@ pub async fn build(
     let commit_uuid = Uuid::now_v7();
     let schema = meta.current_schema().clone();
 
-    // Existing manifests carry forward unchanged.
+    let mut collector = SnapshotSummaryCollector::default();
+    collector.set_partition_summary_limit(0);
+
+    // Existing manifests carry forward unchanged, except those holding a file
+    // the change removes: those are rewritten with the file marked deleted.
+    let removed: HashMap<&str, &RemovedFile> =
+        change.removed.iter().map(|r| (r.path.as_str(), r)).collect();
+    let mut found = 0usize;
+    let mut removed_records = 0u64;
     let mut manifests: Vec<ManifestFile> = Vec::new();
     if let Some(current) = meta.current_snapshot() {
         let list = base.manifest_list(current).await?;
-        manifests.extend(list.consume_entries());
+        for (n, mf) in list.entries().to_vec().into_iter().enumerate() {
+            // A manifest left holding only entries deleted by an earlier
+            // snapshot has nothing live: drop it, as Iceberg's producers do.
+            if !mf.has_added_files() && !mf.has_existing_files() {
+                continue;
+            }
+            if removed.is_empty() || !may_hold(&mf, &change.removed) {
+                manifests.push(mf);
+                continue;
+            }
+            let manifest = mf
+                .load_manifest(&base.file_io)
+                .await
+                .map_err(ice("reading manifest"))?;
+            let hits = manifest
+                .entries()
+                .iter()
+                .filter(|e| e.is_alive() && removed.contains_key(e.file_path()))
+                .count();
+            if hits == 0 {
+                manifests.push(mf);
+                continue;
+            }
+            let mmeta = manifest.metadata();
+            let spec = meta
+                .partition_spec_by_id(mmeta.partition_spec().spec_id())
+                .cloned()
+                .unwrap_or_else(|| std::sync::Arc::new(mmeta.partition_spec().clone()));
+            let path = format!(
+                "{}/metadata/{commit_uuid}-r{n}.avro",
+                meta.location().trim_end_matches('/')
+            );
+            let output = base
+                .file_io
+                .new_output(&path)
+                .map_err(ice("creating manifest"))?;
+            let mut writer = ManifestWriterBuilder::new(
+                output,
+                Some(snapshot_id),
+                mmeta.schema.clone(),
+                mmeta.partition_spec().clone(),
+            )
+            .build_v2_data();
+            for e in manifest.entries().iter().filter(|e| e.is_alive()) {
+                let seq = e.sequence_number.unwrap_or(0);
+                let file_seq = e.file_sequence_number.or(Some(seq));
+                if removed.contains_key(e.file_path()) {
+                    found += 1;
+                    removed_records += e.record_count();
+                    collector.remove_file(&e.data_file, schema.clone(), spec.clone());
+                    writer
+                        .add_delete_file(e.data_file.clone(), seq, file_seq)
+                        .map_err(ice("marking a data file deleted"))?;
+                } else {
+                    writer
+                        .add_existing_file(
+                            e.data_file.clone(),
+                            e.snapshot_id.unwrap_or(snapshot_id),
+                            seq,
+                            file_seq,
+                        )
+                        .map_err(ice("carrying a data file forward"))?;
+                }
+            }
+            manifests.push(
+                writer
+                    .write_manifest_file()
+                    .await
+                    .map_err(ice("writing manifest"))?,
+            );
+        }
+    }
+    if found != removed.len() {
+        return Err(Error::new(
+            ErrorKind::Superseded,
+            format!(
+                "superseded: {} of the {} files this {} replaces are no longer live in {ident}; \
+                 another job replaced them first",
+                removed.len() - found,
+                removed.len(),
+                change.firn_operation
+            ),
+        ));
     }
 
     // One new manifest per partition spec among the added files.
@@ -88,8 +197,6 @@ pub async fn build(
     for f in &change.added {
         by_spec.entry(f.spec_id).or_default().push(&f.file);
     }
-    let mut collector = SnapshotSummaryCollector::default();
-    collector.set_partition_summary_limit(0);
     let mut added_records = 0;
     for (n, (spec_id, files)) in by_spec.into_iter().enumerate() {
         let spec = meta.partition_spec_by_id(spec_id).ok_or_else(|| {
@@ -184,6 +291,8 @@ pub async fn build(
             snapshot_id,
             added_files: change.added.len(),
             added_records,
+            removed_files: found,
+            removed_records,
         },
     ))
 }

@@ -56,6 +56,51 @@ impl Grain {
         }
     }
 
+    /// Start of the bucket holding `ts_micros` (the row's `ts` at this grain).
+    pub fn truncate(self, ts_micros: i64) -> i64 {
+        match self {
+            Grain::Minute => ts_micros - ts_micros.rem_euclid(MINUTE_MICROS),
+            Grain::Hour => ts_micros - ts_micros.rem_euclid(HOUR_MICROS),
+            Grain::Day => ts_micros - ts_micros.rem_euclid(DAY_MICROS),
+        }
+    }
+
+    /// The partition ordinal of a bucket starting at `ts_micros` in this
+    /// grain's spec: hours, days or months since the epoch, as Iceberg's
+    /// transforms say.
+    pub fn partition_ordinal(self, ts_micros: i64) -> i32 {
+        use chrono::Datelike;
+        match self {
+            Grain::Minute => ts_micros.div_euclid(HOUR_MICROS) as i32,
+            Grain::Hour => ts_micros.div_euclid(DAY_MICROS) as i32,
+            Grain::Day => {
+                let date = chrono::DateTime::from_timestamp_micros(ts_micros)
+                    .unwrap_or_default()
+                    .date_naive();
+                (date.year() - 1970) * 12 + date.month0() as i32
+            }
+        }
+    }
+
+    /// `[start, end)` of a partition of this grain's spec, in microseconds.
+    pub fn partition_bounds(self, ordinal: i32) -> (i64, i64) {
+        let o = ordinal as i64;
+        match self {
+            Grain::Minute => (o * HOUR_MICROS, (o + 1) * HOUR_MICROS),
+            Grain::Hour => (o * DAY_MICROS, (o + 1) * DAY_MICROS),
+            Grain::Day => (month_start(ordinal), month_start(ordinal + 1)),
+        }
+    }
+
+    /// The next coarser grain.
+    pub fn coarser(self) -> Option<Grain> {
+        match self {
+            Grain::Minute => Some(Grain::Hour),
+            Grain::Hour => Some(Grain::Day),
+            Grain::Day => None,
+        }
+    }
+
     /// Name of the partition field.
     pub fn partition_field_name(self) -> &'static str {
         match self {
@@ -64,6 +109,19 @@ impl Grain {
             Grain::Day => "ts_month",
         }
     }
+}
+
+const MINUTE_MICROS: i64 = 60_000_000;
+const HOUR_MICROS: i64 = 60 * MINUTE_MICROS;
+const DAY_MICROS: i64 = 24 * HOUR_MICROS;
+
+fn month_start(months_since_epoch: i32) -> i64 {
+    let year = 1970 + months_since_epoch.div_euclid(12);
+    let month = months_since_epoch.rem_euclid(12) as u32 + 1;
+    chrono::NaiveDate::from_ymd_opt(year, month, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_micros())
+        .unwrap_or(i64::MAX)
 }
 
 /// Field id of `ts` in every firn table.
@@ -270,6 +328,21 @@ mod tests {
         ));
         let e = evolved_schema(&s, &d3).unwrap_err();
         assert!(e.to_string().contains("column `colo` is string"), "{e}");
+    }
+
+    #[test]
+    fn partitions_bound_their_buckets() {
+        for ts in [0i64, -1, 1_795_771_230_123_000, 951_868_800_000_000] {
+            for g in Grain::ALL {
+                let (lo, hi) = g.partition_bounds(g.partition_ordinal(ts));
+                assert!(lo <= ts && ts < hi, "{g:?} {ts} not in [{lo}, {hi})");
+                let t = g.truncate(ts);
+                assert!(t <= ts && g.partition_ordinal(t) == g.partition_ordinal(ts));
+            }
+        }
+        // 2000-02 is month 361 and has 29 days.
+        let (lo, hi) = Grain::Day.partition_bounds(361);
+        assert_eq!((hi - lo) / DAY_MICROS, 29);
     }
 
     #[test]
