@@ -10,11 +10,11 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use firn::clock::{Clock, SystemClock};
+use firn::commit::RetryPolicy;
 use firn::config::{Config, Overrides};
+use firn::maintain::{self, PlanOptions, TaskKind, plan};
 use firn::schema::decl::{self, TableDecl};
 use firn::telemetry::IngestMetrics;
-use firn::commit::RetryPolicy;
-use firn::maintain::{self, PlanOptions, TaskKind, plan};
 use firn::{ingest, produce, status, tables};
 
 /// firn turns a Kafka stream of usage events into an Apache Iceberg lake that
@@ -364,8 +364,12 @@ async fn run(cli: Cli) -> Result<()> {
                 tokio::task::spawn_blocking(move || produce::produce(&d, &opts, clock)).await??;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        Command::Compact(args) => maintain_cmd(&config, &decls, TaskKind::Compact, args, clock).await?,
-        Command::Rollup(args) => maintain_cmd(&config, &decls, TaskKind::Rollup, args, clock).await?,
+        Command::Compact(args) => {
+            maintain_cmd(&config, &decls, TaskKind::Compact, args, clock).await?
+        }
+        Command::Rollup(args) => {
+            maintain_cmd(&config, &decls, TaskKind::Rollup, args, clock).await?
+        }
         Command::Retention(args) => {
             maintain_cmd(&config, &decls, TaskKind::Retention, args, clock).await?
         }
@@ -452,7 +456,11 @@ async fn maintain_cmd(
         );
     }
     if report.failed > 0 {
-        bail!("{} of {} tasks failed (see the log)", report.failed, tasks.len());
+        bail!(
+            "{} of {} tasks failed (see the log)",
+            report.failed,
+            tasks.len()
+        );
     }
     Ok(())
 }

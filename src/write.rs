@@ -238,8 +238,7 @@ impl PartitionWriter {
             None,
             DataFileFormat::Parquet,
         );
-        let parquet =
-            ParquetWriterBuilder::new(writer_properties(), meta.current_schema().clone());
+        let parquet = ParquetWriterBuilder::new(writer_properties(), meta.current_schema().clone());
         let rolling = RollingFileWriterBuilder::new(
             parquet,
             target_file_size,

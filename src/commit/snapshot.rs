@@ -48,12 +48,16 @@ pub struct BuiltSnapshot {
 /// Whether a manifest may hold one of `removed`: same spec, and the
 /// partition summary's bounds do not exclude the file's partition.
 fn may_hold(mf: &ManifestFile, removed: &[RemovedFile]) -> bool {
-    let bounds = mf.partitions.as_ref().and_then(|p| p.first()).and_then(|s| {
-        let lo = s.lower_bound.as_ref()?;
-        let hi = s.upper_bound.as_ref()?;
-        let int = |b: &[u8]| <[u8; 4]>::try_from(b).ok().map(i32::from_le_bytes);
-        Some((int(lo)?, int(hi)?))
-    });
+    let bounds = mf
+        .partitions
+        .as_ref()
+        .and_then(|p| p.first())
+        .and_then(|s| {
+            let lo = s.lower_bound.as_ref()?;
+            let hi = s.upper_bound.as_ref()?;
+            let int = |b: &[u8]| <[u8; 4]>::try_from(b).ok().map(i32::from_le_bytes);
+            Some((int(lo)?, int(hi)?))
+        });
     removed.iter().any(|r| {
         r.spec_id == mf.partition_spec_id
             && bounds.is_none_or(|(lo, hi)| lo <= r.partition && r.partition <= hi)
@@ -100,8 +104,11 @@ pub async fn build(
 
     // Existing manifests carry forward unchanged, except those holding a file
     // the change removes: those are rewritten with the file marked deleted.
-    let removed: HashMap<&str, &RemovedFile> =
-        change.removed.iter().map(|r| (r.path.as_str(), r)).collect();
+    let removed: HashMap<&str, &RemovedFile> = change
+        .removed
+        .iter()
+        .map(|r| (r.path.as_str(), r))
+        .collect();
     let mut found = 0usize;
     let mut removed_records = 0u64;
     let mut manifests: Vec<ManifestFile> = Vec::new();

@@ -53,7 +53,9 @@ fn decode(batch: &RecordBatch, decl: &TableDecl, path: &str) -> Result<Decoded> 
         })
     };
     Ok(Decoded {
-        ts: col("ts")?.as_primitive::<TimestampMicrosecondType>().clone(),
+        ts: col("ts")?
+            .as_primitive::<TimestampMicrosecondType>()
+            .clone(),
         dims: decl
             .dimensions
             .iter()
@@ -73,9 +75,13 @@ fn dim_at(array: &ArrayRef, ty: DimType, row: usize) -> DimValue {
         return DimValue::Null;
     }
     match (ty, array.data_type()) {
-        (DimType::Long, DataType::Int64) => DimValue::Long(array.as_primitive::<Int64Type>().value(row)),
+        (DimType::Long, DataType::Int64) => {
+            DimValue::Long(array.as_primitive::<Int64Type>().value(row))
+        }
         (DimType::Boolean, DataType::Boolean) => DimValue::Bool(array.as_boolean().value(row)),
-        (DimType::String, DataType::Utf8) => DimValue::Str(array.as_string::<i32>().value(row).into()),
+        (DimType::String, DataType::Utf8) => {
+            DimValue::Str(array.as_string::<i32>().value(row).into())
+        }
         (DimType::String, DataType::LargeUtf8) => {
             DimValue::Str(array.as_string::<i64>().value(row).into())
         }
@@ -112,7 +118,10 @@ pub struct MergeReader {
 impl std::fmt::Debug for MergeReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MergeReader")
-            .field("inputs", &self.inputs.iter().map(|i| &i.path).collect::<Vec<_>>())
+            .field(
+                "inputs",
+                &self.inputs.iter().map(|i| &i.path).collect::<Vec<_>>(),
+            )
             .field("grain", &self.grain)
             .finish_non_exhaustive()
     }
@@ -146,10 +155,11 @@ impl MergeReader {
                 name_mapping: None,
                 case_sensitive: true,
             };
-            let reader = ArrowReaderBuilder::new(table.file_io.clone(), iceberg::Runtime::current())
-                .with_data_file_concurrency_limit(1)
-                .with_batch_size(READ_BATCH)
-                .build();
+            let reader =
+                ArrowReaderBuilder::new(table.file_io.clone(), iceberg::Runtime::current())
+                    .with_data_file_concurrency_limit(1)
+                    .with_batch_size(READ_BATCH)
+                    .build();
             let stream = reader
                 .read(futures::stream::iter([Ok(task)]).boxed())
                 .map_err(|e| Error::iceberg(format!("opening data file {}", f.path), e))?

@@ -263,7 +263,13 @@ pub fn describe(task: &Task, target_file_size: u64) -> String {
             );
             for (g, p) in parts {
                 let (lo, hi) = g.partition_bounds(p);
-                let _ = write!(s, "\n            {} [{}, {})", g.as_str(), show_time(lo), show_time(hi));
+                let _ = write!(
+                    s,
+                    "\n            {} [{}, {})",
+                    g.as_str(),
+                    show_time(lo),
+                    show_time(hi)
+                );
             }
         }
     }
@@ -321,10 +327,21 @@ mod tests {
         let n = now.timestamp_micros();
         // 6 days old: stays minute. 8 days old: hour. The day 7 days ago has
         // not fully passed the threshold yet.
-        assert_eq!(due_grain(&p, n, Grain::Minute, at(now - chrono::Duration::days(6))), Grain::Minute);
-        assert_eq!(due_grain(&p, n, Grain::Minute, at(now - chrono::Duration::days(8))), Grain::Hour);
         assert_eq!(
-            due_grain(&p, n, Grain::Minute, at(Utc.with_ymd_and_hms(2026, 6, 8, 1, 0, 0).unwrap())),
+            due_grain(&p, n, Grain::Minute, at(now - chrono::Duration::days(6))),
+            Grain::Minute
+        );
+        assert_eq!(
+            due_grain(&p, n, Grain::Minute, at(now - chrono::Duration::days(8))),
+            Grain::Hour
+        );
+        assert_eq!(
+            due_grain(
+                &p,
+                n,
+                Grain::Minute,
+                at(Utc.with_ymd_and_hms(2026, 6, 8, 1, 0, 0).unwrap())
+            ),
             Grain::Minute
         );
         // March is entirely older than 90 days on June 15: day rows. Still-minute
@@ -344,20 +361,33 @@ mod tests {
             file(Grain::Minute, d1, 0, 10),
             file(Grain::Minute, d1 + chrono::Duration::hours(2), 1, 10),
             file(Grain::Minute, d2, 0, 10),
-            file(Grain::Hour, d1, 0, 10),                            // rolled before
+            file(Grain::Hour, d1, 0, 10), // rolled before
             file(Grain::Minute, now - chrono::Duration::hours(3), 0, 10), // fresh
         ]);
         let tasks = plan_rollup(&s, &policy(), &opts(now));
         assert_eq!(tasks.len(), 2);
-        assert_eq!(tasks[0].target, Some((Grain::Hour, Grain::Hour.partition_ordinal(d1.timestamp_micros()))));
-        assert_eq!(tasks[0].inputs.len(), 3, "two minute files and the existing hour file");
+        assert_eq!(
+            tasks[0].target,
+            Some((
+                Grain::Hour,
+                Grain::Hour.partition_ordinal(d1.timestamp_micros())
+            ))
+        );
+        assert_eq!(
+            tasks[0].inputs.len(),
+            3,
+            "two minute files and the existing hour file"
+        );
         assert_eq!(tasks[1].inputs.len(), 1);
 
         let mut o = opts(now);
         o.from = Some(Utc.with_ymd_and_hms(2026, 6, 2, 0, 0, 0).unwrap());
         let tasks = plan_rollup(&s, &policy(), &o);
         assert_eq!(tasks.len(), 1);
-        assert_eq!(tasks[0].inputs[0].partition, Grain::Minute.partition_ordinal(d2.timestamp_micros()));
+        assert_eq!(
+            tasks[0].inputs[0].partition,
+            Grain::Minute.partition_ordinal(d2.timestamp_micros())
+        );
     }
 
     #[test]
@@ -396,6 +426,11 @@ mod tests {
         assert_eq!(tasks.len(), 1);
         let dropped: Vec<_> = tasks[0].inputs.iter().map(|f| f.grain).collect();
         assert_eq!(dropped, [Grain::Day, Grain::Minute]);
-        assert!(tasks[0].inputs.iter().all(|f| f.partition_bounds().1 <= now.timestamp_micros() - 400 * 24 * H));
+        assert!(
+            tasks[0]
+                .inputs
+                .iter()
+                .all(|f| f.partition_bounds().1 <= now.timestamp_micros() - 400 * 24 * H)
+        );
     }
 }

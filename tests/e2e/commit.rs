@@ -137,7 +137,10 @@ async fn the_same_range_commits_once() {
     assert_eq!(err.kind(), ErrorKind::Fenced, "{err}");
 
     let table = catalog.load(&ident).await.unwrap();
-    assert_eq!(offsets::read(&table.metadata, "g").unwrap()["http-requests"][&0], 100);
+    assert_eq!(
+        offsets::read(&table.metadata, "g").unwrap()["http-requests"][&0],
+        100
+    );
     let totals = read::totals(&table, &decl).await.unwrap();
     assert_eq!(totals.long(&decl, "requests"), 7);
 
@@ -161,7 +164,10 @@ async fn the_same_range_commits_once() {
     assert_eq!(all["g"]["http-requests"][&1], 150);
     assert_eq!(all["other"]["http-requests"][&1], 5);
     assert_eq!(
-        read::totals(&table, &decl).await.unwrap().long(&decl, "requests"),
+        read::totals(&table, &decl)
+            .await
+            .unwrap()
+            .long(&decl, "requests"),
         10
     );
 }

@@ -4,3 +4,4 @@
 mod commit;
 mod common;
 mod ingest;
+mod invariant;
