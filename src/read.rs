@@ -41,18 +41,20 @@ impl Totals {
     }
 }
 
-async fn scan(table: &TableHandle) -> Result<Vec<RecordBatch>> {
+async fn scan(table: &TableHandle, snapshot_id: Option<i64>) -> Result<Vec<RecordBatch>> {
     if table.metadata.current_snapshot().is_none() {
         return Ok(Vec::new());
+    }
+    let iceberg_table = table.table()?;
+    let mut builder = iceberg_table.scan().select_all();
+    if let Some(id) = snapshot_id {
+        builder = builder.snapshot_id(id);
     }
     let ice = |what: &'static str| {
         let ident = table.ident.clone();
         move |e: iceberg::Error| Error::iceberg(format!("{what} {ident}"), e)
     };
-    table
-        .table()?
-        .scan()
-        .select_all()
+    builder
         .build()
         .map_err(ice("planning scan of"))?
         .to_arrow()
@@ -65,13 +67,22 @@ async fn scan(table: &TableHandle) -> Result<Vec<RecordBatch>> {
 
 /// Sum every measure of `table` (whatever the grain of its rows).
 pub async fn totals(table: &TableHandle, decl: &TableDecl) -> Result<Totals> {
+    totals_at(table, decl, None).await
+}
+
+/// Totals as of a snapshot (time travel); `None` for the current one.
+pub async fn totals_at(
+    table: &TableHandle,
+    decl: &TableDecl,
+    snapshot_id: Option<i64>,
+) -> Result<Totals> {
     let spec = MeasureSpec::new(decl);
     let mut out = Totals {
         rows: 0,
         all: spec.empty(),
         per_day: BTreeMap::new(),
     };
-    for batch in scan(table).await? {
+    for batch in scan(table, snapshot_id).await? {
         let column = |name: &str| {
             batch.column_by_name(name).ok_or_else(|| {
                 Error::new(
@@ -116,7 +127,7 @@ pub async fn totals(table: &TableHandle, decl: &TableDecl) -> Result<Totals> {
 /// Every record in a rejects table.
 pub async fn rejects(table: &TableHandle) -> Result<Vec<RejectRecord>> {
     let mut out = Vec::new();
-    for batch in scan(table).await? {
+    for batch in scan(table, None).await? {
         let s = |i: usize| batch.column(i).as_string::<i32>().clone();
         let (topic, code, reason) = (s(0), s(4), s(5));
         let partition = batch.column(1).as_primitive::<Int32Type>().clone();

@@ -99,6 +99,10 @@ pub struct Lake {
 
 impl Lake {
     pub fn new(broker: &Broker) -> Self {
+        Self::with_brokers(&broker.addr)
+    }
+
+    fn with_brokers(brokers: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("schemas")).unwrap();
         std::fs::copy(
@@ -108,8 +112,13 @@ impl Lake {
         .unwrap();
         Lake {
             dir,
-            brokers: broker.addr.clone(),
+            brokers: brokers.to_string(),
         }
+    }
+
+    /// A lake for tests that need no Kafka.
+    pub fn without_broker() -> Self {
+        Self::with_brokers("127.0.0.1:1")
     }
 
     pub fn path(&self) -> &Path {
@@ -152,14 +161,20 @@ impl Lake {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// Start `firn ingest` in the background; its log goes to `ingest-N.log`.
+    /// Start `firn ingest` in the background, flushing every second; its log
+    /// goes to `ingest-NAME.log`.
     pub fn spawn_ingest(&self, name: &str, extra: &[&str]) -> Child {
+        self.spawn_ingest_every(name, "1s", extra)
+    }
+
+    /// Start `firn ingest` with a commit interval.
+    pub fn spawn_ingest_every(&self, name: &str, interval: &str, extra: &[&str]) -> Child {
         let log = std::fs::File::create(self.path().join(format!("ingest-{name}.log"))).unwrap();
         self.firn()
             .args([
                 "ingest",
                 "--commit-interval",
-                "1s",
+                interval,
                 "--kafka-property",
                 "session.timeout.ms=6000",
                 "--kafka-property",

@@ -5,3 +5,4 @@ mod commit;
 mod common;
 mod ingest;
 mod invariant;
+mod tiering;

@@ -1,0 +1,299 @@
+//! Compaction and rollup on real tables: racing live ingest from tansu, and
+//! killed at random moments.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{Duration as ChronoDuration, Utc};
+use firn::catalog::Catalog;
+use firn::clock::SystemClock;
+use firn::commit::{self, Change, RetryPolicy};
+use firn::maintain::state::{self, TableState};
+use firn::produce::ProduceOptions;
+use firn::rows::{DimValue, MeasureSpec, MeasureValue, RowKey, RowMap};
+use firn::schema::decl::TableDecl;
+use firn::schema::layout::Grain;
+use firn::{read, tables, write};
+use rand::Rng;
+
+use crate::common::{Broker, Lake, terminate};
+
+const TARGET: u64 = 128 << 20;
+
+/// The layout the policy promises after a rollup and a compaction at `now`:
+/// sealed minute partitions hold at most one file per target size, hour rows
+/// of a day one file, day rows of a month one file, and nothing is left at a
+/// finer grain than the policy wants.
+fn assert_layout(s: &TableState, decl: &TableDecl, now_micros: i64) {
+    let mut per: std::collections::BTreeMap<(Grain, i32), (usize, u64)> = Default::default();
+    for f in &s.files {
+        let e = per.entry((f.grain, f.partition)).or_default();
+        e.0 += 1;
+        e.1 += f.bytes;
+    }
+    for ((grain, p), (files, bytes)) in per {
+        let due = firn::maintain::plan::due_grain(&decl.policy, now_micros, grain, p);
+        assert_eq!(
+            due, grain,
+            "{grain:?} partition {p} should have been rolled up to {due:?}"
+        );
+        let sealed = grain.partition_bounds(p).1 + 3_600_000_000 <= now_micros;
+        if grain != Grain::Minute || sealed {
+            assert!(
+                files as u64 <= bytes.div_ceil(TARGET).max(1),
+                "{grain:?} partition {p}: {files} files for {bytes} bytes"
+            );
+        }
+    }
+}
+
+fn parse_report(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("bad report {e}: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollup_and_compaction_racing_live_ingest_keep_totals_exact() {
+    let broker = Broker::start();
+    let lake = Lake::new(&broker);
+    lake.create_topic(4).await;
+    lake.run(&["tables", "sync"]);
+    let catalog = lake.catalog().await;
+
+    // Events spread over ten days: days older than seven are rolled up while
+    // late events for them keep arriving.
+    let producing = {
+        let brokers = lake.brokers.clone();
+        let decl = lake.decl();
+        tokio::task::spawn_blocking(move || {
+            let opts = ProduceOptions {
+                brokers,
+                count: 200_000,
+                rate: Some(2_000),
+                seed: 21,
+                spread: Duration::from_secs(10 * 86_400),
+                accounts: 50,
+                ..Default::default()
+            };
+            firn::produce::produce(&decl, &opts, Arc::new(SystemClock)).unwrap()
+        })
+    };
+    // Late events for ten days touch many partitions per flush: flush every
+    // five seconds, as a deployment with late data would.
+    let mut worker = lake.spawn_ingest_every("a", "5s", &[]);
+
+    let mut retries = 0u64;
+    let mut runs = 0;
+    let mut committed = 0u64;
+    while !producing.is_finished() {
+        for cmd in ["compact", "rollup"] {
+            let out = lake.run(&[cmd, "usage.http_requests", "--seal-delay", "0s", "--json"]);
+            let r = parse_report(&out);
+            assert_eq!(r["failed"], 0, "{cmd}: {out}");
+            retries += r["retries"].as_u64().unwrap();
+            committed += r["committed"].as_u64().unwrap();
+            runs += 1;
+        }
+    }
+    let report = producing.await.unwrap();
+    eprintln!("produced in {:.0}s", report.seconds);
+    let waited = Instant::now();
+    lake.wait_for_offsets(
+        catalog.as_ref(),
+        report.sent as i64,
+        Duration::from_secs(600),
+    )
+    .await;
+    eprintln!(
+        "caught up {:.0}s after the producer finished",
+        waited.elapsed().as_secs_f64()
+    );
+    assert!(terminate(&mut worker).success(), "{}", lake.log("a"));
+    eprintln!(
+        "MEASURE {runs} compact/rollup runs beside live ingest: {committed} commits, {retries} commit retries"
+    );
+    assert!(committed > 0, "the maintenance runs had nothing to do");
+
+    let decl = lake.decl();
+    let ident = tables::ident(&decl).unwrap();
+    let check = |totals: &read::Totals| {
+        for m in &decl.measures {
+            assert_eq!(
+                serde_json::json!(totals.long(&decl, &m.name)),
+                report.totals[&m.name],
+                "measure {}",
+                m.name
+            );
+        }
+    };
+    let table = catalog.load(&ident).await.unwrap();
+    check(&read::totals(&table, &decl).await.unwrap());
+
+    // A final pass leaves the layout the policy promises, totals unchanged.
+    lake.run(&["rollup", "usage.http_requests"]);
+    lake.run(&["compact", "usage.http_requests", "--seal-delay", "0s"]);
+    let table = catalog.load(&ident).await.unwrap();
+    check(&read::totals(&table, &decl).await.unwrap());
+    let s = state::load(&table).await.unwrap();
+    assert!(s.files.iter().any(|f| f.grain == Grain::Hour));
+    assert_layout(&s, &decl, Utc::now().timestamp_micros());
+    let status: serde_json::Value = serde_json::from_str(&lake.run(&["status", "--json"])).unwrap();
+    let rows: u64 = ["minute", "hour", "day"]
+        .iter()
+        .map(|g| status[0]["grains"][g]["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rows, read::totals(&table, &decl).await.unwrap().rows);
+    assert!(status[0]["grains"]["hour"]["bytes"].as_u64().unwrap() > 0);
+}
+
+/// Minute files for `days` days ending `until_days_ago` days ago, `per_hour`
+/// files per hour partition. Returns the table's totals after the appends.
+async fn seed_minute_files(
+    catalog: &dyn Catalog,
+    decl: &TableDecl,
+    days: i64,
+    until_days_ago: i64,
+    per_hour: usize,
+) -> read::Totals {
+    let ident = tables::ident(decl).unwrap();
+    let spec = MeasureSpec::new(decl);
+    let start = Utc::now() - ChronoDuration::days(until_days_ago + days);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
+    let mut files = Vec::new();
+    for h in 0..days * 24 {
+        for _ in 0..per_hour {
+            let table = catalog.load(&ident).await.unwrap();
+            let mut rows = RowMap::default();
+            for _ in 0..300 {
+                let ts = start
+                    + ChronoDuration::hours(h)
+                    + ChronoDuration::minutes(rng.random_range(0..60));
+                let key = RowKey {
+                    dims: vec![
+                        DimValue::Long(rng.random_range(1..40)),
+                        DimValue::Long(rng.random_range(1..5)),
+                        DimValue::Str("AMS".into()),
+                        DimValue::Str(["cdn", "waf"][rng.random_range(0..2)].into()),
+                    ],
+                    ts_micros: Grain::Minute.truncate(ts.timestamp_micros()),
+                };
+                let v = rng.random_range(0..10_000);
+                rows.add_event(
+                    &spec,
+                    key,
+                    &[
+                        None,
+                        Some(MeasureValue::Long(Some(v))),
+                        Some(MeasureValue::Long(Some(v % 97))),
+                        Some(MeasureValue::Long(Some(v % 1000))),
+                    ],
+                );
+            }
+            files.extend(
+                write::write_rows(
+                    &table,
+                    decl,
+                    Grain::Minute,
+                    rows.into_sorted(),
+                    TARGET as usize,
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        if h % 6 == 5 {
+            let batch = std::mem::take(&mut files);
+            commit::commit(
+                catalog,
+                &ident,
+                &Change::append("seed", batch),
+                RetryPolicy::default(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let table = catalog.load(&ident).await.unwrap();
+    read::totals(&table, decl).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_rollups_leave_every_snapshot_exact() {
+    let lake = Lake::without_broker();
+    lake.run(&["tables", "sync"]);
+    let catalog = lake.catalog().await;
+    let decl = lake.decl();
+    let ident = tables::ident(&decl).unwrap();
+    let expected = seed_minute_files(catalog.as_ref(), &decl, 12, 9, 2).await;
+    let seeded = catalog.load(&ident).await.unwrap();
+    let seeded_snapshots: std::collections::BTreeSet<i64> = seeded
+        .metadata
+        .snapshots()
+        .map(|s| s.snapshot_id())
+        .collect();
+
+    let seed: u64 = rand::rng().random();
+    eprintln!("kill schedule seed {seed}");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let mut checked = std::collections::BTreeSet::new();
+    for round in 0..6 {
+        let mut child = lake
+            .firn()
+            .args(["rollup", "usage.http_requests"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let wait = Duration::from_millis(rng.random_range(150..1_500));
+        let started = Instant::now();
+        let finished = loop {
+            if child.try_wait().unwrap().is_some() {
+                break true;
+            }
+            if started.elapsed() >= wait {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        if !finished {
+            child.kill().unwrap();
+        }
+        child.wait().unwrap();
+
+        // Every snapshot since the seed holds the same totals.
+        let table = catalog.load(&ident).await.unwrap();
+        for s in table.metadata.snapshots() {
+            let id = s.snapshot_id();
+            if seeded_snapshots.contains(&id) || !checked.insert(id) {
+                continue;
+            }
+            let t = read::totals_at(&table, &decl, Some(id)).await.unwrap();
+            assert_eq!(t.all, expected.all, "snapshot {id} (round {round})");
+            assert_eq!(t.per_day, expected.per_day, "snapshot {id} (round {round})");
+        }
+        eprintln!(
+            "round {round}: killed {}, {} rollup snapshots checked so far",
+            !finished,
+            checked.len()
+        );
+        if finished {
+            break;
+        }
+    }
+    // Finish the job; the layout is what the policy says.
+    lake.run(&["rollup", "usage.http_requests"]);
+    let table = catalog.load(&ident).await.unwrap();
+    assert!(
+        checked.len() >= 3,
+        "too few rollup commits were checked: {checked:?}"
+    );
+    let t = read::totals(&table, &decl).await.unwrap();
+    assert_eq!(t.per_day, expected.per_day);
+    let s = state::load(&table).await.unwrap();
+    assert_layout(&s, &decl, Utc::now().timestamp_micros());
+    assert!(s.files.iter().any(|f| f.grain == Grain::Hour));
+    assert_eq!(
+        s.files.iter().filter(|f| f.grain == Grain::Minute).count(),
+        0,
+        "every seeded day is older than the policy's 7 days"
+    );
+}
