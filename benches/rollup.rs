@@ -206,7 +206,11 @@ fn main() {
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = String::from_utf8(out.stdout).unwrap();
     std::fs::write(dir.join("firn-rollup.json"), &report).unwrap();
     print!("{report}");

@@ -344,12 +344,15 @@ mod tests {
             ),
             Grain::Minute
         );
-        // March is entirely older than 90 days on June 15: day rows. Still-minute
-        // rows that old go straight to day.
-        let march = Utc.with_ymd_and_hms(2026, 3, 10, 0, 0, 0).unwrap();
-        assert_eq!(due_grain(&p, n, Grain::Minute, at(march)), Grain::Day);
-        let hour_march = Grain::Hour.partition_ordinal(march.timestamp_micros());
-        assert_eq!(due_grain(&p, n, Grain::Hour, hour_march), Grain::Day);
+        // February is entirely older than 90 days on June 15 (the cutoff is
+        // March 17): day rows. Still-minute rows that old go straight to day.
+        // March ends after the cutoff: hour rows.
+        let february = Utc.with_ymd_and_hms(2026, 2, 10, 0, 0, 0).unwrap();
+        let late_march = Utc.with_ymd_and_hms(2026, 3, 10, 0, 0, 0).unwrap();
+        assert_eq!(due_grain(&p, n, Grain::Minute, at(late_march)), Grain::Hour);
+        assert_eq!(due_grain(&p, n, Grain::Minute, at(february)), Grain::Day);
+        let hour_feb = Grain::Hour.partition_ordinal(february.timestamp_micros());
+        assert_eq!(due_grain(&p, n, Grain::Hour, hour_feb), Grain::Day);
     }
 
     #[test]
