@@ -78,11 +78,10 @@ impl Error {
 
     /// Whether the same operation may succeed if tried again on fresh state.
     pub fn retryable(&self) -> bool {
-        match self.kind {
-            ErrorKind::CommitConflict | ErrorKind::Storage | ErrorKind::Catalog => true,
-            ErrorKind::Kafka => true,
-            _ => false,
-        }
+        matches!(
+            self.kind,
+            ErrorKind::CommitConflict | ErrorKind::Storage | ErrorKind::Catalog | ErrorKind::Kafka
+        )
     }
 
     /// Wrap an iceberg error with context saying what firn was doing.

@@ -149,6 +149,6 @@ pub async fn rejects(table: &TableHandle) -> Result<Vec<RejectRecord>> {
             });
         }
     }
-    out.sort_by(|a, b| (a.partition, a.offset).cmp(&(b.partition, b.offset)));
+    out.sort_by_key(|r| (r.partition, r.offset));
     Ok(out)
 }
