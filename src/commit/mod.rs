@@ -95,6 +95,18 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// Backoff delays between attempts: exponential with jitter.
+    fn delays(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
 /// The result of a successful commit.
 #[derive(Debug, Clone)]
 pub struct Committed {
@@ -122,12 +134,7 @@ pub async fn commit(
     change: &Change,
     retry: RetryPolicy,
 ) -> Result<Committed> {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(retry.min_delay)
-        .with_max_delay(retry.max_delay)
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = retry.delays();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -188,12 +195,7 @@ pub async fn update_metadata<F>(
 where
     F: Fn(&TableHandle) -> Result<Option<iceberg::spec::TableMetadataBuilder>> + Send + Sync,
 {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(retry.min_delay)
-        .with_max_delay(retry.max_delay)
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = retry.delays();
     for attempt in 1.. {
         let base = catalog.load(ident).await?;
         let Some(builder) = edit(&base)? else {

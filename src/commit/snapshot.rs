@@ -45,6 +45,25 @@ pub struct BuiltSnapshot {
     pub removed_records: u64,
 }
 
+/// A v2 data-manifest writer at `<table>/metadata/<name>.avro`.
+fn manifest_writer(
+    base: &TableHandle,
+    name: &str,
+    snapshot_id: i64,
+    schema: iceberg::spec::SchemaRef,
+    spec: iceberg::spec::PartitionSpec,
+) -> Result<iceberg::spec::ManifestWriter> {
+    let path = format!(
+        "{}/metadata/{name}.avro",
+        base.metadata.location().trim_end_matches('/')
+    );
+    let output = base
+        .file_io
+        .new_output(&path)
+        .map_err(|e| Error::iceberg(format!("creating manifest {path}"), e))?;
+    Ok(ManifestWriterBuilder::new(output, Some(snapshot_id), schema, spec).build_v2_data())
+}
+
 /// Whether a manifest may hold one of `removed`: same spec, and the
 /// partition summary's bounds do not exclude the file's partition.
 fn may_hold(mf: &ManifestFile, removed: &[RemovedFile]) -> bool {
@@ -142,21 +161,13 @@ pub async fn build(
                 .partition_spec_by_id(mmeta.partition_spec().spec_id())
                 .cloned()
                 .unwrap_or_else(|| std::sync::Arc::new(mmeta.partition_spec().clone()));
-            let path = format!(
-                "{}/metadata/{commit_uuid}-r{n}.avro",
-                meta.location().trim_end_matches('/')
-            );
-            let output = base
-                .file_io
-                .new_output(&path)
-                .map_err(ice("creating manifest"))?;
-            let mut writer = ManifestWriterBuilder::new(
-                output,
-                Some(snapshot_id),
+            let mut writer = manifest_writer(
+                base,
+                &format!("{commit_uuid}-r{n}"),
+                snapshot_id,
                 mmeta.schema.clone(),
                 mmeta.partition_spec().clone(),
-            )
-            .build_v2_data();
+            )?;
             for e in manifest.entries().iter().filter(|e| e.is_alive()) {
                 let seq = e.sequence_number.unwrap_or(0);
                 let file_seq = e.file_sequence_number.or(Some(seq));
@@ -212,21 +223,13 @@ pub async fn build(
                 format!("table {ident} has no partition spec {spec_id}"),
             )
         })?;
-        let path = format!(
-            "{}/metadata/{commit_uuid}-m{n}.avro",
-            meta.location().trim_end_matches('/')
-        );
-        let output = base
-            .file_io
-            .new_output(&path)
-            .map_err(ice("creating manifest"))?;
-        let mut writer = ManifestWriterBuilder::new(
-            output,
-            Some(snapshot_id),
+        let mut writer = manifest_writer(
+            base,
+            &format!("{commit_uuid}-m{n}"),
+            snapshot_id,
             schema.clone(),
             spec.as_ref().clone(),
-        )
-        .build_v2_data();
+        )?;
         for f in files {
             collector.add_file(f, schema.clone(), spec.clone());
             added_records += f.record_count();

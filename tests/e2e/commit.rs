@@ -3,40 +3,16 @@
 //! already covered is fenced, however the race falls.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
 
 use firn::catalog::Catalog;
 use firn::commit::{self, Change, RetryPolicy};
-use firn::config::{Config, Overrides};
 use firn::offsets::{self, OffsetAdvance};
 use firn::rows::{DimValue, MeasureSpec, MeasureValue, RowKey, RowMap};
 use firn::schema::decl::TableDecl;
 use firn::schema::layout::Grain;
 use firn::{ErrorKind, read, tables, write};
 
-async fn lake() -> (tempfile::TempDir, Arc<dyn Catalog>, TableDecl) {
-    let dir = tempfile::tempdir().unwrap();
-    let o = Overrides {
-        catalog_uri: Some(format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("catalog.db").display()
-        )),
-        warehouse: Some(dir.path().join("warehouse").display().to_string()),
-        ..Default::default()
-    };
-    let catalog = Config::with_overrides(&o)
-        .unwrap()
-        .open_catalog()
-        .await
-        .unwrap();
-    let decl = TableDecl::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/usage.http_requests.toml"),
-    )
-    .unwrap();
-    tables::sync(catalog.as_ref(), &decl).await.unwrap();
-    (dir, catalog, decl)
-}
+use crate::common::local_lake as lake;
 
 /// Files holding `events` events of one key at a recent minute.
 async fn files(catalog: &dyn Catalog, decl: &TableDecl, events: i64) -> Vec<commit::NewFile> {

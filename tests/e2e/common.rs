@@ -242,15 +242,22 @@ impl Lake {
 
     /// Produce events through the library (same generator as `firn produce`).
     pub async fn produce(&self, opts: ProduceOptions) -> ProduceReport {
+        self.produce_in_background(opts).await.unwrap()
+    }
+
+    /// Start producing; the handle yields the exact totals produced.
+    pub fn produce_in_background(
+        &self,
+        opts: ProduceOptions,
+    ) -> tokio::task::JoinHandle<ProduceReport> {
         let decl = self.decl();
         let opts = ProduceOptions {
             brokers: self.brokers.clone(),
             ..opts
         };
-        tokio::task::spawn_blocking(move || produce::produce(&decl, &opts, Arc::new(SystemClock)))
-            .await
-            .unwrap()
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            produce::produce(&decl, &opts, Arc::new(SystemClock)).unwrap()
+        })
     }
 
     pub async fn create_topic(&self, partitions: i32) {
@@ -278,4 +285,29 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// A lake without Kafka for library-level tests: a SQLite catalog and a local
+/// warehouse in a temporary folder, with the example table synced.
+pub async fn local_lake() -> (tempfile::TempDir, Arc<dyn Catalog>, TableDecl) {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Overrides {
+        catalog_uri: Some(format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("catalog.db").display()
+        )),
+        warehouse: Some(dir.path().join("warehouse").display().to_string()),
+        ..Default::default()
+    };
+    let catalog = Config::with_overrides(&o)
+        .unwrap()
+        .open_catalog()
+        .await
+        .unwrap();
+    let decl = TableDecl::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/usage.http_requests.toml"),
+    )
+    .unwrap();
+    tables::sync(catalog.as_ref(), &decl).await.unwrap();
+    (dir, catalog, decl)
 }

@@ -108,25 +108,13 @@ async fn sigkill_at_random_moments_keeps_totals_exact() {
     lake.run(&["tables", "sync"]);
 
     // Events keep arriving while the worker is killed and restarted.
-    let producing = {
-        let opts = ProduceOptions {
-            count: 120_000,
-            rate: Some(4_000),
-            seed: 11,
-            bad_ratio: 0.005,
-            ..Default::default()
-        };
-        let lake_brokers = lake.brokers.clone();
-        let decl = lake.decl();
-        tokio::task::spawn_blocking(move || {
-            let opts = ProduceOptions {
-                brokers: lake_brokers,
-                ..opts
-            };
-            firn::produce::produce(&decl, &opts, std::sync::Arc::new(firn::clock::SystemClock))
-                .unwrap()
-        })
-    };
+    let producing = lake.produce_in_background(ProduceOptions {
+        count: 120_000,
+        rate: Some(4_000),
+        seed: 11,
+        bad_ratio: 0.005,
+        ..Default::default()
+    });
 
     let seed: u64 = rand::rng().random();
     eprintln!("kill schedule seed {seed}");
@@ -161,21 +149,12 @@ async fn two_workers_with_partitions_moving_keep_totals_exact() {
     lake.create_topic(6).await;
     lake.run(&["tables", "sync"]);
 
-    let producing = {
-        let brokers = lake.brokers.clone();
-        let decl = lake.decl();
-        tokio::task::spawn_blocking(move || {
-            let opts = ProduceOptions {
-                brokers,
-                count: 100_000,
-                rate: Some(4_000),
-                seed: 13,
-                ..Default::default()
-            };
-            firn::produce::produce(&decl, &opts, std::sync::Arc::new(firn::clock::SystemClock))
-                .unwrap()
-        })
-    };
+    let producing = lake.produce_in_background(ProduceOptions {
+        count: 100_000,
+        rate: Some(4_000),
+        seed: 13,
+        ..Default::default()
+    });
     let mut a = lake.spawn_ingest("a", &[]);
     let mut b = lake.spawn_ingest("b1", &[]);
     tokio::time::sleep(Duration::from_secs(8)).await;

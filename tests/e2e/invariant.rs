@@ -5,13 +5,11 @@
 //! only days wholly past retention are ever dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
 use firn::catalog::Catalog;
 use firn::commit::{self, Change, RetryPolicy};
-use firn::config::{Config, Overrides};
 use firn::maintain::{self, PlanOptions};
 use firn::rows::{DimValue, MeasureSpec, MeasureValue, Measures, RowKey, RowMap};
 use firn::schema::decl::TableDecl;
@@ -74,25 +72,7 @@ struct World {
 
 impl World {
     async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let o = Overrides {
-            catalog_uri: Some(format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("catalog.db").display()
-            )),
-            warehouse: Some(dir.path().join("warehouse").display().to_string()),
-            ..Default::default()
-        };
-        let catalog = Config::with_overrides(&o)
-            .unwrap()
-            .open_catalog()
-            .await
-            .unwrap();
-        let decl = TableDecl::load(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/usage.http_requests.toml"),
-        )
-        .unwrap();
-        tables::sync(catalog.as_ref(), &decl).await.unwrap();
+        let (dir, catalog, decl) = crate::common::local_lake().await;
         World {
             _dir: dir,
             catalog,

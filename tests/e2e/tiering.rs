@@ -1,12 +1,10 @@
 //! Compaction and rollup on real tables: racing live ingest from tansu, and
 //! killed at random moments.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{Duration as ChronoDuration, Utc};
 use firn::catalog::Catalog;
-use firn::clock::SystemClock;
 use firn::commit::{self, Change, RetryPolicy};
 use firn::maintain::state::{self, TableState};
 use firn::produce::ProduceOptions;
@@ -61,22 +59,14 @@ async fn rollup_and_compaction_racing_live_ingest_keep_totals_exact() {
 
     // Events spread over ten days: days older than seven are rolled up while
     // late events for them keep arriving.
-    let producing = {
-        let brokers = lake.brokers.clone();
-        let decl = lake.decl();
-        tokio::task::spawn_blocking(move || {
-            let opts = ProduceOptions {
-                brokers,
-                count: 200_000,
-                rate: Some(2_000),
-                seed: 21,
-                spread: Duration::from_secs(10 * 86_400),
-                accounts: 50,
-                ..Default::default()
-            };
-            firn::produce::produce(&decl, &opts, Arc::new(SystemClock)).unwrap()
-        })
-    };
+    let producing = lake.produce_in_background(ProduceOptions {
+        count: 200_000,
+        rate: Some(2_000),
+        seed: 21,
+        spread: Duration::from_secs(10 * 86_400),
+        accounts: 50,
+        ..Default::default()
+    });
     // Late events for ten days touch many partitions per flush: flush every
     // five seconds, as a deployment with late data would.
     let mut worker = lake.spawn_ingest_every("a", "5s", &[]);
