@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use firn::clock::{Clock, SystemClock};
 use firn::commit::RetryPolicy;
 use firn::config::{Config, Overrides};
+use firn::maintain::job::{Job, JobOptions, Shard};
 use firn::maintain::{self, PlanOptions, TaskKind, plan};
 use firn::schema::decl::{self, TableDecl};
 use firn::telemetry::IngestMetrics;
@@ -90,6 +91,18 @@ enum Command {
     /// Drop partitions wholly older than the table's retention, in one delete
     /// commit.
     Retention(MaintainArgs),
+    /// Cluster small manifests into manifests holding whole partitions (one
+    /// replace commit, no data file changes).
+    RewriteManifests(RewriteArgs),
+    /// Expire old snapshots, then delete the manifest lists, manifests and
+    /// data files only they reached, and metadata files past the table's
+    /// write.metadata.previous-versions-max.
+    ExpireSnapshots(ExpireArgs),
+    /// Delete files under the table's location that no snapshot or metadata
+    /// file references and that are older than --older-than.
+    RemoveOrphans(OrphanArgs),
+    /// Run a maintenance job file (tables and tasks in order), e.g. from cron.
+    Maintain(MaintainJobArgs),
     /// Show files, rows and bytes per grain, snapshots, manifests and
     /// committed offsets of each table.
     Status(StatusArgs),
@@ -183,6 +196,68 @@ struct MaintainArgs {
     #[arg(long, env = "FIRN_TARGET_FILE_SIZE")]
     target_file_size: Option<usize>,
     /// Print the run report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct RewriteArgs {
+    /// Declared table (namespace.name).
+    table: String,
+    /// Target manifest size in bytes (default: the table's
+    /// commit.manifest.target-size-bytes, 8 MiB).
+    #[arg(long)]
+    target_size: Option<u64>,
+    /// Report what would change, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+struct ExpireArgs {
+    /// Declared table (namespace.name).
+    table: String,
+    /// Expire snapshots committed longer ago than this.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5d")]
+    older_than: Duration,
+    /// Always keep the current snapshot and its latest ancestors, this many in all.
+    #[arg(long, default_value_t = 10)]
+    retain_last: usize,
+    /// Report what would be expired and deleted, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+struct OrphanArgs {
+    /// Declared table (namespace.name).
+    table: String,
+    /// Only files last modified longer ago than this (at least 1h unless --force).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3d")]
+    older_than: Duration,
+    /// Accept --older-than under an hour (may delete files of commits in flight).
+    #[arg(long)]
+    force: bool,
+    /// List the orphans with their sizes, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+struct MaintainJobArgs {
+    /// Job file (jobs/NAME.toml).
+    #[arg(long, env = "FIRN_JOB")]
+    job: PathBuf,
+    /// Run shard i of n (e.g. 0/4); n runs together cover the job exactly once.
+    #[arg(long, env = "FIRN_SHARD", value_parser = Shard::parse)]
+    shard: Option<Shard>,
+    /// Print the whole plan, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Plan as if it were this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, env = "FIRN_NOW", value_parser = parse_time)]
+    now: Option<DateTime<Utc>>,
+    /// Print the job report as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -372,6 +447,93 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Retention(args) => {
             maintain_cmd(&config, &decls, TaskKind::Retention, args, clock).await?
+        }
+        Command::RewriteManifests(args) => {
+            let d = select(&decls, &args.table)?;
+            let catalog = config.open_catalog().await?;
+            let r = maintain::manifests::rewrite_manifests(
+                catalog.as_ref(),
+                &tables::ident(d)?,
+                args.target_size,
+                args.dry_run,
+                RetryPolicy::default(),
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        Command::ExpireSnapshots(args) => {
+            let d = select(&decls, &args.table)?;
+            let catalog = config.open_catalog().await?;
+            let opts = maintain::expire::ExpireOptions {
+                older_than: clock.now() - chrono::Duration::from_std(args.older_than)?,
+                retain_last: args.retain_last,
+                dry_run: args.dry_run,
+            };
+            maintain::expire::validate(&opts)?;
+            let r = maintain::expire::expire(
+                catalog.as_ref(),
+                &tables::ident(d)?,
+                &opts,
+                RetryPolicy::default(),
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            if r.failed_deletes > 0 {
+                bail!("{} files could not be deleted (left as orphans)", r.failed_deletes);
+            }
+        }
+        Command::RemoveOrphans(args) => {
+            let d = select(&decls, &args.table)?;
+            let catalog = config.open_catalog().await?;
+            let opts = maintain::orphans::OrphanOptions {
+                now: clock.now(),
+                older_than: args.older_than,
+                force: args.force,
+                dry_run: args.dry_run,
+            };
+            let r =
+                maintain::orphans::remove_orphans(catalog.as_ref(), &tables::ident(d)?, &opts)
+                    .await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            if r.failed_deletes > 0 {
+                bail!("{} orphans could not be deleted", r.failed_deletes);
+            }
+        }
+        Command::Maintain(args) => {
+            let job = Job::load(&args.job)?;
+            let catalog = config.open_catalog().await?;
+            let opts = JobOptions {
+                now: args.now.unwrap_or_else(|| clock.now()),
+                shard: args.shard.unwrap_or(Shard::ALL),
+                dry_run: args.dry_run,
+            };
+            let report = maintain::job::run(catalog.as_ref(), &decls, &job, &opts).await;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "job {} shard {}{}:",
+                    report.job,
+                    report.shard,
+                    if args.dry_run { " (plan only)" } else { "" }
+                );
+                for t in &report.tables {
+                    println!("  {}", t.table);
+                    for s in &t.steps {
+                        println!("    {} ({} commits)", s.task, s.commits);
+                        for l in &s.lines {
+                            println!("      {l}");
+                        }
+                    }
+                    if let Some(e) = &t.error {
+                        println!("    FAILED {e}");
+                    }
+                }
+            }
+            if !report.ok() {
+                let failed = report.tables.iter().filter(|t| t.error.is_some()).count();
+                bail!("{failed} of {} tables failed", report.tables.len());
+            }
         }
         Command::Status(args) => {
             let catalog = config.open_catalog().await?;

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -40,6 +41,8 @@ pub struct ObjectStoreStorage {
     options: StoreOptions,
     #[serde(skip)]
     stores: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
+    #[serde(skip)]
+    opened: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for ObjectStoreStorage {
@@ -68,7 +71,14 @@ impl ObjectStoreStorage {
         Self {
             options,
             stores: Arc::default(),
+            opened: Arc::default(),
         }
+    }
+
+    /// Files opened for reading so far (all clones share the count): what a
+    /// scan plan or a maintenance run costs in requests.
+    pub fn files_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
     }
 
     /// The store and the object path for a location (`file:///…`, `s3://bucket/…`
@@ -117,6 +127,100 @@ impl ObjectStoreStorage {
     }
 }
 
+/// A file found by listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedFile {
+    /// Its key in its store (no scheme, no bucket): what [`ObjectStoreStorage::key`] gives.
+    pub key: String,
+    /// Its full location (`file:///…`, `s3://bucket/…`).
+    pub location: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time.
+    pub last_modified: chrono::DateTime<chrono::Utc>,
+}
+
+impl ObjectStoreStorage {
+    /// The key of a location in its store, for comparing locations written
+    /// in different forms (`file:///x` and `/x`).
+    pub fn key(&self, location: &str) -> iceberg::Result<String> {
+        Ok(self.resolve(location)?.1.as_ref().to_string())
+    }
+
+    /// Every file under `prefix` (a directory location).
+    pub async fn list(&self, prefix: &str) -> crate::Result<Vec<ListedFile>> {
+        let (store, path) = self
+            .resolve(prefix)
+            .map_err(|e| crate::Error::iceberg(format!("listing {prefix}"), e))?;
+        let url = Url::parse(prefix).ok().filter(|u| u.scheme().len() > 1);
+        let base = match &url {
+            Some(u) => format!("{}://{}", u.scheme(), u.authority()),
+            None => "file://".to_string(),
+        };
+        let mut out = Vec::new();
+        let mut listing = store.list(Some(&path));
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| {
+                crate::Error::new(crate::ErrorKind::Storage, format!("listing {prefix}")).with_source(e)
+            })?;
+            let key = meta.location.as_ref().to_string();
+            out.push(ListedFile {
+                location: format!("{base}/{key}"),
+                key,
+                size: meta.size,
+                last_modified: meta.last_modified,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Delete many files, batched per store (S3 deletes up to 1000 keys a
+    /// request) and retried; files already gone count as deleted. Returns
+    /// the locations that could not be deleted.
+    pub async fn delete_many(&self, locations: Vec<String>) -> Vec<(String, String)> {
+        let mut by_store: HashMap<String, (Arc<dyn ObjectStore>, Vec<(String, ObjectPath)>)> =
+            HashMap::new();
+        let mut failed = Vec::new();
+        for loc in locations {
+            match self.resolve(&loc) {
+                Ok((store, path)) => {
+                    let key = format!("{store}");
+                    by_store
+                        .entry(key)
+                        .or_insert_with(|| (store, Vec::new()))
+                        .1
+                        .push((loc, path));
+                }
+                Err(e) => failed.push((loc, e.to_string())),
+            }
+        }
+        for (_, (store, files)) in by_store {
+            let mut pending = files;
+            for attempt in 0..3u32 {
+                if pending.is_empty() {
+                    break;
+                }
+                if attempt > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                }
+                let paths: Vec<ObjectPath> = pending.iter().map(|(_, p)| p.clone()).collect();
+                let stream = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
+                let results: Vec<_> = store.delete_stream(stream).collect().await;
+                let mut retry = Vec::new();
+                for (r, file) in results.into_iter().zip(pending) {
+                    match r {
+                        Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) if attempt == 2 => failed.push((file.0, e.to_string())),
+                        Err(_) => retry.push(file),
+                    }
+                }
+                pending = retry;
+            }
+        }
+        failed
+    }
+}
+
 #[async_trait]
 #[typetag::serde]
 impl Storage for ObjectStoreStorage {
@@ -136,6 +240,7 @@ impl Storage for ObjectStoreStorage {
     }
 
     async fn read(&self, path: &str) -> iceberg::Result<Bytes> {
+        self.opened.fetch_add(1, Ordering::Relaxed);
         let (store, p) = self.resolve(path)?;
         let got = store
             .get(&p)
@@ -145,6 +250,7 @@ impl Storage for ObjectStoreStorage {
     }
 
     async fn reader(&self, path: &str) -> iceberg::Result<Box<dyn FileRead>> {
+        self.opened.fetch_add(1, Ordering::Relaxed);
         let (store, p) = self.resolve(path)?;
         Ok(Box::new(ObjectRead {
             store,
@@ -191,11 +297,15 @@ impl Storage for ObjectStoreStorage {
         Ok(())
     }
 
-    async fn delete_stream(&self, mut paths: BoxStream<'static, String>) -> iceberg::Result<()> {
-        while let Some(path) = paths.next().await {
-            self.delete(&path).await?;
+    async fn delete_stream(&self, paths: BoxStream<'static, String>) -> iceberg::Result<()> {
+        let paths: Vec<String> = paths.collect().await;
+        match self.delete_many(paths).await.into_iter().next() {
+            None => Ok(()),
+            Some((path, why)) => Err(iceberg::Error::new(
+                iceberg::ErrorKind::Unexpected,
+                format!("deleting {path}: {why}"),
+            )),
         }
-        Ok(())
     }
 
     fn new_input(&self, path: &str) -> iceberg::Result<InputFile> {

@@ -13,6 +13,7 @@ use iceberg::table::Table;
 use iceberg::{TableIdent, TableUpdate};
 
 use crate::error::{Error, Result};
+use crate::storage::ObjectStoreStorage;
 
 /// A table as one catalog read saw it: its metadata and where that lives.
 #[derive(Debug, Clone)]
@@ -72,6 +73,9 @@ pub struct StagedMetadata {
 pub trait Catalog: Debug + Send + Sync {
     /// IO for metadata and data files.
     fn file_io(&self) -> &FileIO;
+
+    /// The storage behind `file_io` (listing, batched deletes).
+    fn storage(&self) -> &ObjectStoreStorage;
 
     /// Where a new table's files go: `<warehouse>/<namespace>/<name>`.
     fn default_location(&self, ident: &TableIdent) -> String;

@@ -31,6 +31,7 @@ pub struct SqlCatalog {
     pool: AnyPool,
     postgres: bool,
     file_io: FileIO,
+    storage: ObjectStoreStorage,
 }
 
 impl SqlCatalog {
@@ -77,6 +78,7 @@ impl SqlCatalog {
             pool,
             postgres,
             file_io: file_io(&storage),
+            storage,
         })
     }
 
@@ -131,6 +133,10 @@ pub fn redact(uri: &str) -> String {
 impl Catalog for SqlCatalog {
     fn file_io(&self) -> &FileIO {
         &self.file_io
+    }
+
+    fn storage(&self) -> &ObjectStoreStorage {
+        &self.storage
     }
 
     fn default_location(&self, ident: &TableIdent) -> String {

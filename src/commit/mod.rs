@@ -7,6 +7,7 @@
 //! iceberg-rust's `Transaction` retries by re-applying updates without
 //! re-running firn's validation, so it is not used for commits.
 
+pub mod manifests;
 pub mod snapshot;
 
 use std::collections::HashMap;
@@ -54,6 +55,10 @@ pub struct Change {
     /// Live data files the snapshot removes (replace, delete). Every one must
     /// still be live in the base, or the change is `Superseded`.
     pub removed: Vec<RemovedFile>,
+    /// Rewrite every manifest into manifests clustered by partition, about
+    /// this many bytes each (`rewrite-manifests`), instead of only merging
+    /// small ones.
+    pub rewrite_manifests: Option<u64>,
     /// Kafka offsets the change advances, fenced against the base.
     pub offsets: Option<OffsetAdvance>,
     /// Extra snapshot summary properties.
@@ -68,6 +73,7 @@ impl Change {
             firn_operation: firn_operation.to_string(),
             added,
             removed: Vec::new(),
+            rewrite_manifests: None,
             offsets: None,
             properties: HashMap::new(),
         }

@@ -12,6 +12,7 @@ use iceberg::spec::{
 };
 use uuid::Uuid;
 
+use super::manifests::{Clustered, MergePolicy};
 use super::{Change, RemovedFile};
 use crate::catalog::{StagedMetadata, TableHandle};
 use crate::error::{Error, ErrorKind, Result};
@@ -43,6 +44,55 @@ pub struct BuiltSnapshot {
     pub removed_files: usize,
     /// Records it removes.
     pub removed_records: u64,
+}
+
+/// Rewrite `inputs` into manifests holding whole partitions, about
+/// `target` bytes each, every live entry carried as EXISTING.
+async fn recluster(
+    base: &TableHandle,
+    inputs: &[ManifestFile],
+    snapshot_id: i64,
+    commit_uuid: &str,
+    target: u64,
+) -> Result<Vec<ManifestFile>> {
+    let clustered = Clustered::load(base, inputs).await?;
+    let schema = base.metadata.current_schema().clone();
+    let mut out = Vec::new();
+    for (n, (spec_id, parts)) in clustered.pack(target).into_iter().enumerate() {
+        let spec = base.metadata.partition_spec_by_id(spec_id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("table {} has no partition spec {spec_id}", base.ident),
+            )
+        })?;
+        let mut writer = manifest_writer(
+            base,
+            &format!("{commit_uuid}-c{n}"),
+            snapshot_id,
+            schema.clone(),
+            spec.as_ref().clone(),
+        )?;
+        for key in parts {
+            for e in &clustered.partitions[&key] {
+                let seq = e.sequence_number.unwrap_or(0);
+                writer
+                    .add_existing_file(
+                        e.data_file.clone(),
+                        e.snapshot_id.unwrap_or(snapshot_id),
+                        seq,
+                        e.file_sequence_number.or(Some(seq)),
+                    )
+                    .map_err(|err| Error::iceberg("carrying a data file forward", err))?;
+            }
+        }
+        out.push(
+            writer
+                .write_manifest_file()
+                .await
+                .map_err(|err| Error::iceberg(format!("writing manifest for {}", base.ident), err))?,
+        );
+    }
+    Ok(out)
 }
 
 /// A v2 data-manifest writer at `<table>/metadata/<name>.avro`.
@@ -131,6 +181,7 @@ pub async fn build(
     let mut found = 0usize;
     let mut removed_records = 0u64;
     let mut manifests: Vec<ManifestFile> = Vec::new();
+    let mut carried: Vec<ManifestFile> = Vec::new();
     if let Some(current) = meta.current_snapshot() {
         let list = base.manifest_list(current).await?;
         for (n, mf) in list.entries().to_vec().into_iter().enumerate() {
@@ -140,7 +191,7 @@ pub async fn build(
                 continue;
             }
             if removed.is_empty() || !may_hold(&mf, &change.removed) {
-                manifests.push(mf);
+                carried.push(mf);
                 continue;
             }
             let manifest = mf
@@ -153,7 +204,7 @@ pub async fn build(
                 .filter(|e| e.is_alive() && removed.contains_key(e.file_path()))
                 .count();
             if hits == 0 {
-                manifests.push(mf);
+                carried.push(mf);
                 continue;
             }
             let mmeta = manifest.metadata();
@@ -209,6 +260,17 @@ pub async fn build(
             ),
         ));
     }
+
+    // Carried-forward manifests are clustered by partition when asked, or
+    // merged once small ones pile up (Iceberg's merge-append).
+    let merge = MergePolicy::of(base);
+    if change.rewrite_manifests.is_some() || merge.due(&carried) {
+        let before = carried.len();
+        let target = change.rewrite_manifests.unwrap_or(merge.target_size);
+        carried = recluster(base, &carried, snapshot_id, &commit_uuid.to_string(), target).await?;
+        tracing::debug!(table = %ident, before, after = carried.len(), "manifests clustered");
+    }
+    manifests.extend(carried);
 
     // One new manifest per partition spec among the added files.
     let mut by_spec: BTreeMap<i32, Vec<&DataFile>> = BTreeMap::new();

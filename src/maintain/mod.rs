@@ -3,8 +3,13 @@
 //! the one commit layer; they differ only in their planner.
 
 pub mod execute;
+pub mod job;
+pub mod expire;
+pub mod manifests;
 pub mod merge;
+pub mod orphans;
 pub mod plan;
+pub mod reach;
 pub mod state;
 
 pub use execute::{RunReport, TaskOutcome, execute, run_plan};
