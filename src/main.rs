@@ -479,7 +479,10 @@ async fn run(cli: Cli) -> Result<()> {
             .await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             if r.failed_deletes > 0 {
-                bail!("{} files could not be deleted (left as orphans)", r.failed_deletes);
+                bail!(
+                    "{} files could not be deleted (left as orphans)",
+                    r.failed_deletes
+                );
             }
         }
         Command::RemoveOrphans(args) => {
@@ -491,9 +494,8 @@ async fn run(cli: Cli) -> Result<()> {
                 force: args.force,
                 dry_run: args.dry_run,
             };
-            let r =
-                maintain::orphans::remove_orphans(catalog.as_ref(), &tables::ident(d)?, &opts)
-                    .await?;
+            let r = maintain::orphans::remove_orphans(catalog.as_ref(), &tables::ident(d)?, &opts)
+                .await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             if r.failed_deletes > 0 {
                 bail!("{} orphans could not be deleted", r.failed_deletes);

@@ -161,7 +161,8 @@ impl ObjectStoreStorage {
         let mut listing = store.list(Some(&path));
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(|e| {
-                crate::Error::new(crate::ErrorKind::Storage, format!("listing {prefix}")).with_source(e)
+                crate::Error::new(crate::ErrorKind::Storage, format!("listing {prefix}"))
+                    .with_source(e)
             })?;
             let key = meta.location.as_ref().to_string();
             out.push(ListedFile {

@@ -55,9 +55,7 @@ impl MergePolicy {
                 .get(MIN_COUNT_PROP)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(DEFAULT_MIN_COUNT),
-            enabled: props
-                .get(MERGE_ENABLED_PROP)
-                .is_none_or(|v| v != "false"),
+            enabled: props.get(MERGE_ENABLED_PROP).is_none_or(|v| v != "false"),
         }
     }
 
@@ -96,13 +94,18 @@ impl Clustered {
                 .load_manifest(&table.file_io)
                 .await
                 .map_err(|e| Error::iceberg(format!("reading manifest {}", mf.manifest_path), e))?;
-            *c.manifests_per_spec.entry(mf.partition_spec_id).or_default() += 1;
+            *c.manifests_per_spec
+                .entry(mf.partition_spec_id)
+                .or_default() += 1;
             c.bytes += mf.manifest_length.max(0) as u64;
             for e in manifest.entries().iter().filter(|e| e.is_alive()) {
                 c.entries += 1;
                 let p = partition_ordinal(e.data_file()).unwrap_or(i32::MIN);
                 let key = (mf.partition_spec_id, p);
-                c.partitions.entry(key).or_default().push(e.as_ref().clone());
+                c.partitions
+                    .entry(key)
+                    .or_default()
+                    .push(e.as_ref().clone());
                 c.holders
                     .entry(key)
                     .or_default()

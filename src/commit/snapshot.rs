@@ -86,10 +86,9 @@ async fn recluster(
             }
         }
         out.push(
-            writer
-                .write_manifest_file()
-                .await
-                .map_err(|err| Error::iceberg(format!("writing manifest for {}", base.ident), err))?,
+            writer.write_manifest_file().await.map_err(|err| {
+                Error::iceberg(format!("writing manifest for {}", base.ident), err)
+            })?,
         );
     }
     Ok(out)
@@ -267,7 +266,14 @@ pub async fn build(
     if change.rewrite_manifests.is_some() || merge.due(&carried) {
         let before = carried.len();
         let target = change.rewrite_manifests.unwrap_or(merge.target_size);
-        carried = recluster(base, &carried, snapshot_id, &commit_uuid.to_string(), target).await?;
+        carried = recluster(
+            base,
+            &carried,
+            snapshot_id,
+            &commit_uuid.to_string(),
+            target,
+        )
+        .await?;
         tracing::debug!(table = %ident, before, after = carried.len(), "manifests clustered");
     }
     manifests.extend(carried);

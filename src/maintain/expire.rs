@@ -92,7 +92,10 @@ pub async fn expire(
             ))
         })
         .await?;
-        match (committed, seen.into_inner().unwrap_or_else(|p| p.into_inner())) {
+        match (
+            committed,
+            seen.into_inner().unwrap_or_else(|p| p.into_inner()),
+        ) {
             (Some(_), Some(found)) => found,
             _ => (catalog.load(ident).await?, Vec::new()),
         }

@@ -116,7 +116,10 @@ impl Job {
         if raw.schedule.split_whitespace().count() != 5 {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
-                format!("{at}: schedule `{}` is not a 5-field cron expression", raw.schedule),
+                format!(
+                    "{at}: schedule `{}` is not a 5-field cron expression",
+                    raw.schedule
+                ),
             ));
         }
         if raw.task.is_empty() {
@@ -354,7 +357,12 @@ async fn run_step(
                 if r.failed > 0 {
                     return Err(Error::new(
                         ErrorKind::Iceberg,
-                        format!("{} of {} {} tasks failed", r.failed, tasks.len(), kind.as_str()),
+                        format!(
+                            "{} of {} {} tasks failed",
+                            r.failed,
+                            tasks.len(),
+                            kind.as_str()
+                        ),
                     ));
                 }
             }
@@ -363,8 +371,9 @@ async fn run_step(
             out.lines.push("(another shard's table)".into());
         }
         JobTask::RewriteManifests { target_size } => {
-            let r = manifests::rewrite_manifests(catalog, &ident, *target_size, opts.dry_run, retry)
-                .await?;
+            let r =
+                manifests::rewrite_manifests(catalog, &ident, *target_size, opts.dry_run, retry)
+                    .await?;
             out.lines.push(format!(
                 "rewrite-manifests {} -> {} manifests",
                 r.manifests_before, r.manifests_after
@@ -427,7 +436,12 @@ mod tests {
         let daily = Job::load(&root.join("daily.toml")).unwrap();
         assert_eq!(
             daily.tasks.iter().map(JobTask::name).collect::<Vec<_>>(),
-            ["retention", "rewrite-manifests", "expire-snapshots", "remove-orphans"]
+            [
+                "retention",
+                "rewrite-manifests",
+                "expire-snapshots",
+                "remove-orphans"
+            ]
         );
     }
 
@@ -442,15 +456,22 @@ mod tests {
         .unwrap();
         let e = Job::load(&p).unwrap_err().to_string();
         assert!(e.contains("j.toml") && e.contains("vacuum"), "{e}");
-        std::fs::write(&p, "schedule = \"hourly\"\ntables = [\"*\"]\n[[task]]\nkind = \"rollup\"\n")
-            .unwrap();
+        std::fs::write(
+            &p,
+            "schedule = \"hourly\"\ntables = [\"*\"]\n[[task]]\nkind = \"rollup\"\n",
+        )
+        .unwrap();
         let e = Job::load(&p).unwrap_err().to_string();
         assert!(e.contains("not a 5-field cron expression"), "{e}");
     }
 
     #[test]
     fn shards_partition_the_keys() {
-        let shards = [Shard::parse("0/3").unwrap(), Shard::parse("1/3").unwrap(), Shard::parse("2/3").unwrap()];
+        let shards = [
+            Shard::parse("0/3").unwrap(),
+            Shard::parse("1/3").unwrap(),
+            Shard::parse("2/3").unwrap(),
+        ];
         for k in 0..200 {
             let key = format!("usage.t{k}");
             assert_eq!(shards.iter().filter(|s| s.owns_table(&key)).count(), 1);

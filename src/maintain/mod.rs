@@ -3,8 +3,8 @@
 //! the one commit layer; they differ only in their planner.
 
 pub mod execute;
-pub mod job;
 pub mod expire;
+pub mod job;
 pub mod manifests;
 pub mod merge;
 pub mod orphans;

@@ -89,8 +89,8 @@ pub async fn remove_orphans(
         referenced.insert(key(location)?);
     }
 
-    let cutoff = opts.now
-        - chrono::Duration::from_std(opts.older_than).unwrap_or(chrono::Duration::zero());
+    let cutoff =
+        opts.now - chrono::Duration::from_std(opts.older_than).unwrap_or(chrono::Duration::zero());
     let root = format!("{}/", table.metadata.location().trim_end_matches('/'));
     let listed = storage.list(&root).await?;
     let mut report = OrphanReport {

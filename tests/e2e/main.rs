@@ -6,3 +6,4 @@ mod common;
 mod ingest;
 mod invariant;
 mod tiering;
+mod upkeep;
