@@ -179,8 +179,8 @@ impl ObjectStoreStorage {
     /// request) and retried; files already gone count as deleted. Returns
     /// the locations that could not be deleted.
     pub async fn delete_many(&self, locations: Vec<String>) -> Vec<(String, String)> {
-        let mut by_store: HashMap<String, (Arc<dyn ObjectStore>, Vec<(String, ObjectPath)>)> =
-            HashMap::new();
+        type Batch = (Arc<dyn ObjectStore>, Vec<(String, ObjectPath)>);
+        let mut by_store: HashMap<String, Batch> = HashMap::new();
         let mut failed = Vec::new();
         for loc in locations {
             match self.resolve(&loc) {

@@ -70,6 +70,9 @@ impl MergePolicy {
     }
 }
 
+/// One planned manifest: its spec id and the `(spec, partition)` keys it holds.
+pub type PackedManifest = (i32, Vec<(i32, i32)>);
+
 /// Live entries of some manifests, grouped by spec and partition.
 #[derive(Debug, Default)]
 pub struct Clustered {
@@ -117,27 +120,27 @@ impl Clustered {
 
     /// Partitions in packing order per spec, grouped into output manifests of
     /// about `target` bytes; a partition is never split.
-    pub fn pack(&self, target: u64) -> Vec<(i32, Vec<(i32, i32)>)> {
+    pub fn pack(&self, target: u64) -> Vec<PackedManifest> {
         let per_entry = self.bytes.checked_div(self.entries).unwrap_or(1).max(1);
-        let mut out: Vec<(i32, Vec<(i32, i32)>)> = Vec::new();
-        let mut current: Option<(i32, Vec<(i32, i32)>, u64)> = None;
+        let mut out: Vec<PackedManifest> = Vec::new();
+        let mut current: Option<(PackedManifest, u64)> = None;
         for (key, entries) in &self.partitions {
             let size = entries.len() as u64 * per_entry;
             match &mut current {
-                Some((spec, parts, bytes)) if *spec == key.0 && *bytes + size <= target => {
+                Some(((spec, parts), bytes)) if *spec == key.0 && *bytes + size <= target => {
                     parts.push(*key);
                     *bytes += size;
                 }
                 _ => {
-                    if let Some((spec, parts, _)) = current.take() {
-                        out.push((spec, parts));
+                    if let Some((packed, _)) = current.take() {
+                        out.push(packed);
                     }
-                    current = Some((key.0, vec![*key], size));
+                    current = Some(((key.0, vec![*key]), size));
                 }
             }
         }
-        if let Some((spec, parts, _)) = current {
-            out.push((spec, parts));
+        if let Some((packed, _)) = current {
+            out.push(packed);
         }
         out
     }
