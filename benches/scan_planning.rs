@@ -44,7 +44,11 @@ async fn plan_one_hour(catalog: &dyn Catalog, table: &TableHandle, hour: i64) ->
         .await
         .unwrap();
     let seconds = started.elapsed().as_secs_f64();
-    (tasks.len(), catalog.storage().files_opened() - opened, seconds)
+    (
+        tasks.len(),
+        catalog.storage().files_opened() - opened,
+        seconds,
+    )
 }
 
 fn main() {

@@ -73,6 +73,8 @@ struct RawIngest {
 pub struct Overrides {
     /// Table declarations directory.
     pub schemas: Option<PathBuf>,
+    /// Catalog name (the `catalog_name` column of a SQL catalog).
+    pub catalog_name: Option<String>,
     /// Catalog database URI.
     pub catalog_uri: Option<String>,
     /// Warehouse URL or path.
@@ -182,7 +184,11 @@ impl Config {
                 .or(raw.schemas)
                 .unwrap_or_else(|| PathBuf::from("schemas")),
             catalog: CatalogConfig {
-                name: raw.catalog.name.unwrap_or_else(|| "firn".to_string()),
+                name: o
+                    .catalog_name
+                    .clone()
+                    .or(raw.catalog.name)
+                    .unwrap_or_else(|| "firn".to_string()),
                 uri,
                 warehouse,
             },

@@ -42,6 +42,9 @@ struct Global {
     /// Directory of table declarations (default: ./schemas).
     #[arg(long, env = "FIRN_SCHEMAS", global = true)]
     schemas: Option<PathBuf>,
+    /// Catalog name within the catalog database (default: firn).
+    #[arg(long, env = "FIRN_CATALOG_NAME", global = true)]
+    catalog_name: Option<String>,
     /// Catalog database: sqlite://PATH?mode=rwc or postgres://USER@HOST/DB.
     #[arg(long, env = "FIRN_CATALOG_URI", global = true)]
     catalog_uri: Option<String>,
@@ -341,6 +344,7 @@ async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     let overrides = Overrides {
         schemas: g.schemas.clone(),
+        catalog_name: g.catalog_name.clone(),
         catalog_uri: g.catalog_uri.clone(),
         warehouse: g.warehouse.clone(),
         brokers: g.brokers.clone(),

@@ -12,7 +12,7 @@ use firn::schema::decl::TableDecl;
 use firn::schema::layout::Grain;
 use firn::{ErrorKind, read, tables, write};
 
-use crate::common::local_lake as lake;
+use crate::common::{lake_on, postgres_uri};
 
 /// Files holding `events` events of one key at a recent minute.
 async fn files(catalog: &dyn Catalog, decl: &TableDecl, events: i64) -> Vec<commit::NewFile> {
@@ -47,7 +47,30 @@ async fn files(catalog: &dyn Catalog, decl: &TableDecl, events: i64) -> Vec<comm
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_appends_all_land_through_retries() {
-    let (_dir, catalog, decl) = lake().await;
+    concurrent_appends(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_all_land_through_retries_on_postgres() {
+    if let Some(uri) = postgres_uri() {
+        concurrent_appends(Some(&uri)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_range_commits_once() {
+    same_range(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_range_commits_once_on_postgres() {
+    if let Some(uri) = postgres_uri() {
+        same_range(Some(&uri)).await;
+    }
+}
+
+async fn concurrent_appends(uri: Option<&str>) {
+    let (_dir, catalog, decl) = lake_on(uri).await;
     let ident = tables::ident(&decl).unwrap();
     let mut tasks = Vec::new();
     for i in 0..8 {
@@ -76,12 +99,11 @@ async fn concurrent_appends_all_land_through_retries() {
     let totals = read::totals(&table, &decl).await.unwrap();
     assert_eq!(totals.long(&decl, "requests"), (1..=8).sum::<i64>());
     assert_eq!(totals.long(&decl, "bytes"), 10 * (1..=8).sum::<i64>());
-    eprintln!("MEASURE 8 concurrent appends took {attempts} attempts in all");
+    eprintln!("MEASURE 8 concurrent appends on {uri:?} took {attempts} attempts in all");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_same_range_commits_once() {
-    let (_dir, catalog, decl) = lake().await;
+async fn same_range(uri: Option<&str>) {
+    let (_dir, catalog, decl) = lake_on(uri).await;
     let ident = tables::ident(&decl).unwrap();
     let claim = |from: Option<i64>, to: i64| OffsetAdvance {
         group: "g".into(),

@@ -198,6 +198,7 @@ impl Lake {
             schemas: Some(self.path().join("schemas")),
             brokers: Some(self.brokers.clone()),
             group: Some(GROUP.into()),
+            ..Default::default()
         };
         Config::with_overrides(&o)
             .unwrap()
@@ -290,12 +291,35 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
 /// A lake without Kafka for library-level tests: a SQLite catalog and a local
 /// warehouse in a temporary folder, with the example table synced.
 pub async fn local_lake() -> (tempfile::TempDir, Arc<dyn Catalog>, TableDecl) {
+    lake_on(None).await
+}
+
+/// PostgreSQL for catalog tests: `FIRN_TEST_POSTGRES` or the machine's
+/// server at 127.0.0.1:5432. Set `FIRN_TEST_POSTGRES=skip` where there is
+/// none; the tests then say they were skipped instead of failing.
+pub fn postgres_uri() -> Option<String> {
+    match std::env::var("FIRN_TEST_POSTGRES").as_deref() {
+        Ok("skip") => {
+            eprintln!("SKIPPED: FIRN_TEST_POSTGRES=skip, no PostgreSQL catalog test");
+            None
+        }
+        Ok(uri) => Some(uri.to_string()),
+        Err(_) => Some("postgres://postgres@127.0.0.1:5432/test".to_string()),
+    }
+}
+
+/// Like [`local_lake`], with the catalog in `uri` (a fresh catalog name, so
+/// runs do not see each other) when given.
+pub async fn lake_on(uri: Option<&str>) -> (tempfile::TempDir, Arc<dyn Catalog>, TableDecl) {
     let dir = tempfile::tempdir().unwrap();
     let o = Overrides {
-        catalog_uri: Some(format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("catalog.db").display()
-        )),
+        catalog_name: uri.map(|_| format!("firn-test-{}", uuid::Uuid::now_v7())),
+        catalog_uri: Some(uri.map(str::to_string).unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("catalog.db").display()
+            )
+        })),
         warehouse: Some(dir.path().join("warehouse").display().to_string()),
         ..Default::default()
     };
