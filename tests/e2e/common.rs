@@ -311,9 +311,21 @@ pub fn postgres_uri() -> Option<String> {
 /// Like [`local_lake`], with the catalog in `uri` (a fresh catalog name, so
 /// runs do not see each other) when given.
 pub async fn lake_on(uri: Option<&str>) -> (tempfile::TempDir, Arc<dyn Catalog>, TableDecl) {
+    let (dir, catalog, decl, _) = lake_named(uri).await;
+    (dir, catalog, decl)
+}
+
+/// [`lake_on`], also returning the catalog name it used.
+pub async fn lake_named(
+    uri: Option<&str>,
+) -> (tempfile::TempDir, Arc<dyn Catalog>, TableDecl, String) {
     let dir = tempfile::tempdir().unwrap();
+    let name = match uri {
+        Some(_) => format!("firn-test-{}", uuid::Uuid::now_v7()),
+        None => "firn".to_string(),
+    };
     let o = Overrides {
-        catalog_name: uri.map(|_| format!("firn-test-{}", uuid::Uuid::now_v7())),
+        catalog_name: Some(name.clone()),
         catalog_uri: Some(uri.map(str::to_string).unwrap_or_else(|| {
             format!(
                 "sqlite://{}?mode=rwc",
@@ -333,5 +345,5 @@ pub async fn lake_on(uri: Option<&str>) -> (tempfile::TempDir, Arc<dyn Catalog>,
     )
     .unwrap();
     tables::sync(catalog.as_ref(), &decl).await.unwrap();
-    (dir, catalog, decl)
+    (dir, catalog, decl, name)
 }

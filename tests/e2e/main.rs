@@ -5,5 +5,6 @@ mod commit;
 mod common;
 mod ingest;
 mod invariant;
+mod readers;
 mod tiering;
 mod upkeep;

@@ -1,0 +1,251 @@
+//! Independent readers: after every step of a pipeline (appends, compaction,
+//! rollup, manifest rewrite, expiry, orphan removal), PyIceberg and DuckDB's
+//! iceberg extension read the table and their per-day totals must equal
+//! firn's. Any disagreement fails the test and names the step.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::{Duration as ChronoDuration, Utc};
+use firn::catalog::Catalog;
+use firn::commit::{self, Change, RetryPolicy};
+use firn::maintain::expire::{self, ExpireOptions};
+use firn::maintain::orphans::{self, OrphanOptions};
+use firn::maintain::{self, PlanOptions};
+use firn::read;
+use firn::rows::{DimValue, MeasureSpec, MeasureValue, RowKey, RowMap};
+use firn::schema::decl::{Agg, TableDecl};
+use firn::schema::layout::Grain;
+use firn::{tables, write};
+use serde_json::{Value, json};
+
+use crate::common::{lake_named, postgres_uri};
+
+fn python() -> PathBuf {
+    let p = std::env::var("FIRN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "no Python with PyIceberg and DuckDB at {} (run deploy/local/install-readers.sh)",
+        p.display()
+    );
+    p
+}
+
+/// firn's totals in the readers' JSON shape.
+fn firn_json(decl: &TableDecl, t: &read::Totals) -> Value {
+    let measures = |m: &firn::rows::Measures| -> Value {
+        decl.measures
+            .iter()
+            .zip(&m.0)
+            .map(|(d, v)| {
+                let v = match v {
+                    MeasureValue::Long(v) => json!(v),
+                    MeasureValue::Double(v) => json!(v.map(|x| x as i64)),
+                };
+                (d.name.clone(), v)
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    json!({
+        "all": measures(&t.all),
+        "per_day": t.per_day.iter().map(|(d, m)| (d.to_string(), measures(m))).collect::<BTreeMap<_, _>>(),
+    })
+}
+
+fn readers(pyiceberg_uri: &str, catalog_name: &str, warehouse: &str, decl: &TableDecl) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/readers/totals.py");
+    let mut cmd = Command::new(python());
+    cmd.arg(script)
+        .args([
+            "--catalog-uri",
+            pyiceberg_uri,
+            "--catalog-name",
+            catalog_name,
+        ])
+        .args(["--warehouse", warehouse, "--table", &decl.qualified_name()]);
+    for m in &decl.measures {
+        let agg = match m.agg {
+            Agg::Max => "max",
+            Agg::Min => "min",
+            _ => "sum",
+        };
+        cmd.args(["--measure", &format!("{}:{agg}", m.name)]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "reader failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn append(catalog: &dyn Catalog, decl: &TableDecl, hours_ago: i64, seed: i64) {
+    let ident = tables::ident(decl).unwrap();
+    let table = catalog.load(&ident).await.unwrap();
+    let spec = MeasureSpec::new(decl);
+    let mut rows = RowMap::default();
+    for i in 0..500i64 {
+        let ts = Utc::now()
+            - ChronoDuration::hours(hours_ago)
+            - ChronoDuration::minutes((i * 7 + seed) % 600);
+        rows.add_event(
+            &spec,
+            RowKey {
+                dims: vec![
+                    DimValue::Long(i % 5),
+                    if i % 4 == 0 {
+                        DimValue::Null
+                    } else {
+                        DimValue::Long(2)
+                    },
+                    DimValue::Str(["AMS", "Zürich", "東京"][(i % 3) as usize].into()),
+                    DimValue::Str("cdn".into()),
+                ],
+                ts_micros: Grain::Minute.truncate(ts.timestamp_micros()),
+            },
+            &[
+                None,
+                Some(MeasureValue::Long(Some(i * 13 + seed))),
+                Some(MeasureValue::Long(Some(i % 11))),
+                Some(MeasureValue::Long(Some((i * seed) % 977))),
+            ],
+        );
+    }
+    let files = write::write_rows(&table, decl, Grain::Minute, rows.into_sorted(), 128 << 20)
+        .await
+        .unwrap();
+    commit::commit(
+        catalog,
+        &ident,
+        &Change::append("test", files),
+        RetryPolicy::default(),
+    )
+    .await
+    .unwrap();
+}
+
+async fn pipeline(uri: Option<&str>) {
+    let (dir, catalog, decl, name) = lake_named(uri).await;
+    let ident = tables::ident(&decl).unwrap();
+    let warehouse = format!(
+        "file://{}",
+        std::fs::canonicalize(dir.path().join("warehouse"))
+            .unwrap()
+            .display()
+    );
+    let py_uri = match uri {
+        Some(u) => u.replacen("postgres://", "postgresql+psycopg2://", 1),
+        None => format!("sqlite:///{}", dir.path().join("catalog.db").display()),
+    };
+    let now = Utc::now();
+    let popts = PlanOptions {
+        now,
+        from: None,
+        to: None,
+        seal_delay: Duration::from_secs(3600),
+        target_file_size: 128 << 20,
+    };
+    let steps = [
+        "append",
+        "append-late",
+        "append-again",
+        "compact",
+        "rollup",
+        "rewrite-manifests",
+        "expire-snapshots",
+        "remove-orphans",
+    ];
+    for step in steps {
+        match step {
+            "append" => append(catalog.as_ref(), &decl, 3, 1).await,
+            "append-late" => append(catalog.as_ref(), &decl, 24 * 9, 2).await,
+            "append-again" => append(catalog.as_ref(), &decl, 3, 3).await,
+            "compact" | "rollup" => {
+                let table = catalog.load(&ident).await.unwrap();
+                let st = maintain::state::load(&table).await.unwrap();
+                let tasks = if step == "compact" {
+                    maintain::plan_compaction(&st, &decl.policy, &popts)
+                } else {
+                    maintain::plan_rollup(&st, &decl.policy, &popts)
+                };
+                assert!(!tasks.is_empty(), "{step} had nothing to do");
+                let r = maintain::run_plan(
+                    catalog.as_ref(),
+                    &ident,
+                    &decl,
+                    &tasks,
+                    128 << 20,
+                    RetryPolicy::default(),
+                )
+                .await;
+                assert_eq!(r.failed, 0);
+            }
+            "rewrite-manifests" => {
+                maintain::manifests::rewrite_manifests(
+                    catalog.as_ref(),
+                    &ident,
+                    None,
+                    false,
+                    RetryPolicy::default(),
+                )
+                .await
+                .unwrap();
+            }
+            "expire-snapshots" => {
+                let opts = ExpireOptions {
+                    older_than: Utc::now() + ChronoDuration::days(1),
+                    retain_last: 2,
+                    dry_run: false,
+                };
+                let r = expire::expire(catalog.as_ref(), &ident, &opts, RetryPolicy::default())
+                    .await
+                    .unwrap();
+                assert!(!r.expired_snapshots.is_empty());
+            }
+            _ => {
+                let opts = OrphanOptions {
+                    now: Utc::now(),
+                    older_than: Duration::from_secs(3600),
+                    force: false,
+                    dry_run: false,
+                };
+                orphans::remove_orphans(catalog.as_ref(), &ident, &opts)
+                    .await
+                    .unwrap();
+            }
+        }
+        let table = catalog.load(&ident).await.unwrap();
+        let mine = firn_json(&decl, &read::totals(&table, &decl).await.unwrap());
+        let theirs = readers(&py_uri, &name, &warehouse, &decl);
+        for reader in ["pyiceberg", "duckdb"] {
+            assert_eq!(
+                theirs[reader]["all"], mine["all"],
+                "{reader} disagrees after {step} ({uri:?})"
+            );
+            assert_eq!(
+                theirs[reader]["per_day"], mine["per_day"],
+                "{reader} disagrees per day after {step} ({uri:?})"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyiceberg_and_duckdb_agree_after_every_step_on_sqlite() {
+    pipeline(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyiceberg_and_duckdb_agree_after_every_step_on_postgres() {
+    if let Some(uri) = postgres_uri() {
+        pipeline(Some(&uri)).await;
+    }
+}
