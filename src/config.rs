@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::catalog::Catalog;
+use crate::catalog::rest::{RestCatalog, RestConfig, Secret};
 use crate::catalog::sql::SqlCatalog;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::IngestOptions;
@@ -45,6 +46,12 @@ struct RawCatalog {
     name: Option<String>,
     uri: Option<String>,
     warehouse: Option<String>,
+    credential: Option<String>,
+    token: Option<String>,
+    scope: Option<String>,
+    prefix: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,8 +82,10 @@ pub struct Overrides {
     pub schemas: Option<PathBuf>,
     /// Catalog name (the `catalog_name` column of a SQL catalog).
     pub catalog_name: Option<String>,
-    /// Catalog database URI.
+    /// Catalog database URI (SQL) or base URI (REST).
     pub catalog_uri: Option<String>,
+    /// `sql` or `rest`.
+    pub catalog_type: Option<String>,
     /// Warehouse URL or path.
     pub warehouse: Option<String>,
     /// Kafka bootstrap servers.
@@ -88,6 +97,8 @@ pub struct Overrides {
 /// The catalog to use.
 #[derive(Debug, Clone)]
 pub struct CatalogConfig {
+    /// A REST catalog, or `None` for the SQL catalog.
+    pub rest: Option<RestConfig>,
     /// Catalog name (the `catalog_name` column of a SQL catalog).
     pub name: String,
     /// Database URI.
@@ -129,25 +140,58 @@ impl Config {
     }
 
     fn from_raw(raw: RawConfig, o: &Overrides, source: &str) -> Result<Self> {
-        if let Some(kind) = raw.catalog.kind.as_deref()
-            && kind != "sql"
-        {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                format!("{source}: catalog.type `{kind}` is not supported here (expected sql)"),
-            ));
-        }
+        let kind = o
+            .catalog_type
+            .clone()
+            .or(raw.catalog.kind.clone())
+            .unwrap_or_else(|| "sql".to_string());
+        let rest = match kind.as_str() {
+            "sql" => None,
+            "rest" => Some(RestConfig {
+                uri: o
+                    .catalog_uri
+                    .clone()
+                    .or(raw.catalog.uri.clone())
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::InvalidConfig,
+                            format!("{source}: catalog.uri is required for a REST catalog"),
+                        )
+                    })?,
+                warehouse: o.warehouse.clone().or(raw.catalog.warehouse.clone()),
+                credential: std::env::var("FIRN_CATALOG_CREDENTIAL")
+                    .ok()
+                    .or(raw.catalog.credential.clone())
+                    .map(Secret),
+                token: std::env::var("FIRN_CATALOG_TOKEN")
+                    .ok()
+                    .or(raw.catalog.token.clone())
+                    .map(Secret),
+                scope: raw.catalog.scope.clone(),
+                prefix: raw.catalog.prefix.clone(),
+                headers: raw.catalog.headers.clone(),
+            }),
+            other => {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("{source}: catalog.type `{other}` is not known (expected sql or rest)"),
+                ));
+            }
+        };
         let uri = o
             .catalog_uri
             .clone()
             .or(raw.catalog.uri)
             .unwrap_or_else(|| DEFAULT_CATALOG_URI.to_string());
-        let warehouse = warehouse_url(
-            &o.warehouse
-                .clone()
-                .or(raw.catalog.warehouse)
-                .unwrap_or_else(|| DEFAULT_WAREHOUSE.to_string()),
-        )?;
+        let warehouse = match &rest {
+            Some(r) => r.warehouse.clone().unwrap_or_default(),
+            None => warehouse_url(
+                &o.warehouse
+                    .clone()
+                    .or(raw.catalog.warehouse)
+                    .unwrap_or_else(|| DEFAULT_WAREHOUSE.to_string()),
+            )?,
+        };
         let defaults = IngestOptions::default();
         let ing = raw.ingest;
         let ingest = IngestOptions {
@@ -184,6 +228,7 @@ impl Config {
                 .or(raw.schemas)
                 .unwrap_or_else(|| PathBuf::from("schemas")),
             catalog: CatalogConfig {
+                rest,
                 name: o
                     .catalog_name
                     .clone()
@@ -199,6 +244,10 @@ impl Config {
 
     /// Open the configured catalog (creating a local SQLite file's folder).
     pub async fn open_catalog(&self) -> Result<Arc<dyn Catalog>> {
+        if let Some(rest) = &self.catalog.rest {
+            let storage = ObjectStoreStorage::new(self.storage.clone());
+            return Ok(Arc::new(RestCatalog::connect(rest.clone(), storage).await?));
+        }
         if let Some(path) = self.catalog.uri.strip_prefix("sqlite://") {
             let file = path.split('?').next().unwrap_or(path);
             if let Some(dir) = Path::new(file)

@@ -45,7 +45,11 @@ struct Global {
     /// Catalog name within the catalog database (default: firn).
     #[arg(long, env = "FIRN_CATALOG_NAME", global = true)]
     catalog_name: Option<String>,
-    /// Catalog database: sqlite://PATH?mode=rwc or postgres://USER@HOST/DB.
+    /// Catalog type: sql (SQLite, PostgreSQL) or rest (credentials from
+    /// FIRN_CATALOG_CREDENTIAL=id:secret or FIRN_CATALOG_TOKEN, never flags).
+    #[arg(long, env = "FIRN_CATALOG_TYPE", global = true)]
+    catalog_type: Option<String>,
+    /// Catalog: sqlite://PATH?mode=rwc or postgres://USER@HOST/DB, or a REST catalog's base URI.
     #[arg(long, env = "FIRN_CATALOG_URI", global = true)]
     catalog_uri: Option<String>,
     /// Warehouse: a local path, file:///PATH, or s3://BUCKET/PREFIX.
@@ -346,6 +350,7 @@ async fn run(cli: Cli) -> Result<()> {
         schemas: g.schemas.clone(),
         catalog_name: g.catalog_name.clone(),
         catalog_uri: g.catalog_uri.clone(),
+        catalog_type: g.catalog_type.clone(),
         warehouse: g.warehouse.clone(),
         brokers: g.brokers.clone(),
         group: g.group.clone(),

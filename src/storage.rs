@@ -35,6 +35,36 @@ impl fmt::Debug for StoreOptions {
     }
 }
 
+/// An S3 (or R2, or any S3 API) store for `bucket_url`: the usual `AWS_*`
+/// variables first, then the configured options (`aws_endpoint`,
+/// `aws_region` — `auto` for R2 —, `aws_access_key_id`,
+/// `aws_secret_access_key`, `aws_virtual_hosted_style_request`,
+/// `aws_allow_http`, `timeout`, `connect_timeout`, ...), then retries
+/// (`retry_max_retries`, `retry_timeout`). Large files go up in multipart
+/// uploads (the writer buffers 10 MiB parts).
+fn s3_store(
+    bucket_url: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+    use object_store::RetryConfig;
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    let mut builder = AmazonS3Builder::from_env().with_url(bucket_url);
+    let mut retry = RetryConfig::default();
+    for (k, v) in options {
+        match k.as_str() {
+            "retry_max_retries" => retry.max_retries = v.parse().unwrap_or(retry.max_retries),
+            "retry_timeout" => {
+                retry.retry_timeout = humantime::parse_duration(v).unwrap_or(retry.retry_timeout)
+            }
+            _ => {
+                let key: AmazonS3ConfigKey = k.parse()?;
+                builder = builder.with_config(key, v);
+            }
+        }
+    }
+    Ok(Arc::new(builder.with_retry(retry).build()?))
+}
+
 /// An iceberg [`Storage`] over `object_store`, one store per bucket.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct ObjectStoreStorage {
@@ -102,6 +132,10 @@ impl ObjectStoreStorage {
         let bucket_key = format!("{}://{}", url.scheme(), url.authority());
         let options = self.options.0.clone();
         let store = self.store_for(&bucket_key, || {
+            if matches!(url.scheme(), "s3" | "s3a") {
+                return s3_store(&bucket_key, &options)
+                    .map_err(|e| io_err("opening object store for", location, e));
+            }
             let base = Url::parse(&bucket_key).map_err(|e| io_err("bad URL", location, e))?;
             let (store, _) = object_store::parse_url_opts(&base, options)
                 .map_err(|e| io_err("opening object store for", location, e))?;

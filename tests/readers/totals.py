@@ -19,6 +19,8 @@ p.add_argument("--warehouse", required=True)
 p.add_argument("--catalog-name", default="firn")
 p.add_argument("--table", required=True)
 p.add_argument("--measure", action="append", required=True)
+p.add_argument("--catalog-type", default="sql", choices=["sql", "rest"])
+p.add_argument("--s3-endpoint", help="host:port of an S3 API (REST catalogs' warehouses)")
 a = p.parse_args()
 
 measures = [m.split(":") for m in a.measure]
@@ -43,7 +45,24 @@ def totals(con, relation):
     }
 
 
-catalog = SqlCatalog(a.catalog_name, uri=a.catalog_uri, warehouse=a.warehouse)
+key, secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+if a.catalog_type == "rest":
+    from pyiceberg.catalog.rest import RestCatalog
+
+    catalog = RestCatalog(
+        a.catalog_name,
+        **{
+            "uri": a.catalog_uri,
+            "warehouse": a.warehouse,
+            "credential": os.environ["FIRN_CATALOG_CREDENTIAL"],
+            "s3.endpoint": f"http://{a.s3_endpoint}",
+            "s3.access-key-id": key,
+            "s3.secret-access-key": secret,
+            "s3.region": "us-east-1",
+        },
+    )
+else:
+    catalog = SqlCatalog(a.catalog_name, uri=a.catalog_uri, warehouse=a.warehouse)
 table = catalog.load_table(a.table)
 con = duckdb.connect(config={"allow_unsigned_extensions": "true", "autoinstall_known_extensions": "false"})
 con.execute("SET TimeZone = 'UTC'")
@@ -51,11 +70,16 @@ arrow = table.scan().to_arrow()
 con.register("pyiceberg_scan", arrow)
 out = {"pyiceberg": totals(con, "pyiceberg_scan")}
 
-for name in ["avro", "iceberg"]:
+for name in ["avro", "httpfs", "iceberg"]:
     mod = importlib.import_module(f"duckdb_extension_{name}")
     path = os.path.join(os.path.dirname(mod.__file__), f"extensions/v1.5.5/{name}.duckdb_extension")
     con.execute(f"INSTALL '{path}'")
     con.execute(f"LOAD {name}")
+if a.s3_endpoint:
+    con.execute(
+        f"CREATE SECRET (TYPE s3, KEY_ID '{key}', SECRET '{secret}', ENDPOINT '{a.s3_endpoint}', "
+        "URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')"
+    )
 location = table.metadata_location.replace("file://", "")
 out["duckdb"] = totals(con, f"iceberg_scan('{location}')")
 out["metadata_location"] = table.metadata_location
