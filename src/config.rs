@@ -86,6 +86,10 @@ pub struct Overrides {
     pub catalog_uri: Option<String>,
     /// `sql` or `rest`.
     pub catalog_type: Option<String>,
+    /// REST catalog credential `id:secret` (over `FIRN_CATALOG_CREDENTIAL`).
+    pub catalog_credential: Option<String>,
+    /// Object store options, over the file's `[storage]`.
+    pub storage: BTreeMap<String, String>,
     /// Warehouse URL or path.
     pub warehouse: Option<String>,
     /// Kafka bootstrap servers.
@@ -159,8 +163,10 @@ impl Config {
                         )
                     })?,
                 warehouse: o.warehouse.clone().or(raw.catalog.warehouse.clone()),
-                credential: std::env::var("FIRN_CATALOG_CREDENTIAL")
-                    .ok()
+                credential: o
+                    .catalog_credential
+                    .clone()
+                    .or_else(|| std::env::var("FIRN_CATALOG_CREDENTIAL").ok())
                     .or(raw.catalog.credential.clone())
                     .map(Secret),
                 token: std::env::var("FIRN_CATALOG_TOKEN")
@@ -237,7 +243,11 @@ impl Config {
                 uri,
                 warehouse,
             },
-            storage: StoreOptions(raw.storage),
+            storage: StoreOptions({
+                let mut s = raw.storage;
+                s.extend(o.storage.clone());
+                s
+            }),
             ingest,
         })
     }

@@ -351,6 +351,8 @@ async fn run(cli: Cli) -> Result<()> {
         catalog_name: g.catalog_name.clone(),
         catalog_uri: g.catalog_uri.clone(),
         catalog_type: g.catalog_type.clone(),
+        catalog_credential: None,
+        storage: Default::default(),
         warehouse: g.warehouse.clone(),
         brokers: g.brokers.clone(),
         group: g.group.clone(),

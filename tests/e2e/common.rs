@@ -347,3 +347,157 @@ pub async fn lake_named(
     tables::sync(catalog.as_ref(), &decl).await.unwrap();
     (dir, catalog, decl, name)
 }
+
+/// The access key every test SeaweedFS accepts; the secret is random per run.
+pub const S3_KEY: &str = "firnkey";
+
+/// SeaweedFS `weed mini` on loopback: S3 and an Iceberg REST catalog whose
+/// warehouse is the table bucket `warehouse`. Stopped when dropped.
+pub struct Seaweed {
+    child: Child,
+    pub s3_port: u16,
+    pub rest_port: u16,
+    pub secret: String,
+    _dir: tempfile::TempDir,
+}
+
+fn weed_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("FIRN_WEED") {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/weed");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("weed")
+}
+
+/// A free port whose +10000 gRPC twin is free too (SeaweedFS uses both).
+fn free_port_pair() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+impl Seaweed {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let secret = format!("secret-{}", uuid::Uuid::new_v4().simple());
+        let [s3, rest, master, filer, volume] = [(); 5].map(|_| free_port_pair());
+        let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
+        let child = Command::new(weed_binary())
+            .current_dir(dir.path())
+            .env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", &secret)
+            .args([
+                "mini",
+                &format!("-dir={}", data.display()),
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+                "-admin.ui=false",
+                "-webdav=false",
+                &format!("-s3.port={s3}"),
+                &format!("-s3.port.iceberg={rest}"),
+                &format!("-master.port={master}"),
+                &format!("-filer.port={filer}"),
+                &format!("-volume.port={volume}"),
+                "-tableBucket=warehouse",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start SeaweedFS ({e}); install it with deploy/local/install-readers.sh")
+            });
+        let weed = Seaweed {
+            child,
+            s3_port: s3,
+            rest_port: rest,
+            secret,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let token = Command::new("curl")
+                .args([
+                    "-sf",
+                    "-X",
+                    "POST",
+                    &format!("http://127.0.0.1:{rest}/v1/oauth/tokens"),
+                    "-d",
+                    &format!(
+                        "grant_type=client_credentials&client_id={S3_KEY}&client_secret={}",
+                        weed.secret
+                    ),
+                ])
+                .output();
+            let s3_up = std::net::TcpStream::connect(("127.0.0.1", s3)).is_ok();
+            // Ready when the table bucket answers (it is created after start).
+            let token: Option<String> = token
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                .and_then(|v| v["access_token"].as_str().map(str::to_string));
+            let bucket_up = token.is_some_and(|t| {
+                Command::new("curl")
+                    .args([
+                        "-sf",
+                        "-H",
+                        &format!("Authorization: Bearer {t}"),
+                        &format!("http://127.0.0.1:{rest}/v1/warehouse/namespaces"),
+                    ])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            });
+            if s3_up && bucket_up {
+                break;
+            }
+            assert!(Instant::now() < deadline, "SeaweedFS did not come up");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        weed
+    }
+
+    /// Overrides for a firn lake on this SeaweedFS (REST catalog, S3).
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            catalog_type: Some("rest".into()),
+            catalog_uri: Some(format!("http://127.0.0.1:{}", self.rest_port)),
+            warehouse: Some("warehouse".into()),
+            storage: self.storage_options(),
+            ..Default::default()
+        }
+    }
+
+    /// Object store options for its S3 API.
+    pub fn storage_options(&self) -> std::collections::BTreeMap<String, String> {
+        [
+            ("aws_endpoint", format!("http://127.0.0.1:{}", self.s3_port)),
+            ("aws_region", "us-east-1".to_string()),
+            ("aws_allow_http", "true".to_string()),
+            ("aws_access_key_id", S3_KEY.to_string()),
+            ("aws_secret_access_key", self.secret.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// `id:secret` for the REST catalog's OAuth2.
+    pub fn credential(&self) -> String {
+        format!("{S3_KEY}:{}", self.secret)
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

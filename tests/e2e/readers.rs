@@ -21,7 +21,9 @@ use firn::schema::layout::Grain;
 use firn::{tables, write};
 use serde_json::{Value, json};
 
-use crate::common::{lake_named, postgres_uri};
+use firn::config::{Config, Overrides};
+
+use crate::common::{S3_KEY, Seaweed, lake_named, postgres_uri};
 
 fn python() -> PathBuf {
     let p = std::env::var("FIRN_PYTHON")
@@ -59,17 +61,19 @@ fn firn_json(decl: &TableDecl, t: &read::Totals) -> Value {
     })
 }
 
-fn readers(pyiceberg_uri: &str, catalog_name: &str, warehouse: &str, decl: &TableDecl) -> Value {
+/// How the Python readers reach the table.
+struct ReaderArgs {
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+fn readers(r: &ReaderArgs, decl: &TableDecl) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/readers/totals.py");
     let mut cmd = Command::new(python());
     cmd.arg(script)
-        .args([
-            "--catalog-uri",
-            pyiceberg_uri,
-            "--catalog-name",
-            catalog_name,
-        ])
-        .args(["--warehouse", warehouse, "--table", &decl.qualified_name()]);
+        .args(&r.args)
+        .args(["--table", &decl.qualified_name()])
+        .envs(r.envs.iter().map(|(k, v)| (k, v)));
     for m in &decl.measures {
         let agg = match m.agg {
             Agg::Max => "max",
@@ -132,9 +136,8 @@ async fn append(catalog: &dyn Catalog, decl: &TableDecl, hours_ago: i64, seed: i
     .unwrap();
 }
 
-async fn pipeline(uri: Option<&str>) {
+async fn pipeline_on_sql(uri: Option<&str>) {
     let (dir, catalog, decl, name) = lake_named(uri).await;
-    let ident = tables::ident(&decl).unwrap();
     let warehouse = format!(
         "file://{}",
         std::fs::canonicalize(dir.path().join("warehouse"))
@@ -145,6 +148,18 @@ async fn pipeline(uri: Option<&str>) {
         Some(u) => u.replacen("postgres://", "postgresql+psycopg2://", 1),
         None => format!("sqlite:///{}", dir.path().join("catalog.db").display()),
     };
+    let args = ReaderArgs {
+        args: ["--catalog-uri", &py_uri, "--catalog-name", &name, "--warehouse", &warehouse]
+            .map(String::from)
+            .to_vec(),
+        envs: Vec::new(),
+    };
+    pipeline(catalog.as_ref(), &decl, &args, &format!("{uri:?}")).await;
+}
+
+async fn pipeline(catalog: &dyn Catalog, decl: &TableDecl, reader: &ReaderArgs, label: &str) {
+    let decl = decl.clone();
+    let ident = tables::ident(&decl).unwrap();
     let now = Utc::now();
     let popts = PlanOptions {
         now,
@@ -165,9 +180,9 @@ async fn pipeline(uri: Option<&str>) {
     ];
     for step in steps {
         match step {
-            "append" => append(catalog.as_ref(), &decl, 3, 1).await,
-            "append-late" => append(catalog.as_ref(), &decl, 24 * 9, 2).await,
-            "append-again" => append(catalog.as_ref(), &decl, 3, 3).await,
+            "append" => append(catalog, &decl, 3, 1).await,
+            "append-late" => append(catalog, &decl, 24 * 9, 2).await,
+            "append-again" => append(catalog, &decl, 3, 3).await,
             "compact" | "rollup" => {
                 let table = catalog.load(&ident).await.unwrap();
                 let st = maintain::state::load(&table).await.unwrap();
@@ -178,7 +193,7 @@ async fn pipeline(uri: Option<&str>) {
                 };
                 assert!(!tasks.is_empty(), "{step} had nothing to do");
                 let r = maintain::run_plan(
-                    catalog.as_ref(),
+                    catalog,
                     &ident,
                     &decl,
                     &tasks,
@@ -190,7 +205,7 @@ async fn pipeline(uri: Option<&str>) {
             }
             "rewrite-manifests" => {
                 maintain::manifests::rewrite_manifests(
-                    catalog.as_ref(),
+                    catalog,
                     &ident,
                     None,
                     false,
@@ -205,7 +220,7 @@ async fn pipeline(uri: Option<&str>) {
                     retain_last: 2,
                     dry_run: false,
                 };
-                let r = expire::expire(catalog.as_ref(), &ident, &opts, RetryPolicy::default())
+                let r = expire::expire(catalog, &ident, &opts, RetryPolicy::default())
                     .await
                     .unwrap();
                 assert!(!r.expired_snapshots.is_empty());
@@ -217,22 +232,22 @@ async fn pipeline(uri: Option<&str>) {
                     force: false,
                     dry_run: false,
                 };
-                orphans::remove_orphans(catalog.as_ref(), &ident, &opts)
+                orphans::remove_orphans(catalog, &ident, &opts)
                     .await
                     .unwrap();
             }
         }
         let table = catalog.load(&ident).await.unwrap();
         let mine = firn_json(&decl, &read::totals(&table, &decl).await.unwrap());
-        let theirs = readers(&py_uri, &name, &warehouse, &decl);
-        for reader in ["pyiceberg", "duckdb"] {
+        let theirs = readers(reader, &decl);
+        for which in ["pyiceberg", "duckdb"] {
             assert_eq!(
-                theirs[reader]["all"], mine["all"],
-                "{reader} disagrees after {step} ({uri:?})"
+                theirs[which]["all"], mine["all"],
+                "{which} disagrees after {step} ({label})"
             );
             assert_eq!(
-                theirs[reader]["per_day"], mine["per_day"],
-                "{reader} disagrees per day after {step} ({uri:?})"
+                theirs[which]["per_day"], mine["per_day"],
+                "{which} disagrees per day after {step} ({label})"
             );
         }
     }
@@ -240,12 +255,46 @@ async fn pipeline(uri: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyiceberg_and_duckdb_agree_after_every_step_on_sqlite() {
-    pipeline(None).await;
+    pipeline_on_sql(None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyiceberg_and_duckdb_agree_after_every_step_on_postgres() {
     if let Some(uri) = postgres_uri() {
-        pipeline(Some(&uri)).await;
+        pipeline_on_sql(Some(&uri)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyiceberg_and_duckdb_agree_after_every_step_on_rest_and_s3() {
+    let weed = Seaweed::start();
+    let o = Overrides {
+        catalog_credential: Some(weed.credential()),
+        ..weed.overrides()
+    };
+    let catalog = Config::with_overrides(&o).unwrap().open_catalog().await.unwrap();
+    let decl = TableDecl::load(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas/usage.http_requests.toml"),
+    )
+    .unwrap();
+    tables::sync(catalog.as_ref(), &decl).await.unwrap();
+    let args = ReaderArgs {
+        args: [
+            "--catalog-type".to_string(),
+            "rest".into(),
+            "--catalog-uri".into(),
+            format!("http://127.0.0.1:{}", weed.rest_port),
+            "--warehouse".into(),
+            "s3://warehouse/".into(),
+            "--s3-endpoint".into(),
+            format!("127.0.0.1:{}", weed.s3_port),
+        ]
+        .to_vec(),
+        envs: vec![
+            ("AWS_ACCESS_KEY_ID".into(), S3_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), weed.secret.clone()),
+            ("FIRN_CATALOG_CREDENTIAL".into(), weed.credential()),
+        ],
+    };
+    pipeline(catalog.as_ref(), &decl, &args, "REST + S3").await;
 }
