@@ -413,7 +413,9 @@ impl Seaweed {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start SeaweedFS ({e}); install it with deploy/local/install-readers.sh")
+                panic!(
+                    "cannot start SeaweedFS ({e}); install it with deploy/local/install-readers.sh"
+                )
             });
         let weed = Seaweed {
             child,

@@ -149,9 +149,16 @@ async fn pipeline_on_sql(uri: Option<&str>) {
         None => format!("sqlite:///{}", dir.path().join("catalog.db").display()),
     };
     let args = ReaderArgs {
-        args: ["--catalog-uri", &py_uri, "--catalog-name", &name, "--warehouse", &warehouse]
-            .map(String::from)
-            .to_vec(),
+        args: [
+            "--catalog-uri",
+            &py_uri,
+            "--catalog-name",
+            &name,
+            "--warehouse",
+            &warehouse,
+        ]
+        .map(String::from)
+        .to_vec(),
         envs: Vec::new(),
     };
     pipeline(catalog.as_ref(), &decl, &args, &format!("{uri:?}")).await;
@@ -272,7 +279,11 @@ async fn pyiceberg_and_duckdb_agree_after_every_step_on_rest_and_s3() {
         catalog_credential: Some(weed.credential()),
         ..weed.overrides()
     };
-    let catalog = Config::with_overrides(&o).unwrap().open_catalog().await.unwrap();
+    let catalog = Config::with_overrides(&o)
+        .unwrap()
+        .open_catalog()
+        .await
+        .unwrap();
     let decl = TableDecl::load(
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas/usage.http_requests.toml"),
     )
