@@ -95,6 +95,16 @@ impl Drop for Broker {
 pub struct Lake {
     pub dir: tempfile::TempDir,
     pub brokers: String,
+    /// REST catalog and S3 warehouse instead of SQLite and local files.
+    pub rest: Option<RestTarget>,
+}
+
+/// A REST catalog and its S3 API, as a lake uses them.
+#[derive(Clone)]
+pub struct RestTarget {
+    pub overrides: Overrides,
+    pub credential: String,
+    pub secret: String,
 }
 
 impl Lake {
@@ -113,6 +123,7 @@ impl Lake {
         Lake {
             dir,
             brokers: brokers.to_string(),
+            rest: None,
         }
     }
 
@@ -130,12 +141,47 @@ impl Lake {
     }
 
     /// The `firn` binary, configured for this lake.
+    /// A lake on SeaweedFS: REST catalog, S3 warehouse (a `firn.toml` in the
+    /// lake's folder says so; credentials come from the environment).
+    pub fn on_rest(broker: &Broker, weed: &Seaweed) -> Self {
+        let mut lake = Self::with_brokers(&broker.addr);
+        let o = weed.overrides();
+        let mut toml = format!(
+            "[catalog]\ntype = \"rest\"\nuri = \"{}\"\nwarehouse = \"warehouse\"\n[storage]\n",
+            o.catalog_uri.clone().unwrap()
+        );
+        for (k, v) in &o.storage {
+            if !k.contains("secret") && !k.contains("key_id") {
+                toml.push_str(&format!("{k} = \"{v}\"\n"));
+            }
+        }
+        std::fs::write(lake.path().join("firn.toml"), toml).unwrap();
+        lake.rest = Some(RestTarget {
+            overrides: Overrides {
+                catalog_credential: Some(weed.credential()),
+                ..o
+            },
+            credential: weed.credential(),
+            secret: weed.secret.clone(),
+        });
+        lake
+    }
+
     pub fn firn(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_firn"));
-        c.current_dir(self.path())
-            .env("FIRN_CATALOG_URI", self.catalog_uri())
-            .env("FIRN_WAREHOUSE", self.path().join("warehouse"))
-            .env("FIRN_SCHEMAS", self.path().join("schemas"))
+        c.current_dir(self.path());
+        match &self.rest {
+            None => {
+                c.env("FIRN_CATALOG_URI", self.catalog_uri())
+                    .env("FIRN_WAREHOUSE", self.path().join("warehouse"));
+            }
+            Some(r) => {
+                c.env("FIRN_CATALOG_CREDENTIAL", &r.credential)
+                    .env("AWS_ACCESS_KEY_ID", S3_KEY)
+                    .env("AWS_SECRET_ACCESS_KEY", &r.secret);
+            }
+        }
+        c.env("FIRN_SCHEMAS", self.path().join("schemas"))
             .env("FIRN_BROKERS", &self.brokers)
             .env("FIRN_GROUP", GROUP)
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn");
@@ -192,6 +238,13 @@ impl Lake {
     }
 
     pub async fn catalog(&self) -> Arc<dyn Catalog> {
+        if let Some(r) = &self.rest {
+            return Config::with_overrides(&r.overrides)
+                .unwrap()
+                .open_catalog()
+                .await
+                .unwrap();
+        }
         let o = Overrides {
             catalog_uri: Some(self.catalog_uri()),
             warehouse: Some(self.path().join("warehouse").display().to_string()),

@@ -309,3 +309,107 @@ async fn pyiceberg_and_duckdb_agree_after_every_step_on_rest_and_s3() {
     };
     pipeline(catalog.as_ref(), &decl, &args, "REST + S3").await;
 }
+
+/// The conformance run on SeaweedFS: ingest from tansu into the REST catalog
+/// and S3, then both maintenance jobs; totals exact throughout, the readers
+/// agree at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_and_jobs_on_rest_and_s3_keep_exact_totals() {
+    let broker = crate::common::Broker::start();
+    let weed = Seaweed::start();
+    let lake = crate::common::Lake::on_rest(&broker, &weed);
+    lake.create_topic(4).await;
+    assert!(lake.run(&["tables", "sync"]).contains("created"));
+    let report = lake
+        .produce(firn::produce::ProduceOptions {
+            count: 30_000,
+            seed: 17,
+            bad_ratio: 0.01,
+            spread: Duration::from_secs(10 * 86_400),
+            ..Default::default()
+        })
+        .await;
+    let mut worker = lake.spawn_ingest("rest", &[]);
+    let catalog = lake.catalog().await;
+    lake.wait_for_offsets(
+        catalog.as_ref(),
+        report.sent as i64,
+        Duration::from_secs(600),
+    )
+    .await;
+    assert!(
+        crate::common::terminate(&mut worker).success(),
+        "{}",
+        lake.log("rest")
+    );
+    let decl = lake.decl();
+    let ident = tables::ident(&decl).unwrap();
+    let check = |t: &read::Totals, step: &str| {
+        for m in &decl.measures {
+            assert_eq!(
+                json!(t.long(&decl, &m.name)),
+                report.totals[&m.name],
+                "{} after {step}",
+                m.name
+            );
+        }
+    };
+    check(
+        &read::totals(&catalog.load(&ident).await.unwrap(), &decl)
+            .await
+            .unwrap(),
+        "ingest",
+    );
+    let rejects = read::rejects(
+        &catalog
+            .load(&tables::rejects_ident(&decl).unwrap())
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rejects.len() as u64, report.malformed);
+    for job in ["hourly.toml", "daily.toml"] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("jobs")
+            .join(job);
+        lake.run(&["maintain", "--job", path.to_str().unwrap()]);
+        check(
+            &read::totals(&catalog.load(&ident).await.unwrap(), &decl)
+                .await
+                .unwrap(),
+            job,
+        );
+    }
+    let args = ReaderArgs {
+        args: [
+            "--catalog-type".to_string(),
+            "rest".into(),
+            "--catalog-uri".into(),
+            format!("http://127.0.0.1:{}", weed.rest_port),
+            "--warehouse".into(),
+            "s3://warehouse/".into(),
+            "--s3-endpoint".into(),
+            format!("127.0.0.1:{}", weed.s3_port),
+        ]
+        .to_vec(),
+        envs: vec![
+            ("AWS_ACCESS_KEY_ID".into(), S3_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), weed.secret.clone()),
+            ("FIRN_CATALOG_CREDENTIAL".into(), weed.credential()),
+        ],
+    };
+    let mine = firn_json(
+        &decl,
+        &read::totals(&catalog.load(&ident).await.unwrap(), &decl)
+            .await
+            .unwrap(),
+    );
+    let theirs = readers(&args, &decl);
+    for which in ["pyiceberg", "duckdb"] {
+        assert_eq!(
+            theirs[which]["per_day"], mine["per_day"],
+            "{which} after the jobs"
+        );
+    }
+}
