@@ -97,6 +97,8 @@ pub struct Lake {
     pub brokers: String,
     /// REST catalog and S3 warehouse instead of SQLite and local files.
     pub rest: Option<RestTarget>,
+    /// A SQL catalog other than the lake's own SQLite file: (uri, name).
+    pub sql: Option<(String, String)>,
 }
 
 /// A REST catalog and its S3 API, as a lake uses them.
@@ -124,6 +126,7 @@ impl Lake {
             dir,
             brokers: brokers.to_string(),
             rest: None,
+            sql: None,
         }
     }
 
@@ -167,6 +170,13 @@ impl Lake {
         lake
     }
 
+    /// A lake whose catalog is the SQL database `uri`, under catalog `name`.
+    pub fn on_sql(broker: &Broker, uri: &str, name: &str) -> Self {
+        let mut lake = Self::with_brokers(&broker.addr);
+        lake.sql = Some((uri.to_string(), name.to_string()));
+        lake
+    }
+
     pub fn firn(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_firn"));
         c.current_dir(self.path());
@@ -174,6 +184,9 @@ impl Lake {
             None => {
                 c.env("FIRN_CATALOG_URI", self.catalog_uri())
                     .env("FIRN_WAREHOUSE", self.path().join("warehouse"));
+                if let Some((_, name)) = &self.sql {
+                    c.env("FIRN_CATALOG_NAME", name);
+                }
             }
             Some(r) => {
                 c.env("FIRN_CATALOG_CREDENTIAL", &r.credential)
@@ -189,6 +202,9 @@ impl Lake {
     }
 
     fn catalog_uri(&self) -> String {
+        if let Some((uri, _)) = &self.sql {
+            return uri.clone();
+        }
         format!(
             "sqlite://{}?mode=rwc",
             self.path().join("catalog.db").display()
@@ -247,6 +263,7 @@ impl Lake {
         }
         let o = Overrides {
             catalog_uri: Some(self.catalog_uri()),
+            catalog_name: self.sql.as_ref().map(|(_, n)| n.clone()),
             warehouse: Some(self.path().join("warehouse").display().to_string()),
             schemas: Some(self.path().join("schemas")),
             brokers: Some(self.brokers.clone()),

@@ -310,14 +310,10 @@ async fn pyiceberg_and_duckdb_agree_after_every_step_on_rest_and_s3() {
     pipeline(catalog.as_ref(), &decl, &args, "REST + S3").await;
 }
 
-/// The conformance run on SeaweedFS: ingest from tansu into the REST catalog
-/// and S3, then both maintenance jobs; totals exact throughout, the readers
-/// agree at the end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ingest_and_jobs_on_rest_and_s3_keep_exact_totals() {
-    let broker = crate::common::Broker::start();
-    let weed = Seaweed::start();
-    let lake = crate::common::Lake::on_rest(&broker, &weed);
+/// The conformance run: ingest from tansu (1% malformed, events over ten
+/// days), then the hourly and daily jobs; after each step the totals are
+/// exact and PyIceberg and DuckDB agree with firn.
+async fn conformance(lake: &crate::common::Lake, reader: &ReaderArgs, label: &str) {
     lake.create_topic(4).await;
     assert!(lake.run(&["tables", "sync"]).contains("created"));
     let report = lake
@@ -329,7 +325,7 @@ async fn ingest_and_jobs_on_rest_and_s3_keep_exact_totals() {
             ..Default::default()
         })
         .await;
-    let mut worker = lake.spawn_ingest("rest", &[]);
+    let mut worker = lake.spawn_ingest("conformance", &[]);
     let catalog = lake.catalog().await;
     lake.wait_for_offsets(
         catalog.as_ref(),
@@ -340,26 +336,10 @@ async fn ingest_and_jobs_on_rest_and_s3_keep_exact_totals() {
     assert!(
         crate::common::terminate(&mut worker).success(),
         "{}",
-        lake.log("rest")
+        lake.log("conformance")
     );
     let decl = lake.decl();
     let ident = tables::ident(&decl).unwrap();
-    let check = |t: &read::Totals, step: &str| {
-        for m in &decl.measures {
-            assert_eq!(
-                json!(t.long(&decl, &m.name)),
-                report.totals[&m.name],
-                "{} after {step}",
-                m.name
-            );
-        }
-    };
-    check(
-        &read::totals(&catalog.load(&ident).await.unwrap(), &decl)
-            .await
-            .unwrap(),
-        "ingest",
-    );
     let rejects = read::rejects(
         &catalog
             .load(&tables::rejects_ident(&decl).unwrap())
@@ -368,20 +348,38 @@ async fn ingest_and_jobs_on_rest_and_s3_keep_exact_totals() {
     )
     .await
     .unwrap();
-    assert_eq!(rejects.len() as u64, report.malformed);
-    for job in ["hourly.toml", "daily.toml"] {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("jobs")
-            .join(job);
-        lake.run(&["maintain", "--job", path.to_str().unwrap()]);
-        check(
-            &read::totals(&catalog.load(&ident).await.unwrap(), &decl)
-                .await
-                .unwrap(),
-            job,
-        );
+    assert_eq!(rejects.len() as u64, report.malformed, "{label}");
+    for step in ["ingest", "hourly.toml", "daily.toml"] {
+        if step != "ingest" {
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("jobs")
+                .join(step);
+            lake.run(&["maintain", "--job", path.to_str().unwrap()]);
+        }
+        let totals = read::totals(&catalog.load(&ident).await.unwrap(), &decl)
+            .await
+            .unwrap();
+        for m in &decl.measures {
+            assert_eq!(
+                json!(totals.long(&decl, &m.name)),
+                report.totals[&m.name],
+                "{} after {step} on {label}",
+                m.name
+            );
+        }
+        let mine = firn_json(&decl, &totals);
+        let theirs = readers(reader, &decl);
+        for which in ["pyiceberg", "duckdb"] {
+            assert_eq!(
+                theirs[which]["per_day"], mine["per_day"],
+                "{which} after {step} on {label}"
+            );
+        }
     }
-    let args = ReaderArgs {
+}
+
+fn rest_reader(weed: &Seaweed) -> ReaderArgs {
+    ReaderArgs {
         args: [
             "--catalog-type".to_string(),
             "rest".into(),
@@ -398,18 +396,51 @@ async fn ingest_and_jobs_on_rest_and_s3_keep_exact_totals() {
             ("AWS_SECRET_ACCESS_KEY".into(), weed.secret.clone()),
             ("FIRN_CATALOG_CREDENTIAL".into(), weed.credential()),
         ],
-    };
-    let mine = firn_json(
-        &decl,
-        &read::totals(&catalog.load(&ident).await.unwrap(), &decl)
-            .await
-            .unwrap(),
-    );
-    let theirs = readers(&args, &decl);
-    for which in ["pyiceberg", "duckdb"] {
-        assert_eq!(
-            theirs[which]["per_day"], mine["per_day"],
-            "{which} after the jobs"
-        );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_rest_catalog_and_s3() {
+    let broker = crate::common::Broker::start();
+    let weed = Seaweed::start();
+    let lake = crate::common::Lake::on_rest(&broker, &weed);
+    conformance(&lake, &rest_reader(&weed), "REST + S3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_sqlite_and_local_files() {
+    let broker = crate::common::Broker::start();
+    let lake = crate::common::Lake::new(&broker);
+    let reader = ReaderArgs {
+        args: [
+            "--catalog-uri".to_string(),
+            format!("sqlite:///{}", lake.path().join("catalog.db").display()),
+            "--warehouse".into(),
+            format!("file://{}", lake.path().join("warehouse").display()),
+        ]
+        .to_vec(),
+        envs: Vec::new(),
+    };
+    conformance(&lake, &reader, "SQLite + local files").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_postgres_and_local_files() {
+    let Some(uri) = postgres_uri() else { return };
+    let broker = crate::common::Broker::start();
+    let name = format!("firn-test-{}", uuid::Uuid::now_v7());
+    let lake = crate::common::Lake::on_sql(&broker, &uri, &name);
+    let reader = ReaderArgs {
+        args: [
+            "--catalog-uri".to_string(),
+            uri.replacen("postgres://", "postgresql+psycopg2://", 1),
+            "--catalog-name".into(),
+            name.clone(),
+            "--warehouse".into(),
+            format!("file://{}", lake.path().join("warehouse").display()),
+        ]
+        .to_vec(),
+        envs: Vec::new(),
+    };
+    conformance(&lake, &reader, "PostgreSQL + local files").await;
 }
