@@ -175,6 +175,12 @@ async fn expiry_history(ops: Vec<Op>) {
                     .await
                     .unwrap();
                 assert_eq!(r.failed_deletes, 0);
+                eprintln!(
+                    "MEASURE expiry: {} snapshots, {} files, {} bytes reclaimed",
+                    r.expired_snapshots.len(),
+                    r.deleted_files,
+                    r.deleted_bytes
+                );
             }
             Op::AdvanceDays(d) => now += ChronoDuration::days(*d as i64),
         }
@@ -324,6 +330,7 @@ async fn orphans_of_failed_commits_go_and_fresh_writes_stay() {
     .await
     .unwrap();
     assert_eq!(done.orphans.len(), 1);
+    eprintln!("MEASURE orphans: {} bytes reclaimed", done.orphan_bytes);
     assert!(!table.file_io.exists(&failed_path).await.unwrap());
     assert!(
         table.file_io.exists(&fresh).await.unwrap(),
