@@ -7,6 +7,7 @@
 //! ([`commit`]) over a catalog ([`catalog`]) and one storage stack
 //! ([`storage`]).
 
+pub mod backfill;
 pub mod catalog;
 pub mod clock;
 pub mod commit;

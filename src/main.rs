@@ -110,6 +110,11 @@ enum Command {
     RemoveOrphans(OrphanArgs),
     /// Run a maintenance job file (tables and tasks in order), e.g. from cron.
     Maintain(MaintainJobArgs),
+    /// Load events from NDJSON files (plain, .gz, .zst; paths, globs or
+    /// URLs) into a table, each row at the grain its age calls for, in
+    /// resumable chunks. A finished backfill of the same inputs is refused
+    /// unless --force.
+    Backfill(BackfillArgs),
     /// Show files, rows and bytes per grain, snapshots, manifests and
     /// committed offsets of each table.
     Status(StatusArgs),
@@ -267,6 +272,27 @@ struct MaintainJobArgs {
     /// Print the job report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct BackfillArgs {
+    /// Declared table (namespace.name).
+    table: String,
+    /// Input files: paths, globs (quoted), file:// or s3:// URLs (repeatable).
+    #[arg(long = "input", required = true)]
+    inputs: Vec<String>,
+    /// Add the data again even if this backfill was committed before.
+    #[arg(long)]
+    force: bool,
+    /// Print what would be written (rows per grain, totals, rejects); write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Events per commit; a killed backfill resumes at the first uncommitted chunk.
+    #[arg(long, default_value_t = 1_000_000)]
+    chunk_events: usize,
+    /// Measure ages (and the accepted window) from this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, env = "FIRN_NOW", value_parser = parse_time)]
+    now: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Args)]
@@ -547,6 +573,21 @@ async fn run(cli: Cli) -> Result<()> {
                 let failed = report.tables.iter().filter(|t| t.error.is_some()).count();
                 bail!("{failed} of {} tables failed", report.tables.len());
             }
+        }
+        Command::Backfill(args) => {
+            let d = select(&decls, &args.table)?;
+            let catalog = config.open_catalog().await?;
+            let opts = firn::backfill::BackfillOptions {
+                inputs: args.inputs,
+                now: args.now.unwrap_or_else(|| clock.now()),
+                future_skew: config.ingest.future_skew,
+                chunk_events: args.chunk_events,
+                force: args.force,
+                dry_run: args.dry_run,
+                target_file_size: config.ingest.target_file_size,
+            };
+            let report = firn::backfill::run(catalog.as_ref(), d, &opts).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Status(args) => {
             let catalog = config.open_catalog().await?;

@@ -59,11 +59,15 @@ fn parse(value: Option<&String>, group: &str) -> Result<TopicOffsets> {
     })
 }
 
-/// Copy every group's offsets from the base snapshot into a new summary.
+/// Summary-property prefix for backfill progress records.
+pub const BACKFILL_PREFIX: &str = "firn.backfill.";
+
+/// Copy every group's offsets and every backfill record from the base
+/// snapshot into a new summary.
 pub fn carry_forward(base: &TableMetadata, props: &mut HashMap<String, String>) {
     if let Some(snapshot) = base.current_snapshot() {
         for (k, v) in &snapshot.summary().additional_properties {
-            if k.starts_with(OFFSETS_PREFIX) {
+            if k.starts_with(OFFSETS_PREFIX) || k.starts_with(BACKFILL_PREFIX) {
                 props.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }

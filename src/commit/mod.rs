@@ -43,6 +43,19 @@ pub struct RemovedFile {
     pub partition: i32,
 }
 
+/// A snapshot property a change advances, fenced like offsets: the base must
+/// hold `expect` under `key` (`None`: absent), or the change is `Fenced`.
+/// Backfills record their progress this way, so a chunk commits once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Summary property (carried forward by every commit).
+    pub key: String,
+    /// What the base must hold.
+    pub expect: Option<String>,
+    /// What the new snapshot holds.
+    pub set: String,
+}
+
 /// One atomic change to a table.
 #[derive(Debug, Clone)]
 pub struct Change {
@@ -61,6 +74,8 @@ pub struct Change {
     pub rewrite_manifests: Option<u64>,
     /// Kafka offsets the change advances, fenced against the base.
     pub offsets: Option<OffsetAdvance>,
+    /// A fenced progress record (backfill chunks).
+    pub claim: Option<Claim>,
     /// Extra snapshot summary properties.
     pub properties: HashMap<String, String>,
 }
@@ -75,6 +90,7 @@ impl Change {
             removed: Vec::new(),
             rewrite_manifests: None,
             offsets: None,
+            claim: None,
             properties: HashMap::new(),
         }
     }
@@ -148,6 +164,22 @@ pub async fn commit(
         if let Some(advance) = &change.offsets {
             let held = offsets::read(&base.metadata, &advance.group)?;
             advance.check_fence(&held)?;
+        }
+        if let Some(claim) = &change.claim {
+            let held = base
+                .metadata
+                .current_snapshot()
+                .and_then(|s| s.summary().additional_properties.get(&claim.key));
+            if held != claim.expect.as_ref() {
+                return Err(Error::new(
+                    ErrorKind::Fenced,
+                    format!(
+                        "fenced: {ident} holds {} = {:?}, this commit expected {:?}; \
+                         another run committed this part",
+                        claim.key, held, claim.expect
+                    ),
+                ));
+            }
         }
         let (staged, built) = snapshot::build(&base, change, attempt).await?;
         match catalog.swap(&base, staged).await {

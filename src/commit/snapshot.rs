@@ -393,6 +393,9 @@ fn summary(
             offsets::encode(&advance.apply(held)),
         );
     }
+    if let Some(claim) = &change.claim {
+        props.insert(claim.key.clone(), claim.set.clone());
+    }
     offsets::carry_forward(base, &mut props);
 
     let previous = base.current_snapshot().map(|s| s.summary());

@@ -1,0 +1,436 @@
+//! `firn backfill`: load a time range from event files with the ingest
+//! decoder, writing each row at the grain the table's policy gives its age
+//! (last year's events land as day rows, not minute rows waiting for
+//! rollup). Work is committed in chunks; each chunk's commit advances a
+//! fenced progress record (`firn.backfill.<id>`) in the snapshot summary, so a
+//! killed backfill resumes where it stopped and a finished one is refused
+//! unless `--force`.
+
+pub mod input;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use xxhash_rust::xxh3::xxh3_64;
+
+use self::input::InputFile;
+use crate::catalog::{Catalog, TableHandle};
+use crate::commit::{self, Change, Claim, RetryPolicy};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ingest::decode::{Decoder, TimeWindow};
+use crate::maintain::plan::due_grain;
+use crate::offsets::BACKFILL_PREFIX;
+use crate::rejects::{self, RejectRecord};
+use crate::rows::{MeasureSpec, MeasureValue, RowMap};
+use crate::schema::decl::TableDecl;
+use crate::schema::layout::Grain;
+use crate::{tables, write};
+
+/// What to backfill.
+#[derive(Debug, Clone)]
+pub struct BackfillOptions {
+    /// Paths, globs or URLs.
+    pub inputs: Vec<String>,
+    /// The time ages (and the accepted window) are measured from.
+    pub now: DateTime<Utc>,
+    /// Accept events at most this far in the future.
+    pub future_skew: Duration,
+    /// Events per chunk (one commit each).
+    pub chunk_events: usize,
+    /// Add the data again even if this backfill was committed before.
+    pub force: bool,
+    /// Report only.
+    pub dry_run: bool,
+    /// Target data file size.
+    pub target_file_size: usize,
+}
+
+/// The progress record in the summary.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Record {
+    /// Chunks committed.
+    done: u64,
+    /// Whether the last chunk is in.
+    complete: bool,
+}
+
+/// What a backfill did (or, dry, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackfillReport {
+    /// The backfill's identity (its inputs and table).
+    pub id: String,
+    /// The input files.
+    pub inputs: Vec<InputFile>,
+    /// Chunks committed by this run.
+    pub chunks_committed: u64,
+    /// Chunks skipped because an earlier run committed them.
+    pub chunks_skipped: u64,
+    /// Events read (accepted and rejected) by this run.
+    pub events: u64,
+    /// Events rejected (in the rejects table with file and line).
+    pub rejected: u64,
+    /// Rows written per grain.
+    pub rows_by_grain: BTreeMap<String, u64>,
+    /// Per-measure totals of the accepted events.
+    pub totals: BTreeMap<String, Value>,
+    /// Whether nothing was written.
+    pub dry_run: bool,
+}
+
+/// The identity of a backfill: its table and its inputs (location and size).
+pub fn identity(decl: &TableDecl, files: &[InputFile]) -> String {
+    let mut text = decl.qualified_name();
+    for f in files {
+        text.push_str(&format!("\n{}\t{}", f.location, f.size));
+    }
+    format!("{:016x}", xxh3_64(text.as_bytes()))
+}
+
+fn record_key(id: &str) -> String {
+    format!("{BACKFILL_PREFIX}{id}")
+}
+
+fn held(table: &TableHandle, key: &str) -> Option<String> {
+    table
+        .metadata
+        .current_snapshot()
+        .and_then(|s| s.summary().additional_properties.get(key).cloned())
+}
+
+/// The oldest snapshot in the current ancestry that holds `value` at `key`.
+fn first_holding(table: &TableHandle, key: &str, value: &str) -> Option<i64> {
+    let meta = &table.metadata;
+    let mut cursor = meta.current_snapshot().cloned();
+    let mut found = None;
+    while let Some(s) = cursor {
+        if s.summary()
+            .additional_properties
+            .get(key)
+            .map(String::as_str)
+            != Some(value)
+        {
+            break;
+        }
+        found = Some(s.snapshot_id());
+        cursor = s
+            .parent_snapshot_id()
+            .and_then(|p| meta.snapshot_by_id(p).cloned());
+    }
+    found
+}
+
+/// Progress on a terminal (a bar) or in logs (a line every 5 s).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    last_log: Instant,
+    bytes: u64,
+    total: u64,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {bytes}/{total_bytes} {msg} ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        Self {
+            bar,
+            started: Instant::now(),
+            last_log: Instant::now(),
+            bytes: 0,
+            total,
+        }
+    }
+
+    fn update(&mut self, bytes: u64, events: u64) {
+        self.bytes += bytes;
+        let rate = events as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        if let Some(b) = &self.bar {
+            b.set_position(self.bytes.min(self.total));
+            b.set_message(format!("{events} events ({rate:.0}/s)"));
+        } else if self.last_log.elapsed() >= Duration::from_secs(5) {
+            self.last_log = Instant::now();
+            tracing::info!(
+                events,
+                events_per_second = rate as u64,
+                bytes_read = self.bytes,
+                of_bytes = self.total,
+                "backfilling"
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// One chunk's decoded content.
+#[derive(Default)]
+struct Chunk {
+    rows: BTreeMap<Grain, RowMap>,
+    rejects: Vec<RejectRecord>,
+    events: u64,
+}
+
+/// Run a backfill of `decl`'s table.
+pub async fn run(
+    catalog: &dyn Catalog,
+    decl: &TableDecl,
+    opts: &BackfillOptions,
+) -> Result<BackfillReport> {
+    let ident = tables::ident(decl)?;
+    let rejects_ident = tables::rejects_ident(decl)?;
+    let files = input::expand(&opts.inputs, catalog.storage()).await?;
+    let base_id = identity(decl, &files);
+    let table = catalog.load(&ident).await?;
+    let base_key = record_key(&base_id);
+    let id = match held(&table, &base_key) {
+        Some(v) if serde_json::from_str::<Record>(&v).is_ok_and(|r| r.complete) => {
+            if !opts.force {
+                let snapshot = first_holding(&table, &base_key, &v)
+                    .map_or("an earlier snapshot".to_string(), |s| {
+                        format!("snapshot {s}")
+                    });
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "backfill {base_id} of these inputs into {} was already committed \
+                         ({snapshot}); add --force to add the data again",
+                        decl.qualified_name()
+                    ),
+                ));
+            }
+            format!("{base_id}-{}", uuid::Uuid::now_v7().simple())
+        }
+        _ => base_id,
+    };
+    let key = record_key(&id);
+    let resume_from = held(&table, &key)
+        .and_then(|v| serde_json::from_str::<Record>(&v).ok())
+        .map_or(0, |r| r.done);
+
+    let spec = MeasureSpec::new(decl);
+    let decoder = Decoder::new(decl.clone());
+    let window = TimeWindow::new(opts.now, decl, opts.future_skew);
+    let now_micros = opts.now.timestamp_micros();
+    let mut report = BackfillReport {
+        id: id.clone(),
+        inputs: files.clone(),
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    let mut totals = spec.empty();
+    let mut progress = Progress::new(files.iter().map(|f| f.size).sum());
+    let chunk_events = opts.chunk_events.max(1);
+
+    // Chunks never span files: chunk boundaries depend only on the inputs.
+    let mut chunk_index: u64 = 0;
+    for (fi, file) in files.iter().enumerate() {
+        let mut reader = input::open(file, catalog.storage()).await?;
+        let mut line_no: i64 = 0;
+        let mut buf = Vec::new();
+        let mut eof = false;
+        while !eof {
+            let mut chunk = Chunk::default();
+            let skipping = chunk_index < resume_from;
+            while chunk.events < chunk_events as u64 {
+                buf.clear();
+                let n = reader.read_until(b'\n', &mut buf).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Io,
+                        format!("reading {} at line {}", file.location, line_no + 1),
+                    )
+                    .with_source(e)
+                })?;
+                if n == 0 {
+                    eof = true;
+                    break;
+                }
+                line_no += 1;
+                progress.update(n as u64, report.events + chunk.events);
+                let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                chunk.events += 1;
+                if skipping {
+                    continue;
+                }
+                match decoder.decode(line, window) {
+                    Ok(mut ev) => {
+                        let minute = Grain::Minute.partition_ordinal(ev.key.ts_micros);
+                        let grain = due_grain(&decl.policy, now_micros, Grain::Minute, minute);
+                        ev.key.ts_micros = grain.truncate(ev.key.ts_micros);
+                        chunk
+                            .rows
+                            .entry(grain)
+                            .or_default()
+                            .add_event(&spec, ev.key, &ev.values);
+                        let mut one = spec.empty();
+                        spec.add_event(&mut one, &ev.values);
+                        spec.merge(&mut totals, &one);
+                    }
+                    Err(reason) => chunk.rejects.push(RejectRecord {
+                        topic: file.location.clone(),
+                        partition: -1,
+                        offset: line_no,
+                        rejected_at_micros: Utc::now().timestamp_micros(),
+                        reason_code: reason.as_label().to_string(),
+                        reason: reason.to_string(),
+                        payload: line.to_vec(),
+                    }),
+                }
+            }
+            let last = eof && fi + 1 == files.len();
+            if chunk.events == 0 && !last {
+                continue;
+            }
+            if skipping {
+                report.chunks_skipped += 1;
+            } else {
+                report.events += chunk.events;
+                report.rejected += chunk.rejects.len() as u64;
+                for (g, rows) in &chunk.rows {
+                    *report
+                        .rows_by_grain
+                        .entry(g.as_str().to_string())
+                        .or_default() += rows.len() as u64;
+                }
+                if !opts.dry_run {
+                    commit_chunk(
+                        catalog,
+                        decl,
+                        &ident,
+                        &rejects_ident,
+                        &key,
+                        chunk_index,
+                        last,
+                        chunk,
+                        opts,
+                    )
+                    .await?;
+                    report.chunks_committed += 1;
+                }
+            }
+            chunk_index += 1;
+        }
+    }
+    if files.is_empty() && !opts.dry_run {
+        commit_chunk(
+            catalog,
+            decl,
+            &ident,
+            &rejects_ident,
+            &key,
+            0,
+            true,
+            Chunk::default(),
+            opts,
+        )
+        .await?;
+    }
+    progress.finish();
+    report.totals = decl
+        .measures
+        .iter()
+        .zip(&totals.0)
+        .map(|(m, v)| {
+            let v = match v {
+                MeasureValue::Long(v) => serde_json::json!(v),
+                MeasureValue::Double(v) => serde_json::json!(v),
+            };
+            (m.name.clone(), v)
+        })
+        .collect();
+    Ok(report)
+}
+
+/// Commit one chunk: its rejects (skipped if an earlier run recorded them),
+/// then its rows, advancing the fenced progress record from `index` to
+/// `index + 1`.
+#[allow(clippy::too_many_arguments)]
+async fn commit_chunk(
+    catalog: &dyn Catalog,
+    decl: &TableDecl,
+    ident: &iceberg::TableIdent,
+    rejects_ident: &iceberg::TableIdent,
+    key: &str,
+    index: u64,
+    last: bool,
+    chunk: Chunk,
+    opts: &BackfillOptions,
+) -> Result<()> {
+    let retry = RetryPolicy::default();
+    let record = |done: u64, complete: bool| {
+        serde_json::to_string(&Record { done, complete }).unwrap_or_default()
+    };
+    if !chunk.rejects.is_empty() {
+        let rt = catalog.load(rejects_ident).await?;
+        let held_done = held(&rt, key)
+            .and_then(|v| serde_json::from_str::<Record>(&v).ok())
+            .map_or(0, |r| r.done);
+        if held_done <= index {
+            let schema = std::sync::Arc::new(
+                iceberg::arrow::schema_to_arrow_schema(rt.metadata.current_schema())
+                    .map_err(|e| Error::iceberg(format!("arrow schema of {rejects_ident}"), e))?,
+            );
+            let batch = rejects::to_batch(schema, &chunk.rejects)?;
+            let files =
+                write::write_batches(&rt, None, "rejects", vec![batch], opts.target_file_size)
+                    .await?;
+            let mut change = Change::append("backfill-rejects", files);
+            change.claim = Some(Claim {
+                key: key.to_string(),
+                expect: held(&rt, key),
+                set: record(index + 1, last),
+            });
+            commit::commit(catalog, rejects_ident, &change, retry).await?;
+        }
+    }
+    let table = catalog.load(ident).await?;
+    let mut files = Vec::new();
+    for (grain, rows) in chunk.rows {
+        files.extend(
+            write::write_rows(
+                &table,
+                decl,
+                grain,
+                rows.into_sorted(),
+                opts.target_file_size,
+            )
+            .await?,
+        );
+    }
+    let mut change = Change::append("backfill", files);
+    change.claim = Some(Claim {
+        key: key.to_string(),
+        expect: (index > 0).then(|| record(index, false)),
+        set: record(index + 1, last),
+    });
+    let committed = commit::commit(catalog, ident, &change, retry).await?;
+    tracing::info!(
+        table = %ident,
+        chunk = index,
+        last,
+        snapshot_id = committed.snapshot_id,
+        files = committed.added_files,
+        rows = committed.added_records,
+        "backfill chunk committed"
+    );
+    Ok(())
+}

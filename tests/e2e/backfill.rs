@@ -1,0 +1,261 @@
+//! Backfill from event files: exact totals at the grain each age calls for,
+//! refusal of a repeated backfill (and `--force`), resume after a kill, and
+//! rejects naming file and line.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use firn::produce::{EventGenerator, ProduceOptions};
+use firn::schema::decl::TableDecl;
+use firn::{read, tables};
+use serde_json::Value;
+
+use crate::common::Lake;
+
+struct Inputs {
+    files: Vec<PathBuf>,
+    totals: std::collections::BTreeMap<String, Value>,
+    malformed: u64,
+    lines: u64,
+}
+
+/// Three files (plain, gzip, zstd) of events spread over 200 days, 1% malformed.
+fn write_inputs(dir: &Path, decl: &TableDecl, per_file: u64) -> Inputs {
+    let mut generator = EventGenerator::new(
+        decl,
+        &ProduceOptions {
+            seed: 99,
+            bad_ratio: 0.01,
+            spread: Duration::from_secs(200 * 86_400),
+            ..Default::default()
+        },
+    );
+    let now_ms = chrono::Utc::now().timestamp_millis() - 60_000;
+    let mut files = Vec::new();
+    for name in ["a.ndjson", "b.ndjson.gz", "c.ndjson.zst"] {
+        let path = dir.join(name);
+        let mut text = Vec::new();
+        for _ in 0..per_file {
+            let (_, mut line) = generator.next(now_ms);
+            line.retain(|b| *b != b'\n');
+            text.extend(line);
+            text.push(b'\n');
+        }
+        let bytes = match name {
+            n if n.ends_with(".gz") => {
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(&text).unwrap();
+                e.finish().unwrap()
+            }
+            n if n.ends_with(".zst") => zstd::encode_all(&text[..], 3).unwrap(),
+            _ => text,
+        };
+        std::fs::write(&path, bytes).unwrap();
+        files.push(path);
+    }
+    Inputs {
+        files,
+        totals: generator.totals_by_name(),
+        malformed: generator.malformed.values().sum(),
+        lines: 3 * per_file,
+    }
+}
+
+fn backfill(lake: &Lake, dir: &Path, extra: &[&str]) -> std::process::Output {
+    lake.firn()
+        .args(["backfill", "usage.http_requests", "--input"])
+        .arg(format!("{}/*.ndjson*", dir.display()))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+async fn totals(lake: &Lake) -> read::Totals {
+    let catalog = lake.catalog().await;
+    let decl = lake.decl();
+    read::totals(
+        &catalog.load(&tables::ident(&decl).unwrap()).await.unwrap(),
+        &decl,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_is_exact_refused_twice_and_forced_on_request() {
+    let lake = Lake::without_broker();
+    lake.run(&["tables", "sync"]);
+    let data = tempfile::tempdir().unwrap();
+    let decl = lake.decl();
+    let inputs = write_inputs(data.path(), &decl, 4_000);
+
+    let dry = backfill(&lake, data.path(), &["--dry-run"]);
+    assert!(dry.status.success());
+    let plan: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(plan["totals"], serde_json::json!(inputs.totals));
+    assert!(totals(&lake).await.rows == 0, "a dry run wrote rows");
+
+    let started = Instant::now();
+    let out = backfill(&lake, data.path(), &["--chunk-events", "2500"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "MEASURE backfill {} events in {:.2}s",
+        inputs.lines,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(report["events"], inputs.lines);
+    assert_eq!(report["rejected"], inputs.malformed);
+    for grain in ["minute", "hour", "day"] {
+        assert!(
+            report["rows_by_grain"][grain].as_u64().unwrap() > 0,
+            "no {grain} rows: {report}"
+        );
+    }
+    let t = totals(&lake).await;
+    for m in &decl.measures {
+        assert_eq!(
+            serde_json::json!(t.long(&decl, &m.name)),
+            inputs.totals[&m.name],
+            "{}",
+            m.name
+        );
+    }
+    let status: Value = serde_json::from_str(&lake.run(&["status", "--json"])).unwrap();
+    assert!(status[0]["grains"]["day"]["rows"].as_u64().unwrap() > 0);
+
+    // Rejects name the file and line; the payload is that line.
+    let catalog = lake.catalog().await;
+    let rejects = read::rejects(
+        &catalog
+            .load(&tables::rejects_ident(&decl).unwrap())
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rejects.len() as u64, inputs.malformed);
+    let plain = std::fs::read_to_string(&inputs.files[0]).unwrap();
+    let plain_lines: Vec<&str> = plain.lines().collect();
+    let mut checked = 0;
+    for r in rejects.iter().filter(|r| r.topic.ends_with("a.ndjson")) {
+        assert_eq!(
+            r.payload,
+            plain_lines[(r.offset - 1) as usize].as_bytes(),
+            "line {}",
+            r.offset
+        );
+        assert_eq!(r.partition, -1);
+        checked += 1;
+    }
+    assert!(checked > 0);
+
+    // The same backfill again is refused, naming the snapshot that holds it.
+    let again = backfill(&lake, data.path(), &[]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already committed (snapshot "), "{err}");
+    assert!(err.contains("--force"), "{err}");
+
+    // --force adds it again: totals double, as asked.
+    let forced = backfill(&lake, data.path(), &["--force"]);
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    let t = totals(&lake).await;
+    assert_eq!(
+        t.long(&decl, "bytes"),
+        2 * inputs.totals["bytes"].as_i64().unwrap()
+    );
+    assert_eq!(
+        t.long(&decl, "ttfb_ms_max"),
+        inputs.totals["ttfb_ms_max"].as_i64().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backfill_resumes_without_counting_a_chunk_twice() {
+    let lake = Lake::without_broker();
+    lake.run(&["tables", "sync"]);
+    let data = tempfile::tempdir().unwrap();
+    let decl = lake.decl();
+    let inputs = write_inputs(data.path(), &decl, 6_000);
+    let catalog = lake.catalog().await;
+    let ident = tables::ident(&decl).unwrap();
+
+    let mut child = lake
+        .firn()
+        .args([
+            "backfill",
+            "usage.http_requests",
+            "--chunk-events",
+            "500",
+            "--input",
+        ])
+        .arg(format!("{}/*.ndjson*", data.path().display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once a few chunks are in.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = catalog
+            .load(&ident)
+            .await
+            .unwrap()
+            .metadata
+            .snapshots()
+            .count();
+        if n >= 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the backfill committed nothing");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backfill finished before it was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = backfill(&lake, data.path(), &["--chunk-events", "500"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["chunks_skipped"].as_u64().unwrap() >= 3, "{report}");
+    eprintln!(
+        "MEASURE resume: {} chunks skipped, {} committed",
+        report["chunks_skipped"], report["chunks_committed"]
+    );
+    let t = totals(&lake).await;
+    for m in &decl.measures {
+        assert_eq!(
+            serde_json::json!(t.long(&decl, &m.name)),
+            inputs.totals[&m.name],
+            "{}",
+            m.name
+        );
+    }
+    let rejects = read::rejects(
+        &catalog
+            .load(&tables::rejects_ident(&decl).unwrap())
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rejects.len() as u64, inputs.malformed);
+}
