@@ -287,6 +287,16 @@ struct BackfillArgs {
     /// Print what would be written (rows per grain, totals, rejects); write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Replace everything the table holds in [--from, --to) with the
+    /// backfilled data, in one overwrite commit (for re-computing a bad day).
+    #[arg(long, requires_all = ["from", "to"])]
+    replace: bool,
+    /// Start of the range to replace (RFC 3339 or YYYY-MM-DD); partition-aligned.
+    #[arg(long, value_parser = parse_time)]
+    from: Option<DateTime<Utc>>,
+    /// End of the range to replace, exclusive.
+    #[arg(long, value_parser = parse_time)]
+    to: Option<DateTime<Utc>>,
     /// Events per commit; a killed backfill resumes at the first uncommitted chunk.
     #[arg(long, default_value_t = 1_000_000)]
     chunk_events: usize,
@@ -585,6 +595,11 @@ async fn run(cli: Cli) -> Result<()> {
                 force: args.force,
                 dry_run: args.dry_run,
                 target_file_size: config.ingest.target_file_size,
+                replace: if args.replace {
+                    args.from.zip(args.to)
+                } else {
+                    None
+                },
             };
             let report = firn::backfill::run(catalog.as_ref(), d, &opts).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -168,6 +168,18 @@ impl RowMap {
         }
     }
 
+    /// The keys, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &RowKey> {
+        self.rows.keys()
+    }
+
+    /// Merge all of `other` into this map.
+    pub fn absorb(&mut self, spec: &MeasureSpec, other: RowMap) {
+        for (key, measures) in other.rows {
+            self.add_row(spec, key, &measures);
+        }
+    }
+
     /// The rows sorted as the table's sort order says: dimensions, then `ts`.
     pub fn into_sorted(self) -> Vec<(RowKey, Measures)> {
         let mut rows: Vec<_> = self.rows.into_iter().collect();

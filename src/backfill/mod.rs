@@ -47,6 +47,9 @@ pub struct BackfillOptions {
     pub dry_run: bool,
     /// Target data file size.
     pub target_file_size: usize,
+    /// Replace everything the table holds in `[from, to)` with the
+    /// backfilled data, in one overwrite commit.
+    pub replace: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
 /// The progress record in the summary.
@@ -79,6 +82,10 @@ pub struct BackfillReport {
     pub totals: BTreeMap<String, Value>,
     /// Whether nothing was written.
     pub dry_run: bool,
+    /// With `--replace`: files removed (or, dry, to remove).
+    pub replaced_files: usize,
+    /// With `--replace`: rows removed (or, dry, to remove).
+    pub replaced_rows: u64,
 }
 
 /// The identity of a backfill: its table and its inputs (location and size).
@@ -236,6 +243,8 @@ pub async fn run(
     let mut totals = spec.empty();
     let mut progress = Progress::new(files.iter().map(|f| f.size).sum());
     let chunk_events = opts.chunk_events.max(1);
+    // With --replace, every chunk goes into one overwrite commit.
+    let mut whole = Chunk::default();
 
     // Chunks never span files: chunk boundaries depend only on the inputs.
     let mut chunk_index: u64 = 0;
@@ -272,6 +281,23 @@ pub async fn run(
                     continue;
                 }
                 match decoder.decode(line, window) {
+                    Ok(ev)
+                        if opts.replace.is_some_and(|(from, to)| {
+                            let ts = ev.key.ts_micros;
+                            ts < from.timestamp_micros() || ts >= to.timestamp_micros()
+                        }) =>
+                    {
+                        chunk.rejects.push(RejectRecord {
+                            topic: file.location.clone(),
+                            partition: -1,
+                            offset: line_no,
+                            rejected_at_micros: Utc::now().timestamp_micros(),
+                            reason_code: "outside_range".into(),
+                            reason: "event time outside the --from/--to range being replaced"
+                                .into(),
+                            payload: line.to_vec(),
+                        })
+                    }
                     Ok(mut ev) => {
                         let minute = Grain::Minute.partition_ordinal(ev.key.ts_micros);
                         let grain = due_grain(&decl.policy, now_micros, Grain::Minute, minute);
@@ -300,7 +326,15 @@ pub async fn run(
             if chunk.events == 0 && !last {
                 continue;
             }
-            if skipping {
+            if opts.replace.is_some() {
+                report.events += chunk.events;
+                report.rejected += chunk.rejects.len() as u64;
+                whole.events += chunk.events;
+                whole.rejects.extend(chunk.rejects);
+                for (g, rows) in chunk.rows {
+                    whole.rows.entry(g).or_default().absorb(&spec, rows);
+                }
+            } else if skipping {
                 report.chunks_skipped += 1;
             } else {
                 report.events += chunk.events;
@@ -330,7 +364,26 @@ pub async fn run(
             chunk_index += 1;
         }
     }
-    if files.is_empty() && !opts.dry_run {
+    if let Some(range) = opts.replace {
+        for (g, rows) in &whole.rows {
+            *report
+                .rows_by_grain
+                .entry(g.as_str().to_string())
+                .or_default() += rows.len() as u64;
+        }
+        replace(
+            catalog,
+            decl,
+            &ident,
+            &rejects_ident,
+            &key,
+            range,
+            whole,
+            opts,
+            &mut report,
+        )
+        .await?;
+    } else if files.is_empty() && !opts.dry_run {
         commit_chunk(
             catalog,
             decl,
@@ -431,6 +484,136 @@ async fn commit_chunk(
         files = committed.added_files,
         rows = committed.added_records,
         "backfill chunk committed"
+    );
+    Ok(())
+}
+
+fn show(micros: i64) -> String {
+    DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// `--replace`: swap everything in `[from, to)` for `chunk` in one overwrite
+/// commit. Every partition the range touches, in the table or in the new
+/// rows, must lie wholly inside it; otherwise the error names the partition
+/// and the boundaries to use.
+#[allow(clippy::too_many_arguments)]
+async fn replace(
+    catalog: &dyn Catalog,
+    decl: &TableDecl,
+    ident: &iceberg::TableIdent,
+    rejects_ident: &iceberg::TableIdent,
+    key: &str,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    chunk: Chunk,
+    opts: &BackfillOptions,
+    report: &mut BackfillReport,
+) -> Result<()> {
+    let (lo, hi) = (from.timestamp_micros(), to.timestamp_micros());
+    if lo >= hi {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "--from must be before --to",
+        ));
+    }
+    let check = |grain: Grain, partition: i32| -> Result<()> {
+        let (s, e) = grain.partition_bounds(partition);
+        if s < hi && e > lo && (s < lo || e > hi) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "--from {} --to {} cuts the {} partition [{}, {}) of {} rows; \
+                     use boundaries of that partition (e.g. --from {} --to {})",
+                    show(lo),
+                    show(hi),
+                    grain.partition_field_name(),
+                    show(s),
+                    show(e),
+                    grain.as_str(),
+                    show(s.min(lo)),
+                    show(e.max(hi))
+                ),
+            ));
+        }
+        Ok(())
+    };
+    let table = catalog.load(ident).await?;
+    let state = crate::maintain::state::load(&table).await?;
+    let mut removed = Vec::new();
+    for f in &state.files {
+        let (s, e) = f.partition_bounds();
+        if s < hi && e > lo {
+            check(f.grain, f.partition)?;
+            report.replaced_rows += f.records;
+            removed.push(f.removed());
+        }
+    }
+    for (grain, rows) in &chunk.rows {
+        for k in rows.keys() {
+            check(*grain, grain.partition_ordinal(k.ts_micros))?;
+        }
+    }
+    report.replaced_files = removed.len();
+    if opts.dry_run {
+        return Ok(());
+    }
+    let retry = RetryPolicy::default();
+    let record = serde_json::to_string(&Record {
+        done: 1,
+        complete: true,
+    })
+    .unwrap_or_default();
+    if !chunk.rejects.is_empty() {
+        let rt = catalog.load(rejects_ident).await?;
+        let schema = std::sync::Arc::new(
+            iceberg::arrow::schema_to_arrow_schema(rt.metadata.current_schema())
+                .map_err(|e| Error::iceberg(format!("arrow schema of {rejects_ident}"), e))?,
+        );
+        let batch = rejects::to_batch(schema, &chunk.rejects)?;
+        let files =
+            write::write_batches(&rt, None, "rejects", vec![batch], opts.target_file_size).await?;
+        let mut change = Change::append("backfill-rejects", files);
+        change.claim = Some(Claim {
+            key: key.to_string(),
+            expect: None,
+            set: record.clone(),
+        });
+        commit::commit(catalog, rejects_ident, &change, retry).await?;
+    }
+    let mut files = Vec::new();
+    for (grain, rows) in chunk.rows {
+        files.extend(
+            write::write_rows(
+                &table,
+                decl,
+                grain,
+                rows.into_sorted(),
+                opts.target_file_size,
+            )
+            .await?,
+        );
+    }
+    let mut change = Change {
+        operation: iceberg::spec::Operation::Overwrite,
+        removed,
+        ..Change::append("backfill-replace", files)
+    };
+    change.claim = Some(Claim {
+        key: key.to_string(),
+        expect: None,
+        set: record,
+    });
+    let committed = commit::commit(catalog, ident, &change, retry).await?;
+    report.chunks_committed = 1;
+    tracing::info!(
+        table = %ident,
+        snapshot_id = committed.snapshot_id,
+        from = %show(lo),
+        to = %show(hi),
+        removed_files = committed.removed_files,
+        files = committed.added_files,
+        "backfill replaced the range"
     );
     Ok(())
 }

@@ -259,3 +259,182 @@ async fn a_killed_backfill_resumes_without_counting_a_chunk_twice() {
     .unwrap();
     assert_eq!(rejects.len() as u64, inputs.malformed);
 }
+
+/// A file of `n` valid events all on the UTC day `day`, and their totals.
+fn day_file(
+    path: &Path,
+    decl: &TableDecl,
+    day: chrono::NaiveDate,
+    n: u64,
+    seed: u64,
+) -> firn::rows::Measures {
+    let mut generator = EventGenerator::new(
+        decl,
+        &ProduceOptions {
+            seed,
+            spread: Duration::from_secs(86_400),
+            ..Default::default()
+        },
+    );
+    let end = day
+        .succ_opt()
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis()
+        - 1;
+    let mut text = Vec::new();
+    for _ in 0..n {
+        text.extend(generator.next(end).1);
+        text.push(b'\n');
+    }
+    std::fs::write(path, text).unwrap();
+    generator.totals
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_one_day_while_ingest_runs() {
+    let broker = crate::common::Broker::start();
+    let lake = Lake::new(&broker);
+    lake.create_topic(4).await;
+    lake.run(&["tables", "sync"]);
+    let decl = lake.decl();
+    let data = tempfile::tempdir().unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let day = |n: i64| today - chrono::Duration::days(n);
+
+    // History for three days, backfilled.
+    let before: Vec<_> = [4, 3, 2]
+        .iter()
+        .map(|n| {
+            day_file(
+                &data.path().join(format!("d{n}.ndjson")),
+                &decl,
+                day(*n),
+                3_000,
+                *n as u64,
+            )
+        })
+        .collect();
+    let out = lake
+        .firn()
+        .args(["backfill", "usage.http_requests", "--input"])
+        .arg(format!("{}/d*.ndjson", data.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Live ingest on current data while the middle day is re-computed.
+    let producing = lake.produce_in_background(ProduceOptions {
+        count: 40_000,
+        rate: Some(4_000),
+        seed: 8,
+        spread: Duration::from_secs(600),
+        ..Default::default()
+    });
+    let mut worker = lake.spawn_ingest("live", &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let fixed_dir = tempfile::tempdir().unwrap();
+    let fixed = day_file(
+        &fixed_dir.path().join("fixed.ndjson"),
+        &decl,
+        day(3),
+        1_000,
+        33,
+    );
+    let input = format!("{}/fixed.ndjson", fixed_dir.path().display());
+    let from = day(3).to_string();
+    let to = day(2).to_string();
+    // Misaligned: half an hour cuts an hour partition of minute rows.
+    let bad = lake
+        .firn()
+        .args([
+            "backfill",
+            "usage.http_requests",
+            "--replace",
+            "--input",
+            &input,
+            "--to",
+            &to,
+        ])
+        .args(["--from", &format!("{from}T00:30:00Z")])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("cuts the ts_hour partition"), "{err}");
+    // A dry run says what it would remove.
+    let dry = lake.run(&[
+        "backfill",
+        "usage.http_requests",
+        "--replace",
+        "--dry-run",
+        "--input",
+        &input,
+        "--from",
+        &from,
+        "--to",
+        &to,
+    ]);
+    let dry: Value = serde_json::from_str(&dry).unwrap();
+    assert!(dry["replaced_files"].as_u64().unwrap() > 0, "{dry}");
+    let done = lake.run(&[
+        "backfill",
+        "usage.http_requests",
+        "--replace",
+        "--input",
+        &input,
+        "--from",
+        &from,
+        "--to",
+        &to,
+    ]);
+    let done: Value = serde_json::from_str(&done).unwrap();
+    assert_eq!(done["chunks_committed"], 1, "{done}");
+
+    let report = producing.await.unwrap();
+    let catalog = lake.catalog().await;
+    lake.wait_for_offsets(
+        catalog.as_ref(),
+        report.sent as i64,
+        Duration::from_secs(300),
+    )
+    .await;
+    assert!(
+        crate::common::terminate(&mut worker).success(),
+        "{}",
+        lake.log("live")
+    );
+
+    let t = totals(&lake).await;
+    assert_eq!(
+        t.per_day[&day(3)],
+        fixed,
+        "the replaced day holds the new input"
+    );
+    assert_eq!(t.per_day[&day(4)], before[0], "the day before is unchanged");
+    assert_eq!(t.per_day[&day(2)], before[2], "the day after is unchanged");
+    // Every live event is there too: no ingest commit was lost.
+    let spec = firn::rows::MeasureSpec::new(&decl);
+    let mut live = spec.empty();
+    for (d, m) in &t.per_day {
+        if *d > day(2) {
+            spec.merge(&mut live, m);
+        }
+    }
+    let requests = decl
+        .measures
+        .iter()
+        .position(|m| m.name == "requests")
+        .unwrap();
+    assert_eq!(
+        live.0[requests],
+        firn::rows::MeasureValue::Long(Some(report.valid as i64))
+    );
+}
