@@ -279,8 +279,25 @@ struct BackfillArgs {
     /// Declared table (namespace.name).
     table: String,
     /// Input files: paths, globs (quoted), file:// or s3:// URLs (repeatable).
-    #[arg(long = "input", required = true)]
+    #[arg(long = "input", required_unless_present = "from_kafka")]
     inputs: Vec<String>,
+    /// Replay a range of a Kafka topic instead (no consumer group joined,
+    /// no offsets committed: live ingest is untouched).
+    #[arg(long, requires = "topic", conflicts_with = "inputs")]
+    from_kafka: bool,
+    /// Topic to replay.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Start offsets, PARTITION:OFFSET,... (each partition ends at its high
+    /// watermark when the backfill starts).
+    #[arg(long, value_parser = firn::backfill::kafka::parse_offsets, conflicts_with = "start_time")]
+    start_offsets: Option<std::collections::BTreeMap<i32, i64>>,
+    /// Start of a time range to replay (with --end-time).
+    #[arg(long, value_parser = parse_time, requires = "end_time")]
+    start_time: Option<DateTime<Utc>>,
+    /// End of the time range to replay, exclusive.
+    #[arg(long, value_parser = parse_time)]
+    end_time: Option<DateTime<Utc>>,
     /// Add the data again even if this backfill was committed before.
     #[arg(long)]
     force: bool,
@@ -595,6 +612,23 @@ async fn run(cli: Cli) -> Result<()> {
                 force: args.force,
                 dry_run: args.dry_run,
                 target_file_size: config.ingest.target_file_size,
+                kafka: if args.from_kafka {
+                    let start = match (args.start_offsets, args.start_time, args.end_time) {
+                        (Some(o), _, _) => firn::backfill::kafka::Start::Offsets(o),
+                        (None, Some(s), Some(e)) => firn::backfill::kafka::Start::Time(s, e),
+                        _ => bail!(
+                            "--from-kafka needs --start-offsets or --start-time and --end-time"
+                        ),
+                    };
+                    Some(firn::backfill::kafka::KafkaRange {
+                        brokers: config.ingest.brokers.clone(),
+                        topic: args.topic.clone().unwrap_or_default(),
+                        start,
+                        properties: config.ingest.kafka.clone(),
+                    })
+                } else {
+                    None
+                },
                 replace: if args.replace {
                     args.from.zip(args.to)
                 } else {

@@ -7,6 +7,7 @@
 //! unless `--force`.
 
 pub mod input;
+pub mod kafka;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal};
@@ -50,6 +51,8 @@ pub struct BackfillOptions {
     /// Replace everything the table holds in `[from, to)` with the
     /// backfilled data, in one overwrite commit.
     pub replace: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Replay a range of a Kafka topic instead of reading files.
+    pub kafka: Option<kafka::KafkaRange>,
 }
 
 /// The progress record in the summary.
@@ -185,6 +188,54 @@ impl Progress {
     }
 }
 
+/// One stretch of input that chunks never cross: a file or a partition range.
+enum Segment {
+    File {
+        reader: Box<dyn BufRead + Send>,
+        line_no: i64,
+        buf: Vec<u8>,
+    },
+    Kafka(kafka::Segment),
+}
+
+impl Segment {
+    /// The next record: (partition, offset or line number, payload, bytes).
+    fn next(&mut self, location: &str) -> Result<Option<(i32, i64, Vec<u8>, usize)>> {
+        match self {
+            Segment::File {
+                reader,
+                line_no,
+                buf,
+            } => {
+                buf.clear();
+                let n = reader.read_until(b'\n', buf).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Io,
+                        format!("reading {location} at line {}", *line_no + 1),
+                    )
+                    .with_source(e)
+                })?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                *line_no += 1;
+                let line = buf.strip_suffix(b"\n").unwrap_or(buf);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                Ok(Some((-1, *line_no, line.to_vec(), n)))
+            }
+            Segment::Kafka(k) => k.next(),
+        }
+    }
+
+    /// What rejects name as their source: the file, or the topic.
+    fn label(&self, location: &str) -> String {
+        match self {
+            Segment::File { .. } => location.to_string(),
+            Segment::Kafka(k) => k.topic().to_string(),
+        }
+    }
+}
+
 /// One chunk's decoded content.
 #[derive(Default)]
 struct Chunk {
@@ -201,7 +252,20 @@ pub async fn run(
 ) -> Result<BackfillReport> {
     let ident = tables::ident(decl)?;
     let rejects_ident = tables::rejects_ident(decl)?;
-    let files = input::expand(&opts.inputs, catalog.storage()).await?;
+    let (files, ranges) = match &opts.kafka {
+        Some(k) => {
+            let ranges = kafka::resolve(k).await?;
+            let files = ranges
+                .iter()
+                .map(|r| InputFile {
+                    location: format!("kafka:{}/{}[{}..{})", k.topic, r.partition, r.start, r.end),
+                    size: (r.end - r.start).max(0) as u64,
+                })
+                .collect();
+            (files, Some(ranges))
+        }
+        None => (input::expand(&opts.inputs, catalog.storage()).await?, None),
+    };
     let base_id = identity(decl, &files);
     let table = catalog.load(&ident).await?;
     let base_key = record_key(&base_id);
@@ -249,33 +313,29 @@ pub async fn run(
     // Chunks never span files: chunk boundaries depend only on the inputs.
     let mut chunk_index: u64 = 0;
     for (fi, file) in files.iter().enumerate() {
-        let mut reader = input::open(file, catalog.storage()).await?;
-        let mut line_no: i64 = 0;
-        let mut buf = Vec::new();
+        let mut segment = match (&ranges, &opts.kafka) {
+            (Some(ranges), Some(k)) => kafka::Segment::open(k, ranges[fi]).map(Segment::Kafka)?,
+            _ => Segment::File {
+                reader: input::open(file, catalog.storage()).await?,
+                line_no: 0,
+                buf: Vec::new(),
+            },
+        };
         let mut eof = false;
         while !eof {
             let mut chunk = Chunk::default();
             let skipping = chunk_index < resume_from;
             while chunk.events < chunk_events as u64 {
-                buf.clear();
-                let n = reader.read_until(b'\n', &mut buf).map_err(|e| {
-                    Error::new(
-                        ErrorKind::Io,
-                        format!("reading {} at line {}", file.location, line_no + 1),
-                    )
-                    .with_source(e)
-                })?;
-                if n == 0 {
+                let Some((partition, offset, line, n)) = segment.next(&file.location)? else {
                     eof = true;
                     break;
-                }
-                line_no += 1;
+                };
                 progress.update(n as u64, report.events + chunk.events);
-                let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if line.iter().all(u8::is_ascii_whitespace) {
+                if partition == -1 && line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
+                let line_no = offset;
+                let line = &line[..];
                 chunk.events += 1;
                 if skipping {
                     continue;
@@ -288,8 +348,8 @@ pub async fn run(
                         }) =>
                     {
                         chunk.rejects.push(RejectRecord {
-                            topic: file.location.clone(),
-                            partition: -1,
+                            topic: segment.label(&file.location),
+                            partition,
                             offset: line_no,
                             rejected_at_micros: Utc::now().timestamp_micros(),
                             reason_code: "outside_range".into(),
@@ -312,8 +372,8 @@ pub async fn run(
                         spec.merge(&mut totals, &one);
                     }
                     Err(reason) => chunk.rejects.push(RejectRecord {
-                        topic: file.location.clone(),
-                        partition: -1,
+                        topic: segment.label(&file.location),
+                        partition,
                         offset: line_no,
                         rejected_at_micros: Utc::now().timestamp_micros(),
                         reason_code: reason.as_label().to_string(),

@@ -438,3 +438,110 @@ async fn replace_one_day_while_ingest_runs() {
         firn::rows::MeasureValue::Long(Some(report.valid as i64))
     );
 }
+
+fn group_offsets(brokers: &str, topic: &str, partitions: i32) -> Vec<(i32, rdkafka::Offset)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", crate::common::GROUP)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    c.committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_replay_leaves_the_ingest_group_untouched() {
+    let broker = crate::common::Broker::start();
+    let lake = Lake::new(&broker);
+    lake.create_topic(3).await;
+    lake.run(&["tables", "sync"]);
+    let report = lake
+        .produce(ProduceOptions {
+            count: 15_000,
+            seed: 5,
+            ..Default::default()
+        })
+        .await;
+    let mut worker = lake.spawn_ingest("live", &[]);
+    let catalog = lake.catalog().await;
+    lake.wait_for_offsets(
+        catalog.as_ref(),
+        report.sent as i64,
+        Duration::from_secs(300),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = group_offsets(&lake.brokers, "http-requests", 3);
+    assert!(
+        before
+            .iter()
+            .all(|(_, o)| matches!(o, rdkafka::Offset::Offset(_))),
+        "{before:?}"
+    );
+    let rebalances = lake.log("live").matches("assigned").count();
+
+    let out = lake
+        .firn()
+        .args([
+            "backfill",
+            "usage.http_requests",
+            "--from-kafka",
+            "--topic",
+            "http-requests",
+        ])
+        .args(["--start-offsets", "0:0,1:0,2:0", "--chunk-events", "4000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replay: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(replay["events"], report.sent);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        group_offsets(&lake.brokers, "http-requests", 3),
+        before,
+        "the replay moved the ingest group's offsets"
+    );
+    assert_eq!(
+        lake.log("live").matches("assigned").count(),
+        rebalances,
+        "the replay joined the ingest group"
+    );
+    assert!(crate::common::terminate(&mut worker).success());
+
+    // The replay added the whole topic again.
+    let t = totals(&lake).await;
+    let decl = lake.decl();
+    assert_eq!(t.long(&decl, "requests"), 2 * report.valid as i64);
+    assert_eq!(
+        t.long(&decl, "bytes"),
+        2 * report.totals["bytes"].as_i64().unwrap()
+    );
+    // The same range again is refused.
+    let again = lake
+        .firn()
+        .args([
+            "backfill",
+            "usage.http_requests",
+            "--from-kafka",
+            "--topic",
+            "http-requests",
+        ])
+        .args(["--start-offsets", "0:0,1:0,2:0"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+}
