@@ -160,6 +160,20 @@ fn resolve_blocking(range: &KafkaRange) -> Result<Vec<PartitionRange>> {
     Ok(out)
 }
 
+/// One input record: partition (-1 for files), offset (line number for
+/// files), payload, and bytes read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    /// Kafka partition, or -1 for a file.
+    pub partition: i32,
+    /// Kafka offset, or the 1-based line number in a file.
+    pub offset: i64,
+    /// The record.
+    pub payload: Vec<u8>,
+    /// Bytes read for it (progress).
+    pub bytes: usize,
+}
+
 /// Reads one partition range, in offset order.
 pub struct Segment {
     consumer: BaseConsumer,
@@ -198,7 +212,7 @@ impl Segment {
     }
 
     /// The next record in the range: (partition, offset, payload, bytes).
-    pub fn next(&mut self) -> Result<Option<(i32, i64, Vec<u8>, usize)>> {
+    pub fn next_record(&mut self) -> Result<Option<RawRecord>> {
         if self.next >= self.range.end {
             return Ok(None);
         }
@@ -212,8 +226,12 @@ impl Segment {
                 Some(Ok(m)) => {
                     self.next = m.offset() + 1;
                     let payload = m.payload().unwrap_or_default().to_vec();
-                    let n = payload.len();
-                    return Ok(Some((self.range.partition, m.offset(), payload, n)));
+                    return Ok(Some(RawRecord {
+                        partition: self.range.partition,
+                        offset: m.offset(),
+                        bytes: payload.len(),
+                        payload,
+                    }));
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None if std::time::Instant::now() > deadline => {

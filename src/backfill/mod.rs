@@ -200,7 +200,7 @@ enum Segment {
 
 impl Segment {
     /// The next record: (partition, offset or line number, payload, bytes).
-    fn next(&mut self, location: &str) -> Result<Option<(i32, i64, Vec<u8>, usize)>> {
+    fn next_record(&mut self, location: &str) -> Result<Option<kafka::RawRecord>> {
         match self {
             Segment::File {
                 reader,
@@ -221,9 +221,14 @@ impl Segment {
                 *line_no += 1;
                 let line = buf.strip_suffix(b"\n").unwrap_or(buf);
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
-                Ok(Some((-1, *line_no, line.to_vec(), n)))
+                Ok(Some(kafka::RawRecord {
+                    partition: -1,
+                    offset: *line_no,
+                    payload: line.to_vec(),
+                    bytes: n,
+                }))
             }
-            Segment::Kafka(k) => k.next(),
+            Segment::Kafka(k) => k.next_record(),
         }
     }
 
@@ -326,7 +331,13 @@ pub async fn run(
             let mut chunk = Chunk::default();
             let skipping = chunk_index < resume_from;
             while chunk.events < chunk_events as u64 {
-                let Some((partition, offset, line, n)) = segment.next(&file.location)? else {
+                let Some(kafka::RawRecord {
+                    partition,
+                    offset,
+                    payload: line,
+                    bytes: n,
+                }) = segment.next_record(&file.location)?
+                else {
                     eof = true;
                     break;
                 };
