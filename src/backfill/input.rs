@@ -99,15 +99,88 @@ pub async fn open(
             Error::new(ErrorKind::Io, format!("opening {}", file.location)).with_source(e)
         })?)
     } else if name.ends_with(".parquet") {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!(
-                "{}: Parquet inputs are not supported yet; convert to NDJSON",
-                file.location
-            ),
-        ));
+        let mut bytes = Vec::new();
+        let mut raw = raw;
+        raw.read_to_end(&mut bytes).map_err(|e| {
+            Error::new(ErrorKind::Io, format!("reading {}", file.location)).with_source(e)
+        })?;
+        let lines = parquet_to_ndjson(&file.location, bytes::Bytes::from(bytes))?;
+        Box::new(std::io::Cursor::new(lines))
     } else {
         raw
     };
     Ok(Box::new(BufReader::with_capacity(1 << 20, decoded)))
+}
+
+/// A Parquet file's rows as NDJSON, one object per row with every column
+/// (timestamps as epoch milliseconds), so the ingest decoder reads them.
+fn parquet_to_ndjson(location: &str, bytes: bytes::Bytes) -> Result<Vec<u8>> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::*;
+    use arrow_array::{Array, ArrayRef};
+    use arrow_schema::{DataType, TimeUnit};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use serde_json::{Map, Value, json};
+
+    let bad = |e: &dyn std::fmt::Display| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("{location} is not readable Parquet: {e}"),
+        )
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| bad(&e))?
+        .build()
+        .map_err(|e| bad(&e))?;
+    let value = |a: &ArrayRef, i: usize| -> Option<Value> {
+        if a.is_null(i) {
+            return None;
+        }
+        Some(match a.data_type() {
+            DataType::Int8 => json!(a.as_primitive::<Int8Type>().value(i)),
+            DataType::Int16 => json!(a.as_primitive::<Int16Type>().value(i)),
+            DataType::Int32 => json!(a.as_primitive::<Int32Type>().value(i)),
+            DataType::Int64 => json!(a.as_primitive::<Int64Type>().value(i)),
+            DataType::UInt8 => json!(a.as_primitive::<UInt8Type>().value(i)),
+            DataType::UInt16 => json!(a.as_primitive::<UInt16Type>().value(i)),
+            DataType::UInt32 => json!(a.as_primitive::<UInt32Type>().value(i)),
+            DataType::UInt64 => json!(a.as_primitive::<UInt64Type>().value(i)),
+            DataType::Float32 => json!(a.as_primitive::<Float32Type>().value(i)),
+            DataType::Float64 => json!(a.as_primitive::<Float64Type>().value(i)),
+            DataType::Boolean => json!(a.as_boolean().value(i)),
+            DataType::Utf8 => json!(a.as_string::<i32>().value(i)),
+            DataType::LargeUtf8 => json!(a.as_string::<i64>().value(i)),
+            DataType::Utf8View => json!(a.as_string_view().value(i)),
+            DataType::Timestamp(unit, _) => {
+                let v = match unit {
+                    TimeUnit::Second => a.as_primitive::<TimestampSecondType>().value(i) * 1000,
+                    TimeUnit::Millisecond => a.as_primitive::<TimestampMillisecondType>().value(i),
+                    TimeUnit::Microsecond => {
+                        a.as_primitive::<TimestampMicrosecondType>().value(i) / 1000
+                    }
+                    TimeUnit::Nanosecond => {
+                        a.as_primitive::<TimestampNanosecondType>().value(i) / 1_000_000
+                    }
+                };
+                json!(v)
+            }
+            _ => return None,
+        })
+    };
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(&e))?;
+        let schema = batch.schema();
+        for i in 0..batch.num_rows() {
+            let mut obj = Map::new();
+            for (f, col) in schema.fields().iter().zip(batch.columns()) {
+                if let Some(v) = value(col, i) {
+                    obj.insert(f.name().clone(), v);
+                }
+            }
+            out.extend(Value::Object(obj).to_string().into_bytes());
+            out.push(b'\n');
+        }
+    }
+    Ok(out)
 }

@@ -545,3 +545,88 @@ async fn kafka_replay_leaves_the_ingest_group_untouched() {
         .unwrap();
     assert!(!again.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_inputs_backfill_exactly() {
+    use std::sync::Arc;
+
+    use arrow_array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+    use arrow_schema::{DataType, Field, Schema, TimeUnit};
+
+    let lake = Lake::without_broker();
+    lake.run(&["tables", "sync"]);
+    let data = tempfile::tempdir().unwrap();
+    let n = 5_000i64;
+    let now = chrono::Utc::now().timestamp_millis();
+    let ts: Vec<i64> = (0..n).map(|i| now - 60_000 - i * 3_600_000 / 7).collect();
+    let bytes: Vec<i64> = (0..n).map(|i| i * 3 % 1000).collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("account_id", DataType::Int64, false),
+        Field::new("zone_id", DataType::Int64, false),
+        Field::new("colo", DataType::Utf8, false),
+        Field::new("product", DataType::Utf8, false),
+        Field::new("bytes", DataType::Int64, false),
+        Field::new("cpu_ms", DataType::Int64, false),
+        Field::new("ttfb_ms", DataType::Int64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(TimestampMillisecondArray::from(ts).with_timezone("UTC")),
+            Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 9))),
+            Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 4))),
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| ["AMS", "Zürich"][(i % 2) as usize]),
+            )),
+            Arc::new(StringArray::from_iter_values((0..n).map(|_| "cdn"))),
+            Arc::new(Int64Array::from(bytes.clone())),
+            Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 7))),
+            Arc::new(Int64Array::from_iter(
+                (0..n).map(|i| (i % 10 != 0).then_some(i % 500)),
+            )),
+        ],
+    )
+    .unwrap();
+    let path = data.path().join("events.parquet");
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+
+    let out = lake
+        .firn()
+        .args(["backfill", "usage.http_requests", "--input"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Rows with no ttfb_ms are rejected (a required measure), with their row number.
+    let missing = (0..n).filter(|i| i % 10 == 0).count() as u64;
+    assert_eq!(report["rejected"], missing, "{report}");
+    let t = totals(&lake).await;
+    let decl = lake.decl();
+    let kept = |i: &i64| i % 10 != 0;
+    assert_eq!(
+        t.long(&decl, "requests"),
+        (0..n).filter(kept).count() as i64
+    );
+    assert_eq!(
+        t.long(&decl, "bytes"),
+        (0..n).filter(kept).map(|i| bytes[i as usize]).sum::<i64>()
+    );
+    assert_eq!(
+        t.long(&decl, "ttfb_ms_max"),
+        (0..n).filter(kept).map(|i| i % 500).max().unwrap()
+    );
+}
