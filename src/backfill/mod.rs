@@ -81,6 +81,8 @@ pub struct BackfillReport {
     pub rejected: u64,
     /// Rows written per grain.
     pub rows_by_grain: BTreeMap<String, u64>,
+    /// Partitions written per grain.
+    pub partitions_by_grain: BTreeMap<String, usize>,
     /// Per-measure totals of the accepted events.
     pub totals: BTreeMap<String, Value>,
     /// Whether nothing was written.
@@ -312,6 +314,7 @@ pub async fn run(
     let mut totals = spec.empty();
     let mut progress = Progress::new(files.iter().map(|f| f.size).sum());
     let chunk_events = opts.chunk_events.max(1);
+    let mut partitions: BTreeMap<Grain, std::collections::BTreeSet<i32>> = BTreeMap::new();
     // With --replace, every chunk goes into one overwrite commit.
     let mut whole = Chunk::default();
 
@@ -373,6 +376,10 @@ pub async fn run(
                         let minute = Grain::Minute.partition_ordinal(ev.key.ts_micros);
                         let grain = due_grain(&decl.policy, now_micros, Grain::Minute, minute);
                         ev.key.ts_micros = grain.truncate(ev.key.ts_micros);
+                        partitions
+                            .entry(grain)
+                            .or_default()
+                            .insert(grain.partition_ordinal(ev.key.ts_micros));
                         chunk
                             .rows
                             .entry(grain)
@@ -469,6 +476,10 @@ pub async fn run(
         .await?;
     }
     progress.finish();
+    report.partitions_by_grain = partitions
+        .into_iter()
+        .map(|(g, p)| (g.as_str().to_string(), p.len()))
+        .collect();
     report.totals = decl
         .measures
         .iter()
