@@ -45,6 +45,11 @@ pub struct PartitionRange {
     pub start: i64,
     /// Offset after the last.
     pub end: i64,
+    /// With a time range: records with an earlier timestamp are skipped,
+    /// and the partition ends at the first record at or after `until_ms`.
+    pub since_ms: Option<i64>,
+    /// See `since_ms`.
+    pub until_ms: Option<i64>,
 }
 
 /// Parse `P:O,P:O`.
@@ -124,40 +129,67 @@ fn resolve_blocking(range: &KafkaRange) -> Result<Vec<PartitionRange>> {
                     partition: *p,
                     start: (*start).max(low),
                     end: high,
+                    since_ms: None,
+                    until_ms: None,
                 });
             }
         }
         Start::Time(from, to) => {
-            let at = |t: &DateTime<Utc>| -> Result<TopicPartitionList> {
-                let mut tpl = TopicPartitionList::new();
-                for p in &partitions {
-                    tpl.add_partition_offset(
-                        &range.topic,
-                        *p,
-                        Offset::Offset(t.timestamp_millis()),
-                    )?;
-                }
-                Ok(c.offsets_for_times(tpl, TIMEOUT)?)
-            };
-            let (starts, ends) = (at(from)?, at(to)?);
+            // offsets-for-times only gives a hint for the start (some brokers
+            // answer it wrongly); the record timestamps decide: earlier ones
+            // are skipped, and a partition ends at its first record at or
+            // after the end time.
+            let mut tpl = TopicPartitionList::new();
             for p in &partitions {
-                let (_, high) = c.fetch_watermarks(&range.topic, *p, TIMEOUT)?;
-                let get = |tpl: &TopicPartitionList| match tpl
-                    .find_partition(&range.topic, *p)
-                    .map(|e| e.offset())
+                tpl.add_partition_offset(
+                    &range.topic,
+                    *p,
+                    Offset::Offset(from.timestamp_millis()),
+                )?;
+            }
+            let starts = c.offsets_for_times(tpl, TIMEOUT)?;
+            for p in &partitions {
+                let (low, high) = c.fetch_watermarks(&range.topic, *p, TIMEOUT)?;
+                let hint = match starts.find_partition(&range.topic, *p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) if o >= low && o <= high => o,
+                    _ => low,
+                };
+                // Trust the hint only if the record before it is earlier than `from`.
+                let start = if hint > low
+                    && timestamp_at(range, *p, hint - 1)?
+                        .is_none_or(|ts| ts >= from.timestamp_millis())
                 {
-                    Some(Offset::Offset(o)) => o,
-                    _ => high,
+                    low
+                } else {
+                    hint
                 };
                 out.push(PartitionRange {
                     partition: *p,
-                    start: get(&starts),
-                    end: get(&ends),
+                    start,
+                    end: high,
+                    since_ms: Some(from.timestamp_millis()),
+                    until_ms: Some(to.timestamp_millis()),
                 });
             }
         }
     }
     Ok(out)
+}
+
+/// The timestamp of the record at `offset`, if it can be read.
+fn timestamp_at(range: &KafkaRange, partition: i32, offset: i64) -> Result<Option<i64>> {
+    let c = consumer(range)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&range.topic, partition, Offset::Offset(offset))?;
+    c.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m?;
+            return Ok(m.timestamp().to_millis());
+        }
+    }
+    Ok(None)
 }
 
 /// One input record: partition (-1 for files), offset (line number for
@@ -223,6 +255,29 @@ impl Segment {
             match polled {
                 Some(Ok(m)) if m.offset() < self.next => continue,
                 Some(Ok(m)) if m.offset() >= self.range.end => return Ok(None),
+                Some(Ok(m))
+                    if self
+                        .range
+                        .until_ms
+                        .zip(m.timestamp().to_millis())
+                        .is_some_and(|(until, ts)| ts >= until) =>
+                {
+                    self.next = self.range.end;
+                    return Ok(None);
+                }
+                Some(Ok(m))
+                    if self
+                        .range
+                        .since_ms
+                        .zip(m.timestamp().to_millis())
+                        .is_some_and(|(since, ts)| ts < since) =>
+                {
+                    self.next = m.offset() + 1;
+                    if self.next >= self.range.end {
+                        return Ok(None);
+                    }
+                    continue;
+                }
                 Some(Ok(m)) => {
                     self.next = m.offset() + 1;
                     let payload = m.payload().unwrap_or_default().to_vec();
