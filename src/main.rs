@@ -145,6 +145,10 @@ struct IngestArgs {
     /// Stop (after a final commit) once no record arrived for this long.
     #[arg(long, env = "FIRN_STOP_WHEN_IDLE", value_parser = humantime::parse_duration)]
     stop_when_idle: Option<Duration>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address,
+    /// e.g. 0.0.0.0:9464.
+    #[arg(long, env = "FIRN_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Extra librdkafka property, KEY=VALUE (repeatable).
     #[arg(long = "kafka-property", value_parser = parse_kv)]
     kafka_property: Vec<(String, String)>,
@@ -451,6 +455,7 @@ async fn run(cli: Cli) -> Result<()> {
                 opts.future_skew = v;
             }
             opts.stop_when_idle = args.stop_when_idle;
+            opts.metrics_addr = args.metrics_addr;
             opts.kafka.extend(args.kafka_property);
             let chosen: Vec<TableDecl> = if args.tables.is_empty() {
                 decls.clone()

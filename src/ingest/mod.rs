@@ -45,6 +45,8 @@ pub struct IngestOptions {
     pub stop_when_idle: Option<Duration>,
     /// Commit retries on catalog conflicts.
     pub retry: RetryPolicy,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for IngestOptions {
@@ -60,6 +62,7 @@ impl Default for IngestOptions {
             target_file_size: crate::write::DEFAULT_TARGET_FILE_SIZE,
             stop_when_idle: None,
             retry: RetryPolicy::default(),
+            metrics_addr: None,
         }
     }
 }
@@ -93,6 +96,19 @@ pub async fn run(
         sinks.insert(decl.topic.clone(), TableSink::new(decl, ident, rejects));
     }
 
+    let health = Arc::new(crate::telemetry::Health::default());
+    let server = match opts.metrics_addr {
+        Some(addr) => Some(
+            crate::telemetry::serve(
+                addr,
+                metrics.registry().clone(),
+                health.clone(),
+                opts.commit_interval * 3,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let stop_on_signal = stop.clone();
     let watcher = tokio::spawn(async move {
@@ -105,7 +121,8 @@ pub async fn run(
     std::thread::Builder::new()
         .name("firn-consumer".into())
         .spawn(move || {
-            let result = worker::run_blocking(handle, catalog, sinks, opts, clock, metrics, stop);
+            let result =
+                worker::run_blocking(handle, catalog, sinks, opts, clock, metrics, health, stop);
             let _ = tx.send(result);
         })
         .map_err(|e| Error::new(ErrorKind::Internal, "starting consumer thread").with_source(e))?;
@@ -116,5 +133,8 @@ pub async fn run(
         ))
     });
     watcher.abort();
+    if let Some(s) = server {
+        s.abort();
+    }
     result
 }

@@ -53,6 +53,7 @@ pub(super) struct Core {
     opts: IngestOptions,
     clock: Arc<dyn Clock>,
     metrics: IngestMetrics,
+    health: Arc<crate::telemetry::Health>,
     sinks: HashMap<String, TableSink>,
     last_flush: Instant,
     last_message: Instant,
@@ -156,6 +157,7 @@ impl Core {
                 sink.positions.insert(p, pos);
             }
         }
+        self.health.set_assigned(tpl.count());
         tracing::info!(partitions = %describe(tpl), "assigned; positioned at the table's offsets");
         Ok(())
     }
@@ -164,6 +166,7 @@ impl Core {
         tracing::info!(partitions = %describe(tpl), "revoked; flushing before release");
         self.flush_all(consumer, false);
         self.drop_all_positions();
+        self.health.set_assigned(0);
     }
 
     fn drop_all_positions(&mut self) {
@@ -251,6 +254,7 @@ impl Core {
                     self.report.commits += 1;
                     let secs = started.elapsed().as_secs_f64();
                     self.metrics.flush_committed(&table, rows, files, secs);
+                    self.health.committed();
                     tracing::info!(
                         table = %table, snapshot_id, records, rows, files, rejects, attempts,
                         seconds = secs, "flushed"
@@ -312,6 +316,7 @@ pub(super) fn run_blocking(
     opts: IngestOptions,
     clock: Arc<dyn Clock>,
     metrics: IngestMetrics,
+    health: Arc<crate::telemetry::Health>,
     stop: Arc<AtomicBool>,
 ) -> Result<IngestReport> {
     let mut config = ClientConfig::new();
@@ -336,6 +341,7 @@ pub(super) fn run_blocking(
             opts: opts.clone(),
             clock,
             metrics,
+            health,
             sinks,
             last_flush: now,
             last_message: now,
@@ -368,6 +374,8 @@ pub(super) fn run_blocking(
         if let Some(e) = core.fatal.take() {
             return Err(e);
         }
+        let idle = !core.anything_buffered();
+        core.health.set_idle(idle);
         if core.flush_due() {
             core.flush_all(&consumer, true);
             if let Some(e) = core.fatal.take() {

@@ -264,3 +264,81 @@ fn a_bad_declaration_names_file_and_field() {
         "{err}"
     );
 }
+
+fn scrape(port: u16, path: &str) -> Option<(u16, String)> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://127.0.0.1:{port}{path}"),
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_string()))
+}
+
+fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness_follow_the_worker() {
+    let broker = Broker::start();
+    let lake = Lake::new(&broker);
+    lake.create_topic(3).await;
+    lake.run(&["tables", "sync"]);
+    // Not ready before it has partitions: the broker is up but the worker
+    // has not started; then it starts, is assigned, and commits.
+    let port = crate::common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut worker = lake.spawn_ingest("m", &["--metrics-addr", &addr]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(r) = scrape(port, "/readyz") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no metrics endpoint");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(first.0, 503, "ready before any commit: {first:?}");
+    assert_eq!(scrape(port, "/healthz").unwrap().0, 200);
+
+    let report = lake
+        .produce(ProduceOptions {
+            count: 20_000,
+            seed: 31,
+            bad_ratio: 0.01,
+            ..Default::default()
+        })
+        .await;
+    let catalog = lake.catalog().await;
+    lake.wait_for_offsets(catalog.as_ref(), report.sent as i64, WAIT)
+        .await;
+    let ready = scrape(port, "/readyz").unwrap();
+    assert_eq!(ready.0, 200, "{ready:?}");
+    let (_, body) = scrape(port, "/metrics").unwrap();
+    assert_eq!(
+        metric(&body, "firn_ingest_events_consumed_total"),
+        report.sent,
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "firn_ingest_events_rejected_total"),
+        report.malformed
+    );
+    let table = catalog
+        .load(&tables::ident(&lake.decl()).unwrap())
+        .await
+        .unwrap();
+    let rows = read::totals(&table, &lake.decl()).await.unwrap().rows;
+    assert_eq!(metric(&body, "firn_ingest_rows_written_total"), rows);
+    assert!(terminate(&mut worker).success());
+}
