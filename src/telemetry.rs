@@ -15,6 +15,7 @@ pub struct IngestMetrics {
     commits: IntCounterVec,
     commit_seconds: HistogramVec,
     buffered_rows: IntGaugeVec,
+    health: std::sync::Arc<Health>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -91,7 +92,13 @@ impl IngestMetrics {
             commit_seconds,
             buffered_rows,
             registry,
+            health: Default::default(),
         }
+    }
+
+    /// The worker's health (for `/readyz`).
+    pub fn health(&self) -> &std::sync::Arc<Health> {
+        &self.health
     }
 
     /// The registry (for `/metrics`).

@@ -96,7 +96,7 @@ pub async fn run(
         sinks.insert(decl.topic.clone(), TableSink::new(decl, ident, rejects));
     }
 
-    let health = Arc::new(crate::telemetry::Health::default());
+    let health = metrics.health().clone();
     let server = match opts.metrics_addr {
         Some(addr) => Some(
             crate::telemetry::serve(
@@ -121,8 +121,7 @@ pub async fn run(
     std::thread::Builder::new()
         .name("firn-consumer".into())
         .spawn(move || {
-            let result =
-                worker::run_blocking(handle, catalog, sinks, opts, clock, metrics, health, stop);
+            let result = worker::run_blocking(handle, catalog, sinks, opts, clock, metrics, stop);
             let _ = tx.send(result);
         })
         .map_err(|e| Error::new(ErrorKind::Internal, "starting consumer thread").with_source(e))?;

@@ -316,7 +316,6 @@ pub(super) fn run_blocking(
     opts: IngestOptions,
     clock: Arc<dyn Clock>,
     metrics: IngestMetrics,
-    health: Arc<crate::telemetry::Health>,
     stop: Arc<AtomicBool>,
 ) -> Result<IngestReport> {
     let mut config = ClientConfig::new();
@@ -340,8 +339,8 @@ pub(super) fn run_blocking(
             catalog,
             opts: opts.clone(),
             clock,
+            health: metrics.health().clone(),
             metrics,
-            health,
             sinks,
             last_flush: now,
             last_message: now,
