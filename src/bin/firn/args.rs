@@ -1,0 +1,230 @@
+//! Command-line arguments of the `firn` subcommands.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+use firn::maintain::job::Shard;
+
+#[derive(Debug, Args)]
+pub(crate) struct IngestArgs {
+    /// Flush at least this often (e.g. 60s, 5m).
+    #[arg(long, env = "FIRN_COMMIT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub(crate) commit_interval: Option<Duration>,
+    /// Flush when this many rows are buffered.
+    #[arg(long, env = "FIRN_MAX_BUFFERED_ROWS")]
+    pub(crate) max_buffered_rows: Option<usize>,
+    /// Flush when this many payload bytes were consumed since the last flush.
+    #[arg(long, env = "FIRN_MAX_BUFFERED_BYTES")]
+    pub(crate) max_buffered_bytes: Option<u64>,
+    /// Reject events further than this in the future.
+    #[arg(long, env = "FIRN_FUTURE_SKEW", value_parser = humantime::parse_duration)]
+    pub(crate) future_skew: Option<Duration>,
+    /// Stop (after a final commit) once no record arrived for this long.
+    #[arg(long, env = "FIRN_STOP_WHEN_IDLE", value_parser = humantime::parse_duration)]
+    pub(crate) stop_when_idle: Option<Duration>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address,
+    /// e.g. 0.0.0.0:9464.
+    #[arg(long, env = "FIRN_METRICS_ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    /// Extra librdkafka property, KEY=VALUE (repeatable).
+    #[arg(long = "kafka-property", value_parser = parse_kv)]
+    pub(crate) kafka_property: Vec<(String, String)>,
+    /// Only ingest these tables (namespace.name); default all declared.
+    #[arg(long = "table")]
+    pub(crate) tables: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProduceArgs {
+    /// Declared table (namespace.name) whose topic and fields to use.
+    #[arg(long, default_value = "usage.http_requests")]
+    pub(crate) table: String,
+    /// Topic (default: the declaration's).
+    #[arg(long)]
+    pub(crate) topic: Option<String>,
+    /// Events to send.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) count: u64,
+    /// Events per second (default: as fast as the broker takes them).
+    #[arg(long)]
+    pub(crate) rate: Option<u64>,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Share of malformed records, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) bad_ratio: f64,
+    /// Spread event times over this window before now.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2h")]
+    pub(crate) spread: Duration,
+    /// Distinct accounts.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) accounts: i64,
+    /// Create the topic with this many partitions first, if it does not exist.
+    #[arg(long)]
+    pub(crate) create_topic: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MaintainArgs {
+    /// Declared table (namespace.name).
+    pub(crate) table: String,
+    /// Print the plan (partitions, files in/out, rows, bytes) and change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Only partitions that end after this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_parser = parse_time)]
+    pub(crate) from: Option<DateTime<Utc>>,
+    /// Only partitions that start before this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_parser = parse_time)]
+    pub(crate) to: Option<DateTime<Utc>>,
+    /// Plan as if it were this time (RFC 3339 or YYYY-MM-DD); default now.
+    #[arg(long, env = "FIRN_NOW", value_parser = parse_time)]
+    pub(crate) now: Option<DateTime<Utc>>,
+    /// A partition is sealed (compactable) this long after it ends, so live
+    /// ingest is never raced.
+    #[arg(long, env = "FIRN_SEAL_DELAY", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub(crate) seal_delay: Duration,
+    /// Target size of output files in bytes (default 128 MiB).
+    #[arg(long, env = "FIRN_TARGET_FILE_SIZE")]
+    pub(crate) target_file_size: Option<usize>,
+    /// Print the run report as JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RewriteArgs {
+    /// Declared table (namespace.name).
+    pub(crate) table: String,
+    /// Target manifest size in bytes (default: the table's
+    /// commit.manifest.target-size-bytes, 8 MiB).
+    #[arg(long)]
+    pub(crate) target_size: Option<u64>,
+    /// Report what would change, change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExpireArgs {
+    /// Declared table (namespace.name).
+    pub(crate) table: String,
+    /// Expire snapshots committed longer ago than this.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5d")]
+    pub(crate) older_than: Duration,
+    /// Always keep the current snapshot and its latest ancestors, this many in all.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) retain_last: usize,
+    /// Report what would be expired and deleted, change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct OrphanArgs {
+    /// Declared table (namespace.name).
+    pub(crate) table: String,
+    /// Only files last modified longer ago than this (at least 1h unless --force).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3d")]
+    pub(crate) older_than: Duration,
+    /// Accept --older-than under an hour (may delete files of commits in flight).
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// List the orphans with their sizes, delete nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MaintainJobArgs {
+    /// Job file (jobs/NAME.toml).
+    #[arg(long, env = "FIRN_JOB")]
+    pub(crate) job: PathBuf,
+    /// Run shard i of n (e.g. 0/4); n runs together cover the job exactly once.
+    #[arg(long, env = "FIRN_SHARD", value_parser = Shard::parse)]
+    pub(crate) shard: Option<Shard>,
+    /// Print the whole plan, change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Plan as if it were this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, env = "FIRN_NOW", value_parser = parse_time)]
+    pub(crate) now: Option<DateTime<Utc>>,
+    /// Print the job report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BackfillArgs {
+    /// Declared table (namespace.name).
+    pub(crate) table: String,
+    /// Input files: paths, globs (quoted), file:// or s3:// URLs (repeatable).
+    #[arg(long = "input", required_unless_present = "from_kafka")]
+    pub(crate) inputs: Vec<String>,
+    /// Replay a range of a Kafka topic instead (no consumer group joined,
+    /// no offsets committed: live ingest is untouched).
+    #[arg(long, requires = "topic", conflicts_with = "inputs")]
+    pub(crate) from_kafka: bool,
+    /// Topic to replay.
+    #[arg(long)]
+    pub(crate) topic: Option<String>,
+    /// Start offsets, PARTITION:OFFSET,... (each partition ends at its high
+    /// watermark when the backfill starts).
+    #[arg(long, value_parser = firn::backfill::kafka::parse_offsets, conflicts_with = "start_time")]
+    pub(crate) start_offsets: Option<std::collections::BTreeMap<i32, i64>>,
+    /// Start of a time range to replay (with --end-time).
+    #[arg(long, value_parser = parse_time, requires = "end_time")]
+    pub(crate) start_time: Option<DateTime<Utc>>,
+    /// End of the time range to replay, exclusive.
+    #[arg(long, value_parser = parse_time)]
+    pub(crate) end_time: Option<DateTime<Utc>>,
+    /// Add the data again even if this backfill was committed before.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Print what would be written (rows per grain, totals, rejects); write nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Replace everything the table holds in [--from, --to) with the
+    /// backfilled data, in one overwrite commit (for re-computing a bad day).
+    #[arg(long, requires_all = ["from", "to"])]
+    pub(crate) replace: bool,
+    /// Start of the range to replace (RFC 3339 or YYYY-MM-DD); partition-aligned.
+    #[arg(long, value_parser = parse_time)]
+    pub(crate) from: Option<DateTime<Utc>>,
+    /// End of the range to replace, exclusive.
+    #[arg(long, value_parser = parse_time)]
+    pub(crate) to: Option<DateTime<Utc>>,
+    /// Events per commit; a killed backfill resumes at the first uncommitted chunk.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) chunk_events: usize,
+    /// Measure ages (and the accepted window) from this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, env = "FIRN_NOW", value_parser = parse_time)]
+    pub(crate) now: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Only this table (namespace.name).
+    pub(crate) table: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        .map_err(|_| format!("`{s}` is neither RFC 3339 nor YYYY-MM-DD"))
+}
+
+pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
+}
