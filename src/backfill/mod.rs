@@ -521,37 +521,19 @@ async fn commit_chunk(
             .and_then(|v| serde_json::from_str::<Record>(&v).ok())
             .map_or(0, |r| r.done);
         if held_done <= index {
-            let schema = std::sync::Arc::new(
-                iceberg::arrow::schema_to_arrow_schema(rt.metadata.current_schema())
-                    .map_err(|e| Error::iceberg(format!("arrow schema of {rejects_ident}"), e))?,
-            );
-            let batch = rejects::to_batch(schema, &chunk.rejects)?;
-            let files =
-                write::write_batches(&rt, None, "rejects", vec![batch], opts.target_file_size)
-                    .await?;
-            let mut change = Change::append("backfill-rejects", files);
-            change.claim = Some(Claim {
-                key: key.to_string(),
-                expect: held(&rt, key),
-                set: record(index + 1, last),
-            });
-            commit::commit(catalog, rejects_ident, &change, retry).await?;
+            commit_rejects(
+                catalog,
+                rejects_ident,
+                key,
+                &chunk.rejects,
+                record(index + 1, last),
+                opts,
+            )
+            .await?;
         }
     }
     let table = catalog.load(ident).await?;
-    let mut files = Vec::new();
-    for (grain, rows) in chunk.rows {
-        files.extend(
-            write::write_rows(
-                &table,
-                decl,
-                grain,
-                rows.into_sorted(),
-                opts.target_file_size,
-            )
-            .await?,
-        );
-    }
+    let files = write_grains(&table, decl, chunk.rows, opts.target_file_size).await?;
     let mut change = Change::append("backfill", files);
     change.claim = Some(Claim {
         key: key.to_string(),
@@ -569,4 +551,48 @@ async fn commit_chunk(
         "backfill chunk committed"
     );
     Ok(())
+}
+
+/// Append `rejects` to the rejects table, advancing its progress record at
+/// `key` (fenced) to `set`.
+pub(super) async fn commit_rejects(
+    catalog: &dyn Catalog,
+    rejects_ident: &iceberg::TableIdent,
+    key: &str,
+    rejects: &[RejectRecord],
+    set: String,
+    opts: &BackfillOptions,
+) -> Result<()> {
+    let rt = catalog.load(rejects_ident).await?;
+    let schema = std::sync::Arc::new(
+        iceberg::arrow::schema_to_arrow_schema(rt.metadata.current_schema())
+            .map_err(|e| Error::iceberg(format!("arrow schema of {rejects_ident}"), e))?,
+    );
+    let batch = rejects::to_batch(schema, rejects)?;
+    let files =
+        write::write_batches(&rt, None, "rejects", vec![batch], opts.target_file_size).await?;
+    let mut change = Change::append("backfill-rejects", files);
+    change.claim = Some(Claim {
+        key: key.to_string(),
+        expect: held(&rt, key),
+        set,
+    });
+    commit::commit(catalog, rejects_ident, &change, RetryPolicy::default()).await?;
+    Ok(())
+}
+
+/// Rows of each grain as data files of `table`.
+pub(super) async fn write_grains(
+    table: &TableHandle,
+    decl: &TableDecl,
+    rows: BTreeMap<Grain, RowMap>,
+    target_file_size: usize,
+) -> Result<Vec<crate::commit::NewFile>> {
+    let mut files = Vec::new();
+    for (grain, rows) in rows {
+        files.extend(
+            write::write_rows(table, decl, grain, rows.into_sorted(), target_file_size).await?,
+        );
+    }
+    Ok(files)
 }

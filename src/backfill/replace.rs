@@ -7,10 +7,8 @@ use super::{BackfillOptions, BackfillReport, Chunk, Record};
 use crate::catalog::Catalog;
 use crate::commit::{self, Change, Claim, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
-use crate::rejects;
 use crate::schema::decl::TableDecl;
 use crate::schema::layout::Grain;
-use crate::write;
 
 fn show(micros: i64) -> String {
     DateTime::from_timestamp_micros(micros)
@@ -89,35 +87,17 @@ pub(super) async fn replace(
     })
     .unwrap_or_default();
     if !chunk.rejects.is_empty() {
-        let rt = catalog.load(rejects_ident).await?;
-        let schema = std::sync::Arc::new(
-            iceberg::arrow::schema_to_arrow_schema(rt.metadata.current_schema())
-                .map_err(|e| Error::iceberg(format!("arrow schema of {rejects_ident}"), e))?,
-        );
-        let batch = rejects::to_batch(schema, &chunk.rejects)?;
-        let files =
-            write::write_batches(&rt, None, "rejects", vec![batch], opts.target_file_size).await?;
-        let mut change = Change::append("backfill-rejects", files);
-        change.claim = Some(Claim {
-            key: key.to_string(),
-            expect: None,
-            set: record.clone(),
-        });
-        commit::commit(catalog, rejects_ident, &change, retry).await?;
+        super::commit_rejects(
+            catalog,
+            rejects_ident,
+            key,
+            &chunk.rejects,
+            record.clone(),
+            opts,
+        )
+        .await?;
     }
-    let mut files = Vec::new();
-    for (grain, rows) in chunk.rows {
-        files.extend(
-            write::write_rows(
-                &table,
-                decl,
-                grain,
-                rows.into_sorted(),
-                opts.target_file_size,
-            )
-            .await?,
-        );
-    }
+    let files = super::write_grains(&table, decl, chunk.rows, opts.target_file_size).await?;
     let mut change = Change {
         operation: iceberg::spec::Operation::Overwrite,
         removed,
