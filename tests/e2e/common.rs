@@ -453,7 +453,18 @@ fn free_port_pair() -> u16 {
 }
 
 impl Seaweed {
+    /// Start one, retrying on fresh ports if it does not come up.
     pub fn start() -> Self {
+        for attempt in 1..=3 {
+            match Self::try_start() {
+                Some(w) => return w,
+                None => eprintln!("SeaweedFS did not come up (attempt {attempt}); retrying"),
+            }
+        }
+        panic!("SeaweedFS did not come up in three attempts")
+    }
+
+    fn try_start() -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
@@ -487,14 +498,14 @@ impl Seaweed {
                     "cannot start SeaweedFS ({e}); install it with deploy/local/install-readers.sh"
                 )
             });
-        let weed = Seaweed {
+        let mut weed = Seaweed {
             child,
             s3_port: s3,
             rest_port: rest,
             secret,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(90);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let token = Command::new("curl")
                 .args([
@@ -530,10 +541,14 @@ impl Seaweed {
             if s3_up && bucket_up {
                 break;
             }
-            assert!(Instant::now() < deadline, "SeaweedFS did not come up");
+            if Instant::now() >= deadline || weed.child.try_wait().ok().flatten().is_some() {
+                let _ = weed.child.kill();
+                let _ = weed.child.wait();
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(300));
         }
-        weed
+        Some(weed)
     }
 
     /// Overrides for a firn lake on this SeaweedFS (REST catalog, S3).

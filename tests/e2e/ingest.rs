@@ -279,7 +279,9 @@ fn scrape(port: u16, path: &str) -> Option<(u16, String)> {
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n')?;
-    Some((code.trim().parse().ok()?, body.to_string()))
+    // curl reports 000 when nothing answered yet.
+    let code: u16 = code.trim().parse().ok().filter(|c| *c != 0)?;
+    Some((code, body.to_string()))
 }
 
 fn metric(body: &str, name: &str) -> u64 {
