@@ -588,3 +588,31 @@ impl Drop for Seaweed {
         let _ = self.child.wait();
     }
 }
+
+/// Write `rows` as minute files and commit them as one append; the snapshot id.
+pub async fn append_minute_rows(
+    catalog: &dyn Catalog,
+    decl: &TableDecl,
+    rows: firn::rows::RowMap,
+) -> i64 {
+    let ident = tables::ident(decl).unwrap();
+    let table = catalog.load(&ident).await.unwrap();
+    let files = firn::write::write_rows(
+        &table,
+        decl,
+        firn::schema::layout::Grain::Minute,
+        rows.into_sorted(),
+        128 << 20,
+    )
+    .await
+    .unwrap();
+    firn::commit::commit(
+        catalog,
+        &ident,
+        &firn::commit::Change::append("test", files),
+        firn::commit::RetryPolicy::default(),
+    )
+    .await
+    .unwrap()
+    .snapshot_id
+}

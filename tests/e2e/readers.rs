@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
 use firn::catalog::Catalog;
-use firn::commit::{self, Change, RetryPolicy};
+use firn::commit::RetryPolicy;
 use firn::maintain::expire::{self, ExpireOptions};
 use firn::maintain::orphans::{self, OrphanOptions};
 use firn::maintain::{self, PlanOptions};
@@ -18,7 +18,7 @@ use firn::read;
 use firn::rows::{DimValue, MeasureSpec, MeasureValue, RowKey, RowMap};
 use firn::schema::decl::{Agg, TableDecl};
 use firn::schema::layout::Grain;
-use firn::{tables, write};
+use firn::tables;
 use serde_json::{Value, json};
 
 use firn::config::{Config, Overrides};
@@ -92,8 +92,6 @@ fn readers(r: &ReaderArgs, decl: &TableDecl) -> Value {
 }
 
 async fn append(catalog: &dyn Catalog, decl: &TableDecl, hours_ago: i64, seed: i64) {
-    let ident = tables::ident(decl).unwrap();
-    let table = catalog.load(&ident).await.unwrap();
     let spec = MeasureSpec::new(decl);
     let mut rows = RowMap::default();
     for i in 0..500i64 {
@@ -123,17 +121,7 @@ async fn append(catalog: &dyn Catalog, decl: &TableDecl, hours_ago: i64, seed: i
             ],
         );
     }
-    let files = write::write_rows(&table, decl, Grain::Minute, rows.into_sorted(), 128 << 20)
-        .await
-        .unwrap();
-    commit::commit(
-        catalog,
-        &ident,
-        &Change::append("test", files),
-        RetryPolicy::default(),
-    )
-    .await
-    .unwrap();
+    crate::common::append_minute_rows(catalog, decl, rows).await;
 }
 
 async fn pipeline_on_sql(uri: Option<&str>) {

@@ -32,8 +32,6 @@ async fn append(
     hours: i64,
 ) -> i64 {
     let spec = MeasureSpec::new(decl);
-    let ident = tables::ident(decl).unwrap();
-    let table = catalog.load(&ident).await.unwrap();
     let mut rows = RowMap::default();
     for i in 0..n as u64 {
         let x = seed
@@ -59,18 +57,7 @@ async fn append(
             ],
         );
     }
-    let files = write::write_rows(&table, decl, Grain::Minute, rows.into_sorted(), 128 << 20)
-        .await
-        .unwrap();
-    commit::commit(
-        catalog,
-        &ident,
-        &Change::append("test", files),
-        RetryPolicy::default(),
-    )
-    .await
-    .unwrap()
-    .snapshot_id
+    crate::common::append_minute_rows(catalog, decl, rows).await
 }
 
 /// Totals without the row count (which compaction and rollup change).
