@@ -16,7 +16,7 @@ use crate::schema::layout::Grain;
 use crate::write;
 
 /// What a flush did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum FlushOutcome {
     /// Nothing was buffered.
     Empty,
@@ -32,8 +32,14 @@ pub enum FlushOutcome {
         files: usize,
         /// Rejects recorded (new ones; re-deliveries are skipped).
         rejects: usize,
+        /// Bytes of the data files.
+        bytes: u64,
         /// Commit attempts.
         attempts: u32,
+        /// Seconds writing the rejects and the data files.
+        write_seconds: f64,
+        /// Seconds committing the rows.
+        commit_seconds: f64,
     },
 }
 
@@ -50,6 +56,7 @@ pub async fn flush(
     if sink.batch.is_empty() {
         return Ok(FlushOutcome::Empty);
     }
+    let started = std::time::Instant::now();
     let topic = sink.decl().topic.clone();
     let rejects = if sink.batch.rejects.is_empty() {
         0
@@ -71,6 +78,8 @@ pub async fn flush(
     let files =
         write::write_rows(&table, sink.decl(), Grain::Minute, rows, target_file_size).await?;
     let file_count = files.len();
+    let bytes = files.iter().map(|f| f.file.file_size_in_bytes()).sum();
+    let write_seconds = started.elapsed().as_secs_f64();
     let mut change = Change::append("ingest", files);
     change.offsets = Some(OffsetAdvance {
         group: group.to_string(),
@@ -81,7 +90,9 @@ pub async fn flush(
     change
         .properties
         .insert("firn.records".into(), sink.batch.records.to_string());
+    let committing = std::time::Instant::now();
     let committed = commit::commit(catalog, &sink.ident, &change, retry).await?;
+    let commit_seconds = committing.elapsed().as_secs_f64();
     let records = sink.batch.records;
     sink.committed();
     Ok(FlushOutcome::Committed {
@@ -90,7 +101,10 @@ pub async fn flush(
         rows: row_count,
         files: file_count,
         rejects,
+        bytes,
         attempts: committed.attempts,
+        write_seconds,
+        commit_seconds,
     })
 }
 

@@ -32,7 +32,7 @@ use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::offsets;
-use crate::telemetry::IngestMetrics;
+use crate::telemetry::{FlushStats, IngestMetrics};
 
 /// Totals of one worker run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,7 +71,11 @@ impl IngestContext {
     }
 }
 
-impl ClientContext for IngestContext {}
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.core().record_lag(&statistics);
+    }
+}
 
 impl ConsumerContext for IngestContext {
     fn rebalance(
@@ -247,13 +251,26 @@ impl Core {
                     rows,
                     files,
                     rejects,
+                    bytes,
                     attempts,
+                    write_seconds,
+                    commit_seconds,
                 }) => {
                     self.report.records += records;
                     self.report.rejected += rejects as u64;
                     self.report.commits += 1;
                     let secs = started.elapsed().as_secs_f64();
-                    self.metrics.flush_committed(&table, rows, files, secs);
+                    self.metrics.flush_committed(
+                        &table,
+                        FlushStats {
+                            rows,
+                            files,
+                            bytes,
+                            attempts,
+                            write_seconds,
+                            commit_seconds,
+                        },
+                    );
                     self.health.committed();
                     tracing::info!(
                         table = %table, snapshot_id, records, rows, files, rejects, attempts,
@@ -294,6 +311,26 @@ impl Core {
         self.last_flush = Instant::now();
     }
 
+    /// Consumer lag per topic from librdkafka's statistics: the high
+    /// watermarks of the assigned partitions (learnt from fetches) minus the
+    /// offsets the table holds.
+    fn record_lag(&mut self, stats: &rdkafka::statistics::Statistics) {
+        for (topic, sink) in &self.sinks {
+            let Some(t) = stats.topics.get(topic) else {
+                continue;
+            };
+            let mut lag = 0;
+            for (p, held) in &sink.positions {
+                if let Some(part) = t.partitions.get(p).filter(|s| s.hi_offset >= 0) {
+                    lag += (part.hi_offset - held.unwrap_or(part.lo_offset.max(0))).max(0);
+                }
+            }
+            let table = sink.decl().qualified_name();
+            self.metrics
+                .topic_position(&table, topic, sink.positions.len(), lag);
+        }
+    }
+
     /// Seek the topic's assigned partitions back to the table's offsets.
     fn reposition(&mut self, consumer: &BaseConsumer<IngestContext>, topic: &str) -> Result<()> {
         let held = self.table_positions(topic)?;
@@ -327,7 +364,9 @@ pub(super) fn run_blocking(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("partition.assignment.strategy", "range,roundrobin")
-        .set("client.id", "firn-ingest");
+        .set("client.id", "firn-ingest")
+        // Statistics carry the high watermarks consumer lag is measured from.
+        .set("statistics.interval.ms", "5000");
     for (k, v) in &opts.kafka {
         config.set(k, v);
     }

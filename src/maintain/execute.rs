@@ -30,6 +30,8 @@ pub struct TaskOutcome {
     pub snapshot_id: Option<i64>,
     /// Whether another commit replaced the inputs first.
     pub superseded: bool,
+    /// Partitions written (rollup, compaction) or dropped (retention).
+    pub partitions: usize,
     /// Files read and removed.
     pub files_in: usize,
     /// Files written.
@@ -60,6 +62,15 @@ pub async fn execute(
         kind: task.kind,
         snapshot_id: None,
         superseded: false,
+        partitions: match task.target {
+            Some(_) => 1,
+            None => task
+                .inputs
+                .iter()
+                .map(|f| (f.grain, f.partition))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+        },
         files_in: task.inputs.len(),
         files_out: 0,
         rows_in: task.rows(),
@@ -134,6 +145,24 @@ pub struct RunReport {
     pub retries: u32,
     /// Per-task outcomes.
     pub tasks: Vec<TaskOutcome>,
+}
+
+impl RunReport {
+    /// The run as a step of run metrics (superseded tasks count nothing).
+    pub fn totals(&self) -> crate::telemetry::run::StepTotals {
+        let mut t = crate::telemetry::run::StepTotals {
+            commits: self.committed as u64,
+            failed_tasks: self.failed as u64,
+            ..Default::default()
+        };
+        for o in self.tasks.iter().filter(|o| !o.superseded) {
+            t.partitions += o.partitions as u64;
+            t.rows_in += o.rows_in;
+            t.rows_out += o.rows_out;
+            t.bytes_reclaimed += o.bytes_in as i64 - o.bytes_out as i64;
+        }
+        t
+    }
 }
 
 /// Execute tasks one after another (one commit each, so a long run makes

@@ -20,6 +20,7 @@ use crate::commit::RetryPolicy;
 use crate::error::{Error, ErrorKind, Result};
 use crate::schema::decl::TableDecl;
 use crate::tables;
+use crate::telemetry::run::{Run, StepTotals};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -228,6 +229,8 @@ pub struct StepReport {
     pub lines: Vec<String>,
     /// Commits made.
     pub commits: usize,
+    /// What the step did, for run metrics.
+    pub totals: StepTotals,
     /// The step's report.
     pub detail: serde_json::Value,
 }
@@ -316,6 +319,7 @@ async fn run_step(
         task: step.name(),
         lines: Vec::new(),
         commits: 0,
+        totals: StepTotals::default(),
         detail: serde_json::Value::Null,
     };
     match step {
@@ -353,6 +357,7 @@ async fn run_step(
             if !opts.dry_run {
                 let r = execute::run_plan(catalog, &ident, decl, &tasks, size, retry).await;
                 out.commits = r.committed;
+                out.totals = r.totals();
                 out.detail = serde_json::to_value(&r).unwrap_or_default();
                 if r.failed > 0 {
                     return Err(Error::new(
@@ -379,6 +384,7 @@ async fn run_step(
                 r.manifests_before, r.manifests_after
             ));
             out.commits = r.snapshot_id.is_some() as usize;
+            out.totals = manifests_totals(&r);
             out.detail = serde_json::to_value(&r).unwrap_or_default();
         }
         JobTask::ExpireSnapshots {
@@ -400,6 +406,8 @@ async fn run_step(
                 r.deleted_bytes,
                 r.deleted_metadata_files
             ));
+            out.commits = (!opts.dry_run && !r.expired_snapshots.is_empty()) as usize;
+            out.totals = expire_totals(&r, opts.dry_run);
             out.detail = serde_json::to_value(&r).unwrap_or_default();
         }
         JobTask::RemoveOrphans { older_than } => {
@@ -415,10 +423,65 @@ async fn run_step(
                 r.orphans.len(),
                 r.orphan_bytes
             ));
+            out.totals = orphan_totals(&r, opts.dry_run);
             out.detail = serde_json::to_value(&r).unwrap_or_default();
         }
     }
     Ok(out)
+}
+
+/// A manifest rewrite as run metrics.
+pub fn manifests_totals(r: &manifests::RewriteReport) -> StepTotals {
+    StepTotals {
+        commits: r.snapshot_id.is_some() as u64,
+        ..Default::default()
+    }
+}
+
+/// An expiry as run metrics (a dry run reclaims nothing).
+pub fn expire_totals(r: &expire::ExpireReport, dry_run: bool) -> StepTotals {
+    StepTotals {
+        commits: (!dry_run && !r.expired_snapshots.is_empty()) as u64,
+        bytes_reclaimed: if dry_run { 0 } else { r.deleted_bytes as i64 },
+        failed_tasks: r.failed_deletes as u64,
+        ..Default::default()
+    }
+}
+
+/// An orphan removal as run metrics (a dry run reclaims nothing).
+pub fn orphan_totals(r: &orphans::OrphanReport, dry_run: bool) -> StepTotals {
+    StepTotals {
+        bytes_reclaimed: if dry_run { 0 } else { r.orphan_bytes as i64 },
+        failed_tasks: r.failed_deletes as u64,
+        ..Default::default()
+    }
+}
+
+impl JobReport {
+    /// The run metrics of this report, under the job label `job`.
+    pub fn run_metrics(&self, run: &mut Run) {
+        for t in &self.tables {
+            for s in &t.steps {
+                run.step(&t.table, s.task, s.totals);
+                if s.task == "remove-orphans"
+                    && let Some(bytes) = s.detail.get("orphan_bytes").and_then(|b| b.as_u64())
+                {
+                    run.orphans(&t.table, bytes);
+                }
+            }
+            if let Some(e) = &t.error {
+                let step = e.split(':').next().unwrap_or("unknown");
+                run.step(
+                    &t.table,
+                    step,
+                    StepTotals {
+                        failed_tasks: 1,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ struct RawDecl {
     #[serde(default)]
     measure: Vec<RawMeasure>,
     policy: RawPolicy,
+    #[serde(default)]
+    health: HealthThresholds,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +67,33 @@ struct RawPolicy {
     hour_to_day_after: Duration,
     #[serde(with = "humantime_serde")]
     retain: Duration,
+}
+
+/// When `firn status` calls a table unhealthy (and exits non-zero). Each
+/// threshold is optional; an undeclared one is not checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthThresholds {
+    /// Most records any consumer group may lag behind the high watermarks.
+    pub max_lag: Option<u64>,
+    /// Longest time since the table's last commit.
+    #[serde(default, with = "humantime_serde")]
+    pub max_commit_age: Option<Duration>,
+    /// Most snapshots in the metadata (expiry keeps this down).
+    pub max_snapshots: Option<u64>,
+    /// Most manifests in the current snapshot.
+    pub max_manifests: Option<u64>,
+    /// Most data files under a quarter of the target file size, in
+    /// partitions of more than one file.
+    pub max_small_files: Option<u64>,
+    /// Most sealed partitions waiting for compaction.
+    pub max_pending_compaction: Option<u64>,
+    /// Most partitions waiting for rollup.
+    pub max_pending_rollup: Option<u64>,
+    /// Most partitions past retention still in the table.
+    pub max_pending_retention: Option<u64>,
+    /// Most bytes of unreferenced files under the table's location.
+    pub max_orphan_bytes: Option<u64>,
 }
 
 /// Type of a dimension column.
@@ -158,6 +187,8 @@ pub struct TableDecl {
     pub measures: Vec<Measure>,
     /// Tiering policy.
     pub policy: Policy,
+    /// Health thresholds for `firn status`.
+    pub health: HealthThresholds,
 }
 
 impl TableDecl {
@@ -315,6 +346,7 @@ impl TableDecl {
                 hour_to_day_after: p.hour_to_day_after,
                 retain: p.retain,
             },
+            health: raw.health,
         })
     }
 

@@ -342,6 +342,40 @@ async fn metrics_and_readiness_follow_the_worker() {
         .unwrap();
     let rows = read::totals(&table, &lake.decl()).await.unwrap().rows;
     assert_eq!(metric(&body, "firn_ingest_rows_written_total"), rows);
+    let state = firn::maintain::state::load(&table).await.unwrap();
+    let bytes: u64 = state.files.iter().map(|f| f.bytes).sum();
+    assert_eq!(metric(&body, "firn_ingest_bytes_written_total"), bytes);
+    assert_eq!(
+        metric(&body, "firn_ingest_files_committed_total"),
+        state.files.len() as u64
+    );
+    assert_eq!(
+        metric(&body, "firn_ingest_commit_duration_seconds_count"),
+        metric(&body, "firn_ingest_flush_duration_seconds_count")
+    );
+    let last = metric(&body, "firn_ingest_last_commit_timestamp_seconds") as i64;
+    assert!((chrono::Utc::now().timestamp() - last).abs() < 60, "{body}");
+    // Caught up: once librdkafka's statistics (every 5 s) report the high
+    // watermarks, the lag over the 3 assigned partitions is 0.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = scrape(port, "/metrics").unwrap();
+        if body.contains("firn_ingest_consumer_lag_records{") {
+            assert_eq!(
+                metric(&body, "firn_ingest_assigned_partitions"),
+                3,
+                "{body}"
+            );
+            assert_eq!(
+                metric(&body, "firn_ingest_consumer_lag_records"),
+                0,
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no lag metric: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     assert!(terminate(&mut worker).success());
 }
 
@@ -358,8 +392,22 @@ async fn sigterm_under_load_commits_the_buffer_and_exits_zero() {
         ..Default::default()
     });
     // A long interval: the buffer holds everything consumed when SIGTERM lands.
-    let mut worker = lake.spawn_ingest_every("t", "120s", &[]);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let port = crate::common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut worker = lake.spawn_ingest_every("t", "120s", &["--metrics-addr", &addr]);
+    // Nothing committed yet, so the lag is every record the topic holds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lag = loop {
+        if let Some((_, body)) = scrape(port, "/metrics") {
+            let lag = metric(&body, "firn_ingest_consumer_lag_records");
+            if lag > 0 {
+                break lag;
+            }
+        }
+        assert!(Instant::now() < deadline, "the lag never showed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(lag <= 60_000, "lag {lag} exceeds what was produced");
     let catalog = lake.catalog().await;
     assert_eq!(
         lake.committed_records(catalog.as_ref()).await,

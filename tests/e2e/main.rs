@@ -6,6 +6,7 @@ mod commit;
 mod common;
 mod ingest;
 mod invariant;
+mod operate;
 mod readers;
 mod tiering;
 mod upkeep;

@@ -93,6 +93,8 @@ pub(crate) struct MaintainArgs {
     /// Print the run report as JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) publish: PublishArgs,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +108,8 @@ pub(crate) struct RewriteArgs {
     /// Report what would change, change nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+    #[command(flatten)]
+    pub(crate) publish: PublishArgs,
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +125,8 @@ pub(crate) struct ExpireArgs {
     /// Report what would be expired and deleted, change nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+    #[command(flatten)]
+    pub(crate) publish: PublishArgs,
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +142,8 @@ pub(crate) struct OrphanArgs {
     /// List the orphans with their sizes, delete nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+    #[command(flatten)]
+    pub(crate) publish: PublishArgs,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +163,8 @@ pub(crate) struct MaintainJobArgs {
     /// Print the job report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) publish: PublishArgs,
 }
 
 #[derive(Debug, Args)]
@@ -203,12 +213,56 @@ pub(crate) struct BackfillArgs {
     /// Measure ages (and the accepted window) from this time (RFC 3339 or YYYY-MM-DD).
     #[arg(long, env = "FIRN_NOW", value_parser = parse_time)]
     pub(crate) now: Option<DateTime<Utc>>,
+    #[command(flatten)]
+    pub(crate) publish: PublishArgs,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
     /// Only this table (namespace.name).
     pub(crate) table: Option<String>,
+    /// Print JSON (an array, one object per table).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Do not ask the broker for high watermarks (no lag).
+    #[arg(long)]
+    pub(crate) no_lag: bool,
+    /// Do not list the table's location (no orphan estimate).
+    #[arg(long)]
+    pub(crate) no_orphans: bool,
+    /// Judge ages and policies as of this time (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, env = "FIRN_NOW", value_parser = parse_time)]
+    pub(crate) now: Option<DateTime<Utc>>,
+    /// A partition is sealed (compactable) this long after it ends.
+    #[arg(long, env = "FIRN_SEAL_DELAY", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub(crate) seal_delay: Duration,
+}
+
+/// Where a batch command publishes its run metrics (duration, partitions,
+/// rows in and out, bytes reclaimed, outcome), also when it fails.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PublishArgs {
+    /// Push the run's metrics to this Prometheus Pushgateway (grouping key
+    /// job=<job file name or command>, plus shard=<i> when sharded).
+    #[arg(long, env = "FIRN_PUSHGATEWAY")]
+    pub(crate) pushgateway: Option<url::Url>,
+    /// Write the run's metrics to this node-exporter textfile (replaced
+    /// atomically), e.g. /var/lib/node_exporter/textfile_collector/firn-hourly.prom.
+    #[arg(long, env = "FIRN_METRICS_FILE")]
+    pub(crate) metrics_file: Option<PathBuf>,
+}
+
+impl PublishArgs {
+    pub(crate) fn publish(&self) -> firn::telemetry::run::Publish {
+        firn::telemetry::run::Publish {
+            pushgateway: self.pushgateway.clone(),
+            metrics_file: self.metrics_file.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MetricsArgs {
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,

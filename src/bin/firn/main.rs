@@ -9,13 +9,12 @@ use anyhow::{Context, Result, bail};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 mod args;
+mod batch;
 
 use args::*;
 use firn::clock::{Clock, SystemClock};
-use firn::commit::RetryPolicy;
 use firn::config::{Config, Overrides};
-use firn::maintain::job::{Job, JobOptions, Shard};
-use firn::maintain::{self, PlanOptions, TaskKind, plan};
+use firn::maintain::TaskKind;
 use firn::schema::decl::{self, TableDecl};
 use firn::telemetry::IngestMetrics;
 use firn::{ingest, produce, status, tables};
@@ -118,9 +117,15 @@ enum Command {
     /// --replace. A finished backfill of the same inputs is refused unless
     /// --force.
     Backfill(BackfillArgs),
-    /// Show files, rows and bytes per grain, snapshots, manifests and
-    /// committed offsets of each table.
+    /// The operator's view of each table: last commit age, snapshots,
+    /// manifests, files per grain, small files, partitions waiting for
+    /// compaction, rollup or retention, consumer lag, orphan bytes. Exits 2
+    /// when a table breaks a threshold of its declaration's [health]
+    /// section (0 healthy, 1 error), for alerting from cron.
     Status(StatusArgs),
+    /// List every metric firn exports (ingest's /metrics and batch run
+    /// metrics) with its type, labels and meaning.
+    Metrics(MetricsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,7 +179,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.log_format);
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Unhealthy(tables)) => {
+            eprintln!("unhealthy: {tables}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -182,7 +191,14 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+/// How a command ended, when it did not fail.
+enum Outcome {
+    Done,
+    /// `status` found tables breaking their health thresholds.
+    Unhealthy(String),
+}
+
+async fn run(cli: Cli) -> Result<Outcome> {
     let g = &cli.global;
     let overrides = Overrides {
         schemas: g.schemas.clone(),
@@ -290,139 +306,36 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Compact(args) => {
-            maintain_cmd(&config, &decls, TaskKind::Compact, args, clock).await?
+            batch::tier(&config, &decls, TaskKind::Compact, args, clock).await?
         }
         Command::Rollup(args) => {
-            maintain_cmd(&config, &decls, TaskKind::Rollup, args, clock).await?
+            batch::tier(&config, &decls, TaskKind::Rollup, args, clock).await?
         }
         Command::Retention(args) => {
-            maintain_cmd(&config, &decls, TaskKind::Retention, args, clock).await?
+            batch::tier(&config, &decls, TaskKind::Retention, args, clock).await?
         }
-        Command::RewriteManifests(args) => {
-            let d = select(&decls, &args.table)?;
-            let catalog = config.open_catalog().await?;
-            let r = maintain::manifests::rewrite_manifests(
-                catalog.as_ref(),
-                &tables::ident(d)?,
-                args.target_size,
-                args.dry_run,
-                RetryPolicy::default(),
-            )
-            .await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
-        }
+        Command::RewriteManifests(args) => batch::rewrite_manifests(&config, &decls, args).await?,
         Command::ExpireSnapshots(args) => {
-            let d = select(&decls, &args.table)?;
-            let catalog = config.open_catalog().await?;
-            let opts = maintain::expire::ExpireOptions {
-                older_than: clock.now() - chrono::Duration::from_std(args.older_than)?,
-                retain_last: args.retain_last,
-                dry_run: args.dry_run,
-            };
-            maintain::expire::validate(&opts)?;
-            let r = maintain::expire::expire(
-                catalog.as_ref(),
-                &tables::ident(d)?,
-                &opts,
-                RetryPolicy::default(),
-            )
-            .await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            if r.failed_deletes > 0 {
-                bail!(
-                    "{} files could not be deleted (left as orphans)",
-                    r.failed_deletes
-                );
-            }
+            batch::expire_snapshots(&config, &decls, args, clock).await?
         }
-        Command::RemoveOrphans(args) => {
-            let d = select(&decls, &args.table)?;
-            let catalog = config.open_catalog().await?;
-            let opts = maintain::orphans::OrphanOptions {
-                now: clock.now(),
-                older_than: args.older_than,
-                force: args.force,
-                dry_run: args.dry_run,
-            };
-            let r = maintain::orphans::remove_orphans(catalog.as_ref(), &tables::ident(d)?, &opts)
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            if r.failed_deletes > 0 {
-                bail!("{} orphans could not be deleted", r.failed_deletes);
-            }
-        }
-        Command::Maintain(args) => {
-            let job = Job::load(&args.job)?;
-            let catalog = config.open_catalog().await?;
-            let opts = JobOptions {
-                now: args.now.unwrap_or_else(|| clock.now()),
-                shard: args.shard.unwrap_or(Shard::ALL),
-                dry_run: args.dry_run,
-            };
-            let report = maintain::job::run(catalog.as_ref(), &decls, &job, &opts).await;
+        Command::RemoveOrphans(args) => batch::remove_orphans(&config, &decls, args, clock).await?,
+        Command::Maintain(args) => batch::maintain_job(&config, &decls, args, clock).await?,
+        Command::Backfill(args) => batch::backfill(&config, &decls, args, clock).await?,
+        Command::Metrics(args) => {
+            let metrics = firn::telemetry::exported_metrics();
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", serde_json::to_string_pretty(&metrics)?);
             } else {
-                println!(
-                    "job {} shard {}{}:",
-                    report.job,
-                    report.shard,
-                    if args.dry_run { " (plan only)" } else { "" }
-                );
-                for t in &report.tables {
-                    println!("  {}", t.table);
-                    for s in &t.steps {
-                        println!("    {} ({} commits)", s.task, s.commits);
-                        for l in &s.lines {
-                            println!("      {l}");
-                        }
-                    }
-                    if let Some(e) = &t.error {
-                        println!("    FAILED {e}");
-                    }
+                for m in metrics {
+                    println!(
+                        "{} {} {{{}}}\n    {}",
+                        m.name,
+                        m.kind,
+                        m.labels.join(","),
+                        m.help
+                    );
                 }
             }
-            if !report.ok() {
-                let failed = report.tables.iter().filter(|t| t.error.is_some()).count();
-                bail!("{failed} of {} tables failed", report.tables.len());
-            }
-        }
-        Command::Backfill(args) => {
-            let d = select(&decls, &args.table)?;
-            let catalog = config.open_catalog().await?;
-            let opts = firn::backfill::BackfillOptions {
-                inputs: args.inputs,
-                now: args.now.unwrap_or_else(|| clock.now()),
-                future_skew: config.ingest.future_skew,
-                chunk_events: args.chunk_events,
-                force: args.force,
-                dry_run: args.dry_run,
-                target_file_size: config.ingest.target_file_size,
-                kafka: if args.from_kafka {
-                    let start = match (args.start_offsets, args.start_time, args.end_time) {
-                        (Some(o), _, _) => firn::backfill::kafka::Start::Offsets(o),
-                        (None, Some(s), Some(e)) => firn::backfill::kafka::Start::Time(s, e),
-                        _ => bail!(
-                            "--from-kafka needs --start-offsets or --start-time and --end-time"
-                        ),
-                    };
-                    Some(firn::backfill::kafka::KafkaRange {
-                        brokers: config.ingest.brokers.clone(),
-                        topic: args.topic.clone().unwrap_or_default(),
-                        start,
-                        properties: config.ingest.kafka.clone(),
-                    })
-                } else {
-                    None
-                },
-                replace: if args.replace {
-                    args.from.zip(args.to)
-                } else {
-                    None
-                },
-            };
-            let report = firn::backfill::run(catalog.as_ref(), d, &opts).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Status(args) => {
             let catalog = config.open_catalog().await?;
@@ -430,88 +343,36 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(t) => vec![select(&decls, t)?],
                 None => decls.iter().collect(),
             };
+            let opts = status::StatusOptions {
+                now: args.now.unwrap_or_else(|| clock.now()),
+                group: config.ingest.group.clone(),
+                kafka: (!args.no_lag).then(|| status::KafkaSource {
+                    brokers: config.ingest.brokers.clone(),
+                    properties: config.ingest.kafka.clone(),
+                    timeout: std::time::Duration::from_secs(5),
+                }),
+                orphans: !args.no_orphans,
+                target_file_size: config.ingest.target_file_size as u64,
+                seal_delay: args.seal_delay,
+            };
             let mut statuses = Vec::new();
             for d in chosen {
-                statuses.push(status::table_status(catalog.as_ref(), d).await?);
+                statuses.push(status::table_status(catalog.as_ref(), d, &opts).await?);
             }
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&statuses)?);
             } else {
                 print!("{}", status::render(&statuses));
             }
+            let unhealthy: Vec<&str> = statuses
+                .iter()
+                .filter(|s| !s.health.healthy)
+                .map(|s| s.table.as_str())
+                .collect();
+            if !unhealthy.is_empty() {
+                return Ok(Outcome::Unhealthy(unhealthy.join(", ")));
+            }
         }
     }
-    Ok(())
-}
-
-/// compact / rollup / retention: plan, print or execute, report.
-async fn maintain_cmd(
-    config: &Config,
-    decls: &[TableDecl],
-    kind: TaskKind,
-    args: MaintainArgs,
-    clock: Arc<dyn Clock>,
-) -> Result<()> {
-    let d = select(decls, &args.table)?;
-    let target_file_size = args
-        .target_file_size
-        .unwrap_or(config.ingest.target_file_size);
-    let opts = PlanOptions {
-        now: args.now.unwrap_or_else(|| clock.now()),
-        from: args.from,
-        to: args.to,
-        seal_delay: args.seal_delay,
-        target_file_size: target_file_size as u64,
-    };
-    let catalog = config.open_catalog().await?;
-    let ident = tables::ident(d)?;
-    let table = catalog.load(&ident).await?;
-    let state = maintain::state::load(&table).await?;
-    let tasks = match kind {
-        TaskKind::Compact => maintain::plan_compaction(&state, &d.policy, &opts),
-        TaskKind::Rollup => maintain::plan_rollup(&state, &d.policy, &opts),
-        TaskKind::Retention => maintain::plan_retention(&state, &d.policy, &opts),
-    };
-    if args.dry_run {
-        println!(
-            "plan for {} at {} ({} tasks, nothing changed):",
-            d.qualified_name(),
-            opts.now.to_rfc3339(),
-            tasks.len()
-        );
-        for t in &tasks {
-            println!("  {}", plan::describe(t, opts.target_file_size));
-        }
-        return Ok(());
-    }
-    let report = maintain::run_plan(
-        catalog.as_ref(),
-        &ident,
-        d,
-        &tasks,
-        target_file_size,
-        RetryPolicy::default(),
-    )
-    .await;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "{} {}: {} committed, {} superseded, {} failed, {} commit retries",
-            kind.as_str(),
-            d.qualified_name(),
-            report.committed,
-            report.superseded,
-            report.failed,
-            report.retries
-        );
-    }
-    if report.failed > 0 {
-        bail!(
-            "{} of {} tasks failed (see the log)",
-            report.failed,
-            tasks.len()
-        );
-    }
-    Ok(())
+    Ok(Outcome::Done)
 }
