@@ -4,6 +4,7 @@
 mod backfill;
 mod commit;
 mod common;
+mod deploy;
 mod ingest;
 mod invariant;
 mod operate;
