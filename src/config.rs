@@ -96,6 +96,23 @@ pub struct Overrides {
     pub brokers: Option<String>,
     /// Consumer group.
     pub group: Option<String>,
+    /// librdkafka properties, over the file's `[kafka.properties]` (see
+    /// [`kafka_properties_from_env`]).
+    pub kafka_properties: BTreeMap<String, String>,
+}
+
+/// librdkafka properties from `FIRN_KAFKA_<NAME>` variables, the name
+/// lower-cased with `_` read as `.`: `FIRN_KAFKA_SASL_PASSWORD` sets
+/// `sasl.password`, so secrets need not sit in `firn.toml`.
+pub fn kafka_properties_from_env(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> BTreeMap<String, String> {
+    vars.into_iter()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix("FIRN_KAFKA_")?;
+            (!name.is_empty()).then(|| (name.to_ascii_lowercase().replace('_', "."), v))
+        })
+        .collect()
 }
 
 /// The catalog to use.
@@ -211,7 +228,11 @@ impl Config {
                 .clone()
                 .or(raw.kafka.group)
                 .unwrap_or(defaults.group),
-            kafka: raw.kafka.properties,
+            kafka: {
+                let mut p = raw.kafka.properties;
+                p.extend(o.kafka_properties.clone());
+                p
+            },
             commit_interval: ing.commit_interval.unwrap_or(defaults.commit_interval),
             max_buffered_rows: ing.max_buffered_rows.unwrap_or(defaults.max_buffered_rows),
             max_buffered_bytes: ing
@@ -343,6 +364,34 @@ mod tests {
         assert_eq!(c.ingest.commit_interval, Duration::from_secs(5));
         assert_eq!(c.ingest.kafka["session.timeout.ms"], "6000");
         assert_eq!(c.ingest.group, "firn-ingest");
+    }
+
+    #[test]
+    fn kafka_properties_come_from_firn_kafka_variables() {
+        let env = [
+            ("FIRN_KAFKA_SASL_PASSWORD", "s3cret"),
+            ("FIRN_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("FIRN_BROKERS", "x:1"),
+            ("FIRN_KAFKA_", "ignored"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let props = kafka_properties_from_env(env);
+        assert_eq!(
+            props,
+            BTreeMap::from([
+                ("sasl.password".to_string(), "s3cret".to_string()),
+                ("security.protocol".to_string(), "SASL_SSL".to_string()),
+            ])
+        );
+        let raw: RawConfig =
+            toml::from_str("[kafka.properties]\n\"security.protocol\" = \"SSL\"\n").unwrap();
+        let o = Overrides {
+            kafka_properties: props,
+            ..Default::default()
+        };
+        let c = Config::from_raw(raw, &o, "firn.toml").unwrap();
+        assert_eq!(c.ingest.kafka["security.protocol"], "SASL_SSL");
+        assert_eq!(c.ingest.kafka["sasl.password"], "s3cret");
     }
 
     #[test]

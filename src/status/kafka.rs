@@ -63,3 +63,30 @@ fn blocking(source: &KafkaSource, topic: &str) -> Result<BTreeMap<i32, (i64, i64
         .map(|p| Ok((p, consumer.fetch_watermarks(topic, p, source.timeout)?)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::BaseProducer;
+
+    /// Managed Kafka services need TLS and SASL, and producers often
+    /// compress with zstd: the client must be built with all three.
+    #[test]
+    fn the_kafka_client_speaks_tls_sasl_scram_and_zstd() {
+        let consumer: Result<BaseConsumer, _> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "firn-test")
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanisms", "SCRAM-SHA-512")
+            .set("sasl.username", "firn")
+            .set("sasl.password", "secret")
+            .create();
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
+        let producer: Result<BaseProducer, _> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("compression.codec", "zstd")
+            .create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+}

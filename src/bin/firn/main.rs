@@ -25,7 +25,9 @@ use firn::{ingest, produce, status, tables};
 /// Tables are declared in schemas/*.toml. With no configuration, firn uses an
 /// embedded default: a SQLite catalog at firn-data/catalog.db, a warehouse in
 /// firn-data/warehouse, and Kafka at 127.0.0.1:9092. Every flag below also
-/// reads the FIRN_* variable it names.
+/// reads the FIRN_* variable it names. Kafka client (librdkafka)
+/// properties come from firn.toml's [kafka.properties] and from
+/// FIRN_KAFKA_<NAME> variables (FIRN_KAFKA_SASL_PASSWORD sets sasl.password).
 #[derive(Debug, Parser)]
 #[command(name = "firn", version, propagate_version = true)]
 struct Cli {
@@ -210,6 +212,7 @@ async fn run(cli: Cli) -> Result<Outcome> {
         warehouse: g.warehouse.clone(),
         brokers: g.brokers.clone(),
         group: g.group.clone(),
+        kafka_properties: firn::config::kafka_properties_from_env(std::env::vars()),
     };
     let config = Config::load(g.config.as_deref(), &overrides)?;
     let decls = decl::load_dir(&config.schemas)?;
