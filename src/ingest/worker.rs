@@ -57,6 +57,8 @@ pub(super) struct Core {
     sinks: HashMap<String, TableSink>,
     last_flush: Instant,
     last_message: Instant,
+    /// `topic -> partition -> (low, high)` from the latest statistics.
+    watermarks: HashMap<String, BTreeMap<i32, (i64, i64)>>,
     fatal: Option<Error>,
     report: IngestReport,
 }
@@ -73,7 +75,7 @@ impl IngestContext {
 
 impl ClientContext for IngestContext {
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
-        self.core().record_lag(&statistics);
+        self.core().record_watermarks(&statistics);
     }
 }
 
@@ -272,6 +274,7 @@ impl Core {
                         },
                     );
                     self.health.committed();
+                    self.publish_lag();
                     tracing::info!(
                         table = %table, snapshot_id, records, rows, files, rejects, attempts,
                         seconds = secs, "flushed"
@@ -311,20 +314,34 @@ impl Core {
         self.last_flush = Instant::now();
     }
 
-    /// Consumer lag per topic from librdkafka's statistics: the high
-    /// watermarks of the assigned partitions (learnt from fetches) minus the
-    /// offsets the table holds.
-    fn record_lag(&mut self, stats: &rdkafka::statistics::Statistics) {
-        for (topic, sink) in &self.sinks {
-            let Some(t) = stats.topics.get(topic) else {
-                continue;
-            };
-            let mut lag = 0;
-            for (p, held) in &sink.positions {
-                if let Some(part) = t.partitions.get(p).filter(|s| s.hi_offset >= 0) {
-                    lag += (part.hi_offset - held.unwrap_or(part.lo_offset.max(0))).max(0);
+    /// Keep the watermarks librdkafka's statistics report (learnt from
+    /// fetches of the assigned partitions), and publish the lag.
+    fn record_watermarks(&mut self, stats: &rdkafka::statistics::Statistics) {
+        for (topic, t) in &stats.topics {
+            let known = self.watermarks.entry(topic.clone()).or_default();
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.hi_offset >= 0 {
+                    known.insert(*p, (part.lo_offset.max(0), part.hi_offset));
                 }
             }
+        }
+        self.publish_lag();
+    }
+
+    /// Consumer lag per topic: the last known high watermarks of the
+    /// assigned partitions minus the offsets the table holds (after every
+    /// statistics report and every commit).
+    fn publish_lag(&self) {
+        for (topic, sink) in &self.sinks {
+            let known = self.watermarks.get(topic);
+            let lag: i64 = sink
+                .positions
+                .iter()
+                .filter_map(|(p, held)| {
+                    let (low, high) = known?.get(p)?;
+                    Some((high - held.unwrap_or(*low)).max(0))
+                })
+                .sum();
             let table = sink.decl().qualified_name();
             self.metrics
                 .topic_position(&table, topic, sink.positions.len(), lag);
@@ -383,6 +400,7 @@ pub(super) fn run_blocking(
             sinks,
             last_flush: now,
             last_message: now,
+            watermarks: HashMap::new(),
             fatal: None,
             report: IngestReport::default(),
         }),
