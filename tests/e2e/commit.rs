@@ -274,7 +274,9 @@ fn credentials_never_reach_logs_or_errors() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        (out.status.success(), text)
+        // Exit 2 is `status` reporting an unhealthy table (no broker, no
+        // ingest here): the command ran, which is what counts.
+        (matches!(out.status.code(), Some(0 | 2)), text)
     };
     let mut seen = String::new();
     for args in [
