@@ -434,4 +434,110 @@ mod tests {
         assert_eq!(old.records, 10 + 10);
         assert_eq!(old.partitions[&0], (Some(90), 100));
     }
+
+    /// A status exactly at every limit of `HEALTH`.
+    fn at_the_limits() -> TableStatus {
+        let part = PendingPartition {
+            grain: "minute",
+            start: String::new(),
+            end: String::new(),
+            files: 2,
+            rows: 2,
+            bytes: 2,
+        };
+        TableStatus {
+            table: "usage.http_requests".into(),
+            topic: "t".into(),
+            current_snapshot_id: Some(1),
+            last_commit_age_seconds: Some(60),
+            last_ingest_age_seconds: Some(60),
+            snapshots: 10,
+            manifests: 5,
+            grains: BTreeMap::new(),
+            small_files: 7,
+            pending: Pending {
+                compaction: vec![part.clone()],
+                rollup: vec![part.clone(); 2],
+                retention: vec![part; 3],
+            },
+            offsets: BTreeMap::new(),
+            lag: Some(vec![GroupLag {
+                group: "firn".into(),
+                records: 100,
+                partitions: BTreeMap::new(),
+            }]),
+            lag_error: None,
+            orphans: Some(OrphanEstimate {
+                files: 1,
+                bytes: 1000,
+            }),
+            rejects: 0,
+            health: Health::default(),
+        }
+    }
+
+    const HEALTH: &str = "[health]\nmax_lag = 100\nmax_commit_age = \"1m\"\n\
+        max_snapshots = 10\nmax_manifests = 5\nmax_small_files = 7\n\
+        max_pending_compaction = 1\nmax_pending_rollup = 2\n\
+        max_pending_retention = 3\nmax_orphan_bytes = 1000\n";
+
+    fn declared(health: &str) -> TableDecl {
+        let text = include_str!("../../schemas/usage.http_requests.toml");
+        let text = &text[..text.find("[health]").unwrap()];
+        TableDecl::parse(std::path::Path::new("t.toml"), &format!("{text}{health}")).unwrap()
+    }
+
+    #[test]
+    fn each_threshold_is_a_limit_and_one_past_it_is_unhealthy() {
+        let decl = declared(HEALTH);
+        let s = at_the_limits();
+        assert_eq!(
+            judge(&s, &decl, "firn"),
+            Health {
+                healthy: true,
+                problems: vec![]
+            }
+        );
+
+        let mut s = at_the_limits();
+        s.last_ingest_age_seconds = Some(61);
+        s.snapshots += 1;
+        s.manifests += 1;
+        s.small_files += 1;
+        s.pending.compaction.push(s.pending.compaction[0].clone());
+        s.pending.rollup.push(s.pending.rollup[0].clone());
+        s.pending.retention.push(s.pending.retention[0].clone());
+        s.orphans.as_mut().unwrap().bytes += 1;
+        s.lag.as_mut().unwrap()[0].records += 1;
+        let h = judge(&s, &decl, "firn");
+        assert!(!h.healthy);
+        assert_eq!(
+            h.problems,
+            [
+                "snapshots 11 > 10",
+                "manifests 6 > 5",
+                "small files 8 > 7",
+                "partitions pending compaction 2 > 1",
+                "partitions pending rollup 3 > 2",
+                "partitions pending retention 4 > 3",
+                "orphan bytes 1001 > 1000",
+                "lag of group firn 101 > 100",
+                "last ingest commit 1m 1s ago > 1m",
+            ]
+        );
+        // Lag of another group is not this deployment's.
+        assert_eq!(judge(&s, &decl, "other").problems.len(), 8);
+
+        // Unknown lag and no ingest commit at all are problems only where
+        // a threshold asks about them.
+        let mut s = at_the_limits();
+        s.lag = None;
+        s.lag_error = Some("broker unreachable".into());
+        s.last_ingest_age_seconds = None;
+        assert_eq!(
+            judge(&s, &decl, "firn").problems,
+            ["lag unknown: broker unreachable", "no ingest commit yet"]
+        );
+        assert!(judge(&s, &declared(""), "firn").healthy);
+    }
 }

@@ -379,6 +379,89 @@ async fn metrics_and_readiness_follow_the_worker() {
     assert!(terminate(&mut worker).success());
 }
 
+/// `/readyz` of the worker at `port`, once something answers.
+async fn readyz(port: u16) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(r) = scrape(port, "/readyz") {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "no endpoint on port {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_wants_an_assigned_partition_and_a_commit() {
+    // One partition, two members: once the group has rebalanced, one holds
+    // the partition and the other has nothing assigned, so it is not ready
+    // however long it runs. When the holder stops, the other takes the
+    // partition, commits what arrives, and is ready.
+    const IDLE: &str = "not ready: no partitions assigned\n";
+    let broker = Broker::start();
+    let lake = Lake::new(&broker);
+    lake.create_topic(1).await;
+    lake.run(&["tables", "sync"]);
+    let catalog = lake.catalog().await;
+    let ports = [crate::common::free_port(), crate::common::free_port()];
+    let spawn = |name: &str, port: u16| {
+        lake.spawn_ingest(name, &["--metrics-addr", &format!("127.0.0.1:{port}")])
+    };
+    let batch = |seed| ProduceOptions {
+        count: 1_000,
+        seed,
+        ..Default::default()
+    };
+    let mut workers = vec![spawn("a", ports[0])];
+    let one = lake.produce(batch(61)).await;
+    lake.wait_for_offsets(catalog.as_ref(), one.sent as i64, WAIT)
+        .await;
+    assert_eq!(readyz(ports[0]).await, (200, "ready\n".into()));
+
+    workers.push(spawn("b", ports[1]));
+    let assigned = |port| {
+        let (_, body) = scrape(port, "/metrics").unwrap();
+        metric(&body, "firn_ingest_assigned_partitions")
+    };
+    let logs = || format!("a:\n{}\nb:\n{}", lake.log("a"), lake.log("b"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let idle = loop {
+        let joined = lake.log("b").contains("assigned;");
+        let states = [readyz(ports[0]).await, readyz(ports[1]).await];
+        let idle: Vec<usize> = (0..2).filter(|&i| states[i].1 == IDLE).collect();
+        if joined && idle.len() == 1 && assigned(ports[1 - idle[0]]) == 1 {
+            break idle[0];
+        }
+        assert!(Instant::now() < deadline, "{states:?}\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The member without a partition stays not ready.
+    for _ in 0..10 {
+        assert_eq!(readyz(ports[idle]).await, (503, IDLE.into()), "{}", logs());
+        assert_eq!(assigned(ports[idle]), 0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let holder = 1 - idle;
+    assert!(terminate(&mut workers[holder]).success(), "{}", logs());
+    let two = lake.produce(batch(62)).await;
+    lake.wait_for_offsets(catalog.as_ref(), (one.sent + two.sent) as i64, WAIT)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let r = readyz(ports[idle]).await;
+        if r.0 == 200 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ready, (200, "ready\n".into()), "{}", logs());
+    assert_eq!(assigned(ports[idle]), 1);
+    assert!(terminate(&mut workers[idle]).success());
+    let totals = table_totals(&lake).await;
+    assert_totals_match(&lake.decl(), &totals, &[&one, &two]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_commits_the_buffer_and_exits_zero() {
     let broker = Broker::start();

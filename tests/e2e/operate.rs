@@ -418,3 +418,65 @@ async fn batch_runs_publish_their_metrics_to_a_pushgateway_and_a_textfile() {
         "{pushed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_give_each_commit_one_line_and_follow_rust_log() {
+    let lake = Lake::without_broker();
+    lake.run(&["tables", "sync"]);
+    let catalog = lake.catalog().await;
+    seed_rollup_work(&lake, catalog.as_ref()).await;
+    let run = |filter: &str, args: &[&str]| {
+        let out = lake
+            .firn()
+            .env("RUST_LOG", filter)
+            .args(["--log-format", "json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    // Filtered to warnings, a dry run says nothing.
+    assert_eq!(run("warn", &["rollup", TABLE, "--dry-run"]), "");
+
+    let stderr = run("warn,firn::commit=info", &["rollup", TABLE]);
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    // Only the commit target passes the filter: one line per commit.
+    assert_eq!(lines.len(), 2, "{stderr}");
+    let table = catalog
+        .load(&tables::ident(&lake.decl()).unwrap())
+        .await
+        .unwrap();
+    let snapshots: Vec<i64> = table
+        .metadata
+        .snapshots()
+        .map(|s| s.snapshot_id())
+        .collect();
+    let (mut rows_out, mut rows_in, mut files_in) = (0, 0, 0);
+    for l in &lines {
+        assert_eq!(l["level"], "INFO");
+        assert_eq!(l["target"], "firn::commit");
+        assert_eq!(l["message"], "committed");
+        assert_eq!(l["table"], TABLE);
+        assert_eq!(l["operation"], "rollup");
+        assert!(
+            snapshots.contains(&l["snapshot_id"].as_i64().unwrap()),
+            "{l}"
+        );
+        assert_eq!(l["files"], 1, "{l}");
+        assert!(l["timestamp"].as_str().unwrap().ends_with('Z'));
+        rows_out += l["rows"].as_u64().unwrap();
+        rows_in += l["removed_rows"].as_u64().unwrap();
+        files_in += l["removed_files"].as_u64().unwrap();
+    }
+    // Day A: 6 minute rows in 2 files become 3 hour rows; day B: 3 in 1.
+    assert_eq!((rows_in, files_in, rows_out), (9, 3, 6), "{stderr}");
+    // The last commit's line names the table's current snapshot.
+    assert_eq!(
+        lines[1]["snapshot_id"].as_i64(),
+        table.metadata.current_snapshot_id()
+    );
+}
