@@ -445,4 +445,34 @@ mod tests {
             assert!(readme.contains(&row), "README.md lacks the row {row}");
         }
     }
+
+    #[test]
+    fn commit_retries_count_as_conflicts_and_failed_flushes_by_outcome() {
+        let m = IngestMetrics::default();
+        let stats = |attempts| FlushStats {
+            rows: 10,
+            files: 2,
+            bytes: 300,
+            attempts,
+            ..FlushStats::default()
+        };
+        m.flush_committed("t", stats(1));
+        m.flush_committed("t", stats(3));
+        m.flush_failed("t", "fenced");
+        let mut text = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&m.registry().gather(), &mut text)
+            .unwrap();
+        for line in [
+            "firn_ingest_commit_conflicts_total{table=\"t\"} 2",
+            "firn_ingest_commits_total{outcome=\"committed\",table=\"t\"} 2",
+            "firn_ingest_commits_total{outcome=\"fenced\",table=\"t\"} 1",
+            "firn_ingest_rows_written_total{table=\"t\"} 20",
+            "firn_ingest_files_committed_total{table=\"t\"} 4",
+            "firn_ingest_bytes_written_total{table=\"t\"} 600",
+            "firn_ingest_commit_duration_seconds_count{table=\"t\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+    }
 }
