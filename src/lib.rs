@@ -14,6 +14,8 @@ pub mod commit;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod kafka;
+pub mod ledger;
 pub mod maintain;
 pub mod offsets;
 pub mod produce;

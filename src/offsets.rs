@@ -1,17 +1,17 @@
-//! Kafka offsets stored in snapshot summaries: the table, not Kafka, owns them.
+//! Kafka offsets in the table's ledger: the table, not Kafka, owns them.
 //!
-//! Each consumer group has one summary property, `firn.offsets.<group>`, whose
+//! Each consumer group has one ledger entry, `firn.offsets.<group>`, whose
 //! value is JSON `{"topic": {"partition": next_offset}}`. Every firn commit
-//! carries all of them forward, so the current snapshot always holds them.
+//! carries the whole ledger forward (see [`crate::ledger`] for where it is
+//! found when other engines committed since).
 
 use std::collections::{BTreeMap, HashMap};
 
 use iceberg::spec::TableMetadata;
 
 use crate::error::{Error, ErrorKind, Result};
-
-/// Summary-property prefix for offsets.
-pub const OFFSETS_PREFIX: &str = "firn.offsets.";
+pub use crate::ledger::{BACKFILL_PREFIX, OFFSETS_PREFIX};
+use crate::ledger::{Ledger, is_ledger_key};
 
 /// Next offset to consume, per topic and partition.
 pub type TopicOffsets = BTreeMap<String, BTreeMap<i32, i64>>;
@@ -21,27 +21,20 @@ pub fn key(group: &str) -> String {
     format!("{OFFSETS_PREFIX}{group}")
 }
 
-/// Offsets of `group` in the table's current snapshot (empty if none).
+/// Offsets of `group` in the table's ledger (empty if none).
 pub fn read(metadata: &TableMetadata, group: &str) -> Result<TopicOffsets> {
-    let Some(snapshot) = metadata.current_snapshot() else {
-        return Ok(TopicOffsets::new());
-    };
-    parse(
-        snapshot.summary().additional_properties.get(&key(group)),
-        group,
-    )
+    of_ledger(&Ledger::of(metadata), group)
 }
 
-/// Offsets of every group in the current snapshot.
+/// Offsets of `group` in `ledger` (empty if none).
+pub fn of_ledger(ledger: &Ledger, group: &str) -> Result<TopicOffsets> {
+    parse(ledger.get(&key(group)), group)
+}
+
+/// Offsets of every group in the table's ledger.
 pub fn read_all(metadata: &TableMetadata) -> Result<BTreeMap<String, TopicOffsets>> {
-    let Some(snapshot) = metadata.current_snapshot() else {
-        return Ok(BTreeMap::new());
-    };
-    snapshot
-        .summary()
-        .additional_properties
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix(OFFSETS_PREFIX).map(|g| (g, v)))
+    Ledger::of(metadata)
+        .with_prefix(OFFSETS_PREFIX)
         .map(|(g, v)| Ok((g.to_string(), parse(Some(v), g)?)))
         .collect()
 }
@@ -53,24 +46,18 @@ fn parse(value: Option<&String>, group: &str) -> Result<TopicOffsets> {
     serde_json::from_str(value).map_err(|e| {
         Error::new(
             ErrorKind::Iceberg,
-            format!("snapshot property {} is not valid offsets JSON", key(group)),
+            format!("ledger entry {} is not valid offsets JSON", key(group)),
         )
         .with_source(e)
     })
 }
 
-/// Summary-property prefix for backfill progress records.
-pub const BACKFILL_PREFIX: &str = "firn.backfill.";
-
-/// Copy every group's offsets and every backfill record from the base
-/// snapshot into a new summary.
+/// Copy the base's ledger (every group's offsets, every backfill record,
+/// every reset) into a new summary, under what the change itself sets.
 pub fn carry_forward(base: &TableMetadata, props: &mut HashMap<String, String>) {
-    if let Some(snapshot) = base.current_snapshot() {
-        for (k, v) in &snapshot.summary().additional_properties {
-            if k.starts_with(OFFSETS_PREFIX) || k.starts_with(BACKFILL_PREFIX) {
-                props.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-        }
+    for (k, v) in Ledger::of(base).entries {
+        debug_assert!(is_ledger_key(&k));
+        props.entry(k).or_insert(v);
     }
 }
 

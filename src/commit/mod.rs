@@ -19,6 +19,7 @@ use iceberg::spec::{DataFile, Operation};
 
 use crate::catalog::{Catalog, TableHandle};
 use crate::error::{Error, ErrorKind, Result};
+use crate::ledger::Ledger;
 use crate::offsets::{self, OffsetAdvance};
 
 /// A data file to add, with the partition spec it was written for (iceberg's
@@ -166,10 +167,8 @@ pub async fn commit(
             advance.check_fence(&held)?;
         }
         if let Some(claim) = &change.claim {
-            let held = base
-                .metadata
-                .current_snapshot()
-                .and_then(|s| s.summary().additional_properties.get(&claim.key));
+            let ledger = Ledger::of(&base.metadata);
+            let held = ledger.get(&claim.key);
             if held != claim.expect.as_ref() {
                 return Err(Error::new(
                     ErrorKind::Fenced,

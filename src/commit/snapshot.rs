@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use iceberg::spec::{
-    DataFile, FormatVersion, MAIN_BRANCH, ManifestFile, ManifestListWriter, ManifestWriterBuilder,
-    Snapshot, SnapshotSummaryCollector, Summary, TableMetadata,
+    DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile, ManifestListWriter,
+    ManifestWriterBuilder, Snapshot, SnapshotSummaryCollector, Summary, TableMetadata,
 };
 use uuid::Uuid;
 
@@ -16,7 +16,7 @@ use super::manifests::{Clustered, MergePolicy};
 use super::{Change, RemovedFile};
 use crate::catalog::{StagedMetadata, TableHandle};
 use crate::error::{Error, ErrorKind, Result};
-use crate::offsets;
+use crate::{ledger, offsets};
 
 /// Summary totals maintained from the previous snapshot, as Iceberg defines them:
 /// (total, added, removed).
@@ -181,12 +181,19 @@ pub async fn build(
     let mut removed_records = 0u64;
     let mut manifests: Vec<ManifestFile> = Vec::new();
     let mut carried: Vec<ManifestFile> = Vec::new();
+    let mut deletes: Vec<ManifestFile> = Vec::new();
     if let Some(current) = meta.current_snapshot() {
         let list = base.manifest_list(current).await?;
         for (n, mf) in list.entries().to_vec().into_iter().enumerate() {
             // A manifest left holding only entries deleted by an earlier
             // snapshot has nothing live: drop it, as Iceberg's producers do.
             if !mf.has_added_files() && !mf.has_existing_files() {
+                continue;
+            }
+            // Delete manifests (row-level deletes another engine wrote) are
+            // carried exactly as they are: firn never rewrites or merges them.
+            if mf.content == ManifestContentType::Deletes {
+                deletes.push(mf);
                 continue;
             }
             if removed.is_empty() || !may_hold(&mf, &change.removed) {
@@ -277,6 +284,7 @@ pub async fn build(
         tracing::debug!(table = %ident, before, after = carried.len(), "manifests clustered");
     }
     manifests.extend(carried);
+    manifests.extend(deletes);
 
     // One new manifest per partition spec among the added files.
     let mut by_spec: BTreeMap<i32, Vec<&DataFile>> = BTreeMap::new();
@@ -340,6 +348,7 @@ pub async fn build(
         .map_err(ice("closing manifest list"))?;
 
     let summary = summary(meta, change, collector)?;
+    let mirror = ledger::mirror_updates(meta, &summary.additional_properties, snapshot_id);
     let timestamp_ms = chrono::Utc::now()
         .timestamp_millis()
         .max(meta.last_updated_ms() + 1);
@@ -358,6 +367,8 @@ pub async fn build(
         .into_builder(Some(base.metadata_location.clone()))
         .set_branch_snapshot(snapshot, MAIN_BRANCH)
         .map_err(ice("adding snapshot"))?
+        .set_properties(mirror)
+        .map_err(ice("mirroring the ledger in table properties"))?
         .build()
         .map_err(ice("building metadata"))?;
     Ok((
@@ -382,7 +393,7 @@ fn summary(
 ) -> Result<Summary> {
     let mut props: HashMap<String, String> = change.properties.clone();
     props.extend(collector.build());
-    props.insert("firn.operation".into(), change.firn_operation.clone());
+    props.insert(ledger::FIRN_OPERATION.into(), change.firn_operation.clone());
 
     // Offsets: the batch's advance on top of what the base holds; every other
     // group's offsets are carried forward as they are.

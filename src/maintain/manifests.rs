@@ -4,7 +4,7 @@
 //! already laid out that way is left alone (no new snapshot).
 
 use iceberg::TableIdent;
-use iceberg::spec::Operation;
+use iceberg::spec::{ManifestContentType, ManifestFile, Operation};
 use serde::Serialize;
 
 use crate::catalog::Catalog;
@@ -40,9 +40,17 @@ pub async fn rewrite_manifests(
     };
     let target = target.unwrap_or(MergePolicy::of(&table).target_size);
     let list = table.manifest_list(snapshot).await?;
-    let clustered = Clustered::load(&table, list.entries()).await?;
+    // Only data manifests are clustered; delete manifests another engine
+    // wrote are carried as they are by the commit.
+    let data: Vec<ManifestFile> = list
+        .entries()
+        .iter()
+        .filter(|m| m.content == ManifestContentType::Data)
+        .cloned()
+        .collect();
+    let clustered = Clustered::load(&table, &data).await?;
     let mut report = RewriteReport {
-        manifests_before: list.entries().len(),
+        manifests_before: data.len(),
         manifests_after: clustered.pack(target).len(),
         data_files: clustered.entries,
         snapshot_id: None,
@@ -65,7 +73,12 @@ pub async fn rewrite_manifests(
         .current_snapshot()
         .map(|s| committed.table.manifest_list(s));
     if let Some(list) = after {
-        report.manifests_after = list.await?.entries().len();
+        report.manifests_after = list
+            .await?
+            .entries()
+            .iter()
+            .filter(|m| m.content == ManifestContentType::Data)
+            .count();
     }
     report.snapshot_id = Some(committed.snapshot_id);
     Ok(report)

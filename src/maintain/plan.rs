@@ -296,6 +296,7 @@ mod tests {
         LiveFile {
             path: format!("{}-{}-{n}", grain.as_str(), at.timestamp()),
             grain,
+            spec_id: grain.spec_id(),
             partition: grain.partition_ordinal(at.timestamp_micros()),
             records: 10,
             bytes,
@@ -316,6 +317,7 @@ mod tests {
         TableState {
             snapshot_id: Some(1),
             files,
+            ..TableState::default()
         }
     }
 

@@ -3,7 +3,6 @@
 //! of the table's location; judged against the health thresholds the table
 //! declares.
 
-pub mod kafka;
 mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +11,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use kafka::KafkaSource;
+use crate::kafka;
+pub use crate::kafka::KafkaSource;
 pub use render::render;
 
 use crate::catalog::{Catalog, TableHandle};
@@ -204,7 +204,7 @@ pub async fn table_status(
             .filter(|s| {
                 s.summary()
                     .additional_properties
-                    .get("firn.operation")
+                    .get(crate::ledger::FIRN_OPERATION)
                     .is_some_and(|o| o == "ingest")
             })
             .map(|s| s.timestamp_ms())

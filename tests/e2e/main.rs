@@ -9,5 +9,6 @@ mod ingest;
 mod invariant;
 mod operate;
 mod readers;
+mod shared_lake;
 mod tiering;
 mod upkeep;

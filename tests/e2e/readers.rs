@@ -25,7 +25,7 @@ use firn::config::{Config, Overrides};
 
 use crate::common::{S3_KEY, Seaweed, lake_named, postgres_uri};
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let p = std::env::var("FIRN_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {

@@ -1,4 +1,5 @@
-//! High watermarks of a topic's partitions, for lag in `firn status`.
+//! Kafka metadata every front end needs: the partitions and watermarks of a
+//! topic (lag in `firn status`, `--reset-offsets earliest|latest` in ingest).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
