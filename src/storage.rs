@@ -112,27 +112,27 @@ impl ObjectStoreStorage {
     }
 
     /// The store and the object path for a location (`file:///…`, `s3://bucket/…`
-    /// or a plain absolute path).
+    /// or a plain absolute path). The key is the location's text after the
+    /// bucket, taken literally (see [`split_location`]); `s3a` and `s3n` share
+    /// the `s3` store of their bucket.
     pub fn resolve(&self, location: &str) -> iceberg::Result<(Arc<dyn ObjectStore>, ObjectPath)> {
-        let url = match Url::parse(location) {
-            Ok(url) if url.scheme().len() > 1 => url,
-            _ => Url::from_file_path(location).map_err(|_| {
-                iceberg::Error::new(
-                    iceberg::ErrorKind::DataInvalid,
-                    format!("{location} is neither a URL nor an absolute path"),
-                )
-            })?,
+        let Some(parts) = split_location(location) else {
+            return Err(iceberg::Error::new(
+                iceberg::ErrorKind::DataInvalid,
+                format!("{location} is neither a URL nor an absolute path"),
+            ));
         };
-        if url.scheme() == "file" {
-            let path = ObjectPath::from_url_path(url.path())
-                .map_err(|e| io_err("bad file path", location, e))?;
+        let path =
+            ObjectPath::parse(parts.path).map_err(|e| io_err("bad object path", location, e))?;
+        let scheme = parts.store_scheme();
+        if scheme == "file" {
             let store = self.store_for("file://", || Ok(Arc::new(LocalFileSystem::new())))?;
             return Ok((store, path));
         }
-        let bucket_key = format!("{}://{}", url.scheme(), url.authority());
+        let bucket_key = format!("{scheme}://{}", parts.authority);
         let options = self.options.0.clone();
         let store = self.store_for(&bucket_key, || {
-            if matches!(url.scheme(), "s3" | "s3a") {
+            if scheme == "s3" {
                 return s3_store(&bucket_key, &options)
                     .map_err(|e| io_err("opening object store for", location, e));
             }
@@ -141,8 +141,6 @@ impl ObjectStoreStorage {
                 .map_err(|e| io_err("opening object store for", location, e))?;
             Ok(Arc::from(store))
         })?;
-        let path = ObjectPath::from_url_path(url.path())
-            .map_err(|e| io_err("bad object path", location, e))?;
         Ok((store, path))
     }
 
@@ -161,6 +159,64 @@ impl ObjectStoreStorage {
     }
 }
 
+/// A location cut into its parts, as written: Iceberg locations are strings,
+/// not URLs. `s3://b/t/name=a%20b/f` names the key `t/name=a%20b/f` — Java's
+/// S3FileIO and PyIceberg's PyArrowFileIO read it so, and Java engines write
+/// partition values percent-encoded into keys — so nothing is decoded here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocationParts<'a> {
+    /// The scheme as written (`s3a`, `file`, ...); `file` for a plain path.
+    pub scheme: &'a str,
+    /// The bucket (or host); empty for local files.
+    pub authority: &'a str,
+    /// Everything after the authority, from its `/` on (may be empty).
+    pub path: &'a str,
+}
+
+impl LocationParts<'_> {
+    /// The scheme whose store serves this location: `s3a` and `s3n` (Hadoop's
+    /// names) are `s3`; schemes compare case-insensitively.
+    pub fn store_scheme(&self) -> String {
+        match self.scheme.to_ascii_lowercase().as_str() {
+            "s3a" | "s3n" => "s3".to_string(),
+            s => s.to_string(),
+        }
+    }
+}
+
+/// Cut `location` into scheme, authority and path without decoding anything:
+/// `scheme://authority/path`, `file:/path` (Hadoop's form) or an absolute
+/// path. `None` for anything else (a relative path).
+pub fn split_location(location: &str) -> Option<LocationParts<'_>> {
+    let is_scheme = |s: &str| {
+        s.len() > 1
+            && s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    };
+    if let Some((scheme, rest)) = location.split_once("://")
+        && is_scheme(scheme)
+    {
+        let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+        let file = scheme.eq_ignore_ascii_case("file");
+        return Some(LocationParts {
+            scheme,
+            // `file://host/x` is a local file whatever the host says.
+            authority: if file { "" } else { authority },
+            path,
+        });
+    }
+    let (scheme, path) = match location.split_once(':') {
+        Some((scheme, path)) if scheme.eq_ignore_ascii_case("file") => (scheme, path),
+        _ => ("file", location),
+    };
+    path.starts_with('/').then_some(LocationParts {
+        scheme,
+        authority: "",
+        path,
+    })
+}
+
 /// A file found by listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedFile {
@@ -175,8 +231,9 @@ pub struct ListedFile {
 }
 
 impl ObjectStoreStorage {
-    /// The key of a location in its store, for comparing locations written
-    /// in different forms (`file:///x` and `/x`).
+    /// The key of a location in its store, as written (`file:///x` and `/x`
+    /// are `x`; `s3://b/a%20b` is `a%20b`). To compare locations from
+    /// different writers, use `maintain::paths::normalize` instead.
     pub fn key(&self, location: &str) -> iceberg::Result<String> {
         Ok(self.resolve(location)?.1.as_ref().to_string())
     }
@@ -186,10 +243,11 @@ impl ObjectStoreStorage {
         let (store, path) = self
             .resolve(prefix)
             .map_err(|e| crate::Error::iceberg(format!("listing {prefix}"), e))?;
-        let url = Url::parse(prefix).ok().filter(|u| u.scheme().len() > 1);
-        let base = match &url {
-            Some(u) => format!("{}://{}", u.scheme(), u.authority()),
-            None => "file://".to_string(),
+        // Listed locations keep the prefix's scheme as written, so they
+        // compare equal to the prefix's own form.
+        let base = match split_location(prefix) {
+            Some(p) if p.store_scheme() != "file" => format!("{}://{}", p.scheme, p.authority),
+            _ => "file://".to_string(),
         };
         let mut out = Vec::new();
         let mut listing = store.list(Some(&path));
@@ -465,6 +523,69 @@ mod tests {
         io.delete(&loc).await.unwrap();
         assert!(!io.exists(&loc).await.unwrap());
         io.delete(&loc).await.unwrap();
+    }
+
+    #[test]
+    fn locations_split_as_written() {
+        let p = split_location("s3a://bucket/t/p=a%20b/f?x#y").unwrap();
+        assert_eq!(
+            (p.scheme, p.authority, p.path),
+            ("s3a", "bucket", "/t/p=a%20b/f?x#y")
+        );
+        assert_eq!(p.store_scheme(), "s3");
+        let p = split_location("file:/w/t").unwrap();
+        assert_eq!(
+            (p.store_scheme().as_str(), p.authority, p.path),
+            ("file", "", "/w/t")
+        );
+        let p = split_location("file://localhost/w/t").unwrap();
+        assert_eq!((p.authority, p.path), ("", "/w/t"));
+        let p = split_location("/w/a:b").unwrap();
+        assert_eq!((p.scheme, p.path), ("file", "/w/a:b"));
+        assert!(split_location("relative/x").is_none());
+        assert!(split_location("C:/x").is_none());
+    }
+
+    #[test]
+    fn keys_are_the_location_text_not_a_decoded_url() {
+        let s = ObjectStoreStorage::new(StoreOptions(
+            [
+                ("aws_region", "us-east-1"),
+                ("aws_endpoint", "http://127.0.0.1:1"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ));
+        // What Java engines and PyIceberg write for the value `zürich`.
+        assert_eq!(
+            s.key("s3://b/t/p=z%C3%BCrich/f.parquet").unwrap(),
+            "t/p=z%C3%BCrich/f.parquet"
+        );
+        assert_eq!(s.key("s3a://b/t/p=a%2520b/f").unwrap(), "t/p=a%2520b/f");
+        assert_eq!(s.key("s3://b/t/p=x y/東京").unwrap(), "t/p=x y/東京");
+        assert_eq!(s.key("file:///w/p=k%3Dv/f").unwrap(), "w/p=k%3Dv/f");
+        assert_eq!(s.key("/w/p=k%3Dv/f").unwrap(), "w/p=k%3Dv/f");
+    }
+
+    #[tokio::test]
+    async fn percent_signs_in_local_keys_are_literal() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = ObjectStoreStorage::new(StoreOptions::default());
+        let io = file_io(&storage);
+        let root = format!("file://{}", dir.path().display());
+        let loc = format!("{root}/p=z%C3%BCrich/f.bin");
+        io.new_output(&loc)
+            .unwrap()
+            .write(Bytes::from_static(b"firn"))
+            .await
+            .unwrap();
+        assert!(dir.path().join("p=z%C3%BCrich/f.bin").exists());
+        let listed = storage.list(&format!("{root}/")).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].location, loc);
+        storage.delete_many(vec![listed[0].location.clone()]).await;
+        assert!(!dir.path().join("p=z%C3%BCrich/f.bin").exists());
     }
 
     #[test]

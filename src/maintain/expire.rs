@@ -3,19 +3,24 @@
 //! manifests and data files only they reached, and metadata files older than
 //! the table's metadata log keeps (`write.metadata.previous-versions-max`).
 //! The commit comes first: a crash while deleting leaves only orphans.
+//! Tags and branches are other writers' data in a shared lake: what they
+//! keep is decided in [`super::refs`], and a file any kept snapshot reaches
+//! (compared as an Iceberg path, [`super::paths`]) is never deleted.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use iceberg::TableIdent;
-use iceberg::spec::TableMetadata;
+use iceberg::spec::{TableMetadata, TableMetadataBuilder};
 use serde::Serialize;
 
+use super::paths;
 use super::reach::{self, metadata_version};
+use super::refs::{self, Expiry, Retention};
 use crate::catalog::{Catalog, TableHandle};
 use crate::commit::{self, RetryPolicy};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// What to expire.
 #[derive(Debug, Clone, Copy)]
@@ -28,11 +33,27 @@ pub struct ExpireOptions {
     pub dry_run: bool,
 }
 
+/// How an expiry treats tags and branches. Apart from their own retention,
+/// refs are data: a ref is removed only when ref expiry is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct RefOptions {
+    /// The time ref ages and branches' `max-snapshot-age-ms` are measured from.
+    pub now: DateTime<Utc>,
+    /// Remove tags and branches (never main) older than their
+    /// `max-ref-age-ms` (or the table's `history.expire.max-ref-age-ms`),
+    /// as Iceberg's `ExpireSnapshots` does.
+    pub expire_refs: bool,
+}
+
 /// What an expiry did (or, dry, would do).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct ExpireReport {
     /// Snapshots removed from the metadata.
     pub expired_snapshots: Vec<i64>,
+    /// Refs removed (ref expiry asked for, past their max ref age).
+    pub removed_refs: Vec<String>,
+    /// Refs past their max ref age, kept because ref expiry was not asked for.
+    pub stale_refs: Vec<String>,
     /// Manifest lists, manifests and data files deleted.
     pub deleted_files: usize,
     /// Their bytes (manifest lists not counted).
@@ -43,53 +64,90 @@ pub struct ExpireReport {
     pub failed_deletes: usize,
 }
 
-/// The snapshots `opts` expires in `meta`: older than the bound, not the
-/// current one nor among its `retain_last` latest ancestors.
-pub fn select_expired(meta: &TableMetadata, opts: &ExpireOptions) -> Vec<i64> {
-    let mut keep = BTreeSet::new();
-    let mut cursor = meta.current_snapshot().cloned();
-    for _ in 0..opts.retain_last.max(1) {
-        let Some(s) = cursor else { break };
-        keep.insert(s.snapshot_id());
-        cursor = s
-            .parent_snapshot_id()
-            .and_then(|p| meta.snapshot_by_id(p).cloned());
-    }
-    let cutoff = opts.older_than.timestamp_millis();
-    let mut ids: Vec<i64> = meta
-        .snapshots()
-        .filter(|s| s.timestamp_ms() < cutoff && !keep.contains(&s.snapshot_id()))
-        .map(|s| s.snapshot_id())
-        .collect();
-    ids.sort_unstable();
-    ids
+/// What `opts` expires in `meta`, Iceberg's `RemoveSnapshots` rules over
+/// every ref ([`refs::plan`]): `older_than` and `retain_last` bound every
+/// branch without its own retention, main included; each tag's snapshot
+/// and each branch's retained ancestry stay.
+pub fn select_expired(
+    meta: &TableMetadata,
+    opts: &ExpireOptions,
+    refs: &RefOptions,
+) -> Result<Expiry> {
+    refs::plan(
+        meta,
+        &Retention {
+            now: refs.now,
+            older_than: Some(opts.older_than),
+            retain_last: Some(opts.retain_last.max(1)),
+            expire_refs: refs.expire_refs,
+        },
+    )
 }
 
-/// Expire snapshots of `ident` and delete what only they reached.
+/// The metadata change for `plan`: the refs it removes, then its snapshots.
+/// iceberg's `remove_snapshots` silently drops any ref whose snapshot goes,
+/// so a plan that would take a kept ref's snapshot is refused instead.
+fn edit(base: &TableHandle, plan: &Expiry) -> Result<TableMetadataBuilder> {
+    let doomed: BTreeSet<i64> = plan.snapshots.iter().copied().collect();
+    for (name, r) in refs::refs(&base.metadata)? {
+        if doomed.contains(&r.snapshot_id) && !plan.removed_refs.contains(&name) {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!(
+                    "expiry would remove snapshot {} of ref {name}",
+                    r.snapshot_id
+                ),
+            ));
+        }
+    }
+    let mut builder = (*base.metadata)
+        .clone()
+        .into_builder(Some(base.metadata_location.clone()));
+    for name in &plan.removed_refs {
+        builder = builder.remove_ref(name);
+    }
+    Ok(builder.remove_snapshots(&plan.snapshots))
+}
+
+/// Expire snapshots of `ident` and delete what only they reached; refs are
+/// kept (ages measured from the system clock). See [`expire_with_refs`].
 pub async fn expire(
     catalog: &dyn Catalog,
     ident: &TableIdent,
     opts: &ExpireOptions,
     retry: RetryPolicy,
 ) -> Result<ExpireReport> {
-    let (base, ids) = if opts.dry_run {
+    let refs = RefOptions {
+        now: Utc::now(),
+        expire_refs: false,
+    };
+    expire_with_refs(catalog, ident, opts, &refs, retry).await
+}
+
+/// Expire snapshots of `ident` (and refs, if asked) and delete the files
+/// that only expired snapshots reached: nothing any kept snapshot of any
+/// ref reaches, compared as Iceberg paths.
+pub async fn expire_with_refs(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    opts: &ExpireOptions,
+    refs: &RefOptions,
+    retry: RetryPolicy,
+) -> Result<ExpireReport> {
+    let (base, plan) = if opts.dry_run {
         let base = catalog.load(ident).await?;
-        let ids = select_expired(&base.metadata, opts);
-        (base, ids)
+        let plan = select_expired(&base.metadata, opts, refs)?;
+        (base, plan)
     } else {
-        let seen: Mutex<Option<(TableHandle, Vec<i64>)>> = Mutex::new(None);
+        let seen: Mutex<Option<(TableHandle, Expiry)>> = Mutex::new(None);
         let committed = commit::update_metadata(catalog, ident, retry, |base| {
-            let ids = select_expired(&base.metadata, opts);
-            if ids.is_empty() {
+            let plan = select_expired(&base.metadata, opts, refs)?;
+            if plan.snapshots.is_empty() && plan.removed_refs.is_empty() {
                 return Ok(None);
             }
-            *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((base.clone(), ids.clone()));
-            Ok(Some(
-                (*base.metadata)
-                    .clone()
-                    .into_builder(Some(base.metadata_location.clone()))
-                    .remove_snapshots(&ids),
-            ))
+            let builder = edit(base, &plan)?;
+            *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((base.clone(), plan));
+            Ok(Some(builder))
         })
         .await?;
         match (
@@ -97,13 +155,27 @@ pub async fn expire(
             seen.into_inner().unwrap_or_else(|p| p.into_inner()),
         ) {
             (Some(_), Some(found)) => found,
-            _ => (catalog.load(ident).await?, Vec::new()),
+            _ => {
+                let base = catalog.load(ident).await?;
+                let stale_refs = select_expired(&base.metadata, opts, refs)?.stale_refs;
+                let plan = Expiry {
+                    stale_refs,
+                    ..Expiry::default()
+                };
+                (base, plan)
+            }
         }
     };
+    let ids = plan.snapshots.clone();
     let mut report = ExpireReport {
         expired_snapshots: ids.clone(),
+        removed_refs: plan.removed_refs.clone(),
+        stale_refs: plan.stale_refs.clone(),
         ..Default::default()
     };
+    for name in &report.stale_refs {
+        tracing::info!(table = %ident, r#ref = %name, "ref past its max ref age kept (ref expiry not asked for)");
+    }
 
     let mut doomed: Vec<String> = Vec::new();
     if !ids.is_empty() {
@@ -116,9 +188,20 @@ pub async fn expire(
             .collect();
         let gone = reach::reach(&base, &base.metadata, Some(&expired)).await?;
         let kept = reach::reach(&base, &base.metadata, Some(&retained)).await?;
-        for (location, size) in gone.minus(&kept).all() {
-            doomed.push(location.clone());
-            report.deleted_bytes += size;
+        // Kept files in their compared form; a file whose location has none
+        // is never deleted.
+        let kept: BTreeSet<String> = kept
+            .all()
+            .filter_map(|(l, _)| paths::normalize(l))
+            .collect();
+        for (location, size) in gone.all() {
+            match paths::normalize(location) {
+                Some(n) if !kept.contains(&n) => {
+                    doomed.push(location.clone());
+                    report.deleted_bytes += size;
+                }
+                _ => {}
+            }
         }
         report.deleted_files = doomed.len();
     }
@@ -168,7 +251,7 @@ pub async fn expire(
 pub fn validate(opts: &ExpireOptions) -> Result<()> {
     if opts.retain_last == 0 {
         return Err(Error::new(
-            crate::ErrorKind::InvalidInput,
+            ErrorKind::InvalidInput,
             "--retain-last must be at least 1 (the current snapshot is always kept)",
         ));
     }

@@ -8,8 +8,10 @@ pub mod job;
 pub mod manifests;
 pub mod merge;
 pub mod orphans;
+pub mod paths;
 pub mod plan;
 pub mod reach;
+pub mod refs;
 pub mod state;
 
 pub use execute::{RunReport, TaskOutcome, execute, run_plan};

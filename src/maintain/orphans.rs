@@ -1,6 +1,9 @@
 //! `firn remove-orphans` (Iceberg's `DeleteOrphanFiles`): list the table's
 //! location and delete files that no snapshot and no metadata file reference,
 //! and that are older than a bound, so a write in flight is never removed.
+//! Listed and referenced paths are compared in one normal form
+//! ([`super::paths`]): another engine's spelling of a live file (`s3a://`, a
+//! percent-encoded partition value) must never make it look orphaned.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -9,8 +12,8 @@ use chrono::{DateTime, Utc};
 use iceberg::TableIdent;
 use serde::Serialize;
 
-use super::reach;
-use crate::catalog::Catalog;
+use super::{paths, reach};
+use crate::catalog::{Catalog, TableHandle};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The shortest `older_than` accepted without `force`.
@@ -51,11 +54,50 @@ pub struct OrphanReport {
     pub orphan_bytes: u64,
     /// Unreferenced files kept because they are newer than the bound.
     pub too_new: usize,
+    /// Files kept because their path cannot be normalised (a bad
+    /// percent-escape, not UTF-8), so firn cannot tell whether it is referenced.
+    pub unreadable_paths: usize,
     /// Deletes that failed.
     pub failed_deletes: usize,
 }
 
-/// Find (and delete) the orphans of `ident`.
+/// Every file `table`'s metadata references, in [`paths::normalize`]d form:
+/// the current and previous metadata files (`metadata-log`), Hadoop tables'
+/// `version-hint.text`, statistics and partition-statistics files, and the
+/// manifest lists, manifests and data and delete files of every snapshot —
+/// so of every tag and branch, not only main. (Iceberg's `DeleteOrphanFiles`
+/// counts the same set as valid.)
+pub async fn referenced(table: &TableHandle) -> Result<BTreeSet<String>> {
+    let meta = &table.metadata;
+    let hint = format!(
+        "{}/metadata/version-hint.text",
+        meta.location().trim_end_matches('/')
+    );
+    let reached = reach::reach(table, meta, None).await?;
+    let locations = [table.metadata_location.as_str(), hint.as_str()]
+        .into_iter()
+        .chain(meta.metadata_log().iter().map(|m| m.metadata_file.as_str()))
+        .chain(meta.statistics_iter().map(|s| s.statistics_path.as_str()))
+        .chain(
+            meta.partition_statistics_iter()
+                .map(|s| s.statistics_path.as_str()),
+        )
+        .chain(reached.all().map(|(l, _)| l.as_str()));
+    let mut out = BTreeSet::new();
+    for location in locations {
+        match paths::normalize(location) {
+            Some(n) => {
+                out.insert(n);
+            }
+            // Its listed twin cannot be normalised either, and is kept.
+            None => tracing::debug!(location, "a referenced path has no normal form"),
+        }
+    }
+    Ok(out)
+}
+
+/// Find (and delete) the orphans of `ident`: listed files whose normalised
+/// path nothing references ([`referenced`]) and that are older than the bound.
 pub async fn remove_orphans(
     catalog: &dyn Catalog,
     ident: &TableIdent,
@@ -74,20 +116,7 @@ pub async fn remove_orphans(
     }
     let table = catalog.load(ident).await?;
     let storage = catalog.storage();
-    let key = |l: &str| {
-        storage
-            .key(l)
-            .map_err(|e| Error::iceberg(format!("locating {l}"), e))
-    };
-    let mut referenced: BTreeSet<String> = BTreeSet::new();
-    referenced.insert(key(&table.metadata_location)?);
-    for m in table.metadata.metadata_log() {
-        referenced.insert(key(&m.metadata_file)?);
-    }
-    let reached = reach::reach(&table, &table.metadata, None).await?;
-    for (location, _) in reached.all() {
-        referenced.insert(key(location)?);
-    }
+    let referenced = referenced(&table).await?;
 
     let cutoff =
         opts.now - chrono::Duration::from_std(opts.older_than).unwrap_or(chrono::Duration::zero());
@@ -98,7 +127,12 @@ pub async fn remove_orphans(
         ..Default::default()
     };
     for f in listed {
-        if referenced.contains(&f.key) {
+        let Some(normal) = paths::normalize(&f.location) else {
+            tracing::warn!(table = %ident, location = %f.location, "kept a file whose path cannot be compared");
+            report.unreadable_paths += 1;
+            continue;
+        };
+        if referenced.contains(&normal) {
             continue;
         }
         if f.last_modified >= cutoff {

@@ -9,6 +9,7 @@ mod ingest;
 mod invariant;
 mod operate;
 mod readers;
+mod shared_refs;
 mod shared_lake;
 mod tiering;
 mod upkeep;
