@@ -8,6 +8,7 @@
 //! ([`storage`]).
 
 pub mod backfill;
+pub mod budget;
 pub mod catalog;
 pub mod clock;
 pub mod commit;

@@ -54,6 +54,8 @@ pub struct BackfillOptions {
     pub replace: Option<(DateTime<Utc>, DateTime<Utc>)>,
     /// Replay a range of a Kafka topic instead of reading files.
     pub kafka: Option<kafka::KafkaRange>,
+    /// The catalog's write budget the chunk commits spend.
+    pub budget: crate::budget::CommitBudget,
 }
 
 /// The progress record in the summary.
@@ -276,6 +278,7 @@ pub async fn run(
     };
     let base_id = identity(decl, &files);
     let table = catalog.load(&ident).await?;
+    tables::check_matches(decl, &table.metadata)?;
     let base_key = record_key(&base_id);
     let id = match held(&table, &base_key) {
         Some(v) if serde_json::from_str::<Record>(&v).is_ok_and(|r| r.complete) => {
@@ -540,6 +543,7 @@ async fn commit_chunk(
         expect: (index > 0).then(|| record(index, false)),
         set: record(index + 1, last),
     });
+    let _permit = opts.budget.acquire(ident).await;
     let committed = commit::commit(catalog, ident, &change, retry).await?;
     tracing::info!(
         table = %ident,
@@ -577,6 +581,7 @@ pub(super) async fn commit_rejects(
         expect: held(&rt, key),
         set,
     });
+    let _permit = opts.budget.acquire(rejects_ident).await;
     commit::commit(catalog, rejects_ident, &change, RetryPolicy::default()).await?;
     Ok(())
 }

@@ -3,15 +3,27 @@
 //! `/v1/config` prefix, and firn's commits through the commit endpoint with
 //! an `assert-ref-snapshot-id` requirement (409 = lost the race, retried by
 //! the commit layer like the SQL compare-and-set).
+//!
+//! Every request, commits included, waits out a throttling catalog: R2 Data
+//! Catalog answers 429 past its write budget (about 20 table updates a
+//! minute) and a busy service may answer 503 with `Retry-After`. Neither
+//! applied the request, so it is sent again after the wait the catalog asks
+//! for, as long as [`THROTTLE_TOTAL_WAIT`] allows: a run that waits is slow,
+//! a run that fails loses its written files. Any other 5xx on a commit has
+//! an unknown outcome and is returned as an error.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use iceberg::io::FileIO;
 use iceberg::spec::{MAIN_BRANCH, TableMetadata};
 use iceberg::{TableIdent, TableRequirement, TableUpdate};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -81,6 +93,60 @@ fn catalog_err(what: impl Into<String>) -> Error {
     Error::new(ErrorKind::Catalog, what)
 }
 
+/// Most throttled answers one request waits out.
+const THROTTLE_ATTEMPTS: usize = 100;
+/// The longest single wait; a longer `Retry-After` is cut to it.
+const THROTTLE_MAX_WAIT: Duration = Duration::from_secs(120);
+/// The longest one request waits in all before it fails (a retryable
+/// `Catalog` error): far past any per-minute budget, so only a catalog that
+/// stays throttled for half an hour fails a run.
+pub const THROTTLE_TOTAL_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// Why one attempt at a request produced no answer to return.
+#[derive(Debug)]
+enum Attempt {
+    /// 429, or 503 with `Retry-After`: not applied; send it again after
+    /// `retry_after` (or a backoff when the catalog named no time).
+    Throttled {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+    },
+    /// Anything else, returned as is.
+    Failed(Error),
+}
+
+impl From<Error> for Attempt {
+    fn from(e: Error) -> Self {
+        Attempt::Failed(e)
+    }
+}
+
+/// The throttling answer `status` and `headers` make, if they make one.
+fn throttled(status: StatusCode, headers: &HeaderMap) -> Option<Attempt> {
+    let header = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok());
+    let retry_after = header.and_then(|v| parse_retry_after(v, SystemTime::now()));
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => {}
+        StatusCode::SERVICE_UNAVAILABLE if header.is_some() => {}
+        _ => return None,
+    }
+    Some(Attempt::Throttled {
+        status,
+        retry_after,
+    })
+}
+
+/// `Retry-After` as a wait from `now`: delay-seconds or an HTTP date
+/// (RFC 9110, section 10.2.3); a date in the past is no wait.
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 impl RestCatalog {
     /// Authenticate and read the catalog's configuration.
     pub async fn connect(config: RestConfig, storage: ObjectStoreStorage) -> Result<Self> {
@@ -121,7 +187,7 @@ impl RestCatalog {
         Ok(catalog)
     }
 
-    async fn fetch_token(&self) -> Result<Option<Secret>> {
+    async fn fetch_token(&self) -> std::result::Result<Option<Secret>, Attempt> {
         let Some(cred) = &self.config.credential else {
             return Ok(self.config.token.clone());
         };
@@ -150,23 +216,41 @@ impl RestCatalog {
                 catalog_err(format!("requesting a token from {url}")).with_source(e.without_url())
             })?;
         let status = resp.status();
+        if let Some(throttled) = throttled(status, resp.headers()) {
+            return Err(throttled);
+        }
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         match body["access_token"].as_str() {
             Some(t) if status.is_success() => Ok(Some(Secret(t.to_string()))),
             _ => Err(catalog_err(format!(
                 "{url} refused the client credentials: HTTP {status} {}",
                 body["error"]
-            ))),
+            ))
+            .into()),
         }
     }
 
-    /// One request with the bearer token; a 401 refreshes the token once.
+    /// One request with the bearer token, sent again while the catalog
+    /// throttles it (see the module docs).
     async fn request(
         &self,
         method: Method,
         url: &str,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value)> {
+        patiently(&method, url, || {
+            self.request_once(method.clone(), url, body)
+        })
+        .await
+    }
+
+    /// One attempt at a request; a 401 refreshes the token once.
+    async fn request_once(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> std::result::Result<(StatusCode, Value), Attempt> {
         for attempt in 0..2 {
             let mut token = self.token.lock().await;
             if token.is_none() || attempt == 1 {
@@ -193,6 +277,9 @@ impl RestCatalog {
                 && self.config.credential.is_some()
             {
                 continue;
+            }
+            if let Some(throttled) = throttled(status, resp.headers()) {
+                return Err(throttled);
             }
             let text = resp.text().await.unwrap_or_default();
             let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -277,6 +364,62 @@ impl RestCatalog {
             ))),
         }
     }
+}
+
+/// Run `attempt` until it answers, waiting out throttled answers: the
+/// catalog's `Retry-After`, or an exponential backoff from one second when
+/// it names none; each wait is logged. Past [`THROTTLE_ATTEMPTS`] waits or
+/// [`THROTTLE_TOTAL_WAIT`] in all, a retryable `Catalog` error.
+async fn patiently<T, F, Fut>(method: &Method, url: &str, attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, Attempt>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(THROTTLE_MAX_WAIT)
+        .with_jitter()
+        .with_max_times(THROTTLE_ATTEMPTS);
+    let mut waited = Duration::ZERO;
+    let mut waits = 0u32;
+    let result = attempt
+        .retry(backoff)
+        .when(|e| matches!(e, Attempt::Throttled { .. }))
+        .adjust(|e, next| {
+            let Attempt::Throttled {
+                status,
+                retry_after,
+            } = e
+            else {
+                return None;
+            };
+            let wait = retry_after.unwrap_or(next?).min(THROTTLE_MAX_WAIT);
+            if waited + wait > THROTTLE_TOTAL_WAIT {
+                return None;
+            }
+            waited += wait;
+            waits += 1;
+            tracing::warn!(
+                %method,
+                url,
+                status = status.as_u16(),
+                retry_after = ?retry_after,
+                wait_seconds = wait.as_secs_f64(),
+                waited_seconds = waited.as_secs_f64(),
+                "catalog is throttling; waiting before sending the request again"
+            );
+            Some(wait)
+        })
+        .await;
+    result.map_err(|e| match e {
+        Attempt::Failed(e) => e,
+        Attempt::Throttled { status, .. } => catalog_err(format!(
+            "{method} {url}: still HTTP {status} after waiting {waits} times ({:.0}s in all); \
+             the catalog's write budget stays spent (lower --max-commits-per-minute, or find \
+             the other writers)",
+            waited.as_secs_f64()
+        )),
+    })
 }
 
 fn error_message(v: &Value) -> String {
@@ -422,6 +565,77 @@ impl Catalog for RestCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        let parse = |v| parse_retry_after(v, now);
+        assert_eq!(parse("1"), Some(Duration::from_secs(1)));
+        assert_eq!(parse(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse("Sun, 06 Nov 1994 08:50:07 GMT"),
+            Some(Duration::from_secs(30))
+        );
+        // The obsolete formats HTTP still allows.
+        assert_eq!(
+            parse("Sunday, 06-Nov-94 08:49:47 GMT"),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse("Sun Nov  6 08:49:38 1994"),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(parse("Sun, 06 Nov 1994 08:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse("soon"), None);
+    }
+
+    #[test]
+    fn only_429_and_503_with_retry_after_are_throttling() {
+        let mut headers = HeaderMap::new();
+        let is = |s: u16, h: &HeaderMap| throttled(StatusCode::from_u16(s).unwrap(), h).is_some();
+        assert!(is(429, &headers), "429 without Retry-After: backoff");
+        assert!(
+            !is(503, &headers),
+            "a bare 503 on a commit has an unknown outcome"
+        );
+        assert!(!is(500, &headers));
+        assert!(!is(409, &headers));
+        headers.insert(RETRY_AFTER, "2".parse().unwrap());
+        assert!(is(503, &headers));
+        assert!(!is(502, &headers));
+        match throttled(StatusCode::TOO_MANY_REQUESTS, &headers) {
+            Some(Attempt::Throttled { retry_after, .. }) => {
+                assert_eq!(retry_after, Some(Duration::from_secs(2)))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn throttled_attempts_are_sent_again_after_the_wait() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let answer = patiently(&Method::POST, "http://catalog/t", || async {
+            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 | 1 => Err(Attempt::Throttled {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    retry_after: Some(Duration::from_millis(1)),
+                }),
+                _ => Ok(7),
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!((answer, calls.into_inner()), (7, 3));
+        // Other failures are not retried.
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let e = patiently(&Method::POST, "http://catalog/t", || async {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err::<(), _>(Attempt::Failed(catalog_err("HTTP 500")))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!((e.message(), calls.into_inner()), ("HTTP 500", 1));
+    }
 
     #[test]
     fn secrets_never_print() {

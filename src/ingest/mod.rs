@@ -93,6 +93,7 @@ pub async fn run(
                 ));
             }
         }
+        tables::check_matches(&decl, &catalog.load(&ident).await?.metadata)?;
         sinks.insert(decl.topic.clone(), TableSink::new(decl, ident, rejects));
     }
 

@@ -1,7 +1,9 @@
 //! Executing a task: merge its inputs into the target partition (or nothing,
 //! for retention) and swap them in with one commit. A task whose inputs were
 //! replaced meanwhile reports "superseded" and leaves its files to orphan
-//! removal.
+//! removal. [`plan_table`] is where every maintenance run starts, and
+//! [`run_plan_within`] keeps a run inside the catalog's write budget by
+//! grouping partitions into fewer commits.
 
 use std::time::Instant;
 
@@ -10,12 +12,15 @@ use iceberg::spec::Operation;
 use serde::Serialize;
 
 use super::merge::{self, MergeReader};
-use super::plan::{Task, TaskKind};
+use super::plan::{self, PlanOptions, Task, TaskKind};
+use super::state;
+use crate::budget::CommitBudget;
 use crate::catalog::Catalog;
-use crate::commit::{self, Change, RetryPolicy};
+use crate::commit::{self, Change, NewFile, RemovedFile, RetryPolicy};
 use crate::error::{ErrorKind, Result};
 use crate::rows::{Measures, RowKey};
 use crate::schema::decl::TableDecl;
+use crate::tables;
 use crate::write::{self, PartitionWriter};
 
 /// Rows buffered before they are encoded into a batch.
@@ -48,6 +53,34 @@ pub struct TaskOutcome {
     pub attempts: u32,
 }
 
+/// Plan `kind` for `decl`'s table: the one entry `firn compact|rollup|
+/// retention` and `maintain --job` share, so both refuse alike a table whose
+/// declaration drifted ([`tables::check_matches`]) or that holds rows firn's
+/// rewrites cannot see ([`state::load_plannable`]), before anything is written.
+pub async fn plan_table(
+    catalog: &dyn Catalog,
+    decl: &TableDecl,
+    kind: TaskKind,
+    opts: &PlanOptions,
+) -> Result<Vec<Task>> {
+    let table = catalog.load(&tables::ident(decl)?).await?;
+    tables::check_matches(decl, &table.metadata)?;
+    let st = state::load_plannable(&table).await?;
+    Ok(match kind {
+        TaskKind::Compact => plan::plan_compaction(&st, &decl.policy, opts),
+        TaskKind::Rollup => plan::plan_rollup(&st, &decl.policy, opts),
+        TaskKind::Retention => plan::plan_retention(&st, &decl.policy, opts),
+    })
+}
+
+/// A task whose files are written and not yet committed.
+#[derive(Clone)]
+struct Prepared {
+    outcome: TaskOutcome,
+    removed: Vec<RemovedFile>,
+    added: Vec<NewFile>,
+}
+
 /// Execute one task on `ident`.
 pub async fn execute(
     catalog: &dyn Catalog,
@@ -57,6 +90,19 @@ pub async fn execute(
     target_file_size: usize,
     retry: RetryPolicy,
 ) -> Result<TaskOutcome> {
+    let mut group = vec![prepare(catalog, ident, decl, task, target_file_size).await?];
+    commit_group(catalog, ident, task.kind, &mut group, retry).await?;
+    Ok(group.remove(0).outcome)
+}
+
+/// Merge and write a task's output, ready for [`commit_group`].
+async fn prepare(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    decl: &TableDecl,
+    task: &Task,
+    target_file_size: usize,
+) -> Result<Prepared> {
     let removed = task.inputs.iter().map(|f| f.removed()).collect();
     let mut outcome = TaskOutcome {
         kind: task.kind,
@@ -79,12 +125,8 @@ pub async fn execute(
         bytes_out: 0,
         attempts: 0,
     };
-    let change = match task.target {
-        None => Change {
-            operation: Operation::Delete,
-            removed,
-            ..Change::append(task.kind.as_str(), Vec::new())
-        },
+    let added = match task.target {
+        None => Vec::new(),
         Some((grain, partition)) => {
             let table = catalog.load(ident).await?;
             let mut reader = MergeReader::open(&table, decl, &task.inputs, grain).await?;
@@ -110,23 +152,51 @@ pub async fn execute(
             let files = writer.close().await?;
             outcome.files_out = files.len();
             outcome.bytes_out = files.iter().map(|f| f.file.file_size_in_bytes()).sum();
-            Change {
-                operation: Operation::Replace,
-                removed,
-                ..Change::append(task.kind.as_str(), files)
-            }
+            files
         }
+    };
+    Ok(Prepared {
+        outcome,
+        removed,
+        added,
+    })
+}
+
+/// Swap the prepared tasks in with one commit (a `replace`, or a `delete`
+/// when nothing is added), recording the snapshot in each outcome. `Ok`
+/// also when superseded: then every outcome says so and the files written
+/// are left to orphan removal.
+async fn commit_group(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    kind: TaskKind,
+    group: &mut [Prepared],
+    retry: RetryPolicy,
+) -> Result<()> {
+    let added: Vec<NewFile> = group.iter().flat_map(|p| p.added.clone()).collect();
+    let change = Change {
+        operation: if added.is_empty() {
+            Operation::Delete
+        } else {
+            Operation::Replace
+        },
+        removed: group.iter().flat_map(|p| p.removed.clone()).collect(),
+        ..Change::append(kind.as_str(), added)
     };
     match commit::commit(catalog, ident, &change, retry).await {
         Ok(c) => {
-            outcome.snapshot_id = Some(c.snapshot_id);
-            outcome.attempts = c.attempts;
-            Ok(outcome)
+            for p in group.iter_mut() {
+                p.outcome.snapshot_id = Some(c.snapshot_id);
+                p.outcome.attempts = c.attempts;
+            }
+            Ok(())
         }
         Err(e) if e.kind() == ErrorKind::Superseded => {
-            tracing::warn!(table = %ident, error = %e, "task superseded; its files are left to orphan removal");
-            outcome.superseded = true;
-            Ok(outcome)
+            tracing::warn!(table = %ident, partitions = group.len(), error = %e, "superseded; the files written are left to orphan removal");
+            for p in group.iter_mut() {
+                p.outcome.superseded = true;
+            }
+            Ok(())
         }
         Err(e) => Err(e),
     }
@@ -137,6 +207,8 @@ pub async fn execute(
 pub struct RunReport {
     /// Tasks committed.
     pub committed: usize,
+    /// Iceberg commits made (fewer than tasks when partitions were grouped).
+    pub commits: usize,
     /// Tasks superseded.
     pub superseded: usize,
     /// Tasks that failed.
@@ -151,7 +223,7 @@ impl RunReport {
     /// The run as a step of run metrics (superseded tasks count nothing).
     pub fn totals(&self) -> crate::telemetry::run::StepTotals {
         let mut t = crate::telemetry::run::StepTotals {
-            commits: self.committed as u64,
+            commits: self.commits as u64,
             failed_tasks: self.failed as u64,
             ..Default::default()
         };
@@ -175,38 +247,114 @@ pub async fn run_plan(
     target_file_size: usize,
     retry: RetryPolicy,
 ) -> RunReport {
+    let budget = CommitBudget::unlimited();
+    run_plan_within(
+        catalog,
+        ident,
+        decl,
+        tasks,
+        target_file_size,
+        retry,
+        &budget,
+    )
+    .await
+}
+
+/// [`run_plan`] inside a catalog write budget: commits wait for the budget,
+/// and a plan with more partitions than a minute's budget commits them in
+/// groups ([`CommitBudget::group_size`]) — one `replace` of several
+/// partitions, as Spark's `rewrite_data_files` commits file groups. A group
+/// that another commit superseded is committed again partition by partition
+/// from the files already written, so one raced partition does not cost the
+/// others their work.
+pub async fn run_plan_within(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    decl: &TableDecl,
+    tasks: &[Task],
+    target_file_size: usize,
+    retry: RetryPolicy,
+    budget: &CommitBudget,
+) -> RunReport {
     let mut report = RunReport::default();
-    for (i, task) in tasks.iter().enumerate() {
+    let size = budget.group_size(tasks.len());
+    if size > 1 {
+        tracing::info!(
+            table = %ident,
+            tasks = tasks.len(),
+            partitions_per_commit = size,
+            commits_per_minute = budget.per_minute(),
+            "grouping partitions to stay within the commit budget"
+        );
+    }
+    for (g, chunk) in tasks.chunks(size).enumerate() {
         let started = Instant::now();
-        match execute(catalog, ident, decl, task, target_file_size, retry).await {
-            Ok(o) => {
-                tracing::info!(
-                    table = %ident,
-                    task = i + 1,
-                    of = tasks.len(),
-                    operation = task.kind.as_str(),
-                    snapshot_id = ?o.snapshot_id,
-                    superseded = o.superseded,
-                    files_in = o.files_in,
-                    files_out = o.files_out,
-                    rows_in = o.rows_in,
-                    rows_out = o.rows_out,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "task done"
-                );
-                if o.superseded {
-                    report.superseded += 1;
-                } else {
-                    report.committed += 1;
+        let mut group = Vec::new();
+        for (j, task) in chunk.iter().enumerate() {
+            let i = g * size + j;
+            match prepare(catalog, ident, decl, task, target_file_size).await {
+                Ok(p) => group.push((i, p)),
+                Err(e) => {
+                    tracing::error!(table = %ident, task = i + 1, operation = task.kind.as_str(), error = %e, "task failed");
+                    report.failed += 1;
                 }
-                report.retries += o.attempts.saturating_sub(1);
-                report.tasks.push(o);
             }
-            Err(e) => {
-                tracing::error!(table = %ident, task = i + 1, operation = task.kind.as_str(), error = %e, "task failed");
-                report.failed += 1;
+        }
+        let Some(kind) = chunk.first().map(|t| t.kind) else {
+            continue;
+        };
+        let mut pending = vec![group];
+        while let Some(mut group) = pending.pop() {
+            if group.is_empty() {
+                continue;
+            }
+            let _permit = budget.acquire(ident).await;
+            let mut prepared: Vec<Prepared> = group.iter().map(|(_, p)| p.clone()).collect();
+            match commit_group(catalog, ident, kind, &mut prepared, retry).await {
+                Ok(()) if prepared[0].outcome.superseded && prepared.len() > 1 => {
+                    tracing::warn!(table = %ident, partitions = prepared.len(), "a grouped commit was superseded; committing its partitions one by one");
+                    pending.extend(group.into_iter().rev().map(|one| vec![one]));
+                }
+                Ok(()) => {
+                    if !prepared[0].outcome.superseded {
+                        report.commits += 1;
+                        report.retries += prepared[0].outcome.attempts.saturating_sub(1);
+                    }
+                    for ((i, _), p) in group.iter().zip(prepared) {
+                        done(ident, *i, tasks.len(), &p.outcome, started);
+                        if p.outcome.superseded {
+                            report.superseded += 1;
+                        } else {
+                            report.committed += 1;
+                        }
+                        report.tasks.push(p.outcome);
+                    }
+                }
+                Err(e) => {
+                    for (i, _) in group.drain(..) {
+                        tracing::error!(table = %ident, task = i + 1, operation = kind.as_str(), error = %e, "task failed");
+                        report.failed += 1;
+                    }
+                }
             }
         }
     }
     report
+}
+
+fn done(ident: &TableIdent, i: usize, of: usize, o: &TaskOutcome, started: Instant) {
+    tracing::info!(
+        table = %ident,
+        task = i + 1,
+        of,
+        operation = o.kind.as_str(),
+        snapshot_id = ?o.snapshot_id,
+        superseded = o.superseded,
+        files_in = o.files_in,
+        files_out = o.files_out,
+        rows_in = o.rows_in,
+        rows_out = o.rows_out,
+        seconds = started.elapsed().as_secs_f64(),
+        "task done"
+    );
 }

@@ -14,7 +14,8 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::expire::{self, ExpireOptions};
 use super::orphans::{self, OrphanOptions};
 use super::plan::{self, PlanOptions, Task, TaskKind};
-use super::{execute, manifests, state};
+use super::{execute, manifests};
+use crate::budget::CommitBudget;
 use crate::catalog::Catalog;
 use crate::commit::RetryPolicy;
 use crate::error::{Error, ErrorKind, Result};
@@ -29,6 +30,8 @@ struct RawJob {
     #[serde(default)]
     description: String,
     tables: Vec<String>,
+    #[serde(default)]
+    max_commits_per_minute: Option<u32>,
     task: Vec<JobTask>,
 }
 
@@ -99,6 +102,9 @@ pub struct Job {
     pub tables: Vec<glob::Pattern>,
     /// Steps, in order.
     pub tasks: Vec<JobTask>,
+    /// Commits per minute per table this job may make (the catalog's write
+    /// budget); `--max-commits-per-minute` wins over it.
+    pub max_commits_per_minute: Option<u32>,
 }
 
 impl Job {
@@ -147,6 +153,7 @@ impl Job {
             description: raw.description,
             tables,
             tasks: raw.task,
+            max_commits_per_minute: raw.max_commits_per_minute,
         })
     }
 
@@ -218,6 +225,8 @@ pub struct JobOptions {
     pub shard: Shard,
     /// Print the plan only.
     pub dry_run: bool,
+    /// Commits per minute per table, shared by the shards (0: unlimited).
+    pub max_commits_per_minute: u32,
 }
 
 /// One step on one table.
@@ -285,6 +294,7 @@ pub async fn run(
         shard: format!("{}/{}", opts.shard.index, opts.shard.count),
         tables: Vec::new(),
     };
+    let budget = CommitBudget::new(opts.max_commits_per_minute).share(opts.shard.count);
     for decl in job.select(decls) {
         let mut t = TableReport {
             table: decl.qualified_name(),
@@ -292,7 +302,7 @@ pub async fn run(
             error: None,
         };
         for step in &job.tasks {
-            match run_step(catalog, decl, step, opts).await {
+            match run_step(catalog, decl, step, opts, &budget).await {
                 Ok(s) => t.steps.push(s),
                 Err(e) => {
                     tracing::error!(table = %t.table, task = step.name(), error = %e, "maintenance step failed");
@@ -311,6 +321,7 @@ async fn run_step(
     decl: &TableDecl,
     step: &JobTask,
     opts: &JobOptions,
+    budget: &CommitBudget,
 ) -> Result<StepReport> {
     let name = decl.qualified_name();
     let ident = tables::ident(decl)?;
@@ -340,23 +351,20 @@ async fn run_step(
                 seal_delay: seal_delay.unwrap_or(Duration::from_secs(3600)),
                 target_file_size: size as u64,
             };
-            let table = catalog.load(&ident).await?;
-            let st = state::load(&table).await?;
-            let tasks: Vec<Task> = match kind {
-                TaskKind::Compact => plan::plan_compaction(&st, &decl.policy, &popts),
-                TaskKind::Rollup => plan::plan_rollup(&st, &decl.policy, &popts),
-                TaskKind::Retention => plan::plan_retention(&st, &decl.policy, &popts),
-            }
-            .into_iter()
-            .filter(|t| opts.shard.owns_task(&name, t))
-            .collect();
+            let tasks: Vec<Task> = execute::plan_table(catalog, decl, kind, &popts)
+                .await?
+                .into_iter()
+                .filter(|t| opts.shard.owns_task(&name, t))
+                .collect();
             out.lines = tasks
                 .iter()
                 .map(|t| plan::describe(t, size as u64))
                 .collect();
             if !opts.dry_run {
-                let r = execute::run_plan(catalog, &ident, decl, &tasks, size, retry).await;
-                out.commits = r.committed;
+                let r =
+                    execute::run_plan_within(catalog, &ident, decl, &tasks, size, retry, budget)
+                        .await;
+                out.commits = r.commits;
                 out.totals = r.totals();
                 out.detail = serde_json::to_value(&r).unwrap_or_default();
                 if r.failed > 0 {

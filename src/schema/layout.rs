@@ -147,7 +147,7 @@ fn measure_type(ty: MeasureType) -> Type {
 /// The declared columns after `ts` and `grain`, in order, with their types.
 /// Dimension and measure columns are optional in Iceberg so that columns added
 /// later can be null in old files; required-ness is enforced when decoding.
-fn declared_columns(decl: &TableDecl) -> Vec<(String, Type)> {
+pub fn declared_columns(decl: &TableDecl) -> Vec<(String, Type)> {
     let dims = decl
         .dimensions
         .iter()

@@ -5,6 +5,7 @@ mod backfill;
 mod commit;
 mod common;
 mod deploy;
+mod drift_budget;
 mod ingest;
 mod invariant;
 mod operate;

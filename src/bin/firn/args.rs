@@ -94,6 +94,8 @@ pub(crate) struct MaintainArgs {
     #[arg(long)]
     pub(crate) json: bool,
     #[command(flatten)]
+    pub(crate) budget: BudgetArgs,
+    #[command(flatten)]
     pub(crate) publish: PublishArgs,
 }
 
@@ -164,6 +166,8 @@ pub(crate) struct MaintainJobArgs {
     #[arg(long)]
     pub(crate) json: bool,
     #[command(flatten)]
+    pub(crate) budget: BudgetArgs,
+    #[command(flatten)]
     pub(crate) publish: PublishArgs,
 }
 
@@ -214,6 +218,8 @@ pub(crate) struct BackfillArgs {
     #[arg(long, env = "FIRN_NOW", value_parser = parse_time)]
     pub(crate) now: Option<DateTime<Utc>>,
     #[command(flatten)]
+    pub(crate) budget: BudgetArgs,
+    #[command(flatten)]
     pub(crate) publish: PublishArgs,
 }
 
@@ -258,6 +264,27 @@ impl PublishArgs {
             pushgateway: self.pushgateway.clone(),
             metrics_file: self.metrics_file.clone(),
         }
+    }
+}
+
+/// The catalog's write budget a batch command spends.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct BudgetArgs {
+    /// Most commits per minute to each table (R2 Data Catalog allows about
+    /// 20): commits past it wait, and a plan of more partitions than fit in
+    /// a minute commits them in groups. Default: a job file's
+    /// max_commits_per_minute, else 10 on a REST catalog and no limit (0) on
+    /// SQL catalogs. Shards of `maintain` share it.
+    #[arg(long, env = "FIRN_MAX_COMMITS_PER_MINUTE")]
+    pub(crate) max_commits_per_minute: Option<u32>,
+}
+
+impl BudgetArgs {
+    /// The budget: this flag, else the job file's, else the catalog's default.
+    pub(crate) fn per_minute(&self, config: &firn::config::Config, job: Option<u32>) -> u32 {
+        self.max_commits_per_minute.or(job).unwrap_or_else(|| {
+            firn::budget::default_commits_per_minute(config.catalog.rest.is_some())
+        })
     }
 }
 

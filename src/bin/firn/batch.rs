@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 
 use crate::args::*;
 use crate::select;
+use firn::budget::CommitBudget;
 use firn::clock::Clock;
 use firn::commit::RetryPolicy;
 use firn::config::Config;
@@ -57,13 +58,7 @@ pub(crate) async fn tier(
         };
         let catalog = config.open_catalog().await?;
         let ident = tables::ident(d)?;
-        let table = catalog.load(&ident).await?;
-        let state = maintain::state::load(&table).await?;
-        let tasks = match kind {
-            TaskKind::Compact => maintain::plan_compaction(&state, &d.policy, &opts),
-            TaskKind::Rollup => maintain::plan_rollup(&state, &d.policy, &opts),
-            TaskKind::Retention => maintain::plan_retention(&state, &d.policy, &opts),
-        };
+        let tasks = maintain::execute::plan_table(catalog.as_ref(), d, kind, &opts).await?;
         if args.dry_run {
             println!(
                 "plan for {} at {} ({} tasks, nothing changed):",
@@ -76,13 +71,15 @@ pub(crate) async fn tier(
             }
             return Ok(());
         }
-        let report = maintain::run_plan(
+        let budget = CommitBudget::new(args.budget.per_minute(config, None));
+        let report = maintain::execute::run_plan_within(
             catalog.as_ref(),
             &ident,
             d,
             &tasks,
             target_file_size,
             RetryPolicy::default(),
+            &budget,
         )
         .await;
         run.step(&d.qualified_name(), kind.as_str(), report.totals());
@@ -90,10 +87,11 @@ pub(crate) async fn tier(
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             println!(
-                "{} {}: {} committed, {} superseded, {} failed, {} commit retries",
+                "{} {}: {} committed in {} commits, {} superseded, {} failed, {} commit retries",
                 kind.as_str(),
                 d.qualified_name(),
                 report.committed,
+                report.commits,
                 report.superseded,
                 report.failed,
                 report.retries
@@ -243,6 +241,7 @@ pub(crate) async fn maintain_job(
             now: args.now.unwrap_or_else(|| clock.now()),
             shard: args.shard.unwrap_or(Shard::ALL),
             dry_run: args.dry_run,
+            max_commits_per_minute: args.budget.per_minute(config, job.max_commits_per_minute),
         };
         let report = job::run(catalog.as_ref(), decls, &job, &opts).await;
         report.run_metrics(run);
@@ -315,6 +314,7 @@ pub(crate) async fn backfill(
             } else {
                 None
             },
+            budget: CommitBudget::new(args.budget.per_minute(config, None)),
         };
         let report = firn::backfill::run(catalog.as_ref(), d, &opts).await?;
         run.step(

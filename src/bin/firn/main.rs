@@ -91,12 +91,12 @@ enum Command {
     Produce(ProduceArgs),
     /// Merge the small files of sealed partitions into files of the target
     /// size, collapsing rows with the same key and bucket. One replace commit
-    /// per partition.
+    /// per partition (per group of partitions past --max-commits-per-minute).
     Compact(MaintainArgs),
     /// Roll aged rows up as the table's policy says: minute rows into hour
     /// rows (day partitions), hour rows into day rows (month partitions),
     /// merged with the rows already there. One replace commit per target
-    /// partition.
+    /// partition (per group of partitions past --max-commits-per-minute).
     Rollup(MaintainArgs),
     /// Drop partitions wholly older than the table's retention, in one delete
     /// commit.
