@@ -24,8 +24,8 @@ use crate::catalog::{Catalog, TableHandle};
 use crate::commit::{self, Change, Claim, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::decode::{Decoder, TimeWindow};
+use crate::ledger::{self, BACKFILL_PREFIX, Ledger};
 use crate::maintain::plan::due_grain;
-use crate::offsets::BACKFILL_PREFIX;
 use crate::rejects::{self, RejectRecord};
 use crate::rows::{MeasureSpec, MeasureValue, RowMap};
 use crate::schema::decl::TableDecl;
@@ -109,33 +109,30 @@ fn record_key(id: &str) -> String {
     format!("{BACKFILL_PREFIX}{id}")
 }
 
+/// The value of a progress record in the table's ledger (which survives
+/// other engines' commits and expiry).
 fn held(table: &TableHandle, key: &str) -> Option<String> {
-    table
-        .metadata
-        .current_snapshot()
-        .and_then(|s| s.summary().additional_properties.get(key).cloned())
+    Ledger::of(&table.metadata).get(key).cloned()
 }
 
-/// The oldest snapshot in the current ancestry that holds `value` at `key`.
+/// The oldest firn snapshot in main's ancestry whose ledger holds `value` at
+/// `key` (snapshots other engines committed in between are stepped over), or
+/// the snapshot the ledger was read from when that ancestry was expired.
 fn first_holding(table: &TableHandle, key: &str, value: &str) -> Option<i64> {
     let meta = &table.metadata;
-    let mut cursor = meta.current_snapshot().cloned();
+    let mut cursor = meta.current_snapshot();
     let mut found = None;
     while let Some(s) = cursor {
-        if s.summary()
-            .additional_properties
-            .get(key)
-            .map(String::as_str)
-            != Some(value)
-        {
-            break;
+        if ledger::is_firn_snapshot(s) {
+            let props = &s.summary().additional_properties;
+            if props.get(key).map(String::as_str) != Some(value) {
+                break;
+            }
+            found = Some(s.snapshot_id());
         }
-        found = Some(s.snapshot_id());
-        cursor = s
-            .parent_snapshot_id()
-            .and_then(|p| meta.snapshot_by_id(p).cloned());
+        cursor = s.parent_snapshot_id().and_then(|p| meta.snapshot_by_id(p));
     }
-    found
+    found.or_else(|| Ledger::of(meta).snapshot_id())
 }
 
 /// Progress on a terminal (a bar) or in logs (a line every 5 s).

@@ -61,7 +61,7 @@ pub(super) async fn replace(
         Ok(())
     };
     let table = catalog.load(ident).await?;
-    let state = crate::maintain::state::load(&table).await?;
+    let state = crate::maintain::state::load_plannable(&table).await?;
     let mut removed = Vec::new();
     for f in &state.files {
         let (s, e) = f.partition_bounds();

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod decode;
 pub mod flush;
+pub mod reset;
 pub mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use self::batch::TableSink;
+pub use self::reset::ResetOffsets;
 pub use self::worker::IngestReport;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
@@ -47,6 +49,9 @@ pub struct IngestOptions {
     pub retry: RetryPolicy,
     /// Serve `/metrics`, `/healthz` and `/readyz` here.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where to start when the table holds no offsets for the group (or, with
+    /// explicit offsets, to move it); see [`reset`].
+    pub reset_offsets: Option<ResetOffsets>,
 }
 
 impl Default for IngestOptions {
@@ -63,6 +68,7 @@ impl Default for IngestOptions {
             stop_when_idle: None,
             retry: RetryPolicy::default(),
             metrics_addr: None,
+            reset_offsets: None,
         }
     }
 }
@@ -95,6 +101,23 @@ pub async fn run(
         }
         tables::check_matches(&decl, &catalog.load(&ident).await?.metadata)?;
         sinks.insert(decl.topic.clone(), TableSink::new(decl, ident, rejects));
+    }
+    let kafka_source = crate::kafka::KafkaSource {
+        brokers: opts.brokers.clone(),
+        properties: opts.kafka.clone(),
+        timeout: Duration::from_secs(30),
+    };
+    for (topic, sink) in &sinks {
+        reset::prepare(
+            catalog.as_ref(),
+            &sink.ident,
+            topic,
+            &opts.group,
+            opts.reset_offsets.as_ref(),
+            &kafka_source,
+            opts.retry,
+        )
+        .await?;
     }
 
     let health = metrics.health().clone();

@@ -551,7 +551,10 @@ async fn rest_catalog_throttling_is_waited_out_by_ingest_jobs_and_backfills() {
         "1000",
     ]);
     let report: Value = serde_json::from_str(&out).unwrap();
-    assert!(report["chunks_committed"].as_u64().unwrap() >= 3, "{report}");
+    assert!(
+        report["chunks_committed"].as_u64().unwrap() >= 3,
+        "{report}"
+    );
     assert_exact(
         catalog.as_ref(),
         &decl,

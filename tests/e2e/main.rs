@@ -10,7 +10,7 @@ mod ingest;
 mod invariant;
 mod operate;
 mod readers;
-mod shared_refs;
 mod shared_lake;
+mod shared_refs;
 mod tiering;
 mod upkeep;

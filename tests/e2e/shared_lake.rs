@@ -30,6 +30,9 @@ const SUMS: [&str; 3] = ["requests", "bytes", "cpu_ms"];
 
 type Sums = BTreeMap<String, i64>;
 
+/// Commands of tests/readers/foreign.py, each with its argument.
+type Commands<'a> = &'a [(&'a str, Option<&'a str>)];
+
 fn add(into: &mut Sums, delta: &BTreeMap<String, Value>) {
     for m in SUMS {
         *into.entry(m.to_string()).or_default() +=
@@ -246,20 +249,29 @@ async fn foreign_commits_between_ingest_runs_keep_offsets_backfills_and_totals()
     let minute_ago = (chrono::Utc::now() - chrono::Duration::minutes(30))
         .format("%Y-%m-%dT%H:%M:00+00:00")
         .to_string();
-    let steps: [(&str, Option<&str>); 5] = [
-        ("append", Some(&minute_ago)),
-        ("rewrite-all", None),
-        ("delete-hour", Some(&hour)),
-        ("expire-all-but-current", None),
-        ("rust-fast-append", None),
+    // Each step: what the other engine commits, one or more commands.
+    let steps: [(&str, Commands); 5] = [
+        ("append", &[("append", Some(&minute_ago))]),
+        ("rewrite-all", &[("rewrite-all", None)]),
+        ("delete-hour", &[("delete-hour", Some(&hour))]),
+        (
+            "expire-all-but-current",
+            &[
+                ("append", Some(&minute_ago)),
+                ("expire-all-but-current", None),
+            ],
+        ),
+        ("rust-fast-append", &[]),
     ];
-    for (n, (step, arg)) in steps.into_iter().enumerate() {
-        let delta = if step == "rust-fast-append" {
-            rust_fast_append(&lake, catalog.as_ref()).await
-        } else {
-            foreign(&lake, step, arg)
-        };
-        add(&mut expected, &delta);
+    for (n, (step, commands)) in steps.into_iter().enumerate() {
+        if step == "rust-fast-append" {
+            let delta = rust_fast_append(&lake, catalog.as_ref()).await;
+            add(&mut expected, &delta);
+        }
+        for (command, arg) in commands {
+            let delta = foreign(&lake, command, *arg);
+            add(&mut expected, &delta);
+        }
         let table = catalog
             .load(&tables::ident(&lake.decl()).unwrap())
             .await
@@ -363,6 +375,15 @@ async fn ingest_as(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     wait_for_position(catalog, lake, group, records).await;
+    // Stop it only once it holds its partitions (and so has read the table).
+    while !lake.log(name).contains("assigned; positioned") {
+        assert!(
+            Instant::now() < deadline,
+            "never assigned: {}",
+            lake.log(name)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(terminate(&mut worker).success(), "{}", lake.log(name));
 }
 
@@ -834,4 +855,95 @@ async fn another_engines_delete_files_are_carried_and_refused_by_rewrites() {
             .current_snapshot_id(),
         unchanged
     );
+}
+
+/// An ingest-like commit of one minute row claiming `from -> to` on
+/// partition 0 of topic `t` for group `g`.
+async fn claim(
+    catalog: &dyn Catalog,
+    lake: &Lake,
+    from: Option<i64>,
+    to: i64,
+) -> firn::Result<firn::commit::Committed> {
+    let decl = lake.decl();
+    let ident = tables::ident(&decl).unwrap();
+    let spec = MeasureSpec::new(&decl);
+    let mut rows = RowMap::default();
+    rows.add_event(
+        &spec,
+        RowKey {
+            dims: vec![
+                DimValue::Long(to),
+                DimValue::Long(0),
+                DimValue::Str("x".into()),
+                DimValue::Str("x".into()),
+            ],
+            ts_micros: chrono::Utc::now().timestamp_micros() / 60_000_000 * 60_000_000,
+        },
+        &[None, Some(MeasureValue::Long(Some(1))), None, None],
+    );
+    let table = catalog.load(&ident).await.unwrap();
+    let files = firn::write::write_rows(
+        &table,
+        &decl,
+        firn::schema::layout::Grain::Minute,
+        rows.into_sorted(),
+        128 << 20,
+    )
+    .await
+    .unwrap();
+    let mut change = firn::commit::Change::append("ingest", files);
+    change.offsets = Some(offsets::OffsetAdvance {
+        group: "g".into(),
+        topic: "t".into(),
+        from: BTreeMap::from([(0, from)]),
+        to: BTreeMap::from([(0, to)]),
+    });
+    firn::commit::commit(
+        catalog,
+        &ident,
+        &change,
+        firn::commit::RetryPolicy::default(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_admits_one_of_two_racing_batches_across_other_engines_commits() {
+    let lake = Lake::without_broker();
+    lake.run(&["tables", "sync"]);
+    let catalog = lake.catalog().await;
+    let c = catalog.as_ref();
+    claim(c, &lake, None, 10).await.unwrap();
+    let minute_ago = (chrono::Utc::now() - chrono::Duration::minutes(5))
+        .format("%Y-%m-%dT%H:%M:00+00:00")
+        .to_string();
+    for (step, arg) in [
+        ("append", Some(minute_ago.as_str())),
+        ("expire-all-but-current", None),
+    ] {
+        foreign(&lake, step, arg);
+        let at = group_position(c, &lake, "g").await;
+        // A zombie replaying the committed range is fenced...
+        let zombie = claim(c, &lake, None, 10).await.unwrap_err();
+        assert_eq!(zombie.kind(), firn::ErrorKind::Fenced, "{step}: {zombie}");
+        // ...and of two batches racing from the table's position, one commits.
+        let (a, b) = tokio::join!(
+            claim(c, &lake, Some(at), at + 10),
+            claim(c, &lake, Some(at), at + 10)
+        );
+        let fenced = [&a, &b]
+            .iter()
+            .filter(|r| {
+                r.as_ref()
+                    .is_err_and(|e| e.kind() == firn::ErrorKind::Fenced)
+            })
+            .count();
+        assert_eq!(
+            (a.is_ok() as u8 + b.is_ok() as u8, fenced),
+            (1, 1),
+            "{step}: {a:?} {b:?}"
+        );
+        assert_eq!(group_position(c, &lake, "g").await, at + 10, "{step}");
+    }
 }

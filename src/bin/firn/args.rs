@@ -34,6 +34,18 @@ pub(crate) struct IngestArgs {
     /// Only ingest these tables (namespace.name); default all declared.
     #[arg(long = "table")]
     pub(crate) tables: Vec<String>,
+    /// Where the group starts when the table holds data but no offsets for
+    /// it (ingest refuses to start otherwise): `earliest` or `latest` for the
+    /// partitions the table holds no offset for, or
+    /// `TOPIC:PARTITION:OFFSET,...` to move those partitions whatever the
+    /// table holds (applied once). Committed to the table and logged before
+    /// consuming.
+    #[arg(
+        long,
+        env = "FIRN_RESET_OFFSETS",
+        value_name = "earliest|latest|T:P:O,..."
+    )]
+    pub(crate) reset_offsets: Option<firn::ingest::ResetOffsets>,
 }
 
 #[derive(Debug, Args)]

@@ -256,6 +256,7 @@ async fn run(cli: Cli) -> Result<Outcome> {
             }
             opts.stop_when_idle = args.stop_when_idle;
             opts.metrics_addr = args.metrics_addr;
+            opts.reset_offsets = args.reset_offsets;
             opts.kafka.extend(args.kafka_property);
             let chosen: Vec<TableDecl> = if args.tables.is_empty() {
                 decls.clone()
