@@ -225,6 +225,9 @@ async fn killed_rollups_leave_every_snapshot_exact() {
     eprintln!("kill schedule seed {seed}");
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     let mut checked = std::collections::BTreeSet::new();
+    // A round killed before its first commit (a loaded machine starts the
+    // process slowly) widens the next round's window.
+    let mut scale = 1u64;
     for round in 0..6 {
         let mut child = lake
             .firn()
@@ -233,7 +236,8 @@ async fn killed_rollups_leave_every_snapshot_exact() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let wait = Duration::from_millis(rng.random_range(150..1_500));
+        let wait = Duration::from_millis(rng.random_range(150..1_500) * scale);
+        let checked_before = checked.len();
         let started = Instant::now();
         let finished = loop {
             if child.try_wait().unwrap().is_some() {
@@ -267,6 +271,9 @@ async fn killed_rollups_leave_every_snapshot_exact() {
         );
         if finished {
             break;
+        }
+        if checked.len() == checked_before {
+            scale *= 2;
         }
     }
     // Finish the job; the layout is what the policy says.

@@ -136,6 +136,11 @@ pub(crate) struct ExpireArgs {
     /// Always keep the current snapshot and its latest ancestors, this many in all.
     #[arg(long, default_value_t = 10)]
     pub(crate) retain_last: usize,
+    /// Also remove tags and branches (never main) older than their
+    /// `max-ref-age-ms` (or the table's `history.expire.max-ref-age-ms`).
+    /// Without it every ref is kept, with every snapshot and file it reaches.
+    #[arg(long)]
+    pub(crate) expire_refs: bool,
     /// Report what would be expired and deleted, change nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,

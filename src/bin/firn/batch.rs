@@ -160,10 +160,15 @@ pub(crate) async fn expire_snapshots(
                 dry_run: args.dry_run,
             };
             maintain::expire::validate(&opts)?;
-            let r = maintain::expire::expire(
+            let refs = maintain::expire::RefOptions {
+                now: clock.now(),
+                expire_refs: args.expire_refs,
+            };
+            let r = maintain::expire::expire_with_refs(
                 catalog.as_ref(),
                 &tables::ident(d)?,
                 &opts,
+                &refs,
                 RetryPolicy::default(),
             )
             .await?;
