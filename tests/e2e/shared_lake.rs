@@ -14,15 +14,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use firn::catalog::Catalog;
+use firn::config::Config;
 use firn::ledger::{FIRN_OPERATION, Ledger, LedgerSource};
 use firn::produce::{EventGenerator, ProduceOptions, ProduceReport};
 use firn::rows::{DimValue, MeasureSpec, MeasureValue, RowKey, RowMap};
+use firn::schema::decl::TableDecl;
 use firn::{offsets, read, tables};
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog as _, CatalogBuilder};
 use serde_json::Value;
 
-use crate::common::{Broker, GROUP, Lake, terminate};
+use crate::common::{Broker, GROUP, Lake, S3_KEY, Seaweed, terminate};
 use crate::readers::python;
 
 const WAIT: Duration = Duration::from_secs(300);
@@ -58,18 +60,33 @@ fn warehouse_url(lake: &Lake) -> String {
     )
 }
 
+/// How tests/readers/foreign.py reaches the table.
+struct Target {
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+/// The lake's SQLite catalog and local warehouse.
+fn sql_target(lake: &Lake) -> Target {
+    Target {
+        args: vec![
+            "--catalog-uri".into(),
+            format!("sqlite:///{}", lake.path().join("catalog.db").display()),
+            "--warehouse".into(),
+            warehouse_url(lake),
+        ],
+        envs: Vec::new(),
+    }
+}
+
 /// Run one foreign-writer command (tests/readers/foreign.py); how it
 /// changed the sums.
-fn foreign(lake: &Lake, command: &str, arg: Option<&str>) -> BTreeMap<String, Value> {
+fn foreign_at(target: &Target, command: &str, arg: Option<&str>) -> BTreeMap<String, Value> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/readers/foreign.py");
     let out = Command::new(python())
         .arg(script)
-        .args(["--catalog-uri"])
-        .arg(format!(
-            "sqlite:///{}",
-            lake.path().join("catalog.db").display()
-        ))
-        .args(["--warehouse", &warehouse_url(lake)])
+        .args(&target.args)
+        .envs(target.envs.iter().map(|(k, v)| (k, v)))
         .args(["--table", "usage.http_requests", command])
         .args(arg)
         .output()
@@ -80,6 +97,10 @@ fn foreign(lake: &Lake, command: &str, arg: Option<&str>) -> BTreeMap<String, Va
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn foreign(lake: &Lake, command: &str, arg: Option<&str>) -> BTreeMap<String, Value> {
+    foreign_at(&sql_target(lake), command, arg)
 }
 
 /// iceberg-rust's own `Transaction::fast_append` as the other writer: one
@@ -861,13 +882,12 @@ async fn another_engines_delete_files_are_carried_and_refused_by_rewrites() {
 /// partition 0 of topic `t` for group `g`.
 async fn claim(
     catalog: &dyn Catalog,
-    lake: &Lake,
+    decl: &TableDecl,
     from: Option<i64>,
     to: i64,
 ) -> firn::Result<firn::commit::Committed> {
-    let decl = lake.decl();
     let ident = tables::ident(&decl).unwrap();
-    let spec = MeasureSpec::new(&decl);
+    let spec = MeasureSpec::new(decl);
     let mut rows = RowMap::default();
     rows.add_event(
         &spec,
@@ -885,7 +905,7 @@ async fn claim(
     let table = catalog.load(&ident).await.unwrap();
     let files = firn::write::write_rows(
         &table,
-        &decl,
+        decl,
         firn::schema::layout::Grain::Minute,
         rows.into_sorted(),
         128 << 20,
@@ -908,13 +928,16 @@ async fn claim(
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fence_admits_one_of_two_racing_batches_across_other_engines_commits() {
-    let lake = Lake::without_broker();
-    lake.run(&["tables", "sync"]);
-    let catalog = lake.catalog().await;
-    let c = catalog.as_ref();
-    claim(c, &lake, None, 10).await.unwrap();
+/// Other engines' append and expiry (keeping only their own snapshot)
+/// between firn's batches: a zombie replaying a committed range is fenced,
+/// and of two batches racing from the table's position exactly one commits.
+async fn fence_across_other_engines(catalog: &dyn Catalog, decl: &TableDecl, target: &Target) {
+    let ident = tables::ident(decl).unwrap();
+    let position = async || -> i64 {
+        let t = catalog.load(&ident).await.unwrap();
+        offsets::read(&t.metadata, "g").unwrap()["t"][&0]
+    };
+    claim(catalog, decl, None, 10).await.unwrap();
     let minute_ago = (chrono::Utc::now() - chrono::Duration::minutes(5))
         .format("%Y-%m-%dT%H:%M:00+00:00")
         .to_string();
@@ -922,15 +945,13 @@ async fn the_fence_admits_one_of_two_racing_batches_across_other_engines_commits
         ("append", Some(minute_ago.as_str())),
         ("expire-all-but-current", None),
     ] {
-        foreign(&lake, step, arg);
-        let at = group_position(c, &lake, "g").await;
-        // A zombie replaying the committed range is fenced...
-        let zombie = claim(c, &lake, None, 10).await.unwrap_err();
+        foreign_at(target, step, arg);
+        let at = position().await;
+        let zombie = claim(catalog, decl, None, 10).await.unwrap_err();
         assert_eq!(zombie.kind(), firn::ErrorKind::Fenced, "{step}: {zombie}");
-        // ...and of two batches racing from the table's position, one commits.
         let (a, b) = tokio::join!(
-            claim(c, &lake, Some(at), at + 10),
-            claim(c, &lake, Some(at), at + 10)
+            claim(catalog, decl, Some(at), at + 10),
+            claim(catalog, decl, Some(at), at + 10)
         );
         let fenced = [&a, &b]
             .iter()
@@ -944,6 +965,60 @@ async fn the_fence_admits_one_of_two_racing_batches_across_other_engines_commits
             (1, 1),
             "{step}: {a:?} {b:?}"
         );
-        assert_eq!(group_position(c, &lake, "g").await, at + 10, "{step}");
+        assert_eq!(position().await, at + 10, "{step}");
     }
+    let t = catalog.load(&ident).await.unwrap();
+    assert_eq!(
+        t.metadata.snapshots().count(),
+        2,
+        "the other engine's snapshot and firn's last batch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_admits_one_of_two_racing_batches_across_other_engines_commits() {
+    let lake = Lake::without_broker();
+    lake.run(&["tables", "sync"]);
+    let catalog = lake.catalog().await;
+    fence_across_other_engines(catalog.as_ref(), &lake.decl(), &sql_target(&lake)).await;
+}
+
+/// The same on the REST catalog and S3 (SeaweedFS): the ledger's mirror
+/// travels in the REST commit's `set-properties` update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_survives_other_engines_on_rest_and_s3() {
+    let weed = Seaweed::start();
+    let o = firn::config::Overrides {
+        catalog_credential: Some(weed.credential()),
+        ..weed.overrides()
+    };
+    let catalog = Config::with_overrides(&o)
+        .unwrap()
+        .open_catalog()
+        .await
+        .unwrap();
+    let decl = TableDecl::load(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas/usage.http_requests.toml"),
+    )
+    .unwrap();
+    tables::sync(catalog.as_ref(), &decl).await.unwrap();
+    let target = Target {
+        args: [
+            "--catalog-type".to_string(),
+            "rest".into(),
+            "--catalog-uri".into(),
+            format!("http://127.0.0.1:{}", weed.rest_port),
+            "--warehouse".into(),
+            "s3://warehouse/".into(),
+            "--s3-endpoint".into(),
+            format!("127.0.0.1:{}", weed.s3_port),
+        ]
+        .to_vec(),
+        envs: vec![
+            ("AWS_ACCESS_KEY_ID".into(), S3_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), weed.secret.clone()),
+            ("FIRN_CATALOG_CREDENTIAL".into(), weed.credential()),
+        ],
+    };
+    fence_across_other_engines(catalog.as_ref(), &decl, &target).await;
 }

@@ -3,7 +3,8 @@ managed maintenance do in a shared lake. Each command commits one snapshot
 with no firn properties and prints, as JSON, how it changed the table's sums
 (`{"requests": n, "bytes": n, "cpu_ms": n}`; negative for removed rows).
 
-usage: foreign.py --catalog-uri URI --warehouse W --table NS.NAME COMMAND [ARGS]
+usage: foreign.py --catalog-uri URI --warehouse W [--catalog-type rest --s3-endpoint H:P]
+                  --table NS.NAME COMMAND [ARG]
   append TS_ISO          one minute row at TS_ISO (requests 1, bytes 1000, cpu_ms 5)
   rewrite-all            read every row and overwrite the table with them (a
                          compaction: every file replaced, same totals)
@@ -14,6 +15,7 @@ usage: foreign.py --catalog-uri URI --warehouse W --table NS.NAME COMMAND [ARGS]
 """
 import argparse
 import json
+import os
 from datetime import datetime, timedelta
 
 import pyarrow as pa
@@ -28,11 +30,29 @@ p.add_argument("--catalog-uri", required=True)
 p.add_argument("--warehouse", required=True)
 p.add_argument("--catalog-name", default="firn")
 p.add_argument("--table", required=True)
+p.add_argument("--catalog-type", default="sql", choices=["sql", "rest"])
+p.add_argument("--s3-endpoint", help="host:port of an S3 API (REST catalogs' warehouses)")
 p.add_argument("command")
 p.add_argument("arg", nargs="?")
 a = p.parse_args()
 
-catalog = SqlCatalog(a.catalog_name, uri=a.catalog_uri, warehouse=a.warehouse)
+if a.catalog_type == "rest":
+    from pyiceberg.catalog.rest import RestCatalog
+
+    catalog = RestCatalog(
+        a.catalog_name,
+        **{
+            "uri": a.catalog_uri,
+            "warehouse": a.warehouse,
+            "credential": os.environ["FIRN_CATALOG_CREDENTIAL"],
+            "s3.endpoint": f"http://{a.s3_endpoint}",
+            "s3.access-key-id": os.environ.get("AWS_ACCESS_KEY_ID", ""),
+            "s3.secret-access-key": os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+            "s3.region": "us-east-1",
+        },
+    )
+else:
+    catalog = SqlCatalog(a.catalog_name, uri=a.catalog_uri, warehouse=a.warehouse)
 table = catalog.load_table(a.table)
 
 
