@@ -886,7 +886,7 @@ async fn claim(
     from: Option<i64>,
     to: i64,
 ) -> firn::Result<firn::commit::Committed> {
-    let ident = tables::ident(&decl).unwrap();
+    let ident = tables::ident(decl).unwrap();
     let spec = MeasureSpec::new(decl);
     let mut rows = RowMap::default();
     rows.add_event(
