@@ -285,6 +285,7 @@ async fn foreign_commits_between_ingest_runs_keep_offsets_backfills_and_totals()
         ("rust-fast-append", &[]),
     ];
     for (n, (step, commands)) in steps.into_iter().enumerate() {
+        let before_step = expected.clone();
         if step == "rust-fast-append" {
             let delta = rust_fast_append(&lake, catalog.as_ref()).await;
             add(&mut expected, &delta);
@@ -293,6 +294,10 @@ async fn foreign_commits_between_ingest_runs_keep_offsets_backfills_and_totals()
             let delta = foreign(&lake, command, *arg);
             add(&mut expected, &delta);
         }
+        let changed: Sums = SUMS
+            .iter()
+            .map(|m| (m.to_string(), expected[*m] - before_step[*m]))
+            .collect();
         let table = catalog
             .load(&tables::ident(&lake.decl()).unwrap())
             .await
@@ -326,6 +331,11 @@ async fn foreign_commits_between_ingest_runs_keep_offsets_backfills_and_totals()
             table_sums(catalog.as_ref(), &lake).await,
             expected,
             "ingest after the other engine's {step} counted each record once"
+        );
+        eprintln!(
+            "{step}: the other engine changed {changed:?}; then {} records produced and \
+             ingested; table {expected:?} (records sent in all: {sent})",
+            more.sent
         );
 
         let again = backfill(&lake, &input);
