@@ -596,6 +596,44 @@ impl Seaweed {
     pub fn credential(&self) -> String {
         format!("{S3_KEY}:{}", self.secret)
     }
+
+    /// Arguments and environment by which the Python scripts in
+    /// tests/readers reach its REST catalog and S3 warehouse.
+    pub fn reader_args(&self) -> (Vec<String>, Vec<(String, String)>) {
+        (
+            vec![
+                "--catalog-type".into(),
+                "rest".into(),
+                "--catalog-uri".into(),
+                format!("http://127.0.0.1:{}", self.rest_port),
+                "--warehouse".into(),
+                "s3://warehouse/".into(),
+                "--s3-endpoint".into(),
+                format!("127.0.0.1:{}", self.s3_port),
+            ],
+            vec![
+                ("AWS_ACCESS_KEY_ID".into(), S3_KEY.into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), self.secret.clone()),
+                ("FIRN_CATALOG_CREDENTIAL".into(), self.credential()),
+            ],
+        )
+    }
+}
+
+/// The venv's Python, with PyIceberg and DuckDB (`FIRN_PYTHON` or
+/// target/venv).
+pub fn python() -> PathBuf {
+    let p = std::env::var("FIRN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "no Python with PyIceberg and DuckDB at {} (run deploy/local/install-readers.sh)",
+        p.display()
+    );
+    p
 }
 
 impl Drop for Seaweed {

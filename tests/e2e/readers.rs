@@ -23,21 +23,7 @@ use serde_json::{Value, json};
 
 use firn::config::{Config, Overrides};
 
-use crate::common::{S3_KEY, Seaweed, lake_named, postgres_uri};
-
-pub(crate) fn python() -> PathBuf {
-    let p = std::env::var("FIRN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python")
-        });
-    assert!(
-        p.exists(),
-        "no Python with PyIceberg and DuckDB at {} (run deploy/local/install-readers.sh)",
-        p.display()
-    );
-    p
-}
+use crate::common::{Seaweed, lake_named, postgres_uri, python};
 
 /// firn's totals in the readers' JSON shape.
 fn firn_json(decl: &TableDecl, t: &read::Totals) -> Value {
@@ -277,24 +263,7 @@ async fn pyiceberg_and_duckdb_agree_after_every_step_on_rest_and_s3() {
     )
     .unwrap();
     tables::sync(catalog.as_ref(), &decl).await.unwrap();
-    let args = ReaderArgs {
-        args: [
-            "--catalog-type".to_string(),
-            "rest".into(),
-            "--catalog-uri".into(),
-            format!("http://127.0.0.1:{}", weed.rest_port),
-            "--warehouse".into(),
-            "s3://warehouse/".into(),
-            "--s3-endpoint".into(),
-            format!("127.0.0.1:{}", weed.s3_port),
-        ]
-        .to_vec(),
-        envs: vec![
-            ("AWS_ACCESS_KEY_ID".into(), S3_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), weed.secret.clone()),
-            ("FIRN_CATALOG_CREDENTIAL".into(), weed.credential()),
-        ],
-    };
+    let args = rest_reader(&weed);
     pipeline(catalog.as_ref(), &decl, &args, "REST + S3").await;
 }
 
@@ -367,24 +336,8 @@ async fn conformance(lake: &crate::common::Lake, reader: &ReaderArgs, label: &st
 }
 
 fn rest_reader(weed: &Seaweed) -> ReaderArgs {
-    ReaderArgs {
-        args: [
-            "--catalog-type".to_string(),
-            "rest".into(),
-            "--catalog-uri".into(),
-            format!("http://127.0.0.1:{}", weed.rest_port),
-            "--warehouse".into(),
-            "s3://warehouse/".into(),
-            "--s3-endpoint".into(),
-            format!("127.0.0.1:{}", weed.s3_port),
-        ]
-        .to_vec(),
-        envs: vec![
-            ("AWS_ACCESS_KEY_ID".into(), S3_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), weed.secret.clone()),
-            ("FIRN_CATALOG_CREDENTIAL".into(), weed.credential()),
-        ],
-    }
+    let (args, envs) = weed.reader_args();
+    ReaderArgs { args, envs }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

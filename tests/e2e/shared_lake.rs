@@ -24,8 +24,7 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog as _, CatalogBuilder};
 use serde_json::Value;
 
-use crate::common::{Broker, GROUP, Lake, S3_KEY, Seaweed, terminate};
-use crate::readers::python;
+use crate::common::{Broker, GROUP, Lake, Seaweed, python, terminate};
 
 const WAIT: Duration = Duration::from_secs(300);
 const SUMS: [&str; 3] = ["requests", "bytes", "cpu_ms"];
@@ -1012,23 +1011,7 @@ async fn the_ledger_survives_other_engines_on_rest_and_s3() {
     )
     .unwrap();
     tables::sync(catalog.as_ref(), &decl).await.unwrap();
-    let target = Target {
-        args: [
-            "--catalog-type".to_string(),
-            "rest".into(),
-            "--catalog-uri".into(),
-            format!("http://127.0.0.1:{}", weed.rest_port),
-            "--warehouse".into(),
-            "s3://warehouse/".into(),
-            "--s3-endpoint".into(),
-            format!("127.0.0.1:{}", weed.s3_port),
-        ]
-        .to_vec(),
-        envs: vec![
-            ("AWS_ACCESS_KEY_ID".into(), S3_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), weed.secret.clone()),
-            ("FIRN_CATALOG_CREDENTIAL".into(), weed.credential()),
-        ],
-    };
+    let (args, envs) = weed.reader_args();
+    let target = Target { args, envs };
     fence_across_other_engines(catalog.as_ref(), &decl, &target).await;
 }

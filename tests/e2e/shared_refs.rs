@@ -5,7 +5,7 @@
 //! while it still removes real orphans.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,21 +22,7 @@ use firn::tables;
 use iceberg::spec::{PartitionStatisticsFile, StatisticsFile};
 use serde_json::Value;
 
-use crate::common::{Lake, S3_KEY, Seaweed};
-
-fn python() -> PathBuf {
-    let p = std::env::var("FIRN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python")
-        });
-    assert!(
-        p.exists(),
-        "no Python with PyIceberg at {} (run deploy/local/install-readers.sh)",
-        p.display()
-    );
-    p
-}
+use crate::common::{Lake, S3_KEY, Seaweed, python};
 
 /// Run a PyIceberg script (`catalog` and `table` are bound, `args` holds
 /// the extra arguments); its last stdout line is JSON.

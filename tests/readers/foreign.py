@@ -15,44 +15,24 @@ usage: foreign.py --catalog-uri URI --warehouse W [--catalog-type rest --s3-endp
 """
 import argparse
 import json
-import os
 from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
+
+import catalogs
 
 SUMS = ["requests", "bytes", "cpu_ms"]
 
 p = argparse.ArgumentParser()
-p.add_argument("--catalog-uri", required=True)
-p.add_argument("--warehouse", required=True)
-p.add_argument("--catalog-name", default="firn")
+catalogs.add_arguments(p)
 p.add_argument("--table", required=True)
-p.add_argument("--catalog-type", default="sql", choices=["sql", "rest"])
-p.add_argument("--s3-endpoint", help="host:port of an S3 API (REST catalogs' warehouses)")
 p.add_argument("command")
 p.add_argument("arg", nargs="?")
 a = p.parse_args()
 
-if a.catalog_type == "rest":
-    from pyiceberg.catalog.rest import RestCatalog
-
-    catalog = RestCatalog(
-        a.catalog_name,
-        **{
-            "uri": a.catalog_uri,
-            "warehouse": a.warehouse,
-            "credential": os.environ["FIRN_CATALOG_CREDENTIAL"],
-            "s3.endpoint": f"http://{a.s3_endpoint}",
-            "s3.access-key-id": os.environ.get("AWS_ACCESS_KEY_ID", ""),
-            "s3.secret-access-key": os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
-            "s3.region": "us-east-1",
-        },
-    )
-else:
-    catalog = SqlCatalog(a.catalog_name, uri=a.catalog_uri, warehouse=a.warehouse)
+catalog = catalogs.open_catalog(a)
 table = catalog.load_table(a.table)
 
 

@@ -11,16 +11,13 @@ import json
 import os
 
 import duckdb
-from pyiceberg.catalog.sql import SqlCatalog
+
+import catalogs
 
 p = argparse.ArgumentParser()
-p.add_argument("--catalog-uri", required=True)
-p.add_argument("--warehouse", required=True)
-p.add_argument("--catalog-name", default="firn")
+catalogs.add_arguments(p)
 p.add_argument("--table", required=True)
 p.add_argument("--measure", action="append", required=True)
-p.add_argument("--catalog-type", default="sql", choices=["sql", "rest"])
-p.add_argument("--s3-endpoint", help="host:port of an S3 API (REST catalogs' warehouses)")
 a = p.parse_args()
 
 measures = [m.split(":") for m in a.measure]
@@ -46,23 +43,7 @@ def totals(con, relation):
 
 
 key, secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
-if a.catalog_type == "rest":
-    from pyiceberg.catalog.rest import RestCatalog
-
-    catalog = RestCatalog(
-        a.catalog_name,
-        **{
-            "uri": a.catalog_uri,
-            "warehouse": a.warehouse,
-            "credential": os.environ["FIRN_CATALOG_CREDENTIAL"],
-            "s3.endpoint": f"http://{a.s3_endpoint}",
-            "s3.access-key-id": key,
-            "s3.secret-access-key": secret,
-            "s3.region": "us-east-1",
-        },
-    )
-else:
-    catalog = SqlCatalog(a.catalog_name, uri=a.catalog_uri, warehouse=a.warehouse)
+catalog = catalogs.open_catalog(a)
 table = catalog.load_table(a.table)
 con = duckdb.connect(config={"allow_unsigned_extensions": "true", "autoinstall_known_extensions": "false"})
 con.execute("SET TimeZone = 'UTC'")
