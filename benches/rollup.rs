@@ -137,15 +137,10 @@ async fn rollup(dir: &Path) {
         target_file_size: 128 << 20,
     };
     let tasks = maintain::plan_rollup(&state, &decl.policy, &opts);
-    let report = maintain::run_plan(
-        catalog.as_ref(),
-        &ident,
-        &decl,
-        &tasks,
-        128 << 20,
-        RetryPolicy::default(),
-    )
-    .await;
+    let ctx = maintain::Context::new(catalog.as_ref(), opts.now);
+    let report = maintain::execute::run(&ctx, &decl, &tasks, 128 << 20)
+        .await
+        .unwrap();
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(report.failed, 0);
     let rows_in: u64 = report.tasks.iter().map(|t| t.rows_in).sum();

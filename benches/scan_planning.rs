@@ -110,12 +110,13 @@ fn main() {
                 .await
                 .unwrap();
             if i % 200 == 199 {
-                let opts = maintain::expire::ExpireOptions {
-                    older_than: Utc::now() + Duration::days(1),
+                let later = maintain::Context::new(catalog.as_ref(), Utc::now() + Duration::days(1));
+                let keep_three = maintain::expire::ExpireSnapshotsOptions {
+                    older_than: firn::clock::Span::from_secs(0),
                     retain_last: 3,
-                    dry_run: false,
+                    ..Default::default()
                 };
-                maintain::expire::expire(catalog.as_ref(), &ident, &opts, RetryPolicy::default()).await.unwrap();
+                maintain::expire::run(&later, &decl, &keep_three).await.unwrap();
             }
         }
         eprintln!("{APPENDS} appends in {:.1}s", started.elapsed().as_secs_f64());
@@ -124,9 +125,8 @@ fn main() {
         let table = catalog.load(&ident).await.unwrap();
         let manifests_before = table.manifest_list(table.metadata.current_snapshot().unwrap()).await.unwrap().entries().len();
         let (files_b, opened_b, secs_b) = plan_one_hour(catalog.as_ref(), &table, hour).await;
-        let r = maintain::manifests::rewrite_manifests(catalog.as_ref(), &ident, None, false, RetryPolicy::default())
-            .await
-            .unwrap();
+        let ctx = maintain::Context::new(catalog.as_ref(), Utc::now());
+        let r = maintain::manifests::run(&ctx, &decl, &Default::default()).await.unwrap();
         let table = catalog.load(&ident).await.unwrap();
         let (files_a, opened_a, secs_a) = plan_one_hour(catalog.as_ref(), &table, hour).await;
         println!(

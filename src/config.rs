@@ -142,6 +142,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// Commits per minute per table a batch run may make: `asked` (a flag's,
+    /// then a job file's), else the catalog's default (10 on a REST catalog,
+    /// as R2 Data Catalog allows about 20; no limit, 0, on SQL catalogs).
+    pub fn commits_per_minute(&self, asked: Option<u32>) -> u32 {
+        asked.unwrap_or_else(|| {
+            crate::budget::default_commits_per_minute(self.catalog.rest.is_some())
+        })
+    }
+
     /// Load `path` (if given; `firn.toml` in the working directory if present)
     /// and apply `overrides`.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self> {

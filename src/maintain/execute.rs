@@ -2,8 +2,8 @@
 //! for retention) and swap them in with one commit. A task whose inputs were
 //! replaced meanwhile reports "superseded" and leaves its files to orphan
 //! removal. [`plan_table`] is where every maintenance run starts, and
-//! [`run_plan_within`] keeps a run inside the catalog's write budget by
-//! grouping partitions into fewer commits.
+//! [`run`] keeps a run inside the catalog's write budget by grouping
+//! partitions into fewer commits.
 
 use std::time::Instant;
 
@@ -12,9 +12,9 @@ use iceberg::spec::Operation;
 use serde::Serialize;
 
 use super::merge::{self, MergeReader};
+use super::operation::Context;
 use super::plan::{self, PlanOptions, Task, TaskKind};
 use super::state;
-use crate::budget::CommitBudget;
 use crate::catalog::Catalog;
 use crate::commit::{self, Change, NewFile, RemovedFile, RetryPolicy};
 use crate::error::{ErrorKind, Result};
@@ -81,17 +81,16 @@ struct Prepared {
     added: Vec<NewFile>,
 }
 
-/// Execute one task on `ident`.
+/// Execute one task on `decl`'s table, in a commit of its own.
 pub async fn execute(
-    catalog: &dyn Catalog,
-    ident: &TableIdent,
+    ctx: &Context<'_>,
     decl: &TableDecl,
     task: &Task,
     target_file_size: usize,
-    retry: RetryPolicy,
 ) -> Result<TaskOutcome> {
-    let mut group = vec![prepare(catalog, ident, decl, task, target_file_size).await?];
-    commit_group(catalog, ident, task.kind, &mut group, retry).await?;
+    let ident = tables::ident(decl)?;
+    let mut group = vec![prepare(ctx.catalog, &ident, decl, task, target_file_size).await?];
+    commit_group(ctx.catalog, &ident, task.kind, &mut group, ctx.retry).await?;
     Ok(group.remove(0).outcome)
 }
 
@@ -237,45 +236,23 @@ impl RunReport {
     }
 }
 
-/// Execute tasks one after another (one commit each, so a long run makes
-/// partial progress); a failed task is reported and the others still run.
-pub async fn run_plan(
-    catalog: &dyn Catalog,
-    ident: &TableIdent,
+/// Execute `tasks` on `decl`'s table, one commit per task (so a long run
+/// makes partial progress) while they fit in `ctx`'s write budget; a failed
+/// task is reported and the others still run. A plan with more partitions
+/// than a minute's budget commits them in groups
+/// ([`crate::budget::CommitBudget::group_size`]) — one `replace` of several partitions, as
+/// Spark's `rewrite_data_files` commits file groups. A group that another
+/// commit superseded is committed again partition by partition from the
+/// files already written, so one raced partition does not cost the others
+/// their work.
+pub async fn run(
+    ctx: &Context<'_>,
     decl: &TableDecl,
     tasks: &[Task],
     target_file_size: usize,
-    retry: RetryPolicy,
-) -> RunReport {
-    let budget = CommitBudget::unlimited();
-    run_plan_within(
-        catalog,
-        ident,
-        decl,
-        tasks,
-        target_file_size,
-        retry,
-        &budget,
-    )
-    .await
-}
-
-/// [`run_plan`] inside a catalog write budget: commits wait for the budget,
-/// and a plan with more partitions than a minute's budget commits them in
-/// groups ([`CommitBudget::group_size`]) — one `replace` of several
-/// partitions, as Spark's `rewrite_data_files` commits file groups. A group
-/// that another commit superseded is committed again partition by partition
-/// from the files already written, so one raced partition does not cost the
-/// others their work.
-pub async fn run_plan_within(
-    catalog: &dyn Catalog,
-    ident: &TableIdent,
-    decl: &TableDecl,
-    tasks: &[Task],
-    target_file_size: usize,
-    retry: RetryPolicy,
-    budget: &CommitBudget,
-) -> RunReport {
+) -> Result<RunReport> {
+    let (catalog, budget, retry) = (ctx.catalog, &ctx.budget, ctx.retry);
+    let ident = &tables::ident(decl)?;
     let mut report = RunReport::default();
     let size = budget.group_size(tasks.len());
     if size > 1 {
@@ -339,7 +316,7 @@ pub async fn run_plan_within(
             }
         }
     }
-    report
+    Ok(report)
 }
 
 fn done(ident: &TableIdent, i: usize, of: usize, o: &TaskOutcome, started: Instant) {

@@ -13,41 +13,102 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use iceberg::TableIdent;
 use iceberg::spec::{TableMetadata, TableMetadataBuilder};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::operation::Context;
 use super::paths;
 use super::reach::{self, metadata_version};
 use super::refs::{self, Expiry, Retention};
 use crate::catalog::{Catalog, TableHandle};
+use crate::clock::Span;
 use crate::commit::{self, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
+use crate::schema::decl::TableDecl;
+use crate::tables;
 
-/// What to expire.
+/// `firn expire-snapshots`: which snapshots (and refs) may go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExpireSnapshotsOptions {
+    /// Expire snapshots committed longer ago than this.
+    #[arg(long, default_value_t = ExpireSnapshotsOptions::default().older_than)]
+    pub older_than: Span,
+    /// Always keep the current snapshot and its latest ancestors, this many in all.
+    #[arg(long, default_value_t = ExpireSnapshotsOptions::default().retain_last)]
+    pub retain_last: usize,
+    /// Also remove tags and branches (never main) older than their
+    /// `max-ref-age-ms` (or the table's `history.expire.max-ref-age-ms`).
+    /// Without it every ref is kept, with every snapshot and file it reaches.
+    #[arg(long)]
+    pub expire_refs: bool,
+}
+
+impl Default for ExpireSnapshotsOptions {
+    fn default() -> Self {
+        Self {
+            older_than: Span::from_secs(5 * 86_400),
+            retain_last: 10,
+            expire_refs: false,
+        }
+    }
+}
+
+impl ExpireSnapshotsOptions {
+    /// Refuse options that make no sense.
+    pub fn validate(&self) -> Result<()> {
+        if self.retain_last == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "--retain-last must be at least 1 (the current snapshot is always kept)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Run `firn expire-snapshots` on `decl`'s table as of `ctx.now`.
+pub async fn run(
+    ctx: &Context<'_>,
+    decl: &TableDecl,
+    o: &ExpireSnapshotsOptions,
+) -> Result<ExpireReport> {
+    o.validate()?;
+    let selection = Selection {
+        now: ctx.now,
+        older_than: ctx.now - o.older_than.chrono(),
+        retain_last: o.retain_last,
+        expire_refs: o.expire_refs,
+    };
+    expire(
+        ctx.catalog,
+        &tables::ident(decl)?,
+        &selection,
+        ctx.dry_run,
+        ctx.retry,
+    )
+    .await
+}
+
+/// What may expire, resolved against a time.
 #[derive(Debug, Clone, Copy)]
-pub struct ExpireOptions {
+pub struct Selection {
+    /// The time ref ages and branches' `max-snapshot-age-ms` are measured from.
+    pub now: DateTime<Utc>,
     /// Snapshots committed before this time may expire.
     pub older_than: DateTime<Utc>,
     /// The current snapshot and this many of its ancestors in all are kept.
     pub retain_last: usize,
-    /// Only report.
-    pub dry_run: bool,
-}
-
-/// How an expiry treats tags and branches. Apart from their own retention,
-/// refs are data: a ref is removed only when ref expiry is asked for.
-#[derive(Debug, Clone, Copy)]
-pub struct RefOptions {
-    /// The time ref ages and branches' `max-snapshot-age-ms` are measured from.
-    pub now: DateTime<Utc>,
     /// Remove tags and branches (never main) older than their
     /// `max-ref-age-ms` (or the table's `history.expire.max-ref-age-ms`),
-    /// as Iceberg's `ExpireSnapshots` does.
+    /// as Iceberg's `ExpireSnapshots` does; otherwise refs are data and stay.
     pub expire_refs: bool,
 }
 
 /// What an expiry did (or, dry, would do).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct ExpireReport {
+    /// Whether nothing was changed.
+    pub dry_run: bool,
     /// Snapshots removed from the metadata.
     pub expired_snapshots: Vec<i64>,
     /// Refs removed (ref expiry asked for, past their max ref age).
@@ -64,22 +125,18 @@ pub struct ExpireReport {
     pub failed_deletes: usize,
 }
 
-/// What `opts` expires in `meta`, Iceberg's `RemoveSnapshots` rules over
+/// What `sel` expires in `meta`, Iceberg's `RemoveSnapshots` rules over
 /// every ref ([`refs::plan`]): `older_than` and `retain_last` bound every
 /// branch without its own retention, main included; each tag's snapshot
 /// and each branch's retained ancestry stay.
-pub fn select_expired(
-    meta: &TableMetadata,
-    opts: &ExpireOptions,
-    refs: &RefOptions,
-) -> Result<Expiry> {
+pub fn select_expired(meta: &TableMetadata, sel: &Selection) -> Result<Expiry> {
     refs::plan(
         meta,
         &Retention {
-            now: refs.now,
-            older_than: Some(opts.older_than),
-            retain_last: Some(opts.retain_last.max(1)),
-            expire_refs: refs.expire_refs,
+            now: sel.now,
+            older_than: Some(sel.older_than),
+            retain_last: Some(sel.retain_last.max(1)),
+            expire_refs: sel.expire_refs,
         },
     )
 }
@@ -109,39 +166,24 @@ fn edit(base: &TableHandle, plan: &Expiry) -> Result<TableMetadataBuilder> {
     Ok(builder.remove_snapshots(&plan.snapshots))
 }
 
-/// Expire snapshots of `ident` and delete what only they reached; refs are
-/// kept (ages measured from the system clock). See [`expire_with_refs`].
-pub async fn expire(
-    catalog: &dyn Catalog,
-    ident: &TableIdent,
-    opts: &ExpireOptions,
-    retry: RetryPolicy,
-) -> Result<ExpireReport> {
-    let refs = RefOptions {
-        now: Utc::now(),
-        expire_refs: false,
-    };
-    expire_with_refs(catalog, ident, opts, &refs, retry).await
-}
-
 /// Expire snapshots of `ident` (and refs, if asked) and delete the files
 /// that only expired snapshots reached: nothing any kept snapshot of any
 /// ref reaches, compared as Iceberg paths.
-pub async fn expire_with_refs(
+pub async fn expire(
     catalog: &dyn Catalog,
     ident: &TableIdent,
-    opts: &ExpireOptions,
-    refs: &RefOptions,
+    sel: &Selection,
+    dry_run: bool,
     retry: RetryPolicy,
 ) -> Result<ExpireReport> {
-    let (base, plan) = if opts.dry_run {
+    let (base, plan) = if dry_run {
         let base = catalog.load(ident).await?;
-        let plan = select_expired(&base.metadata, opts, refs)?;
+        let plan = select_expired(&base.metadata, sel)?;
         (base, plan)
     } else {
         let seen: Mutex<Option<(TableHandle, Expiry)>> = Mutex::new(None);
         let committed = commit::update_metadata(catalog, ident, retry, |base| {
-            let plan = select_expired(&base.metadata, opts, refs)?;
+            let plan = select_expired(&base.metadata, sel)?;
             if plan.snapshots.is_empty() && plan.removed_refs.is_empty() {
                 return Ok(None);
             }
@@ -157,7 +199,7 @@ pub async fn expire_with_refs(
             (Some(_), Some(found)) => found,
             _ => {
                 let base = catalog.load(ident).await?;
-                let stale_refs = select_expired(&base.metadata, opts, refs)?.stale_refs;
+                let stale_refs = select_expired(&base.metadata, sel)?.stale_refs;
                 let plan = Expiry {
                     stale_refs,
                     ..Expiry::default()
@@ -168,6 +210,7 @@ pub async fn expire_with_refs(
     };
     let ids = plan.snapshots.clone();
     let mut report = ExpireReport {
+        dry_run,
         expired_snapshots: ids.clone(),
         removed_refs: plan.removed_refs.clone(),
         stale_refs: plan.stale_refs.clone(),
@@ -228,7 +271,7 @@ pub async fn expire_with_refs(
         }
     }
 
-    if !opts.dry_run && !doomed.is_empty() {
+    if !dry_run && !doomed.is_empty() {
         let failed = catalog.storage().delete_many(doomed).await;
         for (location, why) in &failed {
             tracing::warn!(table = %ident, location, error = %why, "could not delete; left as an orphan");
@@ -241,19 +284,8 @@ pub async fn expire_with_refs(
         deleted_files = report.deleted_files,
         deleted_bytes = report.deleted_bytes,
         deleted_metadata_files = report.deleted_metadata_files,
-        dry_run = opts.dry_run,
+        dry_run,
         "expire-snapshots"
     );
     Ok(report)
-}
-
-/// Errors for options that make no sense.
-pub fn validate(opts: &ExpireOptions) -> Result<()> {
-    if opts.retain_last == 0 {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "--retain-last must be at least 1 (the current snapshot is always kept)",
-        ));
-    }
-    Ok(())
 }

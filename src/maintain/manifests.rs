@@ -3,18 +3,21 @@
 //! partitions, as one `replace` commit that changes no data file. A table
 //! already laid out that way is left alone (no new snapshot).
 
-use iceberg::TableIdent;
 use iceberg::spec::{ManifestContentType, ManifestFile, Operation};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::catalog::Catalog;
+use super::operation::Context;
 use crate::commit::manifests::{Clustered, MergePolicy};
-use crate::commit::{self, Change, RetryPolicy};
+use crate::commit::{self, Change};
 use crate::error::Result;
+use crate::schema::decl::TableDecl;
+use crate::tables;
 
 /// What a rewrite did (or, dry, would do).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct RewriteReport {
+    /// Whether nothing was changed.
+    pub dry_run: bool,
     /// Manifests before.
     pub manifests_before: usize,
     /// Manifests after (planned, when dry or unchanged).
@@ -25,20 +28,33 @@ pub struct RewriteReport {
     pub snapshot_id: Option<i64>,
 }
 
-/// Rewrite `ident`'s manifests into clusters of about `target` bytes
-/// (default: the table's `commit.manifest.target-size-bytes`, 8 MiB).
-pub async fn rewrite_manifests(
-    catalog: &dyn Catalog,
-    ident: &TableIdent,
-    target: Option<u64>,
-    dry_run: bool,
-    retry: RetryPolicy,
+/// `firn rewrite-manifests`: how big the clustered manifests are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct RewriteManifestsOptions {
+    /// Target manifest size in bytes (default: the table's
+    /// commit.manifest.target-size-bytes, 8 MiB).
+    #[arg(long)]
+    pub target_size: Option<u64>,
+}
+
+/// Run `firn rewrite-manifests` on `decl`'s table: its manifests clustered
+/// into manifests of about the target size, each holding whole partitions.
+pub async fn run(
+    ctx: &Context<'_>,
+    decl: &TableDecl,
+    o: &RewriteManifestsOptions,
 ) -> Result<RewriteReport> {
-    let table = catalog.load(ident).await?;
+    let ident = tables::ident(decl)?;
+    let (catalog, dry_run) = (ctx.catalog, ctx.dry_run);
+    let table = catalog.load(&ident).await?;
     let Some(snapshot) = table.metadata.current_snapshot() else {
-        return Ok(RewriteReport::default());
+        return Ok(RewriteReport {
+            dry_run,
+            ..Default::default()
+        });
     };
-    let target = target.unwrap_or(MergePolicy::of(&table).target_size);
+    let target = o.target_size.unwrap_or(MergePolicy::of(&table).target_size);
     let list = table.manifest_list(snapshot).await?;
     // Only data manifests are clustered; delete manifests another engine
     // wrote are carried as they are by the commit.
@@ -50,6 +66,7 @@ pub async fn rewrite_manifests(
         .collect();
     let clustered = Clustered::load(&table, &data).await?;
     let mut report = RewriteReport {
+        dry_run,
         manifests_before: data.len(),
         manifests_after: clustered.pack(target).len(),
         data_files: clustered.entries,
@@ -66,7 +83,7 @@ pub async fn rewrite_manifests(
         rewrite_manifests: Some(target),
         ..Change::append("rewrite-manifests", Vec::new())
     };
-    let committed = commit::commit(catalog, ident, &change, retry).await?;
+    let committed = commit::commit(catalog, &ident, &change, ctx.retry).await?;
     let after = committed
         .table
         .metadata

@@ -10,26 +10,58 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use iceberg::TableIdent;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::operation::Context;
 use super::{paths, reach};
 use crate::catalog::{Catalog, TableHandle};
+use crate::clock::Span;
 use crate::error::{Error, ErrorKind, Result};
+use crate::schema::decl::TableDecl;
+use crate::tables;
 
 /// The shortest `older_than` accepted without `force`.
 pub const MIN_SAFE_AGE: Duration = Duration::from_secs(3600);
 
-/// What to remove.
-#[derive(Debug, Clone, Copy)]
-pub struct OrphanOptions {
-    /// The time the bound is measured from.
-    pub now: DateTime<Utc>,
-    /// Only files last modified longer ago than this.
-    pub older_than: Duration,
-    /// Accept `older_than` under an hour.
+/// `firn remove-orphans`: which unreferenced files may go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoveOrphansOptions {
+    /// Only files last modified longer ago than this (at least 1h unless --force).
+    #[arg(long, default_value_t = RemoveOrphansOptions::default().older_than)]
+    pub older_than: Span,
+    /// Accept --older-than under an hour (may delete files of commits in
+    /// flight). Command line only: a job never forces.
+    #[arg(long)]
+    #[serde(skip)]
     pub force: bool,
-    /// Only list.
-    pub dry_run: bool,
+}
+
+impl Default for RemoveOrphansOptions {
+    fn default() -> Self {
+        Self {
+            older_than: Span::from_secs(3 * 86_400),
+            force: false,
+        }
+    }
+}
+
+impl RemoveOrphansOptions {
+    /// Refuse a bound that could take the files of a commit in flight.
+    pub fn validate(&self) -> Result<()> {
+        if *self.older_than < MIN_SAFE_AGE && !self.force {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "--older-than {} could remove files of commits still in flight; \
+                     use at least {} or add --force",
+                    self.older_than,
+                    humantime::format_duration(MIN_SAFE_AGE)
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One orphan file.
@@ -46,6 +78,8 @@ pub struct Orphan {
 /// What orphan removal found (and deleted, unless dry).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct OrphanReport {
+    /// Whether nothing was deleted.
+    pub dry_run: bool,
     /// Files listed under the table's location.
     pub listed: usize,
     /// Orphans older than the bound.
@@ -96,34 +130,56 @@ pub async fn referenced(table: &TableHandle) -> Result<BTreeSet<String>> {
     Ok(out)
 }
 
-/// Find (and delete) the orphans of `ident`: listed files whose normalised
-/// path nothing references ([`referenced`]) and that are older than the bound.
-pub async fn remove_orphans(
+/// Run `firn remove-orphans` on `decl`'s table: find its orphans as of
+/// `ctx.now` and, unless dry, delete them.
+pub async fn run(
+    ctx: &Context<'_>,
+    decl: &TableDecl,
+    o: &RemoveOrphansOptions,
+) -> Result<OrphanReport> {
+    o.validate()?;
+    let ident = tables::ident(decl)?;
+    let mut report = find(ctx.catalog, &ident, ctx.now, *o.older_than).await?;
+    report.dry_run = ctx.dry_run;
+    if !ctx.dry_run && !report.orphans.is_empty() {
+        let doomed = report.orphans.iter().map(|o| o.location.clone()).collect();
+        let failed = ctx.catalog.storage().delete_many(doomed).await;
+        for (location, why) in &failed {
+            tracing::warn!(table = %ident, location, error = %why, "could not delete orphan");
+        }
+        report.failed_deletes = failed.len();
+    }
+    tracing::info!(
+        table = %ident,
+        listed = report.listed,
+        orphans = report.orphans.len(),
+        orphan_bytes = report.orphan_bytes,
+        too_new = report.too_new,
+        dry_run = ctx.dry_run,
+        "remove-orphans"
+    );
+    Ok(report)
+}
+
+/// The orphans of `ident` (deleting nothing): listed files whose normalised
+/// path nothing references ([`referenced`]) and that were last modified
+/// more than `older_than` before `now`.
+pub async fn find(
     catalog: &dyn Catalog,
     ident: &TableIdent,
-    opts: &OrphanOptions,
+    now: DateTime<Utc>,
+    older_than: Duration,
 ) -> Result<OrphanReport> {
-    if opts.older_than < MIN_SAFE_AGE && !opts.force {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!(
-                "--older-than {} could remove files of commits still in flight; \
-                 use at least {} or add --force",
-                humantime::format_duration(opts.older_than),
-                humantime::format_duration(MIN_SAFE_AGE)
-            ),
-        ));
-    }
     let table = catalog.load(ident).await?;
     let storage = catalog.storage();
     let referenced = referenced(&table).await?;
 
-    let cutoff =
-        opts.now - chrono::Duration::from_std(opts.older_than).unwrap_or(chrono::Duration::zero());
+    let cutoff = now - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::zero());
     let root = format!("{}/", table.metadata.location().trim_end_matches('/'));
     let listed = storage.list(&root).await?;
     let mut report = OrphanReport {
         listed: listed.len(),
+        dry_run: true,
         ..Default::default()
     };
     for f in listed {
@@ -146,22 +202,5 @@ pub async fn remove_orphans(
             last_modified: f.last_modified,
         });
     }
-    if !opts.dry_run && !report.orphans.is_empty() {
-        let doomed = report.orphans.iter().map(|o| o.location.clone()).collect();
-        let failed = storage.delete_many(doomed).await;
-        for (location, why) in &failed {
-            tracing::warn!(table = %ident, location, error = %why, "could not delete orphan");
-        }
-        report.failed_deletes = failed.len();
-    }
-    tracing::info!(
-        table = %ident,
-        listed = report.listed,
-        orphans = report.orphans.len(),
-        orphan_bytes = report.orphan_bytes,
-        too_new = report.too_new,
-        dry_run = opts.dry_run,
-        "remove-orphans"
-    );
     Ok(report)
 }

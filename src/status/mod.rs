@@ -17,7 +17,7 @@ pub use render::render;
 
 use crate::catalog::{Catalog, TableHandle};
 use crate::error::Result;
-use crate::maintain::orphans::{self, OrphanOptions};
+use crate::maintain::orphans;
 use crate::maintain::plan::{self, PlanOptions, Task};
 use crate::maintain::state::{self, TableState};
 use crate::offsets::{self, TopicOffsets};
@@ -178,13 +178,7 @@ pub async fn table_status(
         },
     };
     let orphans = if opts.orphans {
-        let oopts = OrphanOptions {
-            now: opts.now,
-            older_than: Duration::ZERO,
-            force: true,
-            dry_run: true,
-        };
-        let r = orphans::remove_orphans(catalog, &ident, &oopts).await?;
+        let r = orphans::find(catalog, &ident, opts.now, Duration::ZERO).await?;
         Some(OrphanEstimate {
             files: r.orphans.len(),
             bytes: r.orphan_bytes,

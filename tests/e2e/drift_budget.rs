@@ -17,8 +17,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{Duration as ChronoDuration, Utc};
 use firn::budget::CommitBudget;
 use firn::catalog::Catalog;
-use firn::commit::RetryPolicy;
-use firn::maintain::{PlanOptions, TaskKind, execute};
+use firn::maintain::{Context, PlanOptions, TaskKind, execute};
 use firn::produce::{EventGenerator, ProduceOptions};
 use firn::rows::{DimValue, MeasureSpec, MeasureValue, RowKey, RowMap};
 use firn::schema::decl::{Agg, TableDecl};
@@ -217,31 +216,17 @@ async fn a_grouped_commit_superseded_by_another_writer_keeps_the_other_partition
         .unwrap();
     assert_eq!(tasks.len(), 12);
     // Another writer rolls the first day up before the run commits it.
-    let first = execute::execute(
-        catalog.as_ref(),
-        &ident,
-        &decl,
-        &tasks[0],
-        128 << 20,
-        RetryPolicy::default(),
-    )
-    .await
-    .unwrap();
+    let ctx = Context::new(catalog.as_ref(), opts.now);
+    let first = execute::execute(&ctx, &decl, &tasks[0], 128 << 20)
+        .await
+        .unwrap();
     assert!(first.snapshot_id.is_some());
 
     // 10 commits a minute: twelve partitions go in pairs.
     let budget = CommitBudget::new(10);
     assert_eq!(budget.group_size(tasks.len()), 2);
-    let report = execute::run_plan_within(
-        catalog.as_ref(),
-        &ident,
-        &decl,
-        &tasks,
-        128 << 20,
-        RetryPolicy::default(),
-        &budget,
-    )
-    .await;
+    let ctx = Context { budget, ..ctx };
+    let report = execute::run(&ctx, &decl, &tasks, 128 << 20).await.unwrap();
     // The first pair is superseded as a whole, then committed one by one:
     // the raced day is superseded, its partner committed.
     assert_eq!(

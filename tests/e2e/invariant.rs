@@ -159,15 +159,10 @@ impl World {
             Op::Rollup => maintain::plan_rollup(&state, &policy, &self.opts()),
             Op::Retention => maintain::plan_retention(&state, &policy, &self.opts()),
         };
-        let report = maintain::run_plan(
-            self.catalog.as_ref(),
-            &ident,
-            &self.decl,
-            &tasks,
-            128 << 20,
-            RetryPolicy::default(),
-        )
-        .await;
+        let ctx = maintain::Context::new(self.catalog.as_ref(), self.now);
+        let report = maintain::execute::run(&ctx, &self.decl, &tasks, 128 << 20)
+            .await
+            .unwrap();
         assert_eq!(report.failed, 0, "{op:?}: {report:?}");
         assert_eq!(report.committed, tasks.len(), "{op:?}: {report:?}");
     }

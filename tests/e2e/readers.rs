@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
 use firn::catalog::Catalog;
-use firn::commit::RetryPolicy;
-use firn::maintain::expire::{self, ExpireOptions};
-use firn::maintain::orphans::{self, OrphanOptions};
-use firn::maintain::{self, PlanOptions};
+use firn::clock::Span;
+use firn::maintain::expire::ExpireSnapshotsOptions;
+use firn::maintain::orphans::RemoveOrphansOptions;
+use firn::maintain::tier::{CompactOptions, RollupOptions};
+use firn::maintain::{Context, Operation, Report};
 use firn::read;
 use firn::rows::{DimValue, MeasureSpec, MeasureValue, RowKey, RowMap};
 use firn::schema::decl::{Agg, TableDecl};
@@ -142,13 +143,6 @@ async fn pipeline(catalog: &dyn Catalog, decl: &TableDecl, reader: &ReaderArgs, 
     let decl = decl.clone();
     let ident = tables::ident(&decl).unwrap();
     let now = Utc::now();
-    let popts = PlanOptions {
-        now,
-        from: None,
-        to: None,
-        seal_delay: Duration::from_secs(3600),
-        target_file_size: 128 << 20,
-    };
     let steps = [
         "append",
         "append-late",
@@ -165,55 +159,40 @@ async fn pipeline(catalog: &dyn Catalog, decl: &TableDecl, reader: &ReaderArgs, 
             "append-late" => append(catalog, &decl, 24 * 9, 2).await,
             "append-again" => append(catalog, &decl, 3, 3).await,
             "compact" | "rollup" => {
-                let table = catalog.load(&ident).await.unwrap();
-                let st = maintain::state::load(&table).await.unwrap();
-                let tasks = if step == "compact" {
-                    maintain::plan_compaction(&st, &decl.policy, &popts)
+                let op = if step == "compact" {
+                    Operation::Compact(CompactOptions::default())
                 } else {
-                    maintain::plan_rollup(&st, &decl.policy, &popts)
+                    Operation::Rollup(RollupOptions::default())
                 };
-                assert!(!tasks.is_empty(), "{step} had nothing to do");
-                let r = maintain::run_plan(
-                    catalog,
-                    &ident,
-                    &decl,
-                    &tasks,
-                    128 << 20,
-                    RetryPolicy::default(),
-                )
-                .await;
-                assert_eq!(r.failed, 0);
+                let r = op.run(&Context::new(catalog, now), &decl).await.unwrap();
+                let (Report::Compact(r) | Report::Rollup(r)) = r else {
+                    unreachable!()
+                };
+                assert!(!r.plan.is_empty(), "{step} had nothing to do");
+                assert_eq!(r.run.failed, 0);
             }
             "rewrite-manifests" => {
-                maintain::manifests::rewrite_manifests(
-                    catalog,
-                    &ident,
-                    None,
-                    false,
-                    RetryPolicy::default(),
-                )
-                .await
-                .unwrap();
+                let op = Operation::RewriteManifests(Default::default());
+                op.run(&Context::new(catalog, now), &decl).await.unwrap();
             }
             "expire-snapshots" => {
-                let opts = ExpireOptions {
-                    older_than: Utc::now() + ChronoDuration::days(1),
+                let op = Operation::ExpireSnapshots(ExpireSnapshotsOptions {
+                    older_than: Span::from_secs(0),
                     retain_last: 2,
-                    dry_run: false,
+                    ..Default::default()
+                });
+                let later = Context::new(catalog, Utc::now() + ChronoDuration::days(1));
+                let Report::ExpireSnapshots(r) = op.run(&later, &decl).await.unwrap() else {
+                    unreachable!()
                 };
-                let r = expire::expire(catalog, &ident, &opts, RetryPolicy::default())
-                    .await
-                    .unwrap();
                 assert!(!r.expired_snapshots.is_empty());
             }
             _ => {
-                let opts = OrphanOptions {
-                    now: Utc::now(),
-                    older_than: Duration::from_secs(3600),
-                    force: false,
-                    dry_run: false,
-                };
-                orphans::remove_orphans(catalog, &ident, &opts)
+                let op = Operation::RemoveOrphans(RemoveOrphansOptions {
+                    older_than: Span::from_secs(3600),
+                    ..Default::default()
+                });
+                op.run(&Context::new(catalog, Utc::now()), &decl)
                     .await
                     .unwrap();
             }

@@ -629,15 +629,10 @@ async fn maintenance_plans_from_another_engines_layout() {
     let tasks = firn::maintain::plan_rollup(&state, &decl.policy, &opts);
     assert_eq!(tasks.len(), 2, "{tasks:?}");
     foreign(&lake, "rewrite-all", None);
-    let raced = firn::maintain::run_plan(
-        catalog.as_ref(),
-        &ident,
-        &decl,
-        &tasks,
-        128 << 20,
-        firn::commit::RetryPolicy::default(),
-    )
-    .await;
+    let ctx = firn::maintain::Context::new(catalog.as_ref(), opts.now);
+    let raced = firn::maintain::execute::run(&ctx, &decl, &tasks, 128 << 20)
+        .await
+        .unwrap();
     assert_eq!((raced.superseded, raced.committed, raced.failed), (2, 0, 0));
     assert_eq!(per_day(catalog.as_ref(), &lake).await, before);
 

@@ -75,8 +75,18 @@ async fn rollup_and_compaction_racing_live_ingest_keep_totals_exact() {
     let mut runs = 0;
     let mut committed = 0u64;
     while !producing.is_finished() {
-        for cmd in ["compact", "rollup"] {
-            let out = lake.run(&[cmd, "usage.http_requests", "--seal-delay", "0s", "--json"]);
+        for cmd in [
+            &[
+                "compact",
+                "usage.http_requests",
+                "--seal-delay",
+                "0s",
+                "--json",
+            ][..],
+            &["rollup", "usage.http_requests", "--json"],
+        ] {
+            let out = lake.run(cmd);
+            let cmd = cmd[0];
             let r = parse_report(&out);
             assert_eq!(r["failed"], 0, "{cmd}: {out}");
             retries += r["retries"].as_u64().unwrap();

@@ -4,15 +4,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use firn::catalog::Catalog;
+use firn::clock::Span;
 use firn::commit::manifests::partition_ordinal;
 use firn::commit::{self, Change, RetryPolicy};
-use firn::maintain::expire::{self, ExpireOptions};
-use firn::maintain::orphans::{self, OrphanOptions};
-use firn::maintain::{self, PlanOptions, reach};
+use firn::maintain::expire::{self, ExpireSnapshotsOptions, Selection};
+use firn::maintain::orphans::{self, RemoveOrphansOptions};
+use firn::maintain::tier::{CompactOptions, RollupOptions};
+use firn::maintain::{self, Context, Operation, manifests, reach};
 use firn::read::{self, Totals};
 use firn::rows::{DimValue, MeasureSpec, MeasureValue, RowKey, RowMap};
 use firn::schema::decl::TableDecl;
@@ -99,45 +100,23 @@ async fn expiry_history(ops: Vec<Op>) {
     for op in &ops {
         let table = catalog.load(&ident).await.unwrap();
         let before_totals = measures_only(read::totals(&table, &decl).await.unwrap());
-        let popts = PlanOptions {
-            now,
-            from: None,
-            to: None,
-            seal_delay: Duration::from_secs(3600),
-            target_file_size: 128 << 20,
-        };
+        let ctx = Context::new(catalog.as_ref(), now);
         match op {
             Op::Append(seed, n) => {
                 append(catalog.as_ref(), &decl, now, *seed, *n, 24 * 10).await;
             }
             Op::Compact | Op::Rollup => {
-                let st = maintain::state::load(&table).await.unwrap();
-                let tasks = if matches!(op, Op::Compact) {
-                    maintain::plan_compaction(&st, &decl.policy, &popts)
+                let op = if matches!(op, Op::Compact) {
+                    Operation::Compact(CompactOptions::default())
                 } else {
-                    maintain::plan_rollup(&st, &decl.policy, &popts)
+                    Operation::Rollup(RollupOptions::default())
                 };
-                let r = maintain::run_plan(
-                    catalog.as_ref(),
-                    &ident,
-                    &decl,
-                    &tasks,
-                    128 << 20,
-                    RetryPolicy::default(),
-                )
-                .await;
-                assert_eq!(r.failed, 0);
+                let r = op.run(&ctx, &decl).await.unwrap();
+                assert_eq!(r.failure(), None);
             }
             Op::Rewrite => {
-                maintain::manifests::rewrite_manifests(
-                    catalog.as_ref(),
-                    &ident,
-                    None,
-                    false,
-                    RetryPolicy::default(),
-                )
-                .await
-                .unwrap();
+                let op = Operation::RewriteManifests(Default::default());
+                op.run(&ctx, &decl).await.unwrap();
             }
             Op::Expire {
                 cutoff_pick,
@@ -153,12 +132,14 @@ async fn expiry_history(ops: Vec<Op>) {
                     .get(cutoff_pick % (times.len() + 1))
                     .copied()
                     .unwrap_or_else(|| (Utc::now() + ChronoDuration::days(1)).timestamp_millis());
-                let opts = ExpireOptions {
+                let sel = Selection {
+                    now: Utc::now(),
                     older_than: DateTime::from_timestamp_millis(cutoff).unwrap(),
                     retain_last: *retain_last,
-                    dry_run: false,
+                    expire_refs: false,
                 };
-                let r = expire::expire(catalog.as_ref(), &ident, &opts, RetryPolicy::default())
+                let retry = RetryPolicy::default();
+                let r = expire::expire(catalog.as_ref(), &ident, &sel, false, retry)
                     .await
                     .unwrap();
                 assert_eq!(r.failed_deletes, 0);
@@ -289,15 +270,18 @@ async fn orphans_of_failed_commits_go_and_fresh_writes_stay() {
         .await
         .unwrap();
 
-    let opts = OrphanOptions {
-        now: Utc::now(),
-        older_than: Duration::from_secs(3 * 86_400),
-        force: false,
-        dry_run: true,
+    let three_days = RemoveOrphansOptions {
+        older_than: Span::from_secs(3 * 86_400),
+        ..Default::default()
     };
-    let dry = orphans::remove_orphans(catalog.as_ref(), &ident, &opts)
-        .await
-        .unwrap();
+    let remove = async |dry_run: bool, o: &RemoveOrphansOptions| {
+        let ctx = Context {
+            dry_run,
+            ..Context::new(catalog.as_ref(), Utc::now())
+        };
+        orphans::run(&ctx, &decl, o).await
+    };
+    let dry = remove(true, &three_days).await.unwrap();
     let listed: Vec<&str> = dry.orphans.iter().map(|o| o.location.as_str()).collect();
     assert_eq!(listed, [failed_path.as_str()], "{dry:?}");
     assert!(dry.orphans[0].size > 0);
@@ -306,16 +290,7 @@ async fn orphans_of_failed_commits_go_and_fresh_writes_stay() {
         "dry run deleted"
     );
 
-    let done = orphans::remove_orphans(
-        catalog.as_ref(),
-        &ident,
-        &OrphanOptions {
-            dry_run: false,
-            ..opts
-        },
-    )
-    .await
-    .unwrap();
+    let done = remove(false, &three_days).await.unwrap();
     assert_eq!(done.orphans.len(), 1);
     eprintln!("MEASURE orphans: {} bytes reclaimed", done.orphan_bytes);
     assert!(!table.file_io.exists(&failed_path).await.unwrap());
@@ -333,16 +308,11 @@ async fn orphans_of_failed_commits_go_and_fresh_writes_stay() {
     assert_eq!(t.long(&decl, "requests"), 50);
 
     // Under an hour needs --force.
-    let e = orphans::remove_orphans(
-        catalog.as_ref(),
-        &ident,
-        &OrphanOptions {
-            older_than: Duration::from_secs(60),
-            ..opts
-        },
-    )
-    .await
-    .unwrap_err();
+    let minute = RemoveOrphansOptions {
+        older_than: Span::from_secs(60),
+        ..Default::default()
+    };
+    let e = remove(false, &minute).await.unwrap_err();
     assert!(e.to_string().contains("--force"), "{e}");
 }
 
@@ -356,14 +326,13 @@ async fn rewrite_after_two_thousand_appends_leaves_one_manifest_per_partition() 
         let at = now - ChronoDuration::hours((i / 50) as i64);
         append(catalog.as_ref(), &decl, at, i, 3, 1).await;
         if i % 250 == 249 {
-            let opts = ExpireOptions {
-                older_than: Utc::now() + ChronoDuration::days(1),
+            let later = Context::new(catalog.as_ref(), Utc::now() + ChronoDuration::days(1));
+            let keep_five = ExpireSnapshotsOptions {
+                older_than: Span::from_secs(0),
                 retain_last: 5,
-                dry_run: false,
+                ..Default::default()
             };
-            expire::expire(catalog.as_ref(), &ident, &opts, RetryPolicy::default())
-                .await
-                .unwrap();
+            expire::run(&later, &decl, &keep_five).await.unwrap();
         }
     }
     let table = catalog.load(&ident).await.unwrap();
@@ -372,15 +341,10 @@ async fn rewrite_after_two_thousand_appends_leaves_one_manifest_per_partition() 
         .manifest_list(table.metadata.current_snapshot().unwrap())
         .await
         .unwrap();
-    let r = maintain::manifests::rewrite_manifests(
-        catalog.as_ref(),
-        &ident,
-        None,
-        false,
-        RetryPolicy::default(),
-    )
-    .await
-    .unwrap();
+    let ctx = Context::new(catalog.as_ref(), now);
+    let r = manifests::run(&ctx, &decl, &Default::default())
+        .await
+        .unwrap();
     eprintln!(
         "MEASURE 2000 appends: {} manifests before rewrite, {} after",
         r.manifests_before, r.manifests_after
@@ -424,15 +388,9 @@ async fn rewrite_after_two_thousand_appends_leaves_one_manifest_per_partition() 
         iceberg::spec::Operation::Replace
     );
     // Already clustered: a second rewrite changes nothing.
-    let again = maintain::manifests::rewrite_manifests(
-        catalog.as_ref(),
-        &ident,
-        None,
-        false,
-        RetryPolicy::default(),
-    )
-    .await
-    .unwrap();
+    let again = manifests::run(&ctx, &decl, &Default::default())
+        .await
+        .unwrap();
     assert_eq!(again.snapshot_id, None);
 }
 
@@ -607,4 +565,104 @@ async fn two_shards_do_the_work_of_one_run() {
         .await
         .unwrap();
     assert_eq!(shape(&sw), shape(&ss));
+}
+
+/// Every maintenance command and a job of that one task plan the same for
+/// the same table: both map to the one operation, with the same defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_plans_as_a_one_task_job_does() {
+    let now = this_hour();
+    let (lake, catalog, decl) = busy_lake(now).await;
+    // An unreferenced file for remove-orphans to find.
+    let table = catalog.load(&tables::ident(&decl).unwrap()).await.unwrap();
+    let orphan = format!("{}/data/left-behind.parquet", table.metadata.location());
+    table
+        .file_io
+        .new_output(&orphan)
+        .unwrap()
+        .write(bytes::Bytes::from_static(b"PAR1"))
+        .await
+        .unwrap();
+    let at = |days: i64| (now + ChronoDuration::days(days)).to_rfc3339();
+    // (command, its flags, the job task's fields, days after `now` to plan at)
+    let cases: [(&str, &[&str], &str, i64); 9] = [
+        ("compact", &[], "", 0),
+        (
+            "compact",
+            &["--seal-delay", "0s", "--target-file-size", "4096"],
+            "seal_delay = \"0s\"\ntarget_file_size = 4096",
+            0,
+        ),
+        ("rollup", &[], "", 0),
+        ("retention", &[], "", 420),
+        ("rewrite-manifests", &[], "", 0),
+        (
+            "rewrite-manifests",
+            &["--target-size", "2048"],
+            "target_size = 2048",
+            0,
+        ),
+        ("expire-snapshots", &[], "", 0),
+        (
+            "expire-snapshots",
+            &["--older-than", "1h", "--retain-last", "3"],
+            "older_than = \"1h\"\nretain_last = 3",
+            1,
+        ),
+        (
+            "remove-orphans",
+            &["--older-than", "2h"],
+            "older_than = \"2h\"",
+            1,
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut planned = 0;
+    for (n, (command, flags, fields, days)) in cases.into_iter().enumerate() {
+        let when = at(days);
+        let mut args = vec![
+            command,
+            "usage.http_requests",
+            "--dry-run",
+            "--json",
+            "--now",
+            &when,
+        ];
+        args.extend(flags);
+        let alone: serde_json::Value = serde_json::from_str(&lake.run(&args)).unwrap();
+
+        let job = dir.path().join(format!("one-{n}.toml"));
+        std::fs::write(
+            &job,
+            format!("schedule = \"0 * * * *\"\ntables = [\"usage.*\"]\n[[task]]\nkind = \"{command}\"\n{fields}\n"),
+        )
+        .unwrap();
+        let job = job.to_str().unwrap();
+        let out = lake.run(&[
+            "maintain",
+            "--job",
+            job,
+            "--dry-run",
+            "--json",
+            "--now",
+            &when,
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let in_job = &v["tables"][0]["steps"][0]["report"];
+        assert_eq!(
+            &alone, in_job,
+            "{command} {flags:?} and a job with {fields:?}"
+        );
+        assert_eq!(alone["operation"], command);
+        let work = ["plan", "expired_snapshots", "orphans"]
+            .iter()
+            .filter_map(|k| alone[k].as_array())
+            .map(Vec::len)
+            .sum::<usize>()
+            + (alone["manifests_before"] != alone["manifests_after"]) as usize;
+        planned += (work > 0) as usize;
+        eprintln!("{command} {flags:?}: {work} planned items alike");
+    }
+    // The cases plan real work, not only empty plans that agree.
+    assert!(planned >= 7, "only {planned} cases planned anything");
 }

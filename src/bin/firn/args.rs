@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::Args;
-use firn::maintain::job::Shard;
+use firn::clock::{Span, parse_time};
+use firn::maintain::Shard;
+use firn::maintain::tier::CompactOptions;
 
 #[derive(Debug, Args)]
 pub(crate) struct IngestArgs {
@@ -79,90 +81,16 @@ pub(crate) struct ProduceArgs {
     pub(crate) create_topic: Option<i32>,
 }
 
+/// A maintenance command: its table and how it runs, then its operation's
+/// options (defined, with their defaults, by the operation).
 #[derive(Debug, Args)]
-pub(crate) struct MaintainArgs {
+pub(crate) struct OperationArgs<O: Args> {
     /// Declared table (namespace.name).
     pub(crate) table: String,
-    /// Print the plan (partitions, files in/out, rows, bytes) and change nothing.
-    #[arg(long)]
-    pub(crate) dry_run: bool,
-    /// Only partitions that end after this time (RFC 3339 or YYYY-MM-DD).
-    #[arg(long, value_parser = parse_time)]
-    pub(crate) from: Option<DateTime<Utc>>,
-    /// Only partitions that start before this time (RFC 3339 or YYYY-MM-DD).
-    #[arg(long, value_parser = parse_time)]
-    pub(crate) to: Option<DateTime<Utc>>,
-    /// Plan as if it were this time (RFC 3339 or YYYY-MM-DD); default now.
-    #[arg(long, env = "FIRN_NOW", value_parser = parse_time)]
-    pub(crate) now: Option<DateTime<Utc>>,
-    /// A partition is sealed (compactable) this long after it ends, so live
-    /// ingest is never raced.
-    #[arg(long, env = "FIRN_SEAL_DELAY", value_parser = humantime::parse_duration, default_value = "1h")]
-    pub(crate) seal_delay: Duration,
-    /// Target size of output files in bytes (default 128 MiB).
-    #[arg(long, env = "FIRN_TARGET_FILE_SIZE")]
-    pub(crate) target_file_size: Option<usize>,
-    /// Print the run report as JSON on stdout.
-    #[arg(long)]
-    pub(crate) json: bool,
     #[command(flatten)]
-    pub(crate) budget: BudgetArgs,
+    pub(crate) run: RunArgs,
     #[command(flatten)]
-    pub(crate) publish: PublishArgs,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct RewriteArgs {
-    /// Declared table (namespace.name).
-    pub(crate) table: String,
-    /// Target manifest size in bytes (default: the table's
-    /// commit.manifest.target-size-bytes, 8 MiB).
-    #[arg(long)]
-    pub(crate) target_size: Option<u64>,
-    /// Report what would change, change nothing.
-    #[arg(long)]
-    pub(crate) dry_run: bool,
-    #[command(flatten)]
-    pub(crate) publish: PublishArgs,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct ExpireArgs {
-    /// Declared table (namespace.name).
-    pub(crate) table: String,
-    /// Expire snapshots committed longer ago than this.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5d")]
-    pub(crate) older_than: Duration,
-    /// Always keep the current snapshot and its latest ancestors, this many in all.
-    #[arg(long, default_value_t = 10)]
-    pub(crate) retain_last: usize,
-    /// Also remove tags and branches (never main) older than their
-    /// `max-ref-age-ms` (or the table's `history.expire.max-ref-age-ms`).
-    /// Without it every ref is kept, with every snapshot and file it reaches.
-    #[arg(long)]
-    pub(crate) expire_refs: bool,
-    /// Report what would be expired and deleted, change nothing.
-    #[arg(long)]
-    pub(crate) dry_run: bool,
-    #[command(flatten)]
-    pub(crate) publish: PublishArgs,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct OrphanArgs {
-    /// Declared table (namespace.name).
-    pub(crate) table: String,
-    /// Only files last modified longer ago than this (at least 1h unless --force).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "3d")]
-    pub(crate) older_than: Duration,
-    /// Accept --older-than under an hour (may delete files of commits in flight).
-    #[arg(long)]
-    pub(crate) force: bool,
-    /// List the orphans with their sizes, delete nothing.
-    #[arg(long)]
-    pub(crate) dry_run: bool,
-    #[command(flatten)]
-    pub(crate) publish: PublishArgs,
+    pub(crate) options: O,
 }
 
 #[derive(Debug, Args)]
@@ -173,13 +101,22 @@ pub(crate) struct MaintainJobArgs {
     /// Run shard i of n (e.g. 0/4); n runs together cover the job exactly once.
     #[arg(long, env = "FIRN_SHARD", value_parser = Shard::parse)]
     pub(crate) shard: Option<Shard>,
-    /// Print the whole plan, change nothing.
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+/// How a maintenance command or job runs.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Print the plan (partitions, files, rows, bytes; snapshots or files to
+    /// delete) and change nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
-    /// Plan as if it were this time (RFC 3339 or YYYY-MM-DD).
+    /// Plan as if it were this time (RFC 3339 or YYYY-MM-DD); default now.
     #[arg(long, env = "FIRN_NOW", value_parser = parse_time)]
     pub(crate) now: Option<DateTime<Utc>>,
-    /// Print the job report as JSON.
+    /// Print the report as JSON on stdout (always so for rewrite-manifests,
+    /// expire-snapshots and remove-orphans).
     #[arg(long)]
     pub(crate) json: bool,
     #[command(flatten)]
@@ -257,8 +194,8 @@ pub(crate) struct StatusArgs {
     #[arg(long, env = "FIRN_NOW", value_parser = parse_time)]
     pub(crate) now: Option<DateTime<Utc>>,
     /// A partition is sealed (compactable) this long after it ends.
-    #[arg(long, env = "FIRN_SEAL_DELAY", value_parser = humantime::parse_duration, default_value = "1h")]
-    pub(crate) seal_delay: Duration,
+    #[arg(long, env = "FIRN_SEAL_DELAY", default_value_t = CompactOptions::default().seal_delay)]
+    pub(crate) seal_delay: Span,
 }
 
 /// Where a batch command publishes its run metrics (duration, partitions,
@@ -296,29 +233,11 @@ pub(crate) struct BudgetArgs {
     pub(crate) max_commits_per_minute: Option<u32>,
 }
 
-impl BudgetArgs {
-    /// The budget: this flag, else the job file's, else the catalog's default.
-    pub(crate) fn per_minute(&self, config: &firn::config::Config, job: Option<u32>) -> u32 {
-        self.max_commits_per_minute.or(job).unwrap_or_else(|| {
-            firn::budget::default_commits_per_minute(config.catalog.rest.is_some())
-        })
-    }
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct MetricsArgs {
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
-}
-
-pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
-        .map_err(|_| format!("`{s}` is neither RFC 3339 nor YYYY-MM-DD"))
 }
 
 pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {

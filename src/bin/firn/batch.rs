@@ -9,12 +9,10 @@ use crate::args::*;
 use crate::select;
 use firn::budget::CommitBudget;
 use firn::clock::Clock;
-use firn::commit::RetryPolicy;
 use firn::config::Config;
-use firn::maintain::job::{self, Job, JobOptions, Shard};
-use firn::maintain::{self, PlanOptions, TaskKind, plan};
+use firn::maintain::job::{self, Job};
+use firn::maintain::{Context, Operation, Shard};
 use firn::schema::decl::TableDecl;
-use firn::tables;
 use firn::telemetry::run::{Publish, Run, StepTotals};
 
 /// Run `body`, then publish the run's metrics (a failure to publish is
@@ -35,195 +33,62 @@ async fn published(
     result
 }
 
-/// compact / rollup / retention: plan, print or execute, report.
-pub(crate) async fn tier(
+/// A maintenance command: run its operation on one table, print the
+/// report, fail the run when the operation did not finish cleanly.
+pub(crate) async fn operate(
     config: &Config,
     decls: &[TableDecl],
-    kind: TaskKind,
-    args: MaintainArgs,
+    table: &str,
+    args: RunArgs,
+    op: Operation,
     clock: Arc<dyn Clock>,
 ) -> Result<()> {
-    let publish = args.publish.publish();
-    published(kind.as_str(), None, publish, async |run| {
-        let d = select(decls, &args.table)?;
-        let target_file_size = args
-            .target_file_size
-            .unwrap_or(config.ingest.target_file_size);
-        let opts = PlanOptions {
-            now: args.now.unwrap_or_else(|| clock.now()),
-            from: args.from,
-            to: args.to,
-            seal_delay: args.seal_delay,
-            target_file_size: target_file_size as u64,
-        };
+    let kind = op.kind();
+    published(kind.as_str(), None, args.publish.publish(), async |run| {
+        let d = select(decls, table)?;
+        op.validate()?;
         let catalog = config.open_catalog().await?;
-        let ident = tables::ident(d)?;
-        let tasks = maintain::execute::plan_table(catalog.as_ref(), d, kind, &opts).await?;
-        if args.dry_run {
+        let now = args.now.unwrap_or_else(|| clock.now());
+        let ctx = Context {
+            dry_run: args.dry_run,
+            ..Context::configured(
+                catalog.as_ref(),
+                config,
+                now,
+                args.budget.max_commits_per_minute,
+            )
+        };
+        let report = op.run(&ctx, d).await?;
+        run.step(&d.qualified_name(), kind.as_str(), report.totals());
+        if let Some(bytes) = report.orphan_bytes() {
+            run.orphans(&d.qualified_name(), bytes);
+        }
+        if args.json || !kind.per_partition() {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else if args.dry_run {
+            let lines = report.lines();
             println!(
                 "plan for {} at {} ({} tasks, nothing changed):",
                 d.qualified_name(),
-                opts.now.to_rfc3339(),
-                tasks.len()
+                now.to_rfc3339(),
+                lines.len()
             );
-            for t in &tasks {
-                println!("  {}", plan::describe(t, opts.target_file_size));
+            for l in lines {
+                println!("  {l}");
             }
-            return Ok(());
-        }
-        let budget = CommitBudget::new(args.budget.per_minute(config, None));
-        let report = maintain::execute::run_plan_within(
-            catalog.as_ref(),
-            &ident,
-            d,
-            &tasks,
-            target_file_size,
-            RetryPolicy::default(),
-            &budget,
-        )
-        .await;
-        run.step(&d.qualified_name(), kind.as_str(), report.totals());
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             println!(
-                "{} {}: {} committed in {} commits, {} superseded, {} failed, {} commit retries",
+                "{} {}: {}",
                 kind.as_str(),
                 d.qualified_name(),
-                report.committed,
-                report.commits,
-                report.superseded,
-                report.failed,
-                report.retries
+                report.summary()
             );
         }
-        if report.failed > 0 {
-            bail!(
-                "{} of {} tasks failed (see the log)",
-                report.failed,
-                tasks.len()
-            );
+        if let Some(why) = report.failure() {
+            bail!(why);
         }
         Ok(())
     })
-    .await
-}
-
-pub(crate) async fn rewrite_manifests(
-    config: &Config,
-    decls: &[TableDecl],
-    args: RewriteArgs,
-) -> Result<()> {
-    published(
-        "rewrite-manifests",
-        None,
-        args.publish.publish(),
-        async |run| {
-            let d = select(decls, &args.table)?;
-            let catalog = config.open_catalog().await?;
-            let r = maintain::manifests::rewrite_manifests(
-                catalog.as_ref(),
-                &tables::ident(d)?,
-                args.target_size,
-                args.dry_run,
-                RetryPolicy::default(),
-            )
-            .await?;
-            run.step(
-                &d.qualified_name(),
-                "rewrite-manifests",
-                job::manifests_totals(&r),
-            );
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            Ok(())
-        },
-    )
-    .await
-}
-
-pub(crate) async fn expire_snapshots(
-    config: &Config,
-    decls: &[TableDecl],
-    args: ExpireArgs,
-    clock: Arc<dyn Clock>,
-) -> Result<()> {
-    published(
-        "expire-snapshots",
-        None,
-        args.publish.publish(),
-        async |run| {
-            let d = select(decls, &args.table)?;
-            let catalog = config.open_catalog().await?;
-            let opts = maintain::expire::ExpireOptions {
-                older_than: clock.now() - chrono::Duration::from_std(args.older_than)?,
-                retain_last: args.retain_last,
-                dry_run: args.dry_run,
-            };
-            maintain::expire::validate(&opts)?;
-            let refs = maintain::expire::RefOptions {
-                now: clock.now(),
-                expire_refs: args.expire_refs,
-            };
-            let r = maintain::expire::expire_with_refs(
-                catalog.as_ref(),
-                &tables::ident(d)?,
-                &opts,
-                &refs,
-                RetryPolicy::default(),
-            )
-            .await?;
-            run.step(
-                &d.qualified_name(),
-                "expire-snapshots",
-                job::expire_totals(&r, args.dry_run),
-            );
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            if r.failed_deletes > 0 {
-                bail!(
-                    "{} files could not be deleted (left as orphans)",
-                    r.failed_deletes
-                );
-            }
-            Ok(())
-        },
-    )
-    .await
-}
-
-pub(crate) async fn remove_orphans(
-    config: &Config,
-    decls: &[TableDecl],
-    args: OrphanArgs,
-    clock: Arc<dyn Clock>,
-) -> Result<()> {
-    published(
-        "remove-orphans",
-        None,
-        args.publish.publish(),
-        async |run| {
-            let d = select(decls, &args.table)?;
-            let catalog = config.open_catalog().await?;
-            let opts = maintain::orphans::OrphanOptions {
-                now: clock.now(),
-                older_than: args.older_than,
-                force: args.force,
-                dry_run: args.dry_run,
-            };
-            let r = maintain::orphans::remove_orphans(catalog.as_ref(), &tables::ident(d)?, &opts)
-                .await?;
-            run.step(
-                &d.qualified_name(),
-                "remove-orphans",
-                job::orphan_totals(&r, args.dry_run),
-            );
-            run.orphans(&d.qualified_name(), r.orphan_bytes);
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            if r.failed_deletes > 0 {
-                bail!("{} orphans could not be deleted", r.failed_deletes);
-            }
-            Ok(())
-        },
-    )
     .await
 }
 
@@ -239,16 +104,21 @@ pub(crate) async fn maintain_job(
         .file_stem()
         .map_or("maintain".to_string(), |s| s.to_string_lossy().into_owned());
     let shard = args.shard.filter(|s| s.count > 1).map(|s| s.index);
+    let (job_file, args, shard_arg) = (args.job, args.run, args.shard);
     published(&name, shard, args.publish.publish(), async |run| {
-        let job = Job::load(&args.job)?;
+        let job = Job::load(&job_file)?;
         let catalog = config.open_catalog().await?;
-        let opts = JobOptions {
-            now: args.now.unwrap_or_else(|| clock.now()),
-            shard: args.shard.unwrap_or(Shard::ALL),
+        let now = args.now.unwrap_or_else(|| clock.now());
+        let per_minute = args
+            .budget
+            .max_commits_per_minute
+            .or(job.max_commits_per_minute);
+        let ctx = Context {
             dry_run: args.dry_run,
-            max_commits_per_minute: args.budget.per_minute(config, job.max_commits_per_minute),
+            shard: shard_arg.unwrap_or(Shard::ALL),
+            ..Context::configured(catalog.as_ref(), config, now, per_minute)
         };
-        let report = job::run(catalog.as_ref(), decls, &job, &opts).await;
+        let report = job::run(&ctx, decls, &job).await;
         report.run_metrics(run);
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -262,13 +132,13 @@ pub(crate) async fn maintain_job(
             for t in &report.tables {
                 println!("  {}", t.table);
                 for s in &t.steps {
-                    println!("    {} ({} commits)", s.task, s.commits);
+                    println!("    {} ({} commits)", s.task.as_str(), s.commits);
                     for l in &s.lines {
                         println!("      {l}");
                     }
                 }
-                if let Some(e) = &t.error {
-                    println!("    FAILED {e}");
+                if let Some(f) = &t.error {
+                    println!("    FAILED {}: {}", f.task.as_str(), f.error);
                 }
             }
         }
@@ -319,7 +189,9 @@ pub(crate) async fn backfill(
             } else {
                 None
             },
-            budget: CommitBudget::new(args.budget.per_minute(config, None)),
+            budget: CommitBudget::new(
+                config.commits_per_minute(args.budget.max_commits_per_minute),
+            ),
         };
         let report = firn::backfill::run(catalog.as_ref(), d, &opts).await?;
         run.step(

@@ -14,7 +14,11 @@ mod batch;
 use args::*;
 use firn::clock::{Clock, SystemClock};
 use firn::config::{Config, Overrides};
-use firn::maintain::TaskKind;
+use firn::maintain::Operation;
+use firn::maintain::expire::ExpireSnapshotsOptions;
+use firn::maintain::manifests::RewriteManifestsOptions;
+use firn::maintain::orphans::RemoveOrphansOptions;
+use firn::maintain::tier::{CompactOptions, RetentionOptions, RollupOptions};
 use firn::schema::decl::{self, TableDecl};
 use firn::telemetry::IngestMetrics;
 use firn::{ingest, produce, status, tables};
@@ -92,25 +96,25 @@ enum Command {
     /// Merge the small files of sealed partitions into files of the target
     /// size, collapsing rows with the same key and bucket. One replace commit
     /// per partition (per group of partitions past --max-commits-per-minute).
-    Compact(MaintainArgs),
+    Compact(OperationArgs<CompactOptions>),
     /// Roll aged rows up as the table's policy says: minute rows into hour
     /// rows (day partitions), hour rows into day rows (month partitions),
     /// merged with the rows already there. One replace commit per target
     /// partition (per group of partitions past --max-commits-per-minute).
-    Rollup(MaintainArgs),
+    Rollup(OperationArgs<RollupOptions>),
     /// Drop partitions wholly older than the table's retention, in one delete
     /// commit.
-    Retention(MaintainArgs),
+    Retention(OperationArgs<RetentionOptions>),
     /// Cluster small manifests into manifests holding whole partitions (one
     /// replace commit, no data file changes).
-    RewriteManifests(RewriteArgs),
+    RewriteManifests(OperationArgs<RewriteManifestsOptions>),
     /// Expire old snapshots, then delete the manifest lists, manifests and
     /// data files only they reached, and metadata files past the table's
     /// write.metadata.previous-versions-max.
-    ExpireSnapshots(ExpireArgs),
+    ExpireSnapshots(OperationArgs<ExpireSnapshotsOptions>),
     /// Delete files under the table's location that no snapshot or metadata
     /// file references and that are older than --older-than.
-    RemoveOrphans(OrphanArgs),
+    RemoveOrphans(OperationArgs<RemoveOrphansOptions>),
     /// Run a maintenance job file (tables and tasks in order), e.g. from cron.
     Maintain(MaintainJobArgs),
     /// Load events from files (NDJSON plain/.gz/.zst or Parquet; paths,
@@ -217,6 +221,9 @@ async fn run(cli: Cli) -> Result<Outcome> {
     let config = Config::load(g.config.as_deref(), &overrides)?;
     let decls = decl::load_dir(&config.schemas)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let operate = async |table: String, run: RunArgs, op: Operation| {
+        batch::operate(&config, &decls, &table, run, op, clock.clone()).await
+    };
 
     match cli.command {
         Command::Tables {
@@ -309,20 +316,18 @@ async fn run(cli: Cli) -> Result<Outcome> {
                 tokio::task::spawn_blocking(move || produce::produce(&d, &opts, clock)).await??;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        Command::Compact(args) => {
-            batch::tier(&config, &decls, TaskKind::Compact, args, clock).await?
+        Command::Compact(a) => operate(a.table, a.run, Operation::Compact(a.options)).await?,
+        Command::Rollup(a) => operate(a.table, a.run, Operation::Rollup(a.options)).await?,
+        Command::Retention(a) => operate(a.table, a.run, Operation::Retention(a.options)).await?,
+        Command::RewriteManifests(a) => {
+            operate(a.table, a.run, Operation::RewriteManifests(a.options)).await?
         }
-        Command::Rollup(args) => {
-            batch::tier(&config, &decls, TaskKind::Rollup, args, clock).await?
+        Command::ExpireSnapshots(a) => {
+            operate(a.table, a.run, Operation::ExpireSnapshots(a.options)).await?
         }
-        Command::Retention(args) => {
-            batch::tier(&config, &decls, TaskKind::Retention, args, clock).await?
+        Command::RemoveOrphans(a) => {
+            operate(a.table, a.run, Operation::RemoveOrphans(a.options)).await?
         }
-        Command::RewriteManifests(args) => batch::rewrite_manifests(&config, &decls, args).await?,
-        Command::ExpireSnapshots(args) => {
-            batch::expire_snapshots(&config, &decls, args, clock).await?
-        }
-        Command::RemoveOrphans(args) => batch::remove_orphans(&config, &decls, args, clock).await?,
         Command::Maintain(args) => batch::maintain_job(&config, &decls, args, clock).await?,
         Command::Backfill(args) => batch::backfill(&config, &decls, args, clock).await?,
         Command::Metrics(args) => {
@@ -357,7 +362,7 @@ async fn run(cli: Cli) -> Result<Outcome> {
                 }),
                 orphans: !args.no_orphans,
                 target_file_size: config.ingest.target_file_size as u64,
-                seal_delay: args.seal_delay,
+                seal_delay: *args.seal_delay,
             };
             let mut statuses = Vec::new();
             for d in chosen {

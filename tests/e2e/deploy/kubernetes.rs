@@ -278,9 +278,9 @@ fn sharded_job_covers_every_shard() {
         // What each pod's firn parses, once Kubernetes expanded the index.
         for i in 0..n {
             let s = shard.replace("$(JOB_COMPLETION_INDEX)", &i.to_string());
-            firn::maintain::job::Shard::parse(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            firn::maintain::Shard::parse(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
-        assert!(firn::maintain::job::Shard::parse(&format!("{n}/{n}")).is_err());
+        assert!(firn::maintain::Shard::parse(&format!("{n}/{n}")).is_err());
         let file = flag(&args, "--job").unwrap();
         assert!(is_repo_job(&file), "{file}");
     }

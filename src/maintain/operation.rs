@@ -1,0 +1,431 @@
+//! The maintenance operations, each defined once. An [`Operation`] is one
+//! operation with its options (defaults in each options struct's `Default`,
+//! which `--help` and job files show and read); [`Operation::run`] plans it
+//! on one table, executes it (or, dry, only plans) and returns its typed
+//! [`Report`]. `firn compact|rollup|...` maps its flags to an `Operation`
+//! and `maintain --job` maps a job file's `[[task]]` to the same one, so
+//! both plan and do the same thing for the same table.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::expire::{self, ExpireReport, ExpireSnapshotsOptions};
+use super::manifests::{self, RewriteManifestsOptions, RewriteReport};
+use super::orphans::{self, OrphanReport, RemoveOrphansOptions};
+use super::plan::Task;
+use super::tier::{self, CompactOptions, RetentionOptions, RollupOptions, TierReport};
+use crate::budget::CommitBudget;
+use crate::catalog::Catalog;
+use crate::commit::RetryPolicy;
+use crate::config::Config;
+use crate::error::Result;
+use crate::schema::decl::TableDecl;
+use crate::telemetry::run::StepTotals;
+
+/// What every operation runs with, set once by the CLI or a job run.
+#[derive(Clone)]
+pub struct Context<'a> {
+    /// The catalog holding the tables.
+    pub catalog: &'a dyn Catalog,
+    /// The time the operation plans for (ages, seal delays, cut-offs).
+    pub now: DateTime<Utc>,
+    /// Plan and report only; change nothing.
+    pub dry_run: bool,
+    /// How commits that lose the compare-and-set are retried.
+    pub retry: RetryPolicy,
+    /// The catalog's write budget commits spend.
+    pub budget: CommitBudget,
+    /// The share of the work this run does (`maintain --shard i/n`).
+    pub shard: Shard,
+    /// Output file size when an operation's options do not set one (the
+    /// configuration's, as ingest writes).
+    pub target_file_size: u64,
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("now", &self.now)
+            .field("dry_run", &self.dry_run)
+            .field("retry", &self.retry)
+            .field("budget", &self.budget.per_minute())
+            .field("shard", &self.shard)
+            .field("target_file_size", &self.target_file_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Context<'a> {
+    /// A run at `now` on `catalog`: all of the work, committed, default
+    /// retries, no write budget, 128 MiB files.
+    pub fn new(catalog: &'a dyn Catalog, now: DateTime<Utc>) -> Self {
+        Self {
+            catalog,
+            now,
+            dry_run: false,
+            retry: RetryPolicy::default(),
+            budget: CommitBudget::unlimited(),
+            shard: Shard::ALL,
+            target_file_size: crate::write::DEFAULT_TARGET_FILE_SIZE as u64,
+        }
+    }
+
+    /// A run as `config` sets it up: its output file size, and a write budget
+    /// of `commits_per_minute` (a flag's, then a job file's) or else the
+    /// catalog's default (10 a minute on a REST catalog, none on SQL).
+    pub fn configured(
+        catalog: &'a dyn Catalog,
+        config: &Config,
+        now: DateTime<Utc>,
+        commits_per_minute: Option<u32>,
+    ) -> Self {
+        Self {
+            budget: CommitBudget::new(config.commits_per_minute(commits_per_minute)),
+            target_file_size: config.ingest.target_file_size as u64,
+            ..Self::new(catalog, now)
+        }
+    }
+}
+
+/// One maintenance operation and its options: a job file's `[[task]]`
+/// (`kind = "rollup"` and the options' fields) or a `firn` command's flags.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Operation {
+    /// Merge the small files of sealed partitions (`firn compact`).
+    Compact(CompactOptions),
+    /// Roll aged rows up to a coarser grain (`firn rollup`).
+    Rollup(RollupOptions),
+    /// Drop partitions past the table's retention (`firn retention`).
+    Retention(RetentionOptions),
+    /// Cluster manifests by partition (`firn rewrite-manifests`).
+    RewriteManifests(RewriteManifestsOptions),
+    /// Expire old snapshots and delete what only they reached
+    /// (`firn expire-snapshots`).
+    ExpireSnapshots(ExpireSnapshotsOptions),
+    /// Delete files nothing references (`firn remove-orphans`).
+    RemoveOrphans(RemoveOrphansOptions),
+}
+
+/// The operations by name, for reports, metrics and job files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OperationKind {
+    /// `compact`.
+    Compact,
+    /// `rollup`.
+    Rollup,
+    /// `retention`.
+    Retention,
+    /// `rewrite-manifests`.
+    RewriteManifests,
+    /// `expire-snapshots`.
+    ExpireSnapshots,
+    /// `remove-orphans`.
+    RemoveOrphans,
+}
+
+impl OperationKind {
+    /// The name of the command, the job task and the run metrics' `step`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Compact => "compact",
+            OperationKind::Rollup => "rollup",
+            OperationKind::Retention => "retention",
+            OperationKind::RewriteManifests => "rewrite-manifests",
+            OperationKind::ExpireSnapshots => "expire-snapshots",
+            OperationKind::RemoveOrphans => "remove-orphans",
+        }
+    }
+
+    /// Whether the operation works partition by partition (a sharded job
+    /// splits its tasks) rather than on the whole table (a sharded job runs
+    /// it on the shard that owns the table).
+    pub fn per_partition(self) -> bool {
+        matches!(
+            self,
+            OperationKind::Compact | OperationKind::Rollup | OperationKind::Retention
+        )
+    }
+}
+
+impl Operation {
+    /// Which operation this is.
+    pub fn kind(&self) -> OperationKind {
+        match self {
+            Operation::Compact(_) => OperationKind::Compact,
+            Operation::Rollup(_) => OperationKind::Rollup,
+            Operation::Retention(_) => OperationKind::Retention,
+            Operation::RewriteManifests(_) => OperationKind::RewriteManifests,
+            Operation::ExpireSnapshots(_) => OperationKind::ExpireSnapshots,
+            Operation::RemoveOrphans(_) => OperationKind::RemoveOrphans,
+        }
+    }
+
+    /// Refuse options no run could use, before anything is read.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Operation::ExpireSnapshots(o) => o.validate(),
+            Operation::RemoveOrphans(o) => o.validate(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Plan and execute (or, with `ctx.dry_run`, only plan) on `decl`'s table.
+    pub async fn run(&self, ctx: &Context<'_>, decl: &TableDecl) -> Result<Report> {
+        self.validate()?;
+        Ok(match self {
+            Operation::Compact(o) => Report::Compact(tier::compact(ctx, decl, o).await?),
+            Operation::Rollup(o) => Report::Rollup(tier::rollup(ctx, decl, o).await?),
+            Operation::Retention(o) => Report::Retention(tier::retention(ctx, decl, o).await?),
+            Operation::RewriteManifests(o) => {
+                Report::RewriteManifests(manifests::run(ctx, decl, o).await?)
+            }
+            Operation::ExpireSnapshots(o) => {
+                Report::ExpireSnapshots(expire::run(ctx, decl, o).await?)
+            }
+            Operation::RemoveOrphans(o) => Report::RemoveOrphans(orphans::run(ctx, decl, o).await?),
+        })
+    }
+}
+
+/// What an operation did (or, dry, would do) on one table.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "operation", rename_all = "kebab-case")]
+pub enum Report {
+    /// `compact`.
+    Compact(TierReport),
+    /// `rollup`.
+    Rollup(TierReport),
+    /// `retention`.
+    Retention(TierReport),
+    /// `rewrite-manifests`.
+    RewriteManifests(RewriteReport),
+    /// `expire-snapshots`.
+    ExpireSnapshots(ExpireReport),
+    /// `remove-orphans`.
+    RemoveOrphans(OrphanReport),
+}
+
+impl Report {
+    /// Which operation reported.
+    pub fn kind(&self) -> OperationKind {
+        match self {
+            Report::Compact(_) => OperationKind::Compact,
+            Report::Rollup(_) => OperationKind::Rollup,
+            Report::Retention(_) => OperationKind::Retention,
+            Report::RewriteManifests(_) => OperationKind::RewriteManifests,
+            Report::ExpireSnapshots(_) => OperationKind::ExpireSnapshots,
+            Report::RemoveOrphans(_) => OperationKind::RemoveOrphans,
+        }
+    }
+
+    /// Commits made.
+    pub fn commits(&self) -> usize {
+        match self {
+            Report::Compact(r) | Report::Rollup(r) | Report::Retention(r) => r.run.commits,
+            Report::RewriteManifests(r) => r.snapshot_id.is_some() as usize,
+            Report::ExpireSnapshots(r) => (!r.dry_run && !r.expired_snapshots.is_empty()) as usize,
+            Report::RemoveOrphans(_) => 0,
+        }
+    }
+
+    /// The report as a step of run metrics (a dry run reclaims nothing).
+    pub fn totals(&self) -> StepTotals {
+        let commits = self.commits() as u64;
+        match self {
+            Report::Compact(r) | Report::Rollup(r) | Report::Retention(r) => r.run.totals(),
+            Report::RewriteManifests(_) => StepTotals {
+                commits,
+                ..Default::default()
+            },
+            Report::ExpireSnapshots(r) => StepTotals {
+                commits,
+                bytes_reclaimed: if r.dry_run { 0 } else { r.deleted_bytes as i64 },
+                failed_tasks: r.failed_deletes as u64,
+                ..Default::default()
+            },
+            Report::RemoveOrphans(r) => StepTotals {
+                bytes_reclaimed: if r.dry_run { 0 } else { r.orphan_bytes as i64 },
+                failed_tasks: r.failed_deletes as u64,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Bytes of orphans found (`remove-orphans` only).
+    pub fn orphan_bytes(&self) -> Option<u64> {
+        match self {
+            Report::RemoveOrphans(r) => Some(r.orphan_bytes),
+            _ => None,
+        }
+    }
+
+    /// Why the run must count as failed although the operation finished:
+    /// tasks that failed, files that could not be deleted.
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            Report::Compact(r) | Report::Rollup(r) | Report::Retention(r) => (r.run.failed > 0)
+                .then(|| {
+                    format!(
+                        "{} of {} {} tasks failed (see the log)",
+                        r.run.failed,
+                        r.plan.len(),
+                        self.kind().as_str()
+                    )
+                }),
+            Report::RewriteManifests(_) => None,
+            Report::ExpireSnapshots(r) => (r.failed_deletes > 0).then(|| {
+                format!(
+                    "{} files could not be deleted (left as orphans)",
+                    r.failed_deletes
+                )
+            }),
+            Report::RemoveOrphans(r) => (r.failed_deletes > 0)
+                .then(|| format!("{} orphans could not be deleted", r.failed_deletes)),
+        }
+    }
+
+    /// What was done (or, dry, found), in one line.
+    pub fn summary(&self) -> String {
+        match self {
+            Report::Compact(r) | Report::Rollup(r) | Report::Retention(r) => {
+                let run = &r.run;
+                if r.dry_run {
+                    format!("{} tasks planned, nothing changed", r.plan.len())
+                } else {
+                    format!(
+                        "{} committed in {} commits, {} superseded, {} failed, {} commit retries",
+                        run.committed, run.commits, run.superseded, run.failed, run.retries
+                    )
+                }
+            }
+            Report::RewriteManifests(r) => format!(
+                "rewrite-manifests {} -> {} manifests",
+                r.manifests_before, r.manifests_after
+            ),
+            Report::ExpireSnapshots(r) => format!(
+                "expire-snapshots: {} snapshots, {} files ({} bytes), {} metadata files",
+                r.expired_snapshots.len(),
+                r.deleted_files,
+                r.deleted_bytes,
+                r.deleted_metadata_files
+            ),
+            Report::RemoveOrphans(r) => format!(
+                "remove-orphans: {} orphans, {} bytes",
+                r.orphans.len(),
+                r.orphan_bytes
+            ),
+        }
+    }
+
+    /// The report for a terminal: the plan, a line a task (compaction,
+    /// rollup, retention), then what was done.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            Report::Compact(r) | Report::Rollup(r) | Report::Retention(r) => {
+                let mut lines: Vec<String> = r.plan.iter().map(|t| t.describe.clone()).collect();
+                if !r.dry_run {
+                    lines.push(self.summary());
+                }
+                lines
+            }
+            _ => vec![self.summary()],
+        }
+    }
+}
+
+/// Shard `index` of `count`: `count` runs, each with its own index, cover a
+/// job's work exactly once — partition tasks split by table and partition,
+/// table operations by table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This run's shard, from 0.
+    pub index: u64,
+    /// Shards in all.
+    pub count: u64,
+}
+
+impl Shard {
+    /// The whole job.
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// Parse `i/n`.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("expected i/n, got `{s}`"))?;
+        let index: u64 = i.parse().map_err(|_| format!("bad shard index `{i}`"))?;
+        let count: u64 = n.parse().map_err(|_| format!("bad shard count `{n}`"))?;
+        if count == 0 || index >= count {
+            return Err(format!("shard {index}/{count}: need 0 <= i < n"));
+        }
+        Ok(Shard { index, count })
+    }
+
+    fn owns(&self, key: &str) -> bool {
+        xxh3_64(key.as_bytes()) % self.count == self.index
+    }
+
+    /// Whether this shard runs a table-level step.
+    pub fn owns_table(&self, table: &str) -> bool {
+        self.owns(table)
+    }
+
+    /// Whether this shard runs a partition task.
+    pub fn owns_task(&self, table: &str, task: &Task) -> bool {
+        match task.target {
+            Some((grain, partition)) => self.owns(&format!(
+                "{table}/{}/{}/{partition}",
+                task.kind.as_str(),
+                grain.as_str()
+            )),
+            None => self.owns(table),
+        }
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_the_keys() {
+        let shards = [
+            Shard::parse("0/3").unwrap(),
+            Shard::parse("1/3").unwrap(),
+            Shard::parse("2/3").unwrap(),
+        ];
+        for k in 0..200 {
+            let key = format!("usage.t{k}");
+            assert_eq!(shards.iter().filter(|s| s.owns_table(&key)).count(), 1);
+        }
+        assert!(Shard::parse("3/3").is_err());
+        assert!(Shard::parse("1").is_err());
+    }
+
+    #[test]
+    fn job_tasks_read_into_the_operations_with_their_defaults() {
+        let op: Operation = toml::from_str("kind = \"compact\"").unwrap();
+        assert_eq!(op, Operation::Compact(CompactOptions::default()));
+        let op: Operation = toml::from_str("kind = \"expire-snapshots\"\nretain_last = 3").unwrap();
+        assert_eq!(
+            op,
+            Operation::ExpireSnapshots(ExpireSnapshotsOptions {
+                retain_last: 3,
+                ..Default::default()
+            })
+        );
+        let e = toml::from_str::<Operation>("kind = \"rollup\"\nseal_delay = \"1h\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("seal_delay"), "{e}");
+    }
+}
