@@ -95,3 +95,13 @@ pub trait Catalog: Debug + Send + Sync {
     /// otherwise fail with `CommitConflict` and change nothing.
     async fn swap(&self, base: &TableHandle, staged: StagedMetadata) -> Result<TableHandle>;
 }
+
+/// Where a new table's files go in `warehouse`: `<warehouse>/<namespace>/<name>`.
+pub fn table_location(warehouse: &str, ident: &TableIdent) -> String {
+    format!(
+        "{}/{}/{}",
+        warehouse,
+        ident.namespace().join("/"),
+        ident.name()
+    )
+}

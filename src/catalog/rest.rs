@@ -444,12 +444,7 @@ impl Catalog for RestCatalog {
     }
 
     fn default_location(&self, ident: &TableIdent) -> String {
-        format!(
-            "{}/{}/{}",
-            self.warehouse_location,
-            ident.namespace().join("/"),
-            ident.name()
-        )
+        super::table_location(&self.warehouse_location, ident)
     }
 
     async fn load(&self, ident: &TableIdent) -> Result<TableHandle> {

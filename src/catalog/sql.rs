@@ -140,12 +140,7 @@ impl Catalog for SqlCatalog {
     }
 
     fn default_location(&self, ident: &TableIdent) -> String {
-        format!(
-            "{}/{}/{}",
-            self.warehouse,
-            ident.namespace().join("/"),
-            ident.name()
-        )
+        super::table_location(&self.warehouse, ident)
     }
 
     async fn load(&self, ident: &TableIdent) -> Result<TableHandle> {

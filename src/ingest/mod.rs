@@ -120,6 +120,7 @@ pub async fn run(
         .await?;
     }
 
+    let metrics = metrics.with_clock(clock.clone());
     let health = metrics.health().clone();
     let server = match opts.metrics_addr {
         Some(addr) => Some(

@@ -1,16 +1,31 @@
 //! The ingest worker's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`.
 
+use std::sync::Arc;
+
 use prometheus::Registry;
 
+use crate::clock::Clock;
+
 /// Liveness and readiness of an ingest worker, shared with `/readyz`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     assigned: std::sync::atomic::AtomicUsize,
     last_commit_ms: std::sync::atomic::AtomicI64,
     idle_since_ms: std::sync::atomic::AtomicI64,
+    clock: Arc<dyn Clock>,
 }
 
 impl Health {
+    /// A worker with nothing assigned or committed yet, ages read from `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            assigned: Default::default(),
+            last_commit_ms: Default::default(),
+            idle_since_ms: Default::default(),
+            clock,
+        }
+    }
+
     /// Partitions currently assigned.
     pub fn set_assigned(&self, n: usize) {
         self.assigned.store(n, std::sync::atomic::Ordering::Relaxed);
@@ -19,7 +34,7 @@ impl Health {
     /// A flush committed now.
     pub fn committed(&self) {
         self.last_commit_ms.store(
-            chrono::Utc::now().timestamp_millis(),
+            self.clock.now().timestamp_millis(),
             std::sync::atomic::Ordering::Relaxed,
         );
     }
@@ -27,7 +42,7 @@ impl Health {
     /// Whether nothing is buffered (caught up); cleared when records arrive.
     pub fn set_idle(&self, idle: bool) {
         let v = if idle {
-            chrono::Utc::now().timestamp_millis()
+            self.clock.now().timestamp_millis()
         } else {
             0
         };
@@ -46,7 +61,7 @@ impl Health {
         if last == 0 {
             return Err("no commit yet".into());
         }
-        let age = chrono::Utc::now().timestamp_millis() - last;
+        let age = self.clock.now().timestamp_millis() - last;
         if age > fresh.as_millis() as i64 && self.idle_since_ms.load(Relaxed) == 0 {
             return Err(format!("last commit {age} ms ago"));
         }

@@ -16,6 +16,8 @@ use prometheus::{
 };
 use serde::Serialize;
 
+use crate::clock::{Clock, SystemClock};
+
 /// One exported metric: what operators find in `/metrics`, the Pushgateway
 /// or the textfile, and what README.md lists.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -271,6 +273,7 @@ pub struct IngestMetrics {
     consumer_lag: IntGaugeVec,
     assigned: IntGaugeVec,
     health: std::sync::Arc<Health>,
+    clock: std::sync::Arc<dyn Clock>,
 }
 
 impl Default for IngestMetrics {
@@ -323,7 +326,18 @@ impl IngestMetrics {
             consumer_lag: int_gauge(&registry, "firn_ingest_consumer_lag_records"),
             assigned: int_gauge(&registry, "firn_ingest_assigned_partitions"),
             registry,
-            health: Default::default(),
+            health: std::sync::Arc::new(Health::new(std::sync::Arc::new(SystemClock))),
+            clock: std::sync::Arc::new(SystemClock),
+        }
+    }
+
+    /// The same metrics, with commit times and health ages read from `clock`
+    /// (the worker's) instead of the system clock.
+    pub fn with_clock(self, clock: std::sync::Arc<dyn Clock>) -> Self {
+        Self {
+            health: std::sync::Arc::new(Health::new(clock.clone())),
+            clock,
+            ..self
         }
     }
 
@@ -381,7 +395,7 @@ impl IngestMetrics {
             .observe(stats.commit_seconds);
         self.last_commit
             .with_label_values(&[table])
-            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+            .set(self.clock.now().timestamp_millis() as f64 / 1000.0);
     }
 
     /// A flush did not commit (`fenced` or `failed`).

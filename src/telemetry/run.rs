@@ -10,12 +10,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::{GaugeVec, Registry};
 use serde::Serialize;
 
 use super::gauge;
+use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
 
 /// What one step did on one table.
@@ -58,6 +60,7 @@ pub struct Run {
     job: String,
     shard: Option<u64>,
     started: Instant,
+    clock: Arc<dyn Clock>,
     steps: Vec<(String, String, StepTotals)>,
     orphan_bytes: Vec<(String, u64)>,
 }
@@ -67,11 +70,12 @@ const LAST_SUCCESS: &str = "firn_job_last_success_timestamp_seconds";
 impl Run {
     /// A run of `job` (a job file's name, or the command's), of one shard
     /// when the work is sharded.
-    pub fn start(job: &str, shard: Option<u64>) -> Self {
+    pub fn start(job: &str, shard: Option<u64>, clock: Arc<dyn Clock>) -> Self {
         Self {
             job: job.to_string(),
             shard,
             started: Instant::now(),
+            clock,
             steps: Vec::new(),
             orphan_bytes: Vec::new(),
         }
@@ -168,7 +172,7 @@ impl Run {
 
     /// Publish the ended run where `to` says. Errors name the destination.
     pub async fn publish(&self, ok: bool, to: &Publish) -> Result<()> {
-        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        let now = self.clock.now().timestamp_millis() as f64 / 1000.0;
         if let Some(path) = &to.metrics_file {
             let last = if ok {
                 Some(now)
@@ -264,7 +268,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Run {
-        let mut run = Run::start("hourly", Some(1));
+        let mut run = Run::start("hourly", Some(1), Arc::new(crate::clock::SystemClock));
         run.step(
             "usage.t",
             "rollup",

@@ -21,9 +21,10 @@ async fn published(
     job: &str,
     shard: Option<u64>,
     publish: Publish,
+    clock: Arc<dyn Clock>,
     body: impl AsyncFnOnce(&mut Run) -> Result<()>,
 ) -> Result<()> {
-    let mut run = Run::start(job, shard);
+    let mut run = Run::start(job, shard, clock);
     let result = body(&mut run).await;
     if publish.is_set()
         && let Err(e) = run.publish(result.is_ok(), &publish).await
@@ -44,51 +45,57 @@ pub(crate) async fn operate(
     clock: Arc<dyn Clock>,
 ) -> Result<()> {
     let kind = op.kind();
-    published(kind.as_str(), None, args.publish.publish(), async |run| {
-        let d = select(decls, table)?;
-        op.validate()?;
-        let catalog = config.open_catalog().await?;
-        let now = args.now.unwrap_or_else(|| clock.now());
-        let ctx = Context {
-            dry_run: args.dry_run,
-            ..Context::configured(
-                catalog.as_ref(),
-                config,
-                now,
-                args.budget.max_commits_per_minute,
-            )
-        };
-        let report = op.run(&ctx, d).await?;
-        run.step(&d.qualified_name(), kind.as_str(), report.totals());
-        if let Some(bytes) = report.orphan_bytes() {
-            run.orphans(&d.qualified_name(), bytes);
-        }
-        if args.json || !kind.per_partition() {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else if args.dry_run {
-            let lines = report.lines();
-            println!(
-                "plan for {} at {} ({} tasks, nothing changed):",
-                d.qualified_name(),
-                now.to_rfc3339(),
-                lines.len()
-            );
-            for l in lines {
-                println!("  {l}");
+    published(
+        kind.as_str(),
+        None,
+        args.publish.publish(),
+        clock.clone(),
+        async |run| {
+            let d = select(decls, table)?;
+            op.validate()?;
+            let catalog = config.open_catalog().await?;
+            let now = args.now.unwrap_or_else(|| clock.now());
+            let ctx = Context {
+                dry_run: args.dry_run,
+                ..Context::configured(
+                    catalog.as_ref(),
+                    config,
+                    now,
+                    args.budget.max_commits_per_minute,
+                )
+            };
+            let report = op.run(&ctx, d).await?;
+            run.step(&d.qualified_name(), kind.as_str(), report.totals());
+            if let Some(bytes) = report.orphan_bytes() {
+                run.orphans(&d.qualified_name(), bytes);
             }
-        } else {
-            println!(
-                "{} {}: {}",
-                kind.as_str(),
-                d.qualified_name(),
-                report.summary()
-            );
-        }
-        if let Some(why) = report.failure() {
-            bail!(why);
-        }
-        Ok(())
-    })
+            if args.json || !kind.per_partition() {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if args.dry_run {
+                let lines = report.lines();
+                println!(
+                    "plan for {} at {} ({} tasks, nothing changed):",
+                    d.qualified_name(),
+                    now.to_rfc3339(),
+                    lines.len()
+                );
+                for l in lines {
+                    println!("  {l}");
+                }
+            } else {
+                println!(
+                    "{} {}: {}",
+                    kind.as_str(),
+                    d.qualified_name(),
+                    report.summary()
+                );
+            }
+            if let Some(why) = report.failure() {
+                bail!(why);
+            }
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -105,49 +112,55 @@ pub(crate) async fn maintain_job(
         .map_or("maintain".to_string(), |s| s.to_string_lossy().into_owned());
     let shard = args.shard.filter(|s| s.count > 1).map(|s| s.index);
     let (job_file, args, shard_arg) = (args.job, args.run, args.shard);
-    published(&name, shard, args.publish.publish(), async |run| {
-        let job = Job::load(&job_file)?;
-        let catalog = config.open_catalog().await?;
-        let now = args.now.unwrap_or_else(|| clock.now());
-        let per_minute = args
-            .budget
-            .max_commits_per_minute
-            .or(job.max_commits_per_minute);
-        let ctx = Context {
-            dry_run: args.dry_run,
-            shard: shard_arg.unwrap_or(Shard::ALL),
-            ..Context::configured(catalog.as_ref(), config, now, per_minute)
-        };
-        let report = job::run(&ctx, decls, &job).await;
-        report.run_metrics(run);
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            println!(
-                "job {} shard {}{}:",
-                report.job,
-                report.shard,
-                if args.dry_run { " (plan only)" } else { "" }
-            );
-            for t in &report.tables {
-                println!("  {}", t.table);
-                for s in &t.steps {
-                    println!("    {} ({} commits)", s.task.as_str(), s.commits);
-                    for l in &s.lines {
-                        println!("      {l}");
+    published(
+        &name,
+        shard,
+        args.publish.publish(),
+        clock.clone(),
+        async |run| {
+            let job = Job::load(&job_file)?;
+            let catalog = config.open_catalog().await?;
+            let now = args.now.unwrap_or_else(|| clock.now());
+            let per_minute = args
+                .budget
+                .max_commits_per_minute
+                .or(job.max_commits_per_minute);
+            let ctx = Context {
+                dry_run: args.dry_run,
+                shard: shard_arg.unwrap_or(Shard::ALL),
+                ..Context::configured(catalog.as_ref(), config, now, per_minute)
+            };
+            let report = job::run(&ctx, decls, &job).await;
+            report.run_metrics(run);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "job {} shard {}{}:",
+                    report.job,
+                    report.shard,
+                    if args.dry_run { " (plan only)" } else { "" }
+                );
+                for t in &report.tables {
+                    println!("  {}", t.table);
+                    for s in &t.steps {
+                        println!("    {} ({} commits)", s.task.as_str(), s.commits);
+                        for l in &s.lines {
+                            println!("      {l}");
+                        }
+                    }
+                    if let Some(f) = &t.error {
+                        println!("    FAILED {}: {}", f.task.as_str(), f.error);
                     }
                 }
-                if let Some(f) = &t.error {
-                    println!("    FAILED {}: {}", f.task.as_str(), f.error);
-                }
             }
-        }
-        if !report.ok() {
-            let failed = report.tables.iter().filter(|t| t.error.is_some()).count();
-            bail!("{failed} of {} tables failed", report.tables.len());
-        }
-        Ok(())
-    })
+            if !report.ok() {
+                let failed = report.tables.iter().filter(|t| t.error.is_some()).count();
+                bail!("{failed} of {} tables failed", report.tables.len());
+            }
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -158,7 +171,7 @@ pub(crate) async fn backfill(
     clock: Arc<dyn Clock>,
 ) -> Result<()> {
     let publish = args.publish.publish();
-    published("backfill", None, publish, async |run| {
+    published("backfill", None, publish, clock.clone(), async |run| {
         let d = select(decls, &args.table)?;
         let catalog = config.open_catalog().await?;
         let opts = firn::backfill::BackfillOptions {
