@@ -1,5 +1,5 @@
-//! `firn backfill`: load a time range from event files with the ingest
-//! decoder, writing each row at the grain the table's policy gives its age
+//! `firn backfill`: load a time range from event files with the event
+//! decoder ingest uses ([`crate::events`]), writing each row at the grain the table's policy gives its age
 //! (last year's events land as day rows, not minute rows waiting for
 //! rollup). Work is committed in chunks; each chunk's commit advances a
 //! fenced progress record (`firn.backfill.<id>`) in the snapshot summary, so a
@@ -23,7 +23,7 @@ use self::input::InputFile;
 use crate::catalog::{Catalog, TableHandle};
 use crate::commit::{self, Change, Claim, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ingest::decode::{Decoder, TimeWindow};
+use crate::events::{Decoder, TimeWindow};
 use crate::ledger::{self, BACKFILL_PREFIX, Ledger};
 use crate::maintain::plan::due_grain;
 use crate::rejects::{self, RejectRecord};

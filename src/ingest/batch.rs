@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use iceberg::TableIdent;
 
-use super::decode::{Decoder, TimeWindow};
+use crate::events::{Decoder, TimeWindow};
 use crate::rejects::RejectRecord;
 use crate::rows::{MeasureSpec, RowMap};
 use crate::schema::decl::TableDecl;

@@ -2,7 +2,6 @@
 //! exactly once (see [`worker`]).
 
 pub mod batch;
-pub mod decode;
 pub mod flush;
 pub mod reset;
 pub mod worker;

@@ -26,11 +26,11 @@ use tokio::runtime::Handle;
 
 use super::IngestOptions;
 use super::batch::{Consumed, TableSink};
-use super::decode::TimeWindow;
 use super::flush::{self, FlushOutcome};
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
+use crate::events::TimeWindow;
 use crate::offsets;
 use crate::telemetry::{FlushStats, IngestMetrics};
 

@@ -1,5 +1,6 @@
-//! JSON event decoding: one Kafka record becomes a [`DecodedEvent`] (key and
-//! measure values) or a [`RejectReason`]. Never panics on input.
+//! The event core ingest and backfill share: one JSON record (a Kafka
+//! message, or a line of a backfill input) becomes a [`DecodedEvent`] (key
+//! and measure values) or a [`RejectReason`]. Never panics on input.
 
 use std::fmt;
 
@@ -240,7 +241,7 @@ mod tests {
         Decoder::new(
             TableDecl::parse(
                 Path::new("t.toml"),
-                include_str!("../../schemas/usage.http_requests.toml"),
+                include_str!("../schemas/usage.http_requests.toml"),
             )
             .unwrap(),
         )
