@@ -30,6 +30,8 @@ pub enum RejectReason {
     TooOld(String),
     /// The event is further in the future than the allowed skew.
     TooFarInFuture(String),
+    /// A `backfill --replace` event outside the range being replaced.
+    OutsideReplacedRange,
 }
 
 impl RejectReason {
@@ -42,6 +44,7 @@ impl RejectReason {
             RejectReason::BadTime(_) => "bad_time",
             RejectReason::TooOld(_) => "too_old",
             RejectReason::TooFarInFuture(_) => "too_far_in_future",
+            RejectReason::OutsideReplacedRange => "outside_range",
         }
     }
 }
@@ -59,8 +62,32 @@ impl fmt::Display for RejectReason {
             RejectReason::TooFarInFuture(e) => {
                 write!(f, "event time too far in the future: {e}")
             }
+            RejectReason::OutsideReplacedRange => {
+                write!(f, "event time outside the --from/--to range being replaced")
+            }
         }
     }
+}
+
+/// Where a record was read: a Kafka position, or a line of a backfill input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin<'a> {
+    /// A Kafka record.
+    Kafka {
+        /// Topic.
+        topic: &'a str,
+        /// Partition.
+        partition: i32,
+        /// Offset.
+        offset: i64,
+    },
+    /// A line of an input file.
+    Line {
+        /// The file (a path or a URL).
+        file: &'a str,
+        /// 1-based line number.
+        line: i64,
+    },
 }
 
 /// A decoded event: its minute-bucket key and one value per measure.

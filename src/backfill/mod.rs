@@ -23,7 +23,7 @@ use self::input::InputFile;
 use crate::catalog::{Catalog, TableHandle};
 use crate::commit::{self, Change, Claim, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::{Decoder, TimeWindow};
+use crate::events::{Decoder, Origin, RejectReason, TimeWindow};
 use crate::ledger::{self, BACKFILL_PREFIX, Ledger};
 use crate::maintain::plan::due_grain;
 use crate::rejects::{self, RejectRecord};
@@ -234,11 +234,18 @@ impl Segment {
         }
     }
 
-    /// What rejects name as their source: the file, or the topic.
-    fn label(&self, location: &str) -> String {
+    /// Where the record at `partition` and `offset` was read.
+    fn origin<'a>(&'a self, location: &'a str, partition: i32, offset: i64) -> Origin<'a> {
         match self {
-            Segment::File { .. } => location.to_string(),
-            Segment::Kafka(k) => k.topic().to_string(),
+            Segment::File { .. } => Origin::Line {
+                file: location,
+                line: offset,
+            },
+            Segment::Kafka(k) => Origin::Kafka {
+                topic: k.topic(),
+                partition,
+                offset,
+            },
         }
     }
 }
@@ -362,16 +369,12 @@ pub async fn run(
                             ts < from.timestamp_micros() || ts >= to.timestamp_micros()
                         }) =>
                     {
-                        chunk.rejects.push(RejectRecord {
-                            topic: segment.label(&file.location),
-                            partition,
-                            offset: line_no,
-                            rejected_at_micros: Utc::now().timestamp_micros(),
-                            reason_code: "outside_range".into(),
-                            reason: "event time outside the --from/--to range being replaced"
-                                .into(),
-                            payload: line.to_vec(),
-                        })
+                        chunk.rejects.push(RejectRecord::new(
+                            segment.origin(&file.location, partition, line_no),
+                            line,
+                            &RejectReason::OutsideReplacedRange,
+                            Utc::now().timestamp_micros(),
+                        ))
                     }
                     Ok(mut ev) => {
                         let minute = Grain::Minute.partition_ordinal(ev.key.ts_micros);
@@ -390,15 +393,12 @@ pub async fn run(
                         spec.add_event(&mut one, &ev.values);
                         spec.merge(&mut totals, &one);
                     }
-                    Err(reason) => chunk.rejects.push(RejectRecord {
-                        topic: segment.label(&file.location),
-                        partition,
-                        offset: line_no,
-                        rejected_at_micros: Utc::now().timestamp_micros(),
-                        reason_code: reason.as_label().to_string(),
-                        reason: reason.to_string(),
-                        payload: line.to_vec(),
-                    }),
+                    Err(reason) => chunk.rejects.push(RejectRecord::new(
+                        segment.origin(&file.location, partition, line_no),
+                        line,
+                        &reason,
+                        Utc::now().timestamp_micros(),
+                    )),
                 }
             }
             let last = eof && fi + 1 == files.len();
