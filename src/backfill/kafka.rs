@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::kafka;
 
 /// Where a replay starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,24 +69,11 @@ pub fn parse_offsets(s: &str) -> std::result::Result<BTreeMap<i32, i64>, String>
         .collect()
 }
 
+/// A consumer that is assigned partitions: it never subscribes nor commits,
+/// so no group sees it.
 fn consumer(range: &KafkaRange) -> Result<BaseConsumer> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &range.brokers)
-        // A group id librdkafka requires for fetching; this consumer never
-        // subscribes nor commits, so no group sees it.
-        .set(
-            "group.id",
-            format!("firn-backfill-{}", uuid::Uuid::now_v7().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest");
-    for (k, v) in &range.properties {
-        config.set(k, v);
-    }
-    Ok(config.create()?)
+    let group = kafka::unshared_group("backfill");
+    Ok(kafka::consumer_config(&range.brokers, &group, &[], &range.properties).create()?)
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
