@@ -321,7 +321,10 @@ pub(crate) async fn backfill(
             },
             budget: CommitBudget::new(args.budget.per_minute(config, None)),
         };
-        let report = firn::backfill::run(catalog.as_ref(), d, &opts).await?;
+        let progress = crate::progress::ProgressDisplay::new();
+        let report =
+            firn::backfill::run(catalog.as_ref(), d, &opts, &|p| progress.update(p)).await?;
+        progress.finish();
         run.step(
             &d.qualified_name(),
             if opts.replace.is_some() {
