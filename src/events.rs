@@ -99,6 +99,9 @@ pub struct DecodedEvent {
     pub values: Vec<Option<MeasureValue>>,
 }
 
+/// How far in the future an event may be, unless configured otherwise.
+pub const DEFAULT_FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The accepted event-time window, computed once per batch from the clock.
 #[derive(Debug, Clone, Copy)]
 pub struct TimeWindow {

@@ -26,8 +26,10 @@ use self::input::InputFile;
 use self::source::Inputs;
 use crate::budget::CommitBudget;
 use crate::catalog::{Catalog, TableHandle};
+use crate::clock::{Clock, SystemClock};
 use crate::commit::{self, Change, Claim, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
+use crate::events::DEFAULT_FUTURE_SKEW;
 use crate::ledger::{self, BACKFILL_PREFIX, Ledger};
 use crate::rejects::{self, RejectRecord};
 use crate::rows::RowMap;
@@ -60,6 +62,25 @@ pub struct BackfillOptions {
     pub kafka: Option<kafka::KafkaRange>,
     /// The catalog's write budget the chunk commits spend.
     pub budget: CommitBudget,
+}
+
+impl Default for BackfillOptions {
+    /// No inputs, now by the system clock, chunks of a million events, no
+    /// commit budget.
+    fn default() -> Self {
+        Self {
+            inputs: Vec::new(),
+            now: SystemClock.now(),
+            future_skew: DEFAULT_FUTURE_SKEW,
+            chunk_events: 1_000_000,
+            force: false,
+            dry_run: false,
+            target_file_size: write::DEFAULT_TARGET_FILE_SIZE,
+            replace: None,
+            kafka: None,
+            budget: CommitBudget::unlimited(),
+        }
+    }
 }
 
 /// How far a backfill has read, reported after every record.
