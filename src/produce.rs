@@ -276,18 +276,7 @@ impl EventGenerator {
 
     /// Totals by measure name.
     pub fn totals_by_name(&self) -> BTreeMap<String, Value> {
-        self.decl
-            .measures
-            .iter()
-            .zip(&self.totals.0)
-            .map(|(m, v)| {
-                let v = match v {
-                    MeasureValue::Long(v) => json!(v),
-                    MeasureValue::Double(v) => json!(v),
-                };
-                (m.name.clone(), v)
-            })
-            .collect()
+        self.totals.by_name(&self.decl)
     }
 }
 

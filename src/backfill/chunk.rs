@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::events::{DecodedEvent, Decoder, Origin, RejectReason, TimeWindow};
 use crate::maintain::plan::due_grain;
 use crate::rejects::RejectRecord;
-use crate::rows::{MeasureSpec, MeasureValue, Measures, RowMap};
+use crate::rows::{MeasureSpec, Measures, RowMap};
 use crate::schema::decl::TableDecl;
 use crate::schema::layout::Grain;
 
@@ -162,18 +162,6 @@ impl<'a> Loader<'a> {
             .into_iter()
             .map(|(g, p)| (g.as_str().to_string(), p.len()))
             .collect();
-        report.totals = self
-            .decl
-            .measures
-            .iter()
-            .zip(&self.totals.0)
-            .map(|(m, v)| {
-                let v = match v {
-                    MeasureValue::Long(v) => serde_json::json!(v),
-                    MeasureValue::Double(v) => serde_json::json!(v),
-                };
-                (m.name.clone(), v)
-            })
-            .collect();
+        report.totals = self.totals.by_name(self.decl);
     }
 }
