@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arrow_schema::SchemaRef;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use firn::ingest::decode::{Decoder, TimeWindow};
+use firn::events::{Decoder, TimeWindow};
 use firn::produce::{EventGenerator, ProduceOptions};
 use firn::rows::{MeasureSpec, RowMap};
 use firn::schema::decl::TableDecl;

@@ -1,5 +1,7 @@
-//! Kafka metadata every front end needs: the partitions and watermarks of a
-//! topic (lag in `firn status`, `--reset-offsets earliest|latest` in ingest).
+//! The Kafka client configuration every firn client is built from (ingest,
+//! backfill replays, `firn produce`, `firn status`), and the metadata every
+//! front end needs: the partitions and watermarks of a topic (lag in
+//! `firn status`, `--reset-offsets earliest|latest` in ingest).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +22,52 @@ pub struct KafkaSource {
     pub timeout: Duration,
 }
 
+/// The configuration of a client of `brokers`: the settings its role needs,
+/// then the operator's librdkafka `properties` (security settings, tuning),
+/// which win over firn's.
+pub fn client_config(
+    brokers: &str,
+    settings: &[(&str, &str)],
+    properties: &BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    config
+}
+
+/// The configuration of a consumer in `group` whose offsets the table owns:
+/// librdkafka neither commits nor stores offsets, a partition without a
+/// position starts at its beginning, and no end-of-partition events; then
+/// the role's `settings` and the operator's `properties`, as
+/// [`client_config`].
+pub fn consumer_config(
+    brokers: &str,
+    group: &str,
+    settings: &[(&str, &str)],
+    properties: &BTreeMap<String, String>,
+) -> ClientConfig {
+    let consumer = [
+        ("group.id", group),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
+        ("enable.partition.eof", "false"),
+    ];
+    client_config(brokers, &[&consumer[..], settings].concat(), properties)
+}
+
+/// A consumer group of its own for a client that never joins it (librdkafka
+/// wants a group id to fetch): `firn-<role>-<unique>`.
+pub fn unshared_group(role: &str) -> String {
+    format!("firn-{role}-{}", uuid::Uuid::now_v7().simple())
+}
+
 /// `partition -> (low, high)` watermarks of `topic`.
 pub async fn watermarks(source: &KafkaSource, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>> {
     let source = source.clone();
@@ -30,19 +78,13 @@ pub async fn watermarks(source: &KafkaSource, topic: &str) -> Result<BTreeMap<i3
 }
 
 fn blocking(source: &KafkaSource, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &source.brokers)
-        // Required by librdkafka for a consumer; this one never joins it.
-        .set(
-            "group.id",
-            format!("firn-status-{}", uuid::Uuid::now_v7().simple()),
-        )
-        .set("enable.auto.commit", "false");
-    for (k, v) in &source.properties {
-        config.set(k, v);
-    }
-    let consumer: BaseConsumer = config.create()?;
+    let group = unshared_group("status");
+    let settings = [
+        ("group.id", group.as_str()),
+        ("enable.auto.commit", "false"),
+    ];
+    let consumer: BaseConsumer =
+        client_config(&source.brokers, &settings, &source.properties).create()?;
     let meta = consumer.fetch_metadata(Some(topic), source.timeout)?;
     let partitions: Vec<i32> = meta
         .topics()

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod commit;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod ingest;
 pub mod kafka;
 pub mod ledger;

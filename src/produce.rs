@@ -13,7 +13,6 @@ use rand::{Rng, SeedableRng};
 use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
@@ -22,6 +21,7 @@ use serde_json::{Map, Value, json};
 
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
+use crate::kafka;
 use crate::rows::{MeasureSpec, MeasureValue, Measures};
 use crate::schema::decl::{Agg, DimType, MeasureType, TableDecl};
 
@@ -113,9 +113,8 @@ const PRODUCTS: [&str; 5] = ["cdn", "waf", "workers", "r2", "dns"];
 
 /// Create `topic` with `partitions` partitions unless it exists.
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        kafka::client_config(brokers, &[], &BTreeMap::new()).create()?;
     let results = admin
         .create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
@@ -277,18 +276,7 @@ impl EventGenerator {
 
     /// Totals by measure name.
     pub fn totals_by_name(&self) -> BTreeMap<String, Value> {
-        self.decl
-            .measures
-            .iter()
-            .zip(&self.totals.0)
-            .map(|(m, v)| {
-                let v = match v {
-                    MeasureValue::Long(v) => json!(v),
-                    MeasureValue::Double(v) => json!(v),
-                };
-                (m.name.clone(), v)
-            })
-            .collect()
+        self.totals.by_name(&self.decl)
     }
 }
 
@@ -299,19 +287,16 @@ pub fn produce(
     clock: Arc<dyn Clock>,
 ) -> Result<ProduceReport> {
     let topic = opts.topic.clone().unwrap_or_else(|| decl.topic.clone());
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &opts.brokers)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("compression.type", "lz4")
-        .set("enable.idempotence", "false")
-        .set("acks", "all");
-    for (k, v) in &opts.kafka {
-        config.set(k, v);
-    }
+    let settings = [
+        ("linger.ms", "20"),
+        ("batch.num.messages", "10000"),
+        ("compression.type", "lz4"),
+        ("enable.idempotence", "false"),
+        ("acks", "all"),
+    ];
     let producer: BaseProducer<DeliveryCounter> =
-        config.create_with_context(DeliveryCounter::default())?;
+        kafka::client_config(&opts.brokers, &settings, &opts.kafka)
+            .create_with_context(DeliveryCounter::default())?;
     let mut generator = EventGenerator::new(decl, opts);
     let started = Instant::now();
     let mut last_log = Instant::now();

@@ -11,6 +11,7 @@ use arrow_array::{
 use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
 
 use crate::error::{Error, Result};
+use crate::events::{Origin, RejectReason};
 
 /// One rejected record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,35 @@ pub struct RejectRecord {
     pub reason: String,
     /// The raw record payload.
     pub payload: Vec<u8>,
+}
+
+impl RejectRecord {
+    /// `payload`, read at `origin`, rejected for `reason` at `rejected_at_micros`.
+    /// A file line is recorded as topic = the file, partition -1, offset = the line.
+    pub fn new(
+        origin: Origin<'_>,
+        payload: &[u8],
+        reason: &RejectReason,
+        rejected_at_micros: i64,
+    ) -> Self {
+        let (topic, partition, offset) = match origin {
+            Origin::Kafka {
+                topic,
+                partition,
+                offset,
+            } => (topic, partition, offset),
+            Origin::Line { file, line } => (file, -1, line),
+        };
+        Self {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            rejected_at_micros,
+            reason_code: reason.as_label().to_string(),
+            reason: reason.to_string(),
+            payload: payload.to_vec(),
+        }
+    }
 }
 
 /// Schema of every rejects table.

@@ -4,7 +4,7 @@
 //! Rows are additive: two rows with the same key may coexist in a table, and
 //! [`Measures::merge`] collapses them without changing any total.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::schema::decl::{Agg, MeasureType, TableDecl};
 
@@ -43,6 +43,23 @@ pub enum MeasureValue {
 /// Accumulators for all measures of one row, in declaration order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measures(pub Vec<MeasureValue>);
+
+impl Measures {
+    /// The values by `decl`'s measure names, as JSON (what reports print).
+    pub fn by_name(&self, decl: &TableDecl) -> BTreeMap<String, serde_json::Value> {
+        decl.measures
+            .iter()
+            .zip(&self.0)
+            .map(|(m, v)| {
+                let v = match v {
+                    MeasureValue::Long(v) => serde_json::json!(v),
+                    MeasureValue::Double(v) => serde_json::json!(v),
+                };
+                (m.name.clone(), v)
+            })
+            .collect()
+    }
+}
 
 /// What each measure does, extracted once from the declaration.
 #[derive(Debug, Clone)]

@@ -1,11 +1,13 @@
 //! Backfill inputs: local paths and globs, `file://` and object-store URLs,
-//! as NDJSON (plain, `.gz`, `.zst`), read line by line.
+//! as NDJSON (plain, `.gz`, `.zst`) or Parquet, read line by line.
 
 use std::io::{BufRead, BufReader, Read};
 
 use serde::Serialize;
 
+use super::source::{Source, SourceRecord};
 use crate::error::{Error, ErrorKind, Result};
+use crate::events::Origin;
 use crate::storage::ObjectStoreStorage;
 
 /// One input file.
@@ -72,11 +74,45 @@ pub async fn expand(inputs: &[String], storage: &ObjectStoreStorage) -> Result<V
     Ok(out)
 }
 
-/// Open an input as a line reader, decompressing by extension.
-pub async fn open(
-    file: &InputFile,
-    storage: &ObjectStoreStorage,
-) -> Result<Box<dyn BufRead + Send>> {
+/// An input file's lines, each one record (a blank one too: it is no event,
+/// but it is a line and takes bytes).
+pub(super) struct Lines {
+    location: String,
+    reader: Box<dyn BufRead + Send>,
+    /// The number of the line last read.
+    line: i64,
+    buf: Vec<u8>,
+}
+
+impl Source for Lines {
+    fn next(&mut self) -> Result<Option<SourceRecord<'_>>> {
+        self.buf.clear();
+        let n = self.reader.read_until(b'\n', &mut self.buf).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("reading {} at line {}", self.location, self.line + 1),
+            )
+            .with_source(e)
+        })?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line += 1;
+        let line = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        Ok(Some(SourceRecord {
+            origin: Origin::Line {
+                file: &self.location,
+                line: self.line,
+            },
+            payload: line,
+            bytes: n as u64,
+        }))
+    }
+}
+
+/// Open an input as lines, decompressing by extension.
+pub(super) async fn open(file: &InputFile, storage: &ObjectStoreStorage) -> Result<Lines> {
     let raw: Box<dyn Read + Send> = if file.location.contains("://") {
         let io = crate::storage::file_io(storage);
         let bytes = io
@@ -109,7 +145,12 @@ pub async fn open(
     } else {
         raw
     };
-    Ok(Box::new(BufReader::with_capacity(1 << 20, decoded)))
+    Ok(Lines {
+        location: file.location.clone(),
+        reader: Box::new(BufReader::with_capacity(1 << 20, decoded)),
+        line: 0,
+        buf: Vec::new(),
+    })
 }
 
 /// A Parquet file's rows as NDJSON, one object per row with every column

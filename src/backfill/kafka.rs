@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use super::source::{Source, SourceRecord};
 use crate::error::{Error, ErrorKind, Result};
+use crate::events::Origin;
+use crate::kafka;
 
 /// Where a replay starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,24 +71,11 @@ pub fn parse_offsets(s: &str) -> std::result::Result<BTreeMap<i32, i64>, String>
         .collect()
 }
 
+/// A consumer that is assigned partitions: it never subscribes nor commits,
+/// so no group sees it.
 fn consumer(range: &KafkaRange) -> Result<BaseConsumer> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &range.brokers)
-        // A group id librdkafka requires for fetching; this consumer never
-        // subscribes nor commits, so no group sees it.
-        .set(
-            "group.id",
-            format!("firn-backfill-{}", uuid::Uuid::now_v7().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest");
-    for (k, v) in &range.properties {
-        config.set(k, v);
-    }
-    Ok(config.create()?)
+    let group = kafka::unshared_group("backfill");
+    Ok(kafka::consumer_config(&range.brokers, &group, &[], &range.properties).create()?)
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -192,59 +181,44 @@ fn timestamp_at(range: &KafkaRange, partition: i32, offset: i64) -> Result<Optio
     Ok(None)
 }
 
-/// One input record: partition (-1 for files), offset (line number for
-/// files), payload, and bytes read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawRecord {
-    /// Kafka partition, or -1 for a file.
-    pub partition: i32,
-    /// Kafka offset, or the 1-based line number in a file.
-    pub offset: i64,
-    /// The record.
-    pub payload: Vec<u8>,
-    /// Bytes read for it (progress).
-    pub bytes: usize,
-}
-
 /// Reads one partition range, in offset order.
-pub struct Segment {
+pub struct RangeReader {
     consumer: BaseConsumer,
     topic: String,
     range: PartitionRange,
     next: i64,
+    payload: Vec<u8>,
 }
 
-impl std::fmt::Debug for Segment {
+impl std::fmt::Debug for RangeReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Segment")
+        f.debug_struct("RangeReader")
             .field("topic", &self.topic)
             .field("range", &self.range)
             .finish_non_exhaustive()
     }
 }
 
-impl Segment {
+impl RangeReader {
     /// Assign the partition at the range's start.
     pub fn open(k: &KafkaRange, range: PartitionRange) -> Result<Self> {
         let consumer = consumer(k)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&k.topic, range.partition, Offset::Offset(range.start))?;
         consumer.assign(&tpl)?;
-        Ok(Segment {
+        Ok(RangeReader {
             consumer,
             topic: k.topic.clone(),
             range,
             next: range.start,
+            payload: Vec::new(),
         })
     }
+}
 
-    /// The topic.
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    /// The next record in the range: (partition, offset, payload, bytes).
-    pub fn next_record(&mut self) -> Result<Option<RawRecord>> {
+impl Source for RangeReader {
+    /// The next record in the range.
+    fn next(&mut self) -> Result<Option<SourceRecord<'_>>> {
         if self.next >= self.range.end {
             return Ok(None);
         }
@@ -280,12 +254,17 @@ impl Segment {
                 }
                 Some(Ok(m)) => {
                     self.next = m.offset() + 1;
-                    let payload = m.payload().unwrap_or_default().to_vec();
-                    return Ok(Some(RawRecord {
-                        partition: self.range.partition,
-                        offset: m.offset(),
-                        bytes: payload.len(),
-                        payload,
+                    self.payload.clear();
+                    self.payload
+                        .extend_from_slice(m.payload().unwrap_or_default());
+                    return Ok(Some(SourceRecord {
+                        origin: Origin::Kafka {
+                            topic: &self.topic,
+                            partition: self.range.partition,
+                            offset: m.offset(),
+                        },
+                        payload: &self.payload,
+                        bytes: self.payload.len() as u64,
                     }));
                 }
                 Some(Err(e)) => return Err(e.into()),

@@ -1,33 +1,38 @@
-//! `firn backfill`: load a time range from event files with the ingest
-//! decoder, writing each row at the grain the table's policy gives its age
-//! (last year's events land as day rows, not minute rows waiting for
-//! rollup). Work is committed in chunks; each chunk's commit advances a
-//! fenced progress record (`firn.backfill.<id>`) in the snapshot summary, so a
-//! killed backfill resumes where it stopped and a finished one is refused
-//! unless `--force`.
+//! `firn backfill`: load a time range from event files, or replay a range of
+//! a Kafka topic, with the event decoder ingest uses ([`crate::events`]),
+//! writing each row at the grain the table's policy gives its age (last
+//! year's events land as day rows, not minute rows waiting for rollup). Work
+//! is committed in chunks; each chunk's commit advances a fenced progress
+//! record (`firn.backfill.<id>`) in the snapshot summary, so a killed
+//! backfill resumes where it stopped and a finished one is refused unless
+//! `--force`.
 
+mod chunk;
 pub mod input;
 pub mod kafka;
 mod replace;
+pub mod source;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
+use self::chunk::{Chunk, Loader};
 use self::input::InputFile;
+use self::source::Inputs;
+use crate::budget::CommitBudget;
 use crate::catalog::{Catalog, TableHandle};
+use crate::clock::{Clock, SystemClock};
 use crate::commit::{self, Change, Claim, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ingest::decode::{Decoder, TimeWindow};
+use crate::events::DEFAULT_FUTURE_SKEW;
 use crate::ledger::{self, BACKFILL_PREFIX, Ledger};
-use crate::maintain::plan::due_grain;
 use crate::rejects::{self, RejectRecord};
-use crate::rows::{MeasureSpec, MeasureValue, RowMap};
+use crate::rows::RowMap;
 use crate::schema::decl::TableDecl;
 use crate::schema::layout::Grain;
 use crate::{tables, write};
@@ -37,7 +42,8 @@ use crate::{tables, write};
 pub struct BackfillOptions {
     /// Paths, globs or URLs.
     pub inputs: Vec<String>,
-    /// The time ages (and the accepted window) are measured from.
+    /// The time ages (and the accepted window) are measured from, and the
+    /// time rejects are recorded at.
     pub now: DateTime<Utc>,
     /// Accept events at most this far in the future.
     pub future_skew: Duration,
@@ -55,7 +61,37 @@ pub struct BackfillOptions {
     /// Replay a range of a Kafka topic instead of reading files.
     pub kafka: Option<kafka::KafkaRange>,
     /// The catalog's write budget the chunk commits spend.
-    pub budget: crate::budget::CommitBudget,
+    pub budget: CommitBudget,
+}
+
+impl Default for BackfillOptions {
+    /// No inputs, now by the system clock, chunks of a million events, no
+    /// commit budget.
+    fn default() -> Self {
+        Self {
+            inputs: Vec::new(),
+            now: SystemClock.now(),
+            future_skew: DEFAULT_FUTURE_SKEW,
+            chunk_events: 1_000_000,
+            force: false,
+            dry_run: false,
+            target_file_size: write::DEFAULT_TARGET_FILE_SIZE,
+            replace: None,
+            kafka: None,
+            budget: CommitBudget::unlimited(),
+        }
+    }
+}
+
+/// How far a backfill has read, reported after every record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Input bytes read (of a topic: payload bytes).
+    pub bytes: u64,
+    /// Input bytes in all (of a topic: the records in its ranges).
+    pub total_bytes: u64,
+    /// Events read by this run (chunks an earlier run committed aside).
+    pub events: u64,
 }
 
 /// The progress record in the summary.
@@ -96,6 +132,24 @@ pub struct BackfillReport {
     pub replaced_rows: u64,
 }
 
+impl BackfillReport {
+    /// Count a chunk's events and rejects.
+    fn count_read(&mut self, chunk: &Chunk) {
+        self.events += chunk.events;
+        self.rejected += chunk.rejects.len() as u64;
+    }
+
+    /// Count rows to write.
+    fn count_rows(&mut self, rows: &BTreeMap<Grain, RowMap>) {
+        for (g, rows) in rows {
+            *self
+                .rows_by_grain
+                .entry(g.as_str().to_string())
+                .or_default() += rows.len() as u64;
+        }
+    }
+}
+
 /// The identity of a backfill: its table and its inputs (location and size).
 pub fn identity(decl: &TableDecl, files: &[InputFile]) -> String {
     let mut text = decl.qualified_name();
@@ -113,6 +167,13 @@ fn record_key(id: &str) -> String {
 /// other engines' commits and expiry).
 fn held(table: &TableHandle, key: &str) -> Option<String> {
     Ledger::of(&table.metadata).get(key).cloned()
+}
+
+/// The chunks the progress record at `key` says are committed.
+fn chunks_done(table: &TableHandle, key: &str) -> u64 {
+    held(table, key)
+        .and_then(|v| serde_json::from_str::<Record>(&v).ok())
+        .map_or(0, |r| r.done)
 }
 
 /// The oldest firn snapshot in main's ancestry whose ledger holds `value` at
@@ -135,405 +196,175 @@ fn first_holding(table: &TableHandle, key: &str, value: &str) -> Option<i64> {
     found.or_else(|| Ledger::of(meta).snapshot_id())
 }
 
-/// Progress on a terminal (a bar) or in logs (a line every 5 s).
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    started: Instant,
-    last_log: Instant,
-    bytes: u64,
-    total: u64,
+/// The table a backfill writes, and where this run stands in it.
+struct Target<'a> {
+    catalog: &'a dyn Catalog,
+    decl: &'a TableDecl,
+    ident: iceberg::TableIdent,
+    rejects_ident: iceberg::TableIdent,
+    opts: &'a BackfillOptions,
+    /// The run's id: the backfill's identity, or a new one when forced to
+    /// add a finished backfill again.
+    id: String,
+    /// The key of its progress record.
+    key: String,
+    /// Chunks an earlier run committed (this run skips them).
+    resume_from: u64,
 }
 
-impl Progress {
-    fn new(total: u64) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(total);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:30} {bytes}/{total_bytes} {msg} ETA {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b
-        });
-        Self {
-            bar,
-            started: Instant::now(),
-            last_log: Instant::now(),
-            bytes: 0,
-            total,
-        }
-    }
-
-    fn update(&mut self, bytes: u64, events: u64) {
-        self.bytes += bytes;
-        let rate = events as f64 / self.started.elapsed().as_secs_f64().max(0.001);
-        if let Some(b) = &self.bar {
-            b.set_position(self.bytes.min(self.total));
-            b.set_message(format!("{events} events ({rate:.0}/s)"));
-        } else if self.last_log.elapsed() >= Duration::from_secs(5) {
-            self.last_log = Instant::now();
-            tracing::info!(
-                events,
-                events_per_second = rate as u64,
-                bytes_read = self.bytes,
-                of_bytes = self.total,
-                "backfilling"
-            );
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
+impl<'a> Target<'a> {
+    /// Load `decl`'s table, check it matches, and find where the backfill
+    /// of `files` stands: refused if it finished (unless forced), else
+    /// resumed after the chunks its progress record holds.
+    async fn open(
+        catalog: &'a dyn Catalog,
+        decl: &'a TableDecl,
+        opts: &'a BackfillOptions,
+        files: &[InputFile],
+    ) -> Result<Self> {
+        let ident = tables::ident(decl)?;
+        let rejects_ident = tables::rejects_ident(decl)?;
+        let table = catalog.load(&ident).await?;
+        tables::check_matches(decl, &table.metadata)?;
+        let id = run_id(&table, decl, identity(decl, files), opts.force)?;
+        let key = record_key(&id);
+        Ok(Self {
+            catalog,
+            decl,
+            resume_from: chunks_done(&table, &key),
+            ident,
+            rejects_ident,
+            opts,
+            id,
+            key,
+        })
     }
 }
 
-/// One stretch of input that chunks never cross: a file or a partition range.
-enum Segment {
-    File {
-        reader: Box<dyn BufRead + Send>,
-        line_no: i64,
-        buf: Vec<u8>,
-    },
-    Kafka(kafka::Segment),
-}
-
-impl Segment {
-    /// The next record: (partition, offset or line number, payload, bytes).
-    fn next_record(&mut self, location: &str) -> Result<Option<kafka::RawRecord>> {
-        match self {
-            Segment::File {
-                reader,
-                line_no,
-                buf,
-            } => {
-                buf.clear();
-                let n = reader.read_until(b'\n', buf).map_err(|e| {
-                    Error::new(
-                        ErrorKind::Io,
-                        format!("reading {location} at line {}", *line_no + 1),
-                    )
-                    .with_source(e)
-                })?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                *line_no += 1;
-                let line = buf.strip_suffix(b"\n").unwrap_or(buf);
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                Ok(Some(kafka::RawRecord {
-                    partition: -1,
-                    offset: *line_no,
-                    payload: line.to_vec(),
-                    bytes: n,
-                }))
-            }
-            Segment::Kafka(k) => k.next_record(),
-        }
+/// The id a run records its progress under: the backfill's identity
+/// `base_id`, unless the table holds it as complete: then an error, or with
+/// `force` a new id.
+fn run_id(table: &TableHandle, decl: &TableDecl, base_id: String, force: bool) -> Result<String> {
+    let base_key = record_key(&base_id);
+    let Some(v) = held(table, &base_key) else {
+        return Ok(base_id);
+    };
+    if !serde_json::from_str::<Record>(&v).is_ok_and(|r| r.complete) {
+        return Ok(base_id);
     }
-
-    /// What rejects name as their source: the file, or the topic.
-    fn label(&self, location: &str) -> String {
-        match self {
-            Segment::File { .. } => location.to_string(),
-            Segment::Kafka(k) => k.topic().to_string(),
-        }
+    if !force {
+        let snapshot = first_holding(table, &base_key, &v)
+            .map_or("an earlier snapshot".to_string(), |s| {
+                format!("snapshot {s}")
+            });
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "backfill {base_id} of these inputs into {} was already committed \
+                 ({snapshot}); add --force to add the data again",
+                decl.qualified_name()
+            ),
+        ));
     }
+    Ok(format!("{base_id}-{}", uuid::Uuid::now_v7().simple()))
 }
 
-/// One chunk's decoded content.
-#[derive(Default)]
-struct Chunk {
-    rows: BTreeMap<Grain, RowMap>,
-    rejects: Vec<RejectRecord>,
-    events: u64,
-}
-
-/// Run a backfill of `decl`'s table.
+/// Run a backfill of `decl`'s table: resolve its inputs and where it
+/// stands, read them in chunks and commit each (with `--replace`, all in one
+/// overwrite commit; dry, none), reporting progress to `progress`.
 pub async fn run(
     catalog: &dyn Catalog,
     decl: &TableDecl,
     opts: &BackfillOptions,
+    progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<BackfillReport> {
-    let ident = tables::ident(decl)?;
-    let rejects_ident = tables::rejects_ident(decl)?;
-    let (files, ranges) = match &opts.kafka {
-        Some(k) => {
-            let ranges = kafka::resolve(k).await?;
-            let files = ranges
-                .iter()
-                .map(|r| InputFile {
-                    location: format!("kafka:{}/{}[{}..{})", k.topic, r.partition, r.start, r.end),
-                    size: (r.end - r.start).max(0) as u64,
-                })
-                .collect();
-            (files, Some(ranges))
-        }
-        None => (input::expand(&opts.inputs, catalog.storage()).await?, None),
-    };
-    let base_id = identity(decl, &files);
-    let table = catalog.load(&ident).await?;
-    tables::check_matches(decl, &table.metadata)?;
-    let base_key = record_key(&base_id);
-    let id = match held(&table, &base_key) {
-        Some(v) if serde_json::from_str::<Record>(&v).is_ok_and(|r| r.complete) => {
-            if !opts.force {
-                let snapshot = first_holding(&table, &base_key, &v)
-                    .map_or("an earlier snapshot".to_string(), |s| {
-                        format!("snapshot {s}")
-                    });
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!(
-                        "backfill {base_id} of these inputs into {} was already committed \
-                         ({snapshot}); add --force to add the data again",
-                        decl.qualified_name()
-                    ),
-                ));
-            }
-            format!("{base_id}-{}", uuid::Uuid::now_v7().simple())
-        }
-        _ => base_id,
-    };
-    let key = record_key(&id);
-    let resume_from = held(&table, &key)
-        .and_then(|v| serde_json::from_str::<Record>(&v).ok())
-        .map_or(0, |r| r.done);
-
-    let spec = MeasureSpec::new(decl);
-    let decoder = Decoder::new(decl.clone());
-    let window = TimeWindow::new(opts.now, decl, opts.future_skew);
-    let now_micros = opts.now.timestamp_micros();
+    let inputs = Inputs::resolve(opts, catalog.storage()).await?;
+    let target = Target::open(catalog, decl, opts, &inputs.files).await?;
     let mut report = BackfillReport {
-        id: id.clone(),
-        inputs: files.clone(),
+        id: target.id.clone(),
+        inputs: inputs.files.clone(),
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    let mut totals = spec.empty();
-    let mut progress = Progress::new(files.iter().map(|f| f.size).sum());
-    let chunk_events = opts.chunk_events.max(1);
-    let mut partitions: BTreeMap<Grain, std::collections::BTreeSet<i32>> = BTreeMap::new();
-    // With --replace, every chunk goes into one overwrite commit.
-    let mut whole = Chunk::default();
+    let total_bytes = inputs.files.iter().map(|f| f.size).sum();
+    let mut loader = Loader::new(decl, opts, total_bytes, progress);
+    let whole = load(&target, &inputs, &mut loader, &mut report).await?;
+    match opts.replace {
+        Some(range) => {
+            report.count_rows(&whole.rows);
+            replace::replace(&target, range, whole, &mut report).await?;
+        }
+        // Nothing to read: one empty chunk records the backfill as complete.
+        None if inputs.files.is_empty() && !opts.dry_run => {
+            commit_chunk(&target, 0, true, Chunk::default()).await?;
+        }
+        None => {}
+    }
+    loader.summarize(&mut report);
+    Ok(report)
+}
 
-    // Chunks never span files: chunk boundaries depend only on the inputs.
-    let mut chunk_index: u64 = 0;
-    for (fi, file) in files.iter().enumerate() {
-        let mut segment = match (&ranges, &opts.kafka) {
-            (Some(ranges), Some(k)) => kafka::Segment::open(k, ranges[fi]).map(Segment::Kafka)?,
-            _ => Segment::File {
-                reader: input::open(file, catalog.storage()).await?,
-                line_no: 0,
-                buf: Vec::new(),
-            },
-        };
+/// Read every input in chunks, committing each chunk (unless dry), or,
+/// with `--replace`, gathering them into the one chunk returned.
+async fn load(
+    target: &Target<'_>,
+    inputs: &Inputs,
+    loader: &mut Loader<'_>,
+    report: &mut BackfillReport,
+) -> Result<Chunk> {
+    let opts = target.opts;
+    let mut whole = Chunk::default();
+    // Chunks never span inputs: chunk boundaries depend only on the inputs.
+    let mut index: u64 = 0;
+    for i in 0..inputs.files.len() {
+        let mut source = inputs.open(i, target.catalog.storage()).await?;
+        let last_input = i + 1 == inputs.files.len();
         let mut eof = false;
         while !eof {
-            let mut chunk = Chunk::default();
-            let skipping = chunk_index < resume_from;
-            while chunk.events < chunk_events as u64 {
-                let Some(kafka::RawRecord {
-                    partition,
-                    offset,
-                    payload: line,
-                    bytes: n,
-                }) = segment.next_record(&file.location)?
-                else {
-                    eof = true;
-                    break;
-                };
-                progress.update(n as u64, report.events + chunk.events);
-                if partition == -1 && line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let line_no = offset;
-                let line = &line[..];
-                chunk.events += 1;
-                if skipping {
-                    continue;
-                }
-                match decoder.decode(line, window) {
-                    Ok(ev)
-                        if opts.replace.is_some_and(|(from, to)| {
-                            let ts = ev.key.ts_micros;
-                            ts < from.timestamp_micros() || ts >= to.timestamp_micros()
-                        }) =>
-                    {
-                        chunk.rejects.push(RejectRecord {
-                            topic: segment.label(&file.location),
-                            partition,
-                            offset: line_no,
-                            rejected_at_micros: Utc::now().timestamp_micros(),
-                            reason_code: "outside_range".into(),
-                            reason: "event time outside the --from/--to range being replaced"
-                                .into(),
-                            payload: line.to_vec(),
-                        })
-                    }
-                    Ok(mut ev) => {
-                        let minute = Grain::Minute.partition_ordinal(ev.key.ts_micros);
-                        let grain = due_grain(&decl.policy, now_micros, Grain::Minute, minute);
-                        ev.key.ts_micros = grain.truncate(ev.key.ts_micros);
-                        partitions
-                            .entry(grain)
-                            .or_default()
-                            .insert(grain.partition_ordinal(ev.key.ts_micros));
-                        chunk
-                            .rows
-                            .entry(grain)
-                            .or_default()
-                            .add_event(&spec, ev.key, &ev.values);
-                        let mut one = spec.empty();
-                        spec.add_event(&mut one, &ev.values);
-                        spec.merge(&mut totals, &one);
-                    }
-                    Err(reason) => chunk.rejects.push(RejectRecord {
-                        topic: segment.label(&file.location),
-                        partition,
-                        offset: line_no,
-                        rejected_at_micros: Utc::now().timestamp_micros(),
-                        reason_code: reason.as_label().to_string(),
-                        reason: reason.to_string(),
-                        payload: line.to_vec(),
-                    }),
-                }
-            }
-            let last = eof && fi + 1 == files.len();
+            let skip = index < target.resume_from;
+            let (chunk, ended) = loader.read_chunk(source.as_mut(), skip)?;
+            eof = ended;
+            let last = eof && last_input;
             if chunk.events == 0 && !last {
                 continue;
             }
             if opts.replace.is_some() {
-                report.events += chunk.events;
-                report.rejected += chunk.rejects.len() as u64;
-                whole.events += chunk.events;
-                whole.rejects.extend(chunk.rejects);
-                for (g, rows) in chunk.rows {
-                    whole.rows.entry(g).or_default().absorb(&spec, rows);
-                }
-            } else if skipping {
+                report.count_read(&chunk);
+                whole.absorb(&loader.spec, chunk);
+            } else if skip {
                 report.chunks_skipped += 1;
             } else {
-                report.events += chunk.events;
-                report.rejected += chunk.rejects.len() as u64;
-                for (g, rows) in &chunk.rows {
-                    *report
-                        .rows_by_grain
-                        .entry(g.as_str().to_string())
-                        .or_default() += rows.len() as u64;
-                }
+                report.count_read(&chunk);
+                report.count_rows(&chunk.rows);
                 if !opts.dry_run {
-                    commit_chunk(
-                        catalog,
-                        decl,
-                        &ident,
-                        &rejects_ident,
-                        &key,
-                        chunk_index,
-                        last,
-                        chunk,
-                        opts,
-                    )
-                    .await?;
+                    commit_chunk(target, index, last, chunk).await?;
                     report.chunks_committed += 1;
                 }
             }
-            chunk_index += 1;
+            index += 1;
         }
     }
-    if let Some(range) = opts.replace {
-        for (g, rows) in &whole.rows {
-            *report
-                .rows_by_grain
-                .entry(g.as_str().to_string())
-                .or_default() += rows.len() as u64;
-        }
-        replace::replace(
-            catalog,
-            decl,
-            &ident,
-            &rejects_ident,
-            &key,
-            range,
-            whole,
-            opts,
-            &mut report,
-        )
-        .await?;
-    } else if files.is_empty() && !opts.dry_run {
-        commit_chunk(
-            catalog,
-            decl,
-            &ident,
-            &rejects_ident,
-            &key,
-            0,
-            true,
-            Chunk::default(),
-            opts,
-        )
-        .await?;
-    }
-    progress.finish();
-    report.partitions_by_grain = partitions
-        .into_iter()
-        .map(|(g, p)| (g.as_str().to_string(), p.len()))
-        .collect();
-    report.totals = decl
-        .measures
-        .iter()
-        .zip(&totals.0)
-        .map(|(m, v)| {
-            let v = match v {
-                MeasureValue::Long(v) => serde_json::json!(v),
-                MeasureValue::Double(v) => serde_json::json!(v),
-            };
-            (m.name.clone(), v)
-        })
-        .collect();
-    Ok(report)
+    Ok(whole)
 }
 
 /// Commit one chunk: its rejects (skipped if an earlier run recorded them),
 /// then its rows, advancing the fenced progress record from `index` to
 /// `index + 1`.
-#[allow(clippy::too_many_arguments)]
-async fn commit_chunk(
-    catalog: &dyn Catalog,
-    decl: &TableDecl,
-    ident: &iceberg::TableIdent,
-    rejects_ident: &iceberg::TableIdent,
-    key: &str,
-    index: u64,
-    last: bool,
-    chunk: Chunk,
-    opts: &BackfillOptions,
-) -> Result<()> {
+async fn commit_chunk(target: &Target<'_>, index: u64, last: bool, chunk: Chunk) -> Result<()> {
+    let (catalog, ident, key) = (target.catalog, &target.ident, &target.key);
+    let opts = target.opts;
     let retry = RetryPolicy::default();
     let record = |done: u64, complete: bool| {
         serde_json::to_string(&Record { done, complete }).unwrap_or_default()
     };
     if !chunk.rejects.is_empty() {
-        let rt = catalog.load(rejects_ident).await?;
-        let held_done = held(&rt, key)
-            .and_then(|v| serde_json::from_str::<Record>(&v).ok())
-            .map_or(0, |r| r.done);
-        if held_done <= index {
-            commit_rejects(
-                catalog,
-                rejects_ident,
-                key,
-                &chunk.rejects,
-                record(index + 1, last),
-                opts,
-            )
-            .await?;
+        let rt = catalog.load(&target.rejects_ident).await?;
+        if chunks_done(&rt, key) <= index {
+            commit_rejects(target, &chunk.rejects, record(index + 1, last)).await?;
         }
     }
     let table = catalog.load(ident).await?;
-    let files = write_grains(&table, decl, chunk.rows, opts.target_file_size).await?;
+    let files = write_grains(&table, target.decl, chunk.rows, opts.target_file_size).await?;
     let mut change = Change::append("backfill", files);
     change.claim = Some(Claim {
         key: key.to_string(),
@@ -556,14 +387,9 @@ async fn commit_chunk(
 
 /// Append `rejects` to the rejects table, advancing its progress record at
 /// `key` (fenced) to `set`.
-pub(super) async fn commit_rejects(
-    catalog: &dyn Catalog,
-    rejects_ident: &iceberg::TableIdent,
-    key: &str,
-    rejects: &[RejectRecord],
-    set: String,
-    opts: &BackfillOptions,
-) -> Result<()> {
+async fn commit_rejects(target: &Target<'_>, rejects: &[RejectRecord], set: String) -> Result<()> {
+    let (catalog, rejects_ident, key) = (target.catalog, &target.rejects_ident, &target.key);
+    let opts = target.opts;
     let rt = catalog.load(rejects_ident).await?;
     let schema = std::sync::Arc::new(
         iceberg::arrow::schema_to_arrow_schema(rt.metadata.current_schema())
@@ -584,7 +410,7 @@ pub(super) async fn commit_rejects(
 }
 
 /// Rows of each grain as data files of `table`.
-pub(super) async fn write_grains(
+async fn write_grains(
     table: &TableHandle,
     decl: &TableDecl,
     rows: BTreeMap<Grain, RowMap>,

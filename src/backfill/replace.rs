@@ -3,11 +3,10 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{BackfillOptions, BackfillReport, Chunk, Record};
-use crate::catalog::Catalog;
+use super::chunk::Chunk;
+use super::{BackfillReport, Record, Target};
 use crate::commit::{self, Change, Claim, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
-use crate::schema::decl::TableDecl;
 use crate::schema::layout::Grain;
 
 fn show(micros: i64) -> String {
@@ -20,18 +19,14 @@ fn show(micros: i64) -> String {
 /// commit. Every partition the range touches, in the table or in the new
 /// rows, must lie wholly inside it; otherwise the error names the partition
 /// and the boundaries to use.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn replace(
-    catalog: &dyn Catalog,
-    decl: &TableDecl,
-    ident: &iceberg::TableIdent,
-    rejects_ident: &iceberg::TableIdent,
-    key: &str,
+    target: &Target<'_>,
     (from, to): (DateTime<Utc>, DateTime<Utc>),
     chunk: Chunk,
-    opts: &BackfillOptions,
     report: &mut BackfillReport,
 ) -> Result<()> {
+    let (catalog, ident, key) = (target.catalog, &target.ident, &target.key);
+    let opts = target.opts;
     let (lo, hi) = (from.timestamp_micros(), to.timestamp_micros());
     if lo >= hi {
         return Err(Error::new(
@@ -87,17 +82,9 @@ pub(super) async fn replace(
     })
     .unwrap_or_default();
     if !chunk.rejects.is_empty() {
-        super::commit_rejects(
-            catalog,
-            rejects_ident,
-            key,
-            &chunk.rejects,
-            record.clone(),
-            opts,
-        )
-        .await?;
+        super::commit_rejects(target, &chunk.rejects, record.clone()).await?;
     }
-    let files = super::write_grains(&table, decl, chunk.rows, opts.target_file_size).await?;
+    let files = super::write_grains(&table, target.decl, chunk.rows, opts.target_file_size).await?;
     let mut change = Change {
         operation: iceberg::spec::Operation::Overwrite,
         removed,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use iceberg::TableIdent;
 
-use super::decode::{Decoder, TimeWindow};
+use crate::events::{Decoder, Origin, TimeWindow};
 use crate::rejects::RejectRecord;
 use crate::rows::{MeasureSpec, RowMap};
 use crate::schema::decl::TableDecl;
@@ -116,17 +116,14 @@ impl TableSink {
                 Consumed::Accepted
             }
             Err(reason) => {
-                let code = reason.as_label();
-                self.batch.rejects.push(RejectRecord {
-                    topic: self.decl().topic.clone(),
+                let origin = Origin::Kafka {
+                    topic: &self.decl().topic,
                     partition,
                     offset,
-                    rejected_at_micros: now_micros,
-                    reason_code: code.to_string(),
-                    reason: reason.to_string(),
-                    payload: payload.to_vec(),
-                });
-                Consumed::Rejected(code)
+                };
+                let reject = RejectRecord::new(origin, payload, &reason, now_micros);
+                self.batch.rejects.push(reject);
+                Consumed::Rejected(reason.as_label())
             }
         }
     }

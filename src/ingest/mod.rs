@@ -2,7 +2,6 @@
 //! exactly once (see [`worker`]).
 
 pub mod batch;
-pub mod decode;
 pub mod flush;
 pub mod reset;
 pub mod worker;
@@ -63,7 +62,7 @@ impl Default for IngestOptions {
             commit_interval: Duration::from_secs(60),
             max_buffered_rows: 1_000_000,
             max_buffered_bytes: 256 * 1024 * 1024,
-            future_skew: Duration::from_secs(3600),
+            future_skew: crate::events::DEFAULT_FUTURE_SKEW,
             target_file_size: crate::write::DEFAULT_TARGET_FILE_SIZE,
             stop_when_idle: None,
             retry: RetryPolicy::default(),

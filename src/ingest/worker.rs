@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -26,13 +25,13 @@ use tokio::runtime::Handle;
 
 use super::IngestOptions;
 use super::batch::{Consumed, TableSink};
-use super::decode::TimeWindow;
 use super::flush::{self, FlushOutcome};
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
-use crate::offsets;
+use crate::events::TimeWindow;
 use crate::telemetry::{FlushStats, IngestMetrics};
+use crate::{kafka, offsets};
 
 /// Totals of one worker run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -372,21 +371,13 @@ pub(super) fn run_blocking(
     metrics: IngestMetrics,
     stop: Arc<AtomicBool>,
 ) -> Result<IngestReport> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &opts.brokers)
-        .set("group.id", &opts.group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("partition.assignment.strategy", "range,roundrobin")
-        .set("client.id", "firn-ingest")
+    let settings = [
+        ("partition.assignment.strategy", "range,roundrobin"),
+        ("client.id", "firn-ingest"),
         // Statistics carry the high watermarks consumer lag is measured from.
-        .set("statistics.interval.ms", "5000");
-    for (k, v) in &opts.kafka {
-        config.set(k, v);
-    }
+        ("statistics.interval.ms", "5000"),
+    ];
+    let config = kafka::consumer_config(&opts.brokers, &opts.group, &settings, &opts.kafka);
     let topics: Vec<String> = sinks.keys().cloned().collect();
     let now = Instant::now();
     let context = IngestContext {

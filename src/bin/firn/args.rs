@@ -166,7 +166,7 @@ pub(crate) struct BackfillArgs {
     #[arg(long, value_parser = parse_time)]
     pub(crate) to: Option<DateTime<Utc>>,
     /// Events per commit; a killed backfill resumes at the first uncommitted chunk.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = firn::backfill::BackfillOptions::default().chunk_events)]
     pub(crate) chunk_events: usize,
     /// Measure ages (and the accepted window) from this time (RFC 3339 or YYYY-MM-DD).
     #[arg(long, env = "FIRN_NOW", value_parser = parse_time)]

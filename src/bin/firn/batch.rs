@@ -206,7 +206,10 @@ pub(crate) async fn backfill(
                 config.commits_per_minute(args.budget.max_commits_per_minute),
             ),
         };
-        let report = firn::backfill::run(catalog.as_ref(), d, &opts).await?;
+        let progress = crate::progress::ProgressDisplay::new();
+        let report =
+            firn::backfill::run(catalog.as_ref(), d, &opts, &|p| progress.update(p)).await?;
+        progress.finish();
         run.step(
             &d.qualified_name(),
             if opts.replace.is_some() {

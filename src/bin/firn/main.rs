@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 mod args;
 mod batch;
+mod progress;
 
 use args::*;
 use firn::clock::{Clock, SystemClock};

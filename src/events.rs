@@ -1,5 +1,6 @@
-//! JSON event decoding: one Kafka record becomes a [`DecodedEvent`] (key and
-//! measure values) or a [`RejectReason`]. Never panics on input.
+//! The event core ingest and backfill share: one JSON record (a Kafka
+//! message, or a line of a backfill input) becomes a [`DecodedEvent`] (key
+//! and measure values) or a [`RejectReason`]. Never panics on input.
 
 use std::fmt;
 
@@ -29,6 +30,8 @@ pub enum RejectReason {
     TooOld(String),
     /// The event is further in the future than the allowed skew.
     TooFarInFuture(String),
+    /// A `backfill --replace` event outside the range being replaced.
+    OutsideReplacedRange,
 }
 
 impl RejectReason {
@@ -41,6 +44,7 @@ impl RejectReason {
             RejectReason::BadTime(_) => "bad_time",
             RejectReason::TooOld(_) => "too_old",
             RejectReason::TooFarInFuture(_) => "too_far_in_future",
+            RejectReason::OutsideReplacedRange => "outside_range",
         }
     }
 }
@@ -58,8 +62,32 @@ impl fmt::Display for RejectReason {
             RejectReason::TooFarInFuture(e) => {
                 write!(f, "event time too far in the future: {e}")
             }
+            RejectReason::OutsideReplacedRange => {
+                write!(f, "event time outside the --from/--to range being replaced")
+            }
         }
     }
+}
+
+/// Where a record was read: a Kafka position, or a line of a backfill input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin<'a> {
+    /// A Kafka record.
+    Kafka {
+        /// Topic.
+        topic: &'a str,
+        /// Partition.
+        partition: i32,
+        /// Offset.
+        offset: i64,
+    },
+    /// A line of an input file.
+    Line {
+        /// The file (a path or a URL).
+        file: &'a str,
+        /// 1-based line number.
+        line: i64,
+    },
 }
 
 /// A decoded event: its minute-bucket key and one value per measure.
@@ -70,6 +98,9 @@ pub struct DecodedEvent {
     /// Per-measure values (`None`: missing optional field, or a count).
     pub values: Vec<Option<MeasureValue>>,
 }
+
+/// How far in the future an event may be, unless configured otherwise.
+pub const DEFAULT_FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The accepted event-time window, computed once per batch from the clock.
 #[derive(Debug, Clone, Copy)]
@@ -240,7 +271,7 @@ mod tests {
         Decoder::new(
             TableDecl::parse(
                 Path::new("t.toml"),
-                include_str!("../../schemas/usage.http_requests.toml"),
+                include_str!("../schemas/usage.http_requests.toml"),
             )
             .unwrap(),
         )

@@ -1,0 +1,167 @@
+//! Reading a backfill's input into chunks: each record decoded by the event
+//! core into a row at the grain its age gives (or a reject that says where
+//! it was read), with the totals and partitions the report shows.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::source::Source;
+use super::{BackfillOptions, BackfillReport, Progress};
+use crate::error::Result;
+use crate::events::{DecodedEvent, Decoder, Origin, RejectReason, TimeWindow};
+use crate::maintain::plan::due_grain;
+use crate::rejects::RejectRecord;
+use crate::rows::{MeasureSpec, Measures, RowMap};
+use crate::schema::decl::TableDecl;
+use crate::schema::layout::Grain;
+
+/// One chunk's decoded content: what one commit adds.
+#[derive(Debug, Default)]
+pub(super) struct Chunk {
+    /// Rows per grain.
+    pub rows: BTreeMap<Grain, RowMap>,
+    /// Rejected records.
+    pub rejects: Vec<RejectRecord>,
+    /// Events read (accepted and rejected).
+    pub events: u64,
+}
+
+impl Chunk {
+    /// Add `other` to this chunk.
+    pub fn absorb(&mut self, spec: &MeasureSpec, other: Chunk) {
+        self.events += other.events;
+        self.rejects.extend(other.rejects);
+        for (g, rows) in other.rows {
+            self.rows.entry(g).or_default().absorb(spec, rows);
+        }
+    }
+}
+
+/// Turns input records into chunks of at most `chunk_events` events.
+pub(super) struct Loader<'a> {
+    decl: &'a TableDecl,
+    pub spec: MeasureSpec,
+    decoder: Decoder,
+    window: TimeWindow,
+    /// The backfill's now (ages, and when its rejects were rejected).
+    now_micros: i64,
+    /// With `--replace`: `[from, to)`, microseconds.
+    replaced: Option<(i64, i64)>,
+    chunk_events: u64,
+    /// Per-measure totals of the accepted events.
+    totals: Measures,
+    /// Partitions written, per grain.
+    partitions: BTreeMap<Grain, BTreeSet<i32>>,
+    /// What was last reported.
+    progress: Progress,
+    report_progress: &'a (dyn Fn(Progress) + Sync),
+}
+
+impl<'a> Loader<'a> {
+    /// A loader for `decl` reading `total_bytes` of input.
+    pub fn new(
+        decl: &'a TableDecl,
+        opts: &BackfillOptions,
+        total_bytes: u64,
+        report_progress: &'a (dyn Fn(Progress) + Sync),
+    ) -> Self {
+        let spec = MeasureSpec::new(decl);
+        Self {
+            decl,
+            decoder: Decoder::new(decl.clone()),
+            window: TimeWindow::new(opts.now, decl, opts.future_skew),
+            now_micros: opts.now.timestamp_micros(),
+            replaced: opts
+                .replace
+                .map(|(from, to)| (from.timestamp_micros(), to.timestamp_micros())),
+            chunk_events: opts.chunk_events.max(1) as u64,
+            totals: spec.empty(),
+            spec,
+            partitions: BTreeMap::new(),
+            progress: Progress {
+                bytes: 0,
+                total_bytes,
+                events: 0,
+            },
+            report_progress,
+        }
+    }
+
+    /// The next chunk of `source`, and whether `source` ended. A chunk an
+    /// earlier run committed (`skip`) is only counted, not decoded.
+    pub fn read_chunk(&mut self, source: &mut dyn Source, skip: bool) -> Result<(Chunk, bool)> {
+        let mut chunk = Chunk::default();
+        // Progress counts the events of the chunks this run reads.
+        let events_before = self.progress.events;
+        let mut eof = false;
+        while chunk.events < self.chunk_events {
+            let Some(record) = source.next()? else {
+                eof = true;
+                break;
+            };
+            self.progress.bytes += record.bytes;
+            self.progress.events = events_before + chunk.events;
+            (self.report_progress)(self.progress);
+            if record.is_blank_line() {
+                continue;
+            }
+            chunk.events += 1;
+            if !skip {
+                self.take(&mut chunk, record.origin, record.payload);
+            }
+        }
+        self.progress.events = if skip {
+            events_before
+        } else {
+            events_before + chunk.events
+        };
+        Ok((chunk, eof))
+    }
+
+    /// Decode one record into `chunk`: a row, or a reject.
+    fn take(&mut self, chunk: &mut Chunk, origin: Origin<'_>, payload: &[u8]) {
+        let decoded = self.decoder.decode(payload, self.window).and_then(|ev| {
+            let ts = ev.key.ts_micros;
+            match self.replaced {
+                Some((from, to)) if ts < from || ts >= to => {
+                    Err(RejectReason::OutsideReplacedRange)
+                }
+                _ => Ok(ev),
+            }
+        });
+        match decoded {
+            Ok(ev) => self.add(chunk, ev),
+            Err(reason) => {
+                chunk
+                    .rejects
+                    .push(RejectRecord::new(origin, payload, &reason, self.now_micros))
+            }
+        }
+    }
+
+    /// Add an event at the grain the table's policy gives its age.
+    fn add(&mut self, chunk: &mut Chunk, mut ev: DecodedEvent) {
+        let minute = Grain::Minute.partition_ordinal(ev.key.ts_micros);
+        let grain = due_grain(&self.decl.policy, self.now_micros, Grain::Minute, minute);
+        ev.key.ts_micros = grain.truncate(ev.key.ts_micros);
+        self.partitions
+            .entry(grain)
+            .or_default()
+            .insert(grain.partition_ordinal(ev.key.ts_micros));
+        self.spec.add_event(&mut self.totals, &ev.values);
+        chunk
+            .rows
+            .entry(grain)
+            .or_default()
+            .add_event(&self.spec, ev.key, &ev.values);
+    }
+
+    /// The partitions and totals of everything read, into `report`.
+    pub fn summarize(self, report: &mut BackfillReport) {
+        report.partitions_by_grain = self
+            .partitions
+            .into_iter()
+            .map(|(g, p)| (g.as_str().to_string(), p.len()))
+            .collect();
+        report.totals = self.totals.by_name(self.decl);
+    }
+}
