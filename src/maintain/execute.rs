@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::merge::{self, MergeReader};
 use super::operation::Context;
+use super::orphans::MAX_UNCOMMITTED;
 use super::plan::{self, PlanOptions, Task, TaskKind};
 use super::state;
 use crate::catalog::Catalog;
@@ -286,6 +287,20 @@ pub async fn run(
                 continue;
             }
             let _permit = budget.acquire(ident).await;
+            if started.elapsed() > MAX_UNCOMMITTED {
+                for (i, _) in group.drain(..) {
+                    tracing::error!(
+                        table = %ident,
+                        task = i + 1,
+                        operation = kind.as_str(),
+                        held_seconds = started.elapsed().as_secs(),
+                        "not committed: its files waited longer than orphan removal's \
+                         safety margin allows; they are left to orphan removal, rerun the task"
+                    );
+                    report.failed += 1;
+                }
+                continue;
+            }
             let mut prepared: Vec<Prepared> = group.iter().map(|(_, p)| p.clone()).collect();
             match commit_group(catalog, ident, kind, &mut prepared, retry).await {
                 Ok(()) if prepared[0].outcome.superseded && prepared.len() > 1 => {

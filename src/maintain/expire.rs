@@ -66,16 +66,18 @@ impl ExpireSnapshotsOptions {
     }
 }
 
-/// Run `firn expire-snapshots` on `decl`'s table as of `ctx.now`.
+/// Run `firn expire-snapshots` on `decl`'s table: snapshot ages and ref
+/// ages are measured from `ctx.clock` (the real time, not `--now`).
 pub async fn run(
     ctx: &Context<'_>,
     decl: &TableDecl,
     o: &ExpireSnapshotsOptions,
 ) -> Result<ExpireReport> {
     o.validate()?;
+    let now = ctx.clock.now();
     let selection = Selection {
-        now: ctx.now,
-        older_than: ctx.now - o.older_than.chrono(),
+        now,
+        older_than: now - o.older_than.chrono(),
         retain_last: o.retain_last,
         expire_refs: o.expire_refs,
     };

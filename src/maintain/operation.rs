@@ -6,6 +6,8 @@
 //! and `maintain --job` maps a job file's `[[task]]` to the same one, so
 //! both plan and do the same thing for the same table.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
@@ -17,6 +19,7 @@ use super::plan::Task;
 use super::tier::{self, CompactOptions, RetentionOptions, RollupOptions, TierReport};
 use crate::budget::CommitBudget;
 use crate::catalog::Catalog;
+use crate::clock::{Clock, SystemClock};
 use crate::commit::RetryPolicy;
 use crate::config::Config;
 use crate::error::Result;
@@ -28,8 +31,14 @@ use crate::telemetry::run::StepTotals;
 pub struct Context<'a> {
     /// The catalog holding the tables.
     pub catalog: &'a dyn Catalog,
-    /// The time the operation plans for (ages, seal delays, cut-offs).
+    /// The time compaction, rollup and retention plan for (seal delays,
+    /// ages); `--now` may move it.
     pub now: DateTime<Utc>,
+    /// The clock deletion bounds are measured from (expiry and orphan
+    /// cut-offs): always the real one in a deployment, never `--now`, so a
+    /// planning time in the future cannot make a running writer's fresh
+    /// files look old enough to delete.
+    pub clock: Arc<dyn Clock>,
     /// Plan and report only; change nothing.
     pub dry_run: bool,
     /// How commits that lose the compare-and-set are retried.
@@ -47,6 +56,7 @@ impl std::fmt::Debug for Context<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("now", &self.now)
+            .field("clock", &self.clock.now())
             .field("dry_run", &self.dry_run)
             .field("retry", &self.retry)
             .field("budget", &self.budget.per_minute())
@@ -57,12 +67,14 @@ impl std::fmt::Debug for Context<'_> {
 }
 
 impl<'a> Context<'a> {
-    /// A run at `now` on `catalog`: all of the work, committed, default
-    /// retries, no write budget, 128 MiB files.
+    /// A run planned at `now` on `catalog`: all of the work, committed,
+    /// deletion bounds on the system clock, default retries, no write
+    /// budget, 128 MiB files.
     pub fn new(catalog: &'a dyn Catalog, now: DateTime<Utc>) -> Self {
         Self {
             catalog,
             now,
+            clock: Arc::new(SystemClock),
             dry_run: false,
             retry: RetryPolicy::default(),
             budget: CommitBudget::unlimited(),

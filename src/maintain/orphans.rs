@@ -20,8 +20,19 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::schema::decl::TableDecl;
 use crate::tables;
 
-/// The shortest `older_than` accepted without `force`.
+/// The shortest `older_than` accepted without `force`. It must exceed the
+/// longest any firn writer holds files it wrote before committing them
+/// ([`MAX_UNCOMMITTED`]): a file younger than this may still be about to be
+/// committed.
 pub const MIN_SAFE_AGE: Duration = Duration::from_secs(3600);
+
+/// The longest a rollup, compaction or backfill may hold the files it wrote
+/// before it commits them; past it the commit is refused (the files may
+/// already be old enough for orphan removal) and the work is left to a rerun.
+/// Ingest flushes commit within seconds of writing.
+pub const MAX_UNCOMMITTED: Duration = Duration::from_secs(1800);
+
+const _: () = assert!(MAX_UNCOMMITTED.as_secs() < MIN_SAFE_AGE.as_secs());
 
 /// `firn remove-orphans`: which unreferenced files may go.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, clap::Args)]
@@ -131,7 +142,8 @@ pub async fn referenced(table: &TableHandle) -> Result<BTreeSet<String>> {
 }
 
 /// Run `firn remove-orphans` on `decl`'s table: find its orphans as of
-/// `ctx.now` and, unless dry, delete them.
+/// `ctx.clock` (the real time, never `--now`: a future planning time must
+/// not make a running writer's files look old) and, unless dry, delete them.
 pub async fn run(
     ctx: &Context<'_>,
     decl: &TableDecl,
@@ -139,7 +151,7 @@ pub async fn run(
 ) -> Result<OrphanReport> {
     o.validate()?;
     let ident = tables::ident(decl)?;
-    let mut report = find(ctx.catalog, &ident, ctx.now, *o.older_than).await?;
+    let mut report = find(ctx.catalog, &ident, ctx.clock.now(), *o.older_than).await?;
     report.dry_run = ctx.dry_run;
     if !ctx.dry_run && !report.orphans.is_empty() {
         let doomed = report.orphans.iter().map(|o| o.location.clone()).collect();

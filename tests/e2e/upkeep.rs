@@ -583,14 +583,19 @@ async fn every_command_plans_as_a_one_task_job_does() {
         .write(bytes::Bytes::from_static(b"PAR1"))
         .await
         .unwrap();
+    let aged = std::process::Command::new("touch")
+        .args(["-d", "3 days ago", orphan.trim_start_matches("file://")])
+        .status()
+        .unwrap();
+    assert!(aged.success());
     let at = |days: i64| (now + ChronoDuration::days(days)).to_rfc3339();
     // (command, its flags, the job task's fields, days after `now` to plan at)
     let cases: [(&str, &[&str], &str, i64); 9] = [
         ("compact", &[], "", 0),
         (
             "compact",
-            &["--seal-delay", "0s", "--target-file-size", "4096"],
-            "seal_delay = \"0s\"\ntarget_file_size = 4096",
+            &["--seal-delay", "0s", "--target-file-size", "67108864"],
+            "seal_delay = \"0s\"\ntarget_file_size = 67108864",
             0,
         ),
         ("rollup", &[], "", 0),
@@ -605,8 +610,8 @@ async fn every_command_plans_as_a_one_task_job_does() {
         ("expire-snapshots", &[], "", 0),
         (
             "expire-snapshots",
-            &["--older-than", "1h", "--retain-last", "3"],
-            "older_than = \"1h\"\nretain_last = 3",
+            &["--older-than", "0s", "--retain-last", "3"],
+            "older_than = \"0s\"\nretain_last = 3",
             1,
         ),
         (
@@ -665,4 +670,47 @@ async fn every_command_plans_as_a_one_task_job_does() {
     }
     // The cases plan real work, not only empty plans that agree.
     assert!(planned >= 7, "only {planned} cases planned anything");
+}
+
+/// `--now` moves planning, never deletion bounds: with a planning time ten
+/// days ahead, neither expiry nor orphan removal takes what the real clock
+/// says is young (a running writer's fresh files, last minute's snapshots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_now_deletes_nothing_young() {
+    let now = this_hour();
+    let (lake, catalog, decl) = busy_lake(now).await;
+    let ident = tables::ident(&decl).unwrap();
+    let table = catalog.load(&ident).await.unwrap();
+    let in_flight = format!("{}/data/in-flight.parquet", table.metadata.location());
+    table
+        .file_io
+        .new_output(&in_flight)
+        .unwrap()
+        .write(bytes::Bytes::from_static(b"PAR1"))
+        .await
+        .unwrap();
+    let snapshots = table.metadata.snapshots().count();
+    assert!(snapshots > 10, "{snapshots}");
+    let later = (Utc::now() + ChronoDuration::days(10)).to_rfc3339();
+    let out = lake.run(&["remove-orphans", "usage.http_requests", "--now", &later]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["orphans"].as_array().unwrap().len(), 0, "{out}");
+    assert!(table.file_io.exists(&in_flight).await.unwrap());
+    let job = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/daily.toml");
+    let out = lake.run(&[
+        "maintain",
+        "--job",
+        job.to_str().unwrap(),
+        "--json",
+        "--now",
+        &later,
+    ]);
+    assert!(table.file_io.exists(&in_flight).await.unwrap(), "{out}");
+    let after = catalog.load(&ident).await.unwrap();
+    // The daily job's expiry (5 days) found nothing that old by the real clock.
+    assert_eq!(
+        after.metadata.snapshots().count(),
+        snapshots + 1,
+        "only rewrite-manifests committed: {out}"
+    );
 }

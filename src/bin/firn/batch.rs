@@ -57,6 +57,7 @@ pub(crate) async fn operate(
             let now = args.now.unwrap_or_else(|| clock.now());
             let ctx = Context {
                 dry_run: args.dry_run,
+                clock: clock.clone(),
                 ..Context::configured(
                     catalog.as_ref(),
                     config,
@@ -127,6 +128,7 @@ pub(crate) async fn maintain_job(
                 .or(job.max_commits_per_minute);
             let ctx = Context {
                 dry_run: args.dry_run,
+                clock: clock.clone(),
                 shard: shard_arg.unwrap_or(Shard::ALL),
                 ..Context::configured(catalog.as_ref(), config, now, per_minute)
             };
