@@ -21,10 +21,11 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use self::input::InputFile;
 use crate::catalog::{Catalog, TableHandle};
+use crate::commit::summary::backfill_key;
 use crate::commit::{self, Change, Claim, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::decode::{Decoder, TimeWindow};
-use crate::ledger::{self, BACKFILL_PREFIX, Ledger};
+use crate::ledger::{self, Ledger};
 use crate::maintain::plan::due_grain;
 use crate::rejects::{self, RejectRecord};
 use crate::rows::{MeasureSpec, MeasureValue, RowMap};
@@ -103,10 +104,6 @@ pub fn identity(decl: &TableDecl, files: &[InputFile]) -> String {
         text.push_str(&format!("\n{}\t{}", f.location, f.size));
     }
     format!("{:016x}", xxh3_64(text.as_bytes()))
-}
-
-fn record_key(id: &str) -> String {
-    format!("{BACKFILL_PREFIX}{id}")
 }
 
 /// The value of a progress record in the table's ledger (which survives
@@ -276,7 +273,7 @@ pub async fn run(
     let base_id = identity(decl, &files);
     let table = catalog.load(&ident).await?;
     tables::check_matches(decl, &table.metadata)?;
-    let base_key = record_key(&base_id);
+    let base_key = backfill_key(&base_id);
     let id = match held(&table, &base_key) {
         Some(v) if serde_json::from_str::<Record>(&v).is_ok_and(|r| r.complete) => {
             if !opts.force {
@@ -297,7 +294,7 @@ pub async fn run(
         }
         _ => base_id,
     };
-    let key = record_key(&id);
+    let key = backfill_key(&id);
     let resume_from = held(&table, &key)
         .and_then(|v| serde_json::from_str::<Record>(&v).ok())
         .map_or(0, |r| r.done);

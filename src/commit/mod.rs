@@ -8,7 +8,9 @@
 //! re-running firn's validation, so it is not used for commits.
 
 pub mod manifests;
+pub mod operation;
 pub mod snapshot;
+pub mod summary;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use iceberg::TableIdent;
 use iceberg::spec::{DataFile, Operation};
 
+pub use self::operation::FirnOperation;
 use crate::catalog::{Catalog, TableHandle};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::Ledger;

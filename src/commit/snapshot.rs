@@ -13,23 +13,11 @@ use iceberg::spec::{
 use uuid::Uuid;
 
 use super::manifests::{Clustered, MergePolicy};
+use super::summary::{self, TOTALS};
 use super::{Change, RemovedFile};
 use crate::catalog::{StagedMetadata, TableHandle};
 use crate::error::{Error, ErrorKind, Result};
 use crate::{ledger, offsets};
-
-/// Summary totals maintained from the previous snapshot, as Iceberg defines them:
-/// (total, added, removed).
-const TOTALS: [(&str, &str, &str); 4] = [
-    ("total-data-files", "added-data-files", "deleted-data-files"),
-    ("total-records", "added-records", "deleted-records"),
-    ("total-files-size", "added-files-size", "removed-files-size"),
-    (
-        "total-delete-files",
-        "added-delete-files",
-        "removed-delete-files",
-    ),
-];
 
 /// What a built snapshot is, for logging and metrics.
 #[derive(Debug, Clone)]
@@ -393,14 +381,14 @@ fn summary(
 ) -> Result<Summary> {
     let mut props: HashMap<String, String> = change.properties.clone();
     props.extend(collector.build());
-    props.insert(ledger::FIRN_OPERATION.into(), change.firn_operation.clone());
+    props.insert(summary::OPERATION.into(), change.firn_operation.clone());
 
     // Offsets: the batch's advance on top of what the base holds; every other
     // group's offsets are carried forward as they are.
     if let Some(advance) = &change.offsets {
         let held = offsets::read(base, &advance.group)?;
         props.insert(
-            offsets::key(&advance.group),
+            summary::offsets_key(&advance.group),
             offsets::encode(&advance.apply(held)),
         );
     }
