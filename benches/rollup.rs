@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use chrono::{Duration, TimeZone, Utc};
-use firn::commit::{self, Change, RetryPolicy};
+use firn::commit::{self, Change, FirnOperation, RetryPolicy};
 use firn::config::{Config, Overrides};
 use firn::maintain::{self, PlanOptions};
 use firn::rows::{DimValue, MeasureValue, Measures, RowKey};
@@ -111,7 +111,7 @@ async fn generate(dir: &Path, rows: u64) -> Vec<String> {
         commit::commit(
             catalog.as_ref(),
             &ident,
-            &Change::append("bench", files),
+            &Change::append(FirnOperation::Backfill, files),
             RetryPolicy::default(),
         )
         .await

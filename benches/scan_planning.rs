@@ -12,7 +12,7 @@ use std::time::Instant;
 use chrono::{Duration, TimeZone, Utc};
 use firn::catalog::{Catalog, TableHandle};
 use firn::commit::manifests::MERGE_ENABLED_PROP;
-use firn::commit::{self, Change, RetryPolicy};
+use firn::commit::{self, Change, FirnOperation, RetryPolicy};
 use firn::config::{Config, Overrides};
 use firn::rows::{DimValue, MeasureSpec, MeasureValue, RowKey, RowMap};
 use firn::schema::decl::TableDecl;
@@ -106,7 +106,7 @@ fn main() {
                 );
             }
             let files = write::write_rows(&table, &decl, Grain::Minute, rows.into_sorted(), 1 << 27).await.unwrap();
-            commit::commit(catalog.as_ref(), &ident, &Change::append("bench", files), RetryPolicy::default())
+            commit::commit(catalog.as_ref(), &ident, &Change::append(FirnOperation::Backfill, files), RetryPolicy::default())
                 .await
                 .unwrap();
             if i % 200 == 199 {

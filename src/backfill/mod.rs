@@ -22,7 +22,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use self::input::InputFile;
 use crate::catalog::{Catalog, TableHandle};
 use crate::commit::summary::backfill_key;
-use crate::commit::{self, Change, Claim, RetryPolicy};
+use crate::commit::{self, Change, Claim, FirnOperation, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::decode::{Decoder, TimeWindow};
 use crate::ledger::{self, Ledger};
@@ -531,8 +531,7 @@ async fn commit_chunk(
     }
     let table = catalog.load(ident).await?;
     let files = write_grains(&table, decl, chunk.rows, opts.target_file_size).await?;
-    let mut change = Change::append("backfill", files);
-    change.claim = Some(Claim {
+    let change = Change::append(FirnOperation::Backfill, files).with_claim(Claim {
         key: key.to_string(),
         expect: (index > 0).then(|| record(index, false)),
         set: record(index + 1, last),
@@ -569,8 +568,7 @@ pub(super) async fn commit_rejects(
     let batch = rejects::to_batch(schema, rejects)?;
     let files =
         write::write_batches(&rt, None, "rejects", vec![batch], opts.target_file_size).await?;
-    let mut change = Change::append("backfill-rejects", files);
-    change.claim = Some(Claim {
+    let change = Change::append(FirnOperation::BackfillRejects, files).with_claim(Claim {
         key: key.to_string(),
         expect: held(&rt, key),
         set,

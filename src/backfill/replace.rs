@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::{BackfillOptions, BackfillReport, Chunk, Record};
 use crate::catalog::Catalog;
-use crate::commit::{self, Change, Claim, RetryPolicy};
+use crate::commit::{self, Change, Claim, FirnOperation, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
 use crate::schema::decl::TableDecl;
 use crate::schema::layout::Grain;
@@ -98,16 +98,12 @@ pub(super) async fn replace(
         .await?;
     }
     let files = super::write_grains(&table, decl, chunk.rows, opts.target_file_size).await?;
-    let mut change = Change {
-        operation: iceberg::spec::Operation::Overwrite,
-        removed,
-        ..Change::append("backfill-replace", files)
-    };
-    change.claim = Some(Claim {
-        key: key.to_string(),
-        expect: None,
-        set: record,
-    });
+    let change =
+        Change::overwrite(FirnOperation::BackfillReplace, removed, files).with_claim(Claim {
+            key: key.to_string(),
+            expect: None,
+            set: record,
+        });
     let committed = commit::commit(catalog, ident, &change, retry).await?;
     report.chunks_committed = 1;
     tracing::info!(

@@ -1,8 +1,9 @@
-//! firn's one commit layer. Every change to a table — ingest appends now,
-//! compaction, rollup, retention and backfill later — is a [`Change`]
-//! committed here: load the base, validate the change against *that* base
-//! (the offset fence for ingest), build the snapshot, compare-and-set it into
-//! the catalog; on conflict reload, re-validate and retry with backoff.
+//! firn's one commit layer. Every change to a table — ingest, compaction,
+//! rollup, retention, manifest rewrites, backfill, offset resets — is a
+//! [`Change`] committed here: load the base, validate the change against
+//! *that* base (the offset fence, a backfill's claim), build the snapshot,
+//! compare-and-set it into the catalog; on conflict reload, re-validate and
+//! retry with backoff.
 //!
 //! iceberg-rust's `Transaction` retries by re-applying updates without
 //! re-running firn's validation, so it is not used for commits.
@@ -60,43 +61,126 @@ pub struct Claim {
     pub set: String,
 }
 
-/// One atomic change to a table.
+/// One atomic change to a table: what firn did, the files it swaps, and the
+/// ledger entries it advances. Built by the constructor naming its Iceberg
+/// operation, then `with_*` for what it carries.
 #[derive(Debug, Clone)]
 pub struct Change {
     /// The Iceberg snapshot operation.
-    pub operation: Operation,
-    /// What firn did (`ingest`, `compact`, `rollup`, ...), recorded as `firn.operation`.
-    pub firn_operation: String,
+    operation: Operation,
+    /// What firn did, recorded as [`summary::OPERATION`].
+    firn_operation: FirnOperation,
     /// Data files the snapshot adds.
-    pub added: Vec<NewFile>,
-    /// Live data files the snapshot removes (replace, delete). Every one must
-    /// still be live in the base, or the change is `Superseded`.
-    pub removed: Vec<RemovedFile>,
+    added: Vec<NewFile>,
+    /// Live data files the snapshot removes (replace, delete, overwrite).
+    /// Every one must still be live in the base, or the change is `Superseded`.
+    removed: Vec<RemovedFile>,
     /// Rewrite every manifest into manifests clustered by partition, about
-    /// this many bytes each (`rewrite-manifests`), instead of only merging
-    /// small ones.
-    pub rewrite_manifests: Option<u64>,
+    /// this many bytes each, instead of only merging small ones.
+    rewrite_manifests: Option<u64>,
     /// Kafka offsets the change advances, fenced against the base.
-    pub offsets: Option<OffsetAdvance>,
+    offsets: Option<OffsetAdvance>,
     /// A fenced progress record (backfill chunks).
-    pub claim: Option<Claim>,
+    claim: Option<Claim>,
     /// Extra snapshot summary properties.
-    pub properties: HashMap<String, String>,
+    properties: HashMap<String, String>,
 }
 
 impl Change {
-    /// An append of `added` files.
-    pub fn append(firn_operation: &str, added: Vec<NewFile>) -> Self {
+    fn new(
+        operation: Operation,
+        firn_operation: FirnOperation,
+        removed: Vec<RemovedFile>,
+        added: Vec<NewFile>,
+    ) -> Self {
         Self {
-            operation: Operation::Append,
-            firn_operation: firn_operation.to_string(),
+            operation,
+            firn_operation,
             added,
-            removed: Vec::new(),
+            removed,
             rewrite_manifests: None,
             offsets: None,
             claim: None,
             properties: HashMap::new(),
         }
+    }
+
+    /// Add `added` (Iceberg's `append`, as `AppendFiles`).
+    pub fn append(op: FirnOperation, added: Vec<NewFile>) -> Self {
+        Self::new(Operation::Append, op, Vec::new(), added)
+    }
+
+    /// Swap `removed` for `added`, which hold the same rows (Iceberg's
+    /// `replace`, as `RewriteFiles`: compaction, rollup, a manifest rewrite).
+    pub fn replace(op: FirnOperation, removed: Vec<RemovedFile>, added: Vec<NewFile>) -> Self {
+        Self::new(Operation::Replace, op, removed, added)
+    }
+
+    /// Drop `removed` (Iceberg's `delete`, as `DeleteFiles`: retention).
+    pub fn delete(op: FirnOperation, removed: Vec<RemovedFile>) -> Self {
+        Self::new(Operation::Delete, op, removed, Vec::new())
+    }
+
+    /// Swap `removed` for `added`, which hold other rows (Iceberg's
+    /// `overwrite`, as `OverwriteFiles`: a backfill replacing a range).
+    pub fn overwrite(op: FirnOperation, removed: Vec<RemovedFile>, added: Vec<NewFile>) -> Self {
+        Self::new(Operation::Overwrite, op, removed, added)
+    }
+
+    /// Advance a group's offsets, fenced: the base must hold the offsets the
+    /// batch started from.
+    pub fn with_offsets(mut self, advance: OffsetAdvance) -> Self {
+        self.offsets = Some(advance);
+        self
+    }
+
+    /// Advance a progress record, fenced (see [`Claim`]).
+    pub fn with_claim(mut self, claim: Claim) -> Self {
+        self.claim = Some(claim);
+        self
+    }
+
+    /// Record `key = value` in the snapshot summary.
+    pub fn with_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// Rewrite every manifest into manifests clustered by partition, about
+    /// `target_size` bytes each (Iceberg's `RewriteManifests`), instead of
+    /// only merging small ones.
+    pub fn rewriting_manifests(mut self, target_size: u64) -> Self {
+        self.rewrite_manifests = Some(target_size);
+        self
+    }
+
+    /// What firn does with this change.
+    pub fn firn_operation(&self) -> FirnOperation {
+        self.firn_operation
+    }
+
+    /// Fail with `Fenced` unless `base` still holds what this change's
+    /// offsets and claim start from.
+    fn check_fences(&self, base: &TableHandle) -> Result<()> {
+        if let Some(advance) = &self.offsets {
+            let held = offsets::read(&base.metadata, &advance.group)?;
+            advance.check_fence(&held)?;
+        }
+        if let Some(claim) = &self.claim {
+            let ledger = Ledger::of(&base.metadata);
+            let held = ledger.get(&claim.key);
+            if held != claim.expect.as_ref() {
+                return Err(Error::new(
+                    ErrorKind::Fenced,
+                    format!(
+                        "fenced: {} holds {} = {:?}, this commit expected {:?}; \
+                         another run committed this part",
+                        base.ident, claim.key, held, claim.expect
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -165,24 +249,7 @@ pub async fn commit(
     loop {
         attempt += 1;
         let base = catalog.load(ident).await?;
-        if let Some(advance) = &change.offsets {
-            let held = offsets::read(&base.metadata, &advance.group)?;
-            advance.check_fence(&held)?;
-        }
-        if let Some(claim) = &change.claim {
-            let ledger = Ledger::of(&base.metadata);
-            let held = ledger.get(&claim.key);
-            if held != claim.expect.as_ref() {
-                return Err(Error::new(
-                    ErrorKind::Fenced,
-                    format!(
-                        "fenced: {ident} holds {} = {:?}, this commit expected {:?}; \
-                         another run committed this part",
-                        claim.key, held, claim.expect
-                    ),
-                ));
-            }
-        }
+        change.check_fences(&base)?;
         let (staged, built) = snapshot::build(&base, change, attempt).await?;
         match catalog.swap(&base, staged).await {
             Ok(table) => {

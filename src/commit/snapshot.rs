@@ -381,7 +381,10 @@ fn summary(
 ) -> Result<Summary> {
     let mut props: HashMap<String, String> = change.properties.clone();
     props.extend(collector.build());
-    props.insert(summary::OPERATION.into(), change.firn_operation.clone());
+    props.insert(
+        summary::OPERATION.into(),
+        change.firn_operation.as_str().into(),
+    );
 
     // Offsets: the batch's advance on top of what the base holds; every other
     // group's offsets are carried forward as they are.

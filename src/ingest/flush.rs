@@ -8,7 +8,7 @@ use iceberg::TableIdent;
 
 use super::batch::TableSink;
 use crate::catalog::Catalog;
-use crate::commit::{self, Change, RetryPolicy};
+use crate::commit::{self, Change, FirnOperation, RetryPolicy, summary};
 use crate::error::{ErrorKind, Result};
 use crate::offsets::{self, OffsetAdvance};
 use crate::rejects::{self, RejectRecord};
@@ -80,16 +80,14 @@ pub async fn flush(
     let file_count = files.len();
     let bytes = files.iter().map(|f| f.file.file_size_in_bytes()).sum();
     let write_seconds = started.elapsed().as_secs_f64();
-    let mut change = Change::append("ingest", files);
-    change.offsets = Some(OffsetAdvance {
-        group: group.to_string(),
-        topic,
-        from: sink.batch_from(),
-        to: sink.batch.to.clone(),
-    });
-    change
-        .properties
-        .insert("firn.records".into(), sink.batch.records.to_string());
+    let change = Change::append(FirnOperation::Ingest, files)
+        .with_offsets(OffsetAdvance {
+            group: group.to_string(),
+            topic,
+            from: sink.batch_from(),
+            to: sink.batch.to.clone(),
+        })
+        .with_property(summary::RECORDS, sink.batch.records.to_string());
     let committing = std::time::Instant::now();
     let committed = commit::commit(catalog, &sink.ident, &change, retry).await?;
     let commit_seconds = committing.elapsed().as_secs_f64();
@@ -158,8 +156,7 @@ async fn commit_rejects(
             write::DEFAULT_TARGET_FILE_SIZE,
         )
         .await?;
-        let mut change = Change::append("ingest-rejects", files);
-        change.offsets = Some(advance);
+        let change = Change::append(FirnOperation::IngestRejects, files).with_offsets(advance);
         match commit::commit(catalog, ident, &change, retry).await {
             Ok(_) => return Ok(fresh.len()),
             Err(e) if e.kind() == ErrorKind::Fenced => last_err = Some(e),

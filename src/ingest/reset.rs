@@ -27,7 +27,7 @@ use iceberg::TableIdent;
 
 use crate::catalog::Catalog;
 use crate::commit::summary::{OFFSETS_PREFIX, reset_key};
-use crate::commit::{self, Change, RetryPolicy};
+use crate::commit::{self, Change, FirnOperation, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kafka::{self, KafkaSource};
 use crate::ledger::{self, Ledger};
@@ -218,14 +218,14 @@ pub async fn prepare(
         return Ok(Prepared::Ready);
     }
     let spec = reset.map(ToString::to_string).unwrap_or_default();
-    let mut change = Change::append("reset-offsets", Vec::new());
-    change.offsets = Some(OffsetAdvance {
-        group: group.to_string(),
-        topic: topic.to_string(),
-        from: wanted.keys().map(|p| (*p, held.get(p).copied())).collect(),
-        to: wanted.clone(),
-    });
-    change.properties.insert(reset_key(group), spec.clone());
+    let change = Change::append(FirnOperation::ResetOffsets, Vec::new())
+        .with_offsets(OffsetAdvance {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            from: wanted.keys().map(|p| (*p, held.get(p).copied())).collect(),
+            to: wanted.clone(),
+        })
+        .with_property(reset_key(group), spec.clone());
     let committed = commit::commit(catalog, ident, &change, retry).await?;
     let moves: Vec<String> = wanted
         .iter()

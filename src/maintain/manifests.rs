@@ -4,12 +4,12 @@
 //! already laid out that way is left alone (no new snapshot).
 
 use iceberg::TableIdent;
-use iceberg::spec::{ManifestContentType, ManifestFile, Operation};
+use iceberg::spec::{ManifestContentType, ManifestFile};
 use serde::Serialize;
 
 use crate::catalog::Catalog;
 use crate::commit::manifests::{Clustered, MergePolicy};
-use crate::commit::{self, Change, RetryPolicy};
+use crate::commit::{self, Change, FirnOperation, RetryPolicy};
 use crate::error::Result;
 
 /// What a rewrite did (or, dry, would do).
@@ -61,11 +61,8 @@ pub async fn rewrite_manifests(
         }
         return Ok(report);
     }
-    let change = Change {
-        operation: Operation::Replace,
-        rewrite_manifests: Some(target),
-        ..Change::append("rewrite-manifests", Vec::new())
-    };
+    let change = Change::replace(FirnOperation::RewriteManifests, Vec::new(), Vec::new())
+        .rewriting_manifests(target);
     let committed = commit::commit(catalog, ident, &change, retry).await?;
     let after = committed
         .table

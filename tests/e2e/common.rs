@@ -663,7 +663,7 @@ pub async fn append_minute_rows(
     firn::commit::commit(
         catalog,
         &ident,
-        &firn::commit::Change::append("test", files),
+        &firn::commit::Change::append(firn::commit::FirnOperation::Backfill, files),
         firn::commit::RetryPolicy::default(),
     )
     .await

@@ -921,13 +921,14 @@ async fn claim(
     )
     .await
     .unwrap();
-    let mut change = firn::commit::Change::append("ingest", files);
-    change.offsets = Some(offsets::OffsetAdvance {
-        group: "g".into(),
-        topic: "t".into(),
-        from: BTreeMap::from([(0, from)]),
-        to: BTreeMap::from([(0, to)]),
-    });
+    let change = firn::commit::Change::append(FirnOperation::Ingest, files).with_offsets(
+        offsets::OffsetAdvance {
+            group: "g".into(),
+            topic: "t".into(),
+            from: BTreeMap::from([(0, from)]),
+            to: BTreeMap::from([(0, to)]),
+        },
+    );
     firn::commit::commit(
         catalog,
         &ident,
