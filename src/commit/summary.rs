@@ -1,10 +1,19 @@
-//! The keys of a firn snapshot's summary: every `firn.*` key firn writes is
-//! named here and nowhere else. The strings are what tables already hold:
-//! they never change.
+//! What a firn snapshot's summary holds, and the keys it is read back by:
+//! every `firn.*` key firn writes is named here and nowhere else. The strings
+//! are what tables already hold: they never change.
 //!
 //! A summary holds Iceberg's own counts ([`TOTALS`]), what firn did
 //! ([`OPERATION`]), and the whole ledger (see [`crate::ledger`]): each
-//! group's offsets, backfill progress records and offset resets.
+//! group's offsets, backfill progress records and offset resets, the change's
+//! own entries over the base's carried forward.
+
+use std::collections::HashMap;
+
+use iceberg::spec::{SnapshotSummaryCollector, Summary, TableMetadata};
+
+use super::Change;
+use crate::error::Result;
+use crate::offsets;
 
 /// The [`FirnOperation`](super::FirnOperation) that committed a snapshot.
 /// Present in every snapshot firn commits, and in no other.
@@ -49,4 +58,44 @@ pub fn backfill_key(id: &str) -> String {
 /// The ledger key recording the last reset applied to `group`.
 pub fn reset_key(group: &str) -> String {
     format!("{RESET_PREFIX}{group}")
+}
+
+/// The summary of `change` on `base`, whose file counts `collector` holds.
+pub(super) fn build(
+    base: &TableMetadata,
+    change: &Change,
+    collector: SnapshotSummaryCollector,
+) -> Result<Summary> {
+    let mut props: HashMap<String, String> = change.properties.clone();
+    props.extend(collector.build());
+    props.insert(OPERATION.into(), change.firn_operation.as_str().into());
+
+    // Offsets: the batch's advance on top of what the base holds; every other
+    // group's offsets are carried forward as they are.
+    if let Some(advance) = &change.offsets {
+        let held = offsets::read(base, &advance.group)?;
+        props.insert(
+            offsets_key(&advance.group),
+            offsets::encode(&advance.apply(held)),
+        );
+    }
+    if let Some(claim) = &change.claim {
+        props.insert(claim.key.clone(), claim.set.clone());
+    }
+    offsets::carry_forward(base, &mut props);
+
+    let previous = base.current_snapshot().map(|s| s.summary());
+    for (total, added, removed) in TOTALS {
+        let prev: u64 = previous
+            .and_then(|s| s.additional_properties.get(total))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let get = |k: &str| -> u64 { props.get(k).and_then(|v| v.parse().ok()).unwrap_or(0) };
+        let value = (prev + get(added)).saturating_sub(get(removed));
+        props.insert(total.to_string(), value.to_string());
+    }
+    Ok(Summary {
+        operation: change.operation.clone(),
+        additional_properties: props,
+    })
 }
