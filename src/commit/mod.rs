@@ -3,7 +3,7 @@
 //! [`Change`] committed here: load the base, validate the change against
 //! *that* base (the offset fence, a backfill's claim), build the snapshot,
 //! compare-and-set it into the catalog; on conflict reload, re-validate and
-//! retry with backoff.
+//! retry with backoff ([`crate::retry`]).
 //!
 //! iceberg-rust's `Transaction` retries by re-applying updates without
 //! re-running firn's validation, so it is not used for commits.
@@ -14,17 +14,17 @@ pub mod snapshot;
 pub mod summary;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use iceberg::TableIdent;
 use iceberg::spec::{DataFile, Operation};
 
 pub use self::operation::FirnOperation;
-use crate::catalog::{Catalog, TableHandle};
+use crate::catalog::{Catalog, StagedMetadata, TableHandle};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::Ledger;
 use crate::offsets::{self, OffsetAdvance};
+pub use crate::retry::RetryPolicy;
+use crate::retry::retry;
 
 /// A data file to add, with the partition spec it was written for (iceberg's
 /// `DataFile` keeps its spec id private).
@@ -184,39 +184,6 @@ impl Change {
     }
 }
 
-/// How hard to retry a commit that lost the compare-and-set.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Attempts in all (the first one included).
-    pub max_attempts: u32,
-    /// First backoff delay.
-    pub min_delay: Duration,
-    /// Longest backoff delay.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 20,
-            min_delay: Duration::from_millis(20),
-            max_delay: Duration::from_secs(2),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Backoff delays between attempts: exponential with jitter.
-    fn delays(&self) -> impl Iterator<Item = Duration> {
-        ExponentialBuilder::default()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
-            .with_jitter()
-            .without_max_times()
-            .build()
-    }
-}
-
 /// The result of a successful commit.
 #[derive(Debug, Clone)]
 pub struct Committed {
@@ -236,58 +203,71 @@ pub struct Committed {
 
 /// Commit `change` to `ident`.
 ///
-/// Returns `Fenced` (not retried) if the change's offsets no longer match the
-/// table, and `CommitConflict` if every attempt lost the race.
+/// Every attempt starts from a fresh base and re-validates the change on it.
+/// Returns `Fenced` if the change's offsets or claim no longer match the
+/// table and `Superseded` if a file it removes is gone (neither retried),
+/// and `CommitConflict` if every attempt lost the race.
 pub async fn commit(
     catalog: &dyn Catalog,
     ident: &TableIdent,
     change: &Change,
-    retry: RetryPolicy,
+    policy: RetryPolicy,
 ) -> Result<Committed> {
-    let mut delays = retry.delays();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let base = catalog.load(ident).await?;
-        change.check_fences(&base)?;
-        let (staged, built) = snapshot::build(&base, change, attempt).await?;
-        match catalog.swap(&base, staged).await {
-            Ok(table) => {
-                tracing::info!(
-                    table = %ident,
-                    operation = %change.firn_operation,
-                    snapshot_id = built.snapshot_id,
-                    files = built.added_files,
-                    rows = built.added_records,
-                    removed_files = built.removed_files,
-                    removed_rows = built.removed_records,
-                    attempts = attempt,
-                    "committed"
-                );
-                return Ok(Committed {
-                    table,
-                    snapshot_id: built.snapshot_id,
-                    attempts: attempt,
-                    added_files: built.added_files,
-                    added_records: built.added_records,
-                    removed_files: built.removed_files,
-                });
-            }
-            Err(e) if e.kind() == ErrorKind::CommitConflict && attempt < retry.max_attempts => {
-                let delay = delays.next().unwrap_or(retry.max_delay);
-                tracing::debug!(table = %ident, attempt, ?delay, "commit conflict, retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) if e.kind() == ErrorKind::CommitConflict => {
-                return Err(Error::new(
-                    ErrorKind::CommitConflict,
-                    format!("gave up committing to {ident} after {attempt} conflicting attempts"),
-                )
-                .with_source(e));
-            }
-            Err(e) => return Err(e),
-        }
+    let mut attempts = 0;
+    let what = format!("committing {} to {ident}", change.firn_operation);
+    retry(policy, &what, || {
+        attempts += 1;
+        attempt(catalog, ident, change, attempts)
+    })
+    .await
+    .map_err(|e| gave_up(e, ident, policy))
+}
+
+/// One attempt at [`commit`]: load, validate, build, compare-and-set.
+async fn attempt(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    change: &Change,
+    attempt: u32,
+) -> Result<Committed> {
+    let base = catalog.load(ident).await?;
+    change.check_fences(&base)?;
+    let (staged, built) = snapshot::build(&base, change, attempt).await?;
+    let table = catalog.swap(&base, staged).await?;
+    tracing::info!(
+        table = %ident,
+        operation = %change.firn_operation,
+        snapshot_id = built.snapshot_id,
+        files = built.added_files,
+        rows = built.added_records,
+        removed_files = built.removed_files,
+        removed_rows = built.removed_records,
+        attempts = attempt,
+        "committed"
+    );
+    Ok(Committed {
+        table,
+        snapshot_id: built.snapshot_id,
+        attempts: attempt,
+        added_files: built.added_files,
+        added_records: built.added_records,
+        removed_files: built.removed_files,
+    })
+}
+
+/// A conflict that outlived every attempt says so.
+fn gave_up(e: Error, ident: &TableIdent, policy: RetryPolicy) -> Error {
+    if e.kind() != ErrorKind::CommitConflict {
+        return e;
     }
+    Error::new(
+        ErrorKind::CommitConflict,
+        format!(
+            "gave up committing to {ident} after {} conflicting attempts",
+            policy.max_attempts
+        ),
+    )
+    .with_source(e)
 }
 
 /// Commit a metadata-only change (schema evolution, a new spec or sort order)
@@ -296,14 +276,14 @@ pub async fn commit(
 pub async fn update_metadata<F>(
     catalog: &dyn Catalog,
     ident: &TableIdent,
-    retry: RetryPolicy,
+    policy: RetryPolicy,
     edit: F,
 ) -> Result<Option<TableHandle>>
 where
     F: Fn(&TableHandle) -> Result<Option<iceberg::spec::TableMetadataBuilder>> + Send + Sync,
 {
-    let mut delays = retry.delays();
-    for attempt in 1.. {
+    let what = format!("updating the metadata of {ident}");
+    retry(policy, &what, || async {
         let base = catalog.load(ident).await?;
         let Some(builder) = edit(&base)? else {
             return Ok(None);
@@ -311,17 +291,11 @@ where
         let built = builder
             .build()
             .map_err(|e| Error::iceberg(format!("building metadata for {ident}"), e))?;
-        let staged = crate::catalog::StagedMetadata {
+        let staged = StagedMetadata {
             metadata: built.metadata,
             changes: built.changes,
         };
-        match catalog.swap(&base, staged).await {
-            Ok(table) => return Ok(Some(table)),
-            Err(e) if e.kind() == ErrorKind::CommitConflict && attempt < retry.max_attempts => {
-                tokio::time::sleep(delays.next().unwrap_or(retry.max_delay)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    unreachable!("the attempt loop only ends by returning")
+        catalog.swap(&base, staged).await.map(Some)
+    })
+    .await
 }
