@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use chrono::{Duration, TimeZone, Utc};
-use firn::commit::{self, Change, RetryPolicy};
+use firn::commit::{self, Change, FirnOperation, RetryPolicy};
 use firn::config::{Config, Overrides};
 use firn::maintain::{self, PlanOptions};
 use firn::rows::{DimValue, MeasureValue, Measures, RowKey};
@@ -67,7 +67,9 @@ async fn generate(dir: &Path, rows: u64) -> Vec<String> {
     let config = config(dir);
     let catalog = config.open_catalog().await.unwrap();
     let decl = decl();
-    tables::sync(catalog.as_ref(), &decl).await.unwrap();
+    tables::sync(catalog.as_ref(), &decl, Default::default())
+        .await
+        .unwrap();
     let ident = tables::ident(&decl).unwrap();
     let hours = 7 * 24;
     // keys per minute so that the week holds `rows` rows
@@ -111,7 +113,7 @@ async fn generate(dir: &Path, rows: u64) -> Vec<String> {
         commit::commit(
             catalog.as_ref(),
             &ident,
-            &Change::append("bench", files),
+            &Change::append(FirnOperation::Backfill, files),
             RetryPolicy::default(),
         )
         .await

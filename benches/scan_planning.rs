@@ -12,7 +12,7 @@ use std::time::Instant;
 use chrono::{Duration, TimeZone, Utc};
 use firn::catalog::{Catalog, TableHandle};
 use firn::commit::manifests::MERGE_ENABLED_PROP;
-use firn::commit::{self, Change, RetryPolicy};
+use firn::commit::{self, Change, FirnOperation, RetryPolicy};
 use firn::config::{Config, Overrides};
 use firn::rows::{DimValue, MeasureSpec, MeasureValue, RowKey, RowMap};
 use firn::schema::decl::TableDecl;
@@ -72,7 +72,9 @@ fn main() {
             include_str!("../schemas/usage.http_requests.toml"),
         )
         .unwrap();
-        tables::sync(catalog.as_ref(), &decl).await.unwrap();
+        tables::sync(catalog.as_ref(), &decl, Default::default())
+        .await
+        .unwrap();
         let ident = tables::ident(&decl).unwrap();
         commit::update_metadata(catalog.as_ref(), &ident, RetryPolicy::default(), |base| {
             let mut props = base.metadata.properties().clone();
@@ -106,7 +108,7 @@ fn main() {
                 );
             }
             let files = write::write_rows(&table, &decl, Grain::Minute, rows.into_sorted(), 1 << 27).await.unwrap();
-            commit::commit(catalog.as_ref(), &ident, &Change::append("bench", files), RetryPolicy::default())
+            commit::commit(catalog.as_ref(), &ident, &Change::append(FirnOperation::Backfill, files), RetryPolicy::default())
                 .await
                 .unwrap();
             if i % 200 == 199 {

@@ -16,6 +16,7 @@ use crate::catalog::rest::{RestCatalog, RestConfig, Secret};
 use crate::catalog::sql::SqlCatalog;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::IngestOptions;
+use crate::retry::RetryPolicy;
 use crate::storage::{ObjectStoreStorage, StoreOptions};
 
 /// Default catalog database.
@@ -36,6 +37,8 @@ struct RawConfig {
     kafka: RawKafka,
     #[serde(default)]
     ingest: RawIngest,
+    #[serde(default)]
+    retry: RawRetry,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +76,16 @@ struct RawIngest {
     #[serde(default, with = "humantime_serde")]
     future_skew: Option<Duration>,
     target_file_size: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    min_delay: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_delay: Option<Duration>,
 }
 
 /// Values from flags and `FIRN_*` variables; they win over the file.
@@ -137,8 +150,11 @@ pub struct Config {
     pub catalog: CatalogConfig,
     /// Object store options.
     pub storage: StoreOptions,
-    /// Ingest settings (brokers, group, buffering).
+    /// Ingest settings (brokers, group, buffering; its `retry` is [`Self::retry`]).
     pub ingest: IngestOptions,
+    /// How commits and catalog reads are retried, by ingest, maintenance and
+    /// backfill alike.
+    pub retry: RetryPolicy,
 }
 
 impl Config {
@@ -224,6 +240,7 @@ impl Config {
                     .unwrap_or_else(|| DEFAULT_WAREHOUSE.to_string()),
             )?,
         };
+        let retry = retry_policy(raw.retry, source)?;
         let defaults = IngestOptions::default();
         let ing = raw.ingest;
         let ingest = IngestOptions {
@@ -249,6 +266,7 @@ impl Config {
                 .unwrap_or(defaults.max_buffered_bytes),
             future_skew: ing.future_skew.unwrap_or(defaults.future_skew),
             target_file_size: ing.target_file_size.unwrap_or(defaults.target_file_size),
+            retry,
             ..defaults
         };
         if ingest.commit_interval.is_zero() {
@@ -279,6 +297,7 @@ impl Config {
                 s
             }),
             ingest,
+            retry,
         })
     }
 
@@ -309,6 +328,28 @@ impl Config {
         .await?;
         Ok(Arc::new(catalog))
     }
+}
+
+fn retry_policy(raw: RawRetry, source: &str) -> Result<RetryPolicy> {
+    let defaults = RetryPolicy::default();
+    let policy = RetryPolicy {
+        max_attempts: raw.max_attempts.unwrap_or(defaults.max_attempts),
+        min_delay: raw.min_delay.unwrap_or(defaults.min_delay),
+        max_delay: raw.max_delay.unwrap_or(defaults.max_delay),
+    };
+    let invalid = |what: &str| {
+        Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!("{source}: retry.{what}"),
+        ))
+    };
+    if policy.max_attempts == 0 {
+        return invalid("max_attempts must be at least 1 (the first attempt counts)");
+    }
+    if policy.min_delay > policy.max_delay {
+        return invalid("min_delay must not be longer than retry.max_delay");
+    }
+    Ok(policy)
 }
 
 fn read(path: &Path) -> Result<RawConfig> {
@@ -373,6 +414,29 @@ mod tests {
         assert_eq!(c.ingest.commit_interval, Duration::from_secs(5));
         assert_eq!(c.ingest.kafka["session.timeout.ms"], "6000");
         assert_eq!(c.ingest.group, "firn-ingest");
+        assert_eq!(c.retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn the_retry_policy_is_configured_once_for_every_operation() {
+        let raw: RawConfig = toml::from_str(
+            "[retry]\nmax_attempts = 5\nmin_delay = \"50ms\"\nmax_delay = \"10s\"\n",
+        )
+        .unwrap();
+        let c = Config::from_raw(raw, &Overrides::default(), "firn.toml").unwrap();
+        let want = RetryPolicy {
+            max_attempts: 5,
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(10),
+        };
+        assert_eq!(c.retry, want);
+        assert_eq!(c.ingest.retry, want);
+        for bad in ["max_attempts = 0", "min_delay = \"3s\"\nmax_delay = \"1s\""] {
+            let raw: RawConfig = toml::from_str(&format!("[retry]\n{bad}\n")).unwrap();
+            let e = Config::from_raw(raw, &Overrides::default(), "firn.toml").unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+            assert!(e.to_string().contains("firn.toml: retry."), "{e}");
+        }
     }
 
     #[test]

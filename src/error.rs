@@ -76,12 +76,27 @@ impl Error {
         &self.message
     }
 
-    /// Whether the same operation may succeed if tried again on fresh state.
+    /// Whether the same operation may succeed if tried again on fresh state:
+    /// a lost compare-and-set, or a store, catalog or broker that failed.
+    /// What a fresh attempt cannot cure — a fence, a superseded replace, bad
+    /// input or configuration, a missing table, a bug — is not.
+    /// [`crate::retry`] asks this.
     pub fn retryable(&self) -> bool {
-        matches!(
-            self.kind,
-            ErrorKind::CommitConflict | ErrorKind::Storage | ErrorKind::Catalog | ErrorKind::Kafka
-        )
+        match self.kind {
+            ErrorKind::CommitConflict
+            | ErrorKind::Storage
+            | ErrorKind::Catalog
+            | ErrorKind::Kafka => true,
+            ErrorKind::InvalidDeclaration
+            | ErrorKind::InvalidConfig
+            | ErrorKind::InvalidInput
+            | ErrorKind::Fenced
+            | ErrorKind::Superseded
+            | ErrorKind::NotFound
+            | ErrorKind::Iceberg
+            | ErrorKind::Io
+            | ErrorKind::Internal => false,
+        }
     }
 
     /// Wrap an iceberg error with context saying what firn was doing.
@@ -165,7 +180,26 @@ mod tests {
         let err = Error::new(ErrorKind::Io, "writing firn-data/x.parquet").with_source(io);
         assert_eq!(err.to_string(), "writing firn-data/x.parquet: disk on fire");
         assert_eq!(err.kind(), ErrorKind::Io);
-        assert!(!err.retryable());
-        assert!(Error::new(ErrorKind::CommitConflict, "x").retryable());
+    }
+
+    #[test]
+    fn retryable_kinds() {
+        use ErrorKind::*;
+        for kind in [CommitConflict, Storage, Catalog, Kafka] {
+            assert!(Error::new(kind, "x").retryable(), "{kind:?}");
+        }
+        for kind in [
+            InvalidDeclaration,
+            InvalidConfig,
+            InvalidInput,
+            Fenced,
+            Superseded,
+            NotFound,
+            Iceberg,
+            Io,
+            Internal,
+        ] {
+            assert!(!Error::new(kind, "x").retryable(), "{kind:?}");
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! *mirror*), with [`MIRROR_SNAPSHOT`] naming that snapshot. Reading:
 //!
 //! 1. walk main's ancestry from the current snapshot back to the newest
-//!    snapshot firn committed (the one with [`FIRN_OPERATION`]); its summary is
+//!    snapshot firn committed (the one recording a firn operation); its summary is
 //!    the ledger. Appends, compactions, overwrites and deletes by other
 //!    engines after it carry no firn properties and change nothing; a rollback
 //!    to an older firn snapshot rolls the ledger back with the data.
@@ -25,16 +25,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use iceberg::spec::{Snapshot, TableMetadata};
 
-/// Summary property naming the firn operation that committed a snapshot.
-pub const FIRN_OPERATION: &str = "firn.operation";
-/// Summary-property prefix for a consumer group's offsets.
-pub const OFFSETS_PREFIX: &str = "firn.offsets.";
-/// Summary-property prefix for backfill progress records.
-pub const BACKFILL_PREFIX: &str = "firn.backfill.";
-/// Summary-property prefix for the last offset reset applied to a group.
-pub const RESET_PREFIX: &str = "firn.reset.";
-/// Table property: the snapshot whose summary the mirror copies.
-pub const MIRROR_SNAPSHOT: &str = "firn.ledger.snapshot-id";
+use crate::commit::summary::{
+    BACKFILL_PREFIX, MIRROR_SNAPSHOT, OFFSETS_PREFIX, OPERATION, RESET_PREFIX, TOTAL_RECORDS,
+};
 
 /// Whether `key` is part of the ledger (carried by every firn commit).
 pub fn is_ledger_key(key: &str) -> bool {
@@ -43,12 +36,13 @@ pub fn is_ledger_key(key: &str) -> bool {
         .any(|p| key.starts_with(p))
 }
 
-/// Whether firn committed `snapshot`.
+/// Whether firn committed `snapshot`: its summary records a firn operation,
+/// whichever (a newer firn's operation this one does not know included).
 pub fn is_firn_snapshot(snapshot: &Snapshot) -> bool {
     snapshot
         .summary()
         .additional_properties
-        .contains_key(FIRN_OPERATION)
+        .contains_key(OPERATION)
 }
 
 /// Where a ledger was found.
@@ -169,7 +163,7 @@ pub fn holds_data(meta: &TableMetadata) -> bool {
     meta.current_snapshot().is_some_and(|s| {
         s.summary()
             .additional_properties
-            .get("total-records")
+            .get(TOTAL_RECORDS)
             .and_then(|v| v.parse::<u64>().ok())
             .is_none_or(|n| n > 0)
     })

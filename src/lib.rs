@@ -23,6 +23,7 @@ pub mod offsets;
 pub mod produce;
 pub mod read;
 pub mod rejects;
+pub mod retry;
 pub mod rows;
 pub mod schema;
 pub mod status;

@@ -9,17 +9,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use iceberg::spec::TableMetadata;
 
+use crate::commit::summary::{OFFSETS_PREFIX, offsets_key};
 use crate::error::{Error, ErrorKind, Result};
-pub use crate::ledger::{BACKFILL_PREFIX, OFFSETS_PREFIX};
 use crate::ledger::{Ledger, is_ledger_key};
 
 /// Next offset to consume, per topic and partition.
 pub type TopicOffsets = BTreeMap<String, BTreeMap<i32, i64>>;
-
-/// The property key for a group's offsets.
-pub fn key(group: &str) -> String {
-    format!("{OFFSETS_PREFIX}{group}")
-}
 
 /// Offsets of `group` in the table's ledger (empty if none).
 pub fn read(metadata: &TableMetadata, group: &str) -> Result<TopicOffsets> {
@@ -28,7 +23,7 @@ pub fn read(metadata: &TableMetadata, group: &str) -> Result<TopicOffsets> {
 
 /// Offsets of `group` in `ledger` (empty if none).
 pub fn of_ledger(ledger: &Ledger, group: &str) -> Result<TopicOffsets> {
-    parse(ledger.get(&key(group)), group)
+    parse(ledger.get(&offsets_key(group)), group)
 }
 
 /// Offsets of every group in the table's ledger.
@@ -46,7 +41,10 @@ fn parse(value: Option<&String>, group: &str) -> Result<TopicOffsets> {
     serde_json::from_str(value).map_err(|e| {
         Error::new(
             ErrorKind::Iceberg,
-            format!("ledger entry {} is not valid offsets JSON", key(group)),
+            format!(
+                "ledger entry {} is not valid offsets JSON",
+                offsets_key(group)
+            ),
         )
         .with_source(e)
     })

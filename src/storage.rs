@@ -7,6 +7,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,6 +24,8 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use url::Url;
+
+use crate::retry::RetryPolicy;
 
 /// Options passed to `object_store` builders (`aws_endpoint`, `aws_region`,
 /// `aws_access_key_id`, ...). Values are never printed: `Debug` shows keys only.
@@ -149,7 +152,7 @@ impl ObjectStoreStorage {
         key: &str,
         make: impl FnOnce() -> iceberg::Result<Arc<dyn ObjectStore>>,
     ) -> iceberg::Result<Arc<dyn ObjectStore>> {
-        let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stores = lock(&self.stores);
         if let Some(s) = stores.get(key) {
             return Ok(s.clone());
         }
@@ -288,30 +291,67 @@ impl ObjectStoreStorage {
             }
         }
         for (_, (store, files)) in by_store {
-            let mut pending = files;
-            for attempt in 0..3u32 {
-                if pending.is_empty() {
-                    break;
-                }
-                if attempt > 0 {
-                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
-                }
-                let paths: Vec<ObjectPath> = pending.iter().map(|(_, p)| p.clone()).collect();
-                let stream = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
-                let results: Vec<_> = store.delete_stream(stream).collect().await;
-                let mut retry = Vec::new();
-                for (r, file) in results.into_iter().zip(pending) {
-                    match r {
-                        Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) if attempt == 2 => failed.push((file.0, e.to_string())),
-                        Err(_) => retry.push(file),
-                    }
-                }
-                pending = retry;
-            }
+            let pending = Mutex::new(
+                files
+                    .into_iter()
+                    .map(|(location, path)| (location, path, String::new()))
+                    .collect::<Vec<_>>(),
+            );
+            let what = format!("deleting files from {store}");
+            let _ = crate::retry::retry(DELETE_RETRY, &what, || async {
+                let batch = std::mem::take(&mut *lock(&pending));
+                let left = delete_batch(&store, batch).await;
+                let outcome = match left.first() {
+                    None => Ok(()),
+                    Some((location, _, why)) => Err(crate::Error::new(
+                        crate::ErrorKind::Storage,
+                        format!(
+                            "{} files not deleted, {location} for one: {why}",
+                            left.len()
+                        ),
+                    )),
+                };
+                *lock(&pending) = left;
+                outcome
+            })
+            .await;
+            let left = pending.into_inner().unwrap_or_else(|p| p.into_inner());
+            failed.extend(left.into_iter().map(|(location, _, why)| (location, why)));
         }
         failed
     }
+}
+
+/// How [`ObjectStoreStorage::delete_many`] retries: briefly, since a file
+/// left undeleted is reported, and orphan removal collects it on a later run.
+const DELETE_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 3,
+    min_delay: Duration::from_millis(400),
+    max_delay: Duration::from_millis(800),
+};
+
+/// A file to delete: its location, its path in the store, and why the last
+/// attempt failed.
+type Doomed = (String, ObjectPath, String);
+
+/// Delete `files` from `store` in one stream (batched by the store); the
+/// files that failed, with why. A file already gone counts as deleted.
+async fn delete_batch(store: &Arc<dyn ObjectStore>, files: Vec<Doomed>) -> Vec<Doomed> {
+    let paths: Vec<ObjectPath> = files.iter().map(|(_, p, _)| p.clone()).collect();
+    let stream = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
+    let results: Vec<_> = store.delete_stream(stream).collect().await;
+    results
+        .into_iter()
+        .zip(files)
+        .filter_map(|(r, (location, path, _))| match r {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => Some((location, path, e.to_string())),
+        })
+        .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[async_trait]

@@ -50,7 +50,11 @@ fn properties(decl: &TableDecl) -> HashMap<String, String> {
 }
 
 /// Create or evolve the table and rejects table of `decl`.
-pub async fn sync(catalog: &dyn Catalog, decl: &TableDecl) -> Result<SyncOutcome> {
+pub async fn sync(
+    catalog: &dyn Catalog,
+    decl: &TableDecl,
+    retry: RetryPolicy,
+) -> Result<SyncOutcome> {
     let ident = ident(decl)?;
     let rejects = rejects_ident(decl)?;
     if !catalog.exists(&rejects).await? {
@@ -99,7 +103,7 @@ pub async fn sync(catalog: &dyn Catalog, decl: &TableDecl) -> Result<SyncOutcome
     }
 
     let added = std::sync::Mutex::new(Vec::new());
-    commit::update_metadata(catalog, &ident, RetryPolicy::default(), |base| {
+    commit::update_metadata(catalog, &ident, retry, |base| {
         let current = base.metadata.current_schema();
         check_columns(decl, current, Missing::Allowed)?;
         let Some(schema) = layout::evolved_schema(current, decl)? else {

@@ -27,10 +27,11 @@ use self::source::Inputs;
 use crate::budget::CommitBudget;
 use crate::catalog::{Catalog, TableHandle};
 use crate::clock::{Clock, SystemClock};
-use crate::commit::{self, Change, Claim, RetryPolicy};
+use crate::commit::summary::backfill_key;
+use crate::commit::{self, Change, Claim, FirnOperation, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::DEFAULT_FUTURE_SKEW;
-use crate::ledger::{self, BACKFILL_PREFIX, Ledger};
+use crate::ledger::{self, Ledger};
 use crate::rejects::{self, RejectRecord};
 use crate::rows::RowMap;
 use crate::schema::decl::TableDecl;
@@ -62,6 +63,8 @@ pub struct BackfillOptions {
     pub kafka: Option<kafka::KafkaRange>,
     /// The catalog's write budget the chunk commits spend.
     pub budget: CommitBudget,
+    /// How commits are retried.
+    pub retry: RetryPolicy,
 }
 
 impl Default for BackfillOptions {
@@ -79,6 +82,7 @@ impl Default for BackfillOptions {
             replace: None,
             kafka: None,
             budget: CommitBudget::unlimited(),
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -159,10 +163,6 @@ pub fn identity(decl: &TableDecl, files: &[InputFile]) -> String {
     format!("{:016x}", xxh3_64(text.as_bytes()))
 }
 
-fn record_key(id: &str) -> String {
-    format!("{BACKFILL_PREFIX}{id}")
-}
-
 /// The value of a progress record in the table's ledger (which survives
 /// other engines' commits and expiry).
 fn held(table: &TableHandle, key: &str) -> Option<String> {
@@ -227,7 +227,7 @@ impl<'a> Target<'a> {
         let table = catalog.load(&ident).await?;
         tables::check_matches(decl, &table.metadata)?;
         let id = run_id(&table, decl, identity(decl, files), opts.force)?;
-        let key = record_key(&id);
+        let key = backfill_key(&id);
         Ok(Self {
             catalog,
             decl,
@@ -245,7 +245,7 @@ impl<'a> Target<'a> {
 /// `base_id`, unless the table holds it as complete: then an error, or with
 /// `force` a new id.
 fn run_id(table: &TableHandle, decl: &TableDecl, base_id: String, force: bool) -> Result<String> {
-    let base_key = record_key(&base_id);
+    let base_key = backfill_key(&base_id);
     let Some(v) = held(table, &base_key) else {
         return Ok(base_id);
     };
@@ -353,7 +353,7 @@ async fn load(
 async fn commit_chunk(target: &Target<'_>, index: u64, last: bool, chunk: Chunk) -> Result<()> {
     let (catalog, ident, key) = (target.catalog, &target.ident, &target.key);
     let opts = target.opts;
-    let retry = RetryPolicy::default();
+    let retry = opts.retry;
     let record = |done: u64, complete: bool| {
         serde_json::to_string(&Record { done, complete }).unwrap_or_default()
     };
@@ -365,8 +365,7 @@ async fn commit_chunk(target: &Target<'_>, index: u64, last: bool, chunk: Chunk)
     }
     let table = catalog.load(ident).await?;
     let files = write_grains(&table, target.decl, chunk.rows, opts.target_file_size).await?;
-    let mut change = Change::append("backfill", files);
-    change.claim = Some(Claim {
+    let change = Change::append(FirnOperation::Backfill, files).with_claim(Claim {
         key: key.to_string(),
         expect: (index > 0).then(|| record(index, false)),
         set: record(index + 1, last),
@@ -398,14 +397,13 @@ async fn commit_rejects(target: &Target<'_>, rejects: &[RejectRecord], set: Stri
     let batch = rejects::to_batch(schema, rejects)?;
     let files =
         write::write_batches(&rt, None, "rejects", vec![batch], opts.target_file_size).await?;
-    let mut change = Change::append("backfill-rejects", files);
-    change.claim = Some(Claim {
+    let change = Change::append(FirnOperation::BackfillRejects, files).with_claim(Claim {
         key: key.to_string(),
         expect: held(&rt, key),
         set,
     });
     let _permit = opts.budget.acquire(rejects_ident).await;
-    commit::commit(catalog, rejects_ident, &change, RetryPolicy::default()).await?;
+    commit::commit(catalog, rejects_ident, &change, opts.retry).await?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::chunk::Chunk;
 use super::{BackfillReport, Record, Target};
-use crate::commit::{self, Change, Claim, RetryPolicy};
+use crate::commit::{self, Change, Claim, FirnOperation};
 use crate::error::{Error, ErrorKind, Result};
 use crate::schema::layout::Grain;
 
@@ -75,7 +75,7 @@ pub(super) async fn replace(
     if opts.dry_run {
         return Ok(());
     }
-    let retry = RetryPolicy::default();
+    let retry = opts.retry;
     let record = serde_json::to_string(&Record {
         done: 1,
         complete: true,
@@ -85,16 +85,12 @@ pub(super) async fn replace(
         super::commit_rejects(target, &chunk.rejects, record.clone()).await?;
     }
     let files = super::write_grains(&table, target.decl, chunk.rows, opts.target_file_size).await?;
-    let mut change = Change {
-        operation: iceberg::spec::Operation::Overwrite,
-        removed,
-        ..Change::append("backfill-replace", files)
-    };
-    change.claim = Some(Claim {
-        key: key.to_string(),
-        expect: None,
-        set: record,
-    });
+    let change =
+        Change::overwrite(FirnOperation::BackfillReplace, removed, files).with_claim(Claim {
+            key: key.to_string(),
+            expect: None,
+            set: record,
+        });
     let committed = commit::commit(catalog, ident, &change, retry).await?;
     report.chunks_committed = 1;
     tracing::info!(

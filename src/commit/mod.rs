@@ -1,26 +1,30 @@
-//! firn's one commit layer. Every change to a table — ingest appends now,
-//! compaction, rollup, retention and backfill later — is a [`Change`]
-//! committed here: load the base, validate the change against *that* base
-//! (the offset fence for ingest), build the snapshot, compare-and-set it into
-//! the catalog; on conflict reload, re-validate and retry with backoff.
+//! firn's one commit layer. Every change to a table — ingest, compaction,
+//! rollup, retention, manifest rewrites, backfill, offset resets — is a
+//! [`Change`] committed here: load the base, validate the change against
+//! *that* base (the offset fence, a backfill's claim), build the snapshot,
+//! compare-and-set it into the catalog; on conflict reload, re-validate and
+//! retry with backoff ([`crate::retry`]).
 //!
 //! iceberg-rust's `Transaction` retries by re-applying updates without
 //! re-running firn's validation, so it is not used for commits.
 
 pub mod manifests;
+pub mod operation;
 pub mod snapshot;
+pub mod summary;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use iceberg::TableIdent;
 use iceberg::spec::{DataFile, Operation};
 
-use crate::catalog::{Catalog, TableHandle};
+pub use self::operation::FirnOperation;
+use crate::catalog::{Catalog, StagedMetadata, TableHandle};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::Ledger;
 use crate::offsets::{self, OffsetAdvance};
+pub use crate::retry::RetryPolicy;
+use crate::retry::retry;
 
 /// A data file to add, with the partition spec it was written for (iceberg's
 /// `DataFile` keeps its spec id private).
@@ -57,76 +61,126 @@ pub struct Claim {
     pub set: String,
 }
 
-/// One atomic change to a table.
+/// One atomic change to a table: what firn did, the files it swaps, and the
+/// ledger entries it advances. Built by the constructor naming its Iceberg
+/// operation, then `with_*` for what it carries.
 #[derive(Debug, Clone)]
 pub struct Change {
     /// The Iceberg snapshot operation.
-    pub operation: Operation,
-    /// What firn did (`ingest`, `compact`, `rollup`, ...), recorded as `firn.operation`.
-    pub firn_operation: String,
+    operation: Operation,
+    /// What firn did, recorded as [`summary::OPERATION`].
+    firn_operation: FirnOperation,
     /// Data files the snapshot adds.
-    pub added: Vec<NewFile>,
-    /// Live data files the snapshot removes (replace, delete). Every one must
-    /// still be live in the base, or the change is `Superseded`.
-    pub removed: Vec<RemovedFile>,
+    added: Vec<NewFile>,
+    /// Live data files the snapshot removes (replace, delete, overwrite).
+    /// Every one must still be live in the base, or the change is `Superseded`.
+    removed: Vec<RemovedFile>,
     /// Rewrite every manifest into manifests clustered by partition, about
-    /// this many bytes each (`rewrite-manifests`), instead of only merging
-    /// small ones.
-    pub rewrite_manifests: Option<u64>,
+    /// this many bytes each, instead of only merging small ones.
+    rewrite_manifests: Option<u64>,
     /// Kafka offsets the change advances, fenced against the base.
-    pub offsets: Option<OffsetAdvance>,
+    offsets: Option<OffsetAdvance>,
     /// A fenced progress record (backfill chunks).
-    pub claim: Option<Claim>,
+    claim: Option<Claim>,
     /// Extra snapshot summary properties.
-    pub properties: HashMap<String, String>,
+    properties: HashMap<String, String>,
 }
 
 impl Change {
-    /// An append of `added` files.
-    pub fn append(firn_operation: &str, added: Vec<NewFile>) -> Self {
+    fn new(
+        operation: Operation,
+        firn_operation: FirnOperation,
+        removed: Vec<RemovedFile>,
+        added: Vec<NewFile>,
+    ) -> Self {
         Self {
-            operation: Operation::Append,
-            firn_operation: firn_operation.to_string(),
+            operation,
+            firn_operation,
             added,
-            removed: Vec::new(),
+            removed,
             rewrite_manifests: None,
             offsets: None,
             claim: None,
             properties: HashMap::new(),
         }
     }
-}
 
-/// How hard to retry a commit that lost the compare-and-set.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Attempts in all (the first one included).
-    pub max_attempts: u32,
-    /// First backoff delay.
-    pub min_delay: Duration,
-    /// Longest backoff delay.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 20,
-            min_delay: Duration::from_millis(20),
-            max_delay: Duration::from_secs(2),
-        }
+    /// Add `added` (Iceberg's `append`, as `AppendFiles`).
+    pub fn append(op: FirnOperation, added: Vec<NewFile>) -> Self {
+        Self::new(Operation::Append, op, Vec::new(), added)
     }
-}
 
-impl RetryPolicy {
-    /// Backoff delays between attempts: exponential with jitter.
-    fn delays(&self) -> impl Iterator<Item = Duration> {
-        ExponentialBuilder::default()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
-            .with_jitter()
-            .without_max_times()
-            .build()
+    /// Swap `removed` for `added`, which hold the same rows (Iceberg's
+    /// `replace`, as `RewriteFiles`: compaction, rollup, a manifest rewrite).
+    pub fn replace(op: FirnOperation, removed: Vec<RemovedFile>, added: Vec<NewFile>) -> Self {
+        Self::new(Operation::Replace, op, removed, added)
+    }
+
+    /// Drop `removed` (Iceberg's `delete`, as `DeleteFiles`: retention).
+    pub fn delete(op: FirnOperation, removed: Vec<RemovedFile>) -> Self {
+        Self::new(Operation::Delete, op, removed, Vec::new())
+    }
+
+    /// Swap `removed` for `added`, which hold other rows (Iceberg's
+    /// `overwrite`, as `OverwriteFiles`: a backfill replacing a range).
+    pub fn overwrite(op: FirnOperation, removed: Vec<RemovedFile>, added: Vec<NewFile>) -> Self {
+        Self::new(Operation::Overwrite, op, removed, added)
+    }
+
+    /// Advance a group's offsets, fenced: the base must hold the offsets the
+    /// batch started from.
+    pub fn with_offsets(mut self, advance: OffsetAdvance) -> Self {
+        self.offsets = Some(advance);
+        self
+    }
+
+    /// Advance a progress record, fenced (see [`Claim`]).
+    pub fn with_claim(mut self, claim: Claim) -> Self {
+        self.claim = Some(claim);
+        self
+    }
+
+    /// Record `key = value` in the snapshot summary.
+    pub fn with_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// Rewrite every manifest into manifests clustered by partition, about
+    /// `target_size` bytes each (Iceberg's `RewriteManifests`), instead of
+    /// only merging small ones.
+    pub fn rewriting_manifests(mut self, target_size: u64) -> Self {
+        self.rewrite_manifests = Some(target_size);
+        self
+    }
+
+    /// What firn does with this change.
+    pub fn firn_operation(&self) -> FirnOperation {
+        self.firn_operation
+    }
+
+    /// Fail with `Fenced` unless `base` still holds what this change's
+    /// offsets and claim start from.
+    fn check_fences(&self, base: &TableHandle) -> Result<()> {
+        if let Some(advance) = &self.offsets {
+            let held = offsets::read(&base.metadata, &advance.group)?;
+            advance.check_fence(&held)?;
+        }
+        if let Some(claim) = &self.claim {
+            let ledger = Ledger::of(&base.metadata);
+            let held = ledger.get(&claim.key);
+            if held != claim.expect.as_ref() {
+                return Err(Error::new(
+                    ErrorKind::Fenced,
+                    format!(
+                        "fenced: {} holds {} = {:?}, this commit expected {:?}; \
+                         another run committed this part",
+                        base.ident, claim.key, held, claim.expect
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -149,75 +203,71 @@ pub struct Committed {
 
 /// Commit `change` to `ident`.
 ///
-/// Returns `Fenced` (not retried) if the change's offsets no longer match the
-/// table, and `CommitConflict` if every attempt lost the race.
+/// Every attempt starts from a fresh base and re-validates the change on it.
+/// Returns `Fenced` if the change's offsets or claim no longer match the
+/// table and `Superseded` if a file it removes is gone (neither retried),
+/// and `CommitConflict` if every attempt lost the race.
 pub async fn commit(
     catalog: &dyn Catalog,
     ident: &TableIdent,
     change: &Change,
-    retry: RetryPolicy,
+    policy: RetryPolicy,
 ) -> Result<Committed> {
-    let mut delays = retry.delays();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let base = catalog.load(ident).await?;
-        if let Some(advance) = &change.offsets {
-            let held = offsets::read(&base.metadata, &advance.group)?;
-            advance.check_fence(&held)?;
-        }
-        if let Some(claim) = &change.claim {
-            let ledger = Ledger::of(&base.metadata);
-            let held = ledger.get(&claim.key);
-            if held != claim.expect.as_ref() {
-                return Err(Error::new(
-                    ErrorKind::Fenced,
-                    format!(
-                        "fenced: {ident} holds {} = {:?}, this commit expected {:?}; \
-                         another run committed this part",
-                        claim.key, held, claim.expect
-                    ),
-                ));
-            }
-        }
-        let (staged, built) = snapshot::build(&base, change, attempt).await?;
-        match catalog.swap(&base, staged).await {
-            Ok(table) => {
-                tracing::info!(
-                    table = %ident,
-                    operation = %change.firn_operation,
-                    snapshot_id = built.snapshot_id,
-                    files = built.added_files,
-                    rows = built.added_records,
-                    removed_files = built.removed_files,
-                    removed_rows = built.removed_records,
-                    attempts = attempt,
-                    "committed"
-                );
-                return Ok(Committed {
-                    table,
-                    snapshot_id: built.snapshot_id,
-                    attempts: attempt,
-                    added_files: built.added_files,
-                    added_records: built.added_records,
-                    removed_files: built.removed_files,
-                });
-            }
-            Err(e) if e.kind() == ErrorKind::CommitConflict && attempt < retry.max_attempts => {
-                let delay = delays.next().unwrap_or(retry.max_delay);
-                tracing::debug!(table = %ident, attempt, ?delay, "commit conflict, retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) if e.kind() == ErrorKind::CommitConflict => {
-                return Err(Error::new(
-                    ErrorKind::CommitConflict,
-                    format!("gave up committing to {ident} after {attempt} conflicting attempts"),
-                )
-                .with_source(e));
-            }
-            Err(e) => return Err(e),
-        }
+    let mut attempts = 0;
+    let what = format!("committing {} to {ident}", change.firn_operation);
+    retry(policy, &what, || {
+        attempts += 1;
+        attempt(catalog, ident, change, attempts)
+    })
+    .await
+    .map_err(|e| gave_up(e, ident, policy))
+}
+
+/// One attempt at [`commit`]: load, validate, build, compare-and-set.
+async fn attempt(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    change: &Change,
+    attempt: u32,
+) -> Result<Committed> {
+    let base = catalog.load(ident).await?;
+    change.check_fences(&base)?;
+    let (staged, built) = snapshot::build(&base, change, attempt).await?;
+    let table = catalog.swap(&base, staged).await?;
+    tracing::info!(
+        table = %ident,
+        operation = %change.firn_operation,
+        snapshot_id = built.snapshot_id,
+        files = built.added_files,
+        rows = built.added_records,
+        removed_files = built.removed_files,
+        removed_rows = built.removed_records,
+        attempts = attempt,
+        "committed"
+    );
+    Ok(Committed {
+        table,
+        snapshot_id: built.snapshot_id,
+        attempts: attempt,
+        added_files: built.added_files,
+        added_records: built.added_records,
+        removed_files: built.removed_files,
+    })
+}
+
+/// A conflict that outlived every attempt says so.
+fn gave_up(e: Error, ident: &TableIdent, policy: RetryPolicy) -> Error {
+    if e.kind() != ErrorKind::CommitConflict {
+        return e;
     }
+    Error::new(
+        ErrorKind::CommitConflict,
+        format!(
+            "gave up committing to {ident} after {} conflicting attempts",
+            policy.max_attempts
+        ),
+    )
+    .with_source(e)
 }
 
 /// Commit a metadata-only change (schema evolution, a new spec or sort order)
@@ -226,14 +276,14 @@ pub async fn commit(
 pub async fn update_metadata<F>(
     catalog: &dyn Catalog,
     ident: &TableIdent,
-    retry: RetryPolicy,
+    policy: RetryPolicy,
     edit: F,
 ) -> Result<Option<TableHandle>>
 where
     F: Fn(&TableHandle) -> Result<Option<iceberg::spec::TableMetadataBuilder>> + Send + Sync,
 {
-    let mut delays = retry.delays();
-    for attempt in 1.. {
+    let what = format!("updating the metadata of {ident}");
+    retry(policy, &what, || async {
         let base = catalog.load(ident).await?;
         let Some(builder) = edit(&base)? else {
             return Ok(None);
@@ -241,17 +291,11 @@ where
         let built = builder
             .build()
             .map_err(|e| Error::iceberg(format!("building metadata for {ident}"), e))?;
-        let staged = crate::catalog::StagedMetadata {
+        let staged = StagedMetadata {
             metadata: built.metadata,
             changes: built.changes,
         };
-        match catalog.swap(&base, staged).await {
-            Ok(table) => return Ok(Some(table)),
-            Err(e) if e.kind() == ErrorKind::CommitConflict && attempt < retry.max_attempts => {
-                tokio::time::sleep(delays.next().unwrap_or(retry.max_delay)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    unreachable!("the attempt loop only ends by returning")
+        catalog.swap(&base, staged).await.map(Some)
+    })
+    .await
 }

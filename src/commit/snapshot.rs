@@ -1,35 +1,38 @@
-//! Building one snapshot on a base: manifests for the added files (one per
-//! partition spec), a manifest list over the base's manifests plus those, the
-//! summary, and the new metadata from iceberg's public `TableMetadataBuilder`.
+//! Building one snapshot on a base, in the steps iceberg-java's
+//! `MergingSnapshotProducer` takes for the cases firn needs:
 //!
-//! Mirrors iceberg-java's `MergingSnapshotProducer` for the cases firn needs.
+//! 1. carry the base's manifests forward, rewriting those that hold a file
+//!    the change removes with that file marked deleted
+//!    ([`SnapshotWriter::carry_base`]); every removed file must be found
+//!    live, or the change is superseded;
+//! 2. cluster the carried manifests by partition when asked, or merge them
+//!    once small ones pile up ([`SnapshotWriter::merge_carried`]);
+//! 3. write one manifest per partition spec for the added files
+//!    ([`SnapshotWriter::write_added`]);
+//! 4. write the manifest list over all of them;
+//! 5. the summary ([`super::summary`]) and the new metadata from iceberg's
+//!    public `TableMetadataBuilder`, with the ledger mirrored in the table
+//!    properties ([`SnapshotWriter::stage`]).
+//!
+//! Nothing is visible until the catalog swap succeeds; a failed swap leaves
+//! the files written here to orphan removal.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use iceberg::spec::{
-    DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile, ManifestListWriter,
-    ManifestWriterBuilder, Snapshot, SnapshotSummaryCollector, Summary, TableMetadata,
+    DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestEntry, ManifestFile,
+    ManifestListWriter, ManifestWriter, ManifestWriterBuilder, PartitionSpec, SchemaRef, Snapshot,
+    SnapshotSummaryCollector, Summary, TableMetadata,
 };
 use uuid::Uuid;
 
 use super::manifests::{Clustered, MergePolicy};
-use super::{Change, RemovedFile};
+use super::{Change, NewFile, RemovedFile, summary};
 use crate::catalog::{StagedMetadata, TableHandle};
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, ErrorKind, Result};
-use crate::{ledger, offsets};
-
-/// Summary totals maintained from the previous snapshot, as Iceberg defines them:
-/// (total, added, removed).
-const TOTALS: [(&str, &str, &str); 4] = [
-    ("total-data-files", "added-data-files", "deleted-data-files"),
-    ("total-records", "added-records", "deleted-records"),
-    ("total-files-size", "added-files-size", "removed-files-size"),
-    (
-        "total-delete-files",
-        "added-delete-files",
-        "removed-delete-files",
-    ),
-];
+use crate::ledger;
 
 /// What a built snapshot is, for logging and metrics.
 #[derive(Debug, Clone)]
@@ -46,71 +49,406 @@ pub struct BuiltSnapshot {
     pub removed_records: u64,
 }
 
-/// Rewrite `inputs` into manifests holding whole partitions, about
-/// `target` bytes each, every live entry carried as EXISTING.
-async fn recluster(
+/// Build the staged metadata for `change` on `base`: the steps the module
+/// docs list, in order.
+pub async fn build(
     base: &TableHandle,
-    inputs: &[ManifestFile],
-    snapshot_id: i64,
-    commit_uuid: &str,
-    target: u64,
-) -> Result<Vec<ManifestFile>> {
-    let clustered = Clustered::load(base, inputs).await?;
-    let schema = base.metadata.current_schema().clone();
-    let mut out = Vec::new();
-    for (n, (spec_id, parts)) in clustered.pack(target).into_iter().enumerate() {
-        let spec = base.metadata.partition_spec_by_id(spec_id).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Internal,
-                format!("table {} has no partition spec {spec_id}", base.ident),
-            )
-        })?;
-        let mut writer = manifest_writer(
-            base,
-            &format!("{commit_uuid}-c{n}"),
-            snapshot_id,
-            schema.clone(),
-            spec.as_ref().clone(),
-        )?;
-        for key in parts {
-            for e in &clustered.partitions[&key] {
-                let seq = e.sequence_number.unwrap_or(0);
-                writer
-                    .add_existing_file(
-                        e.data_file.clone(),
-                        e.snapshot_id.unwrap_or(snapshot_id),
-                        seq,
-                        e.file_sequence_number.or(Some(seq)),
-                    )
-                    .map_err(|err| Error::iceberg("carrying a data file forward", err))?;
-            }
-        }
-        out.push(
-            writer.write_manifest_file().await.map_err(|err| {
-                Error::iceberg(format!("writing manifest for {}", base.ident), err)
-            })?,
-        );
-    }
-    Ok(out)
+    change: &Change,
+    attempt: u32,
+) -> Result<(StagedMetadata, BuiltSnapshot)> {
+    let writer = SnapshotWriter::new(base, attempt)?;
+    let mut collector = SnapshotSummaryCollector::default();
+    collector.set_partition_summary_limit(0);
+
+    let carried = writer.carry_base(&change.removed, &mut collector).await?;
+    check_all_removed(base, change, carried.found)?;
+    let mut manifests = carried.rewritten;
+    manifests.extend(
+        writer
+            .merge_carried(carried.unchanged, change.rewrite_manifests)
+            .await?,
+    );
+    manifests.extend(carried.deletes);
+    let (added, added_records) = writer.write_added(&change.added, &mut collector).await?;
+    manifests.extend(added);
+    let manifest_list = writer.write_manifest_list(manifests).await?;
+
+    let summary = summary::build(&base.metadata, change, collector)?;
+    let staged = writer.stage(manifest_list, summary)?;
+    Ok((
+        staged,
+        BuiltSnapshot {
+            snapshot_id: writer.snapshot_id,
+            added_files: change.added.len(),
+            added_records,
+            removed_files: carried.found,
+            removed_records: carried.removed_records,
+        },
+    ))
 }
 
-/// A v2 data-manifest writer at `<table>/metadata/<name>.avro`.
-fn manifest_writer(
-    base: &TableHandle,
-    name: &str,
+/// Every file `change` removes must have been found live in the base:
+/// otherwise another job replaced some first, and this one is superseded.
+fn check_all_removed(base: &TableHandle, change: &Change, found: usize) -> Result<()> {
+    let removed = change.removed.len();
+    if found == removed {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Superseded,
+        format!(
+            "superseded: {} of the {removed} files this {} replaces are no longer live in {}; \
+             another job replaced them first",
+            removed - found,
+            change.firn_operation,
+            base.ident
+        ),
+    ))
+}
+
+/// The base's manifests as the new snapshot carries them.
+#[derive(Debug, Default)]
+struct Carried {
+    /// Manifests rewritten with the removed files marked deleted.
+    rewritten: Vec<ManifestFile>,
+    /// Data manifests carried as they are (candidates for a merge).
+    unchanged: Vec<ManifestFile>,
+    /// Delete manifests (row-level deletes another engine wrote), carried
+    /// exactly as they are: firn never rewrites or merges them.
+    deletes: Vec<ManifestFile>,
+    /// Removed files found live.
+    found: usize,
+    /// Records in them.
+    removed_records: u64,
+}
+
+/// One snapshot being written on a base: its ids, and where its files go.
+#[derive(Debug)]
+struct SnapshotWriter<'a> {
+    base: &'a TableHandle,
     snapshot_id: i64,
-    schema: iceberg::spec::SchemaRef,
-    spec: iceberg::spec::PartitionSpec,
-) -> Result<iceberg::spec::ManifestWriter> {
-    let path = format!(
-        "{}/metadata/{name}.avro",
-        base.metadata.location().trim_end_matches('/')
-    );
-    let output = base
-        .file_io
-        .new_output(&path)
-        .map_err(|e| Error::iceberg(format!("creating manifest {path}"), e))?;
-    Ok(ManifestWriterBuilder::new(output, Some(snapshot_id), schema, spec).build_v2_data())
+    sequence_number: i64,
+    /// Names this attempt's manifests and manifest list.
+    commit_uuid: String,
+    attempt: u32,
+}
+
+impl<'a> SnapshotWriter<'a> {
+    fn new(base: &'a TableHandle, attempt: u32) -> Result<Self> {
+        let meta = base.metadata.as_ref();
+        if meta.format_version() != FormatVersion::V2 {
+            return Err(Error::new(
+                ErrorKind::Iceberg,
+                format!(
+                    "table {} is not format v2; firn writes v2 tables",
+                    base.ident
+                ),
+            ));
+        }
+        Ok(Self {
+            base,
+            snapshot_id: unique_snapshot_id(meta),
+            sequence_number: meta.next_sequence_number(),
+            commit_uuid: Uuid::now_v7().to_string(),
+            attempt,
+        })
+    }
+
+    fn meta(&self) -> &TableMetadata {
+        &self.base.metadata
+    }
+
+    /// An iceberg error, saying what was being done to which table.
+    fn ice(&self, what: &str) -> impl FnOnce(iceberg::Error) -> Error {
+        let what = format!("{what} for {}", self.base.ident);
+        move |e| Error::iceberg(what, e)
+    }
+
+    fn spec(&self, spec_id: i32) -> Result<Arc<PartitionSpec>> {
+        self.meta()
+            .partition_spec_by_id(spec_id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("table {} has no partition spec {spec_id}", self.base.ident),
+                )
+            })
+    }
+
+    /// A v2 data-manifest writer at `<table>/metadata/<commit uuid>-<suffix>.avro`.
+    fn manifest_writer(
+        &self,
+        suffix: &str,
+        schema: SchemaRef,
+        spec: PartitionSpec,
+    ) -> Result<ManifestWriter> {
+        let path = format!(
+            "{}/metadata/{}-{suffix}.avro",
+            self.meta().location().trim_end_matches('/'),
+            self.commit_uuid
+        );
+        let output = self
+            .base
+            .file_io
+            .new_output(&path)
+            .map_err(|e| Error::iceberg(format!("creating manifest {path}"), e))?;
+        Ok(
+            ManifestWriterBuilder::new(output, Some(self.snapshot_id), schema, spec)
+                .build_v2_data(),
+        )
+    }
+
+    /// Carry a live entry of a base manifest into `writer` as EXISTING, with
+    /// the snapshot and sequence numbers it was added with.
+    fn carry_entry(&self, writer: &mut ManifestWriter, e: &ManifestEntry) -> Result<()> {
+        let seq = e.sequence_number.unwrap_or(0);
+        writer
+            .add_existing_file(
+                e.data_file.clone(),
+                e.snapshot_id.unwrap_or(self.snapshot_id),
+                seq,
+                e.file_sequence_number.or(Some(seq)),
+            )
+            .map_err(self.ice("carrying a data file forward"))
+    }
+
+    /// Write out a manifest.
+    async fn finish(&self, writer: ManifestWriter) -> Result<ManifestFile> {
+        writer
+            .write_manifest_file()
+            .await
+            .map_err(self.ice("writing manifest"))
+    }
+
+    /// Step 1: sort the base's live manifests into delete manifests, data
+    /// manifests carried as they are, and those holding a file in `removed`,
+    /// rewritten (a manifest left holding only entries deleted by an earlier
+    /// snapshot has nothing live and is dropped, as Iceberg's producers do).
+    async fn carry_base(
+        &self,
+        removed: &[RemovedFile],
+        collector: &mut SnapshotSummaryCollector,
+    ) -> Result<Carried> {
+        let mut carried = Carried::default();
+        let Some(current) = self.meta().current_snapshot() else {
+            return Ok(carried);
+        };
+        let by_path: HashMap<&str, &RemovedFile> =
+            removed.iter().map(|r| (r.path.as_str(), r)).collect();
+        let list = self.base.manifest_list(current).await?;
+        for (n, mf) in list.entries().iter().cloned().enumerate() {
+            if !mf.has_added_files() && !mf.has_existing_files() {
+                continue;
+            }
+            if mf.content == ManifestContentType::Deletes {
+                carried.deletes.push(mf);
+            } else if by_path.is_empty() || !may_hold(&mf, removed) {
+                carried.unchanged.push(mf);
+            } else {
+                self.rewrite_removing(n, mf, &by_path, collector, &mut carried)
+                    .await?;
+            }
+        }
+        Ok(carried)
+    }
+
+    /// Rewrite manifest `mf` (the `n`th of the base) with the entries in
+    /// `removed` marked deleted and every other live entry carried as
+    /// EXISTING; a manifest holding none of them is carried as it is.
+    async fn rewrite_removing(
+        &self,
+        n: usize,
+        mf: ManifestFile,
+        removed: &HashMap<&str, &RemovedFile>,
+        collector: &mut SnapshotSummaryCollector,
+        carried: &mut Carried,
+    ) -> Result<()> {
+        let manifest = mf
+            .load_manifest(&self.base.file_io)
+            .await
+            .map_err(self.ice("reading manifest"))?;
+        let live = || manifest.entries().iter().filter(|e| e.is_alive());
+        if !live().any(|e| removed.contains_key(e.file_path())) {
+            carried.unchanged.push(mf);
+            return Ok(());
+        }
+        let mmeta = manifest.metadata();
+        let spec = self
+            .meta()
+            .partition_spec_by_id(mmeta.partition_spec().spec_id())
+            .cloned()
+            .unwrap_or_else(|| Arc::new(mmeta.partition_spec().clone()));
+        let schema = self.meta().current_schema().clone();
+        let mut writer = self.manifest_writer(
+            &format!("r{n}"),
+            mmeta.schema.clone(),
+            mmeta.partition_spec().clone(),
+        )?;
+        for e in live() {
+            if !removed.contains_key(e.file_path()) {
+                self.carry_entry(&mut writer, e)?;
+                continue;
+            }
+            carried.found += 1;
+            carried.removed_records += e.record_count();
+            collector.remove_file(&e.data_file, schema.clone(), spec.clone());
+            let seq = e.sequence_number.unwrap_or(0);
+            writer
+                .add_delete_file(
+                    e.data_file.clone(),
+                    seq,
+                    e.file_sequence_number.or(Some(seq)),
+                )
+                .map_err(self.ice("marking a data file deleted"))?;
+        }
+        carried.rewritten.push(self.finish(writer).await?);
+        Ok(())
+    }
+
+    /// Step 2: the carried data manifests, clustered by partition into
+    /// manifests of about `rewrite` bytes when a manifest rewrite asks, or of
+    /// the table's target size once small ones pile up (Iceberg's
+    /// merge-append); otherwise as they are.
+    async fn merge_carried(
+        &self,
+        carried: Vec<ManifestFile>,
+        rewrite: Option<u64>,
+    ) -> Result<Vec<ManifestFile>> {
+        let merge = MergePolicy::of(self.base);
+        if rewrite.is_none() && !merge.due(&carried) {
+            return Ok(carried);
+        }
+        let target = rewrite.unwrap_or(merge.target_size);
+        let clustered = self.recluster(&carried, target).await?;
+        tracing::debug!(
+            table = %self.base.ident,
+            before = carried.len(),
+            after = clustered.len(),
+            "manifests clustered"
+        );
+        Ok(clustered)
+    }
+
+    /// Rewrite `inputs` into manifests holding whole partitions, about
+    /// `target` bytes each, every live entry carried as EXISTING.
+    async fn recluster(&self, inputs: &[ManifestFile], target: u64) -> Result<Vec<ManifestFile>> {
+        let clustered = Clustered::load(self.base, inputs).await?;
+        let schema = self.meta().current_schema().clone();
+        let mut out = Vec::new();
+        for (n, (spec_id, parts)) in clustered.pack(target).into_iter().enumerate() {
+            let spec = self.spec(spec_id)?;
+            let mut writer =
+                self.manifest_writer(&format!("c{n}"), schema.clone(), spec.as_ref().clone())?;
+            for key in parts {
+                for e in &clustered.partitions[&key] {
+                    self.carry_entry(&mut writer, e)?;
+                }
+            }
+            out.push(self.finish(writer).await?);
+        }
+        Ok(out)
+    }
+
+    /// Step 3: one new manifest per partition spec among `added`; the
+    /// manifests and the records they add.
+    async fn write_added(
+        &self,
+        added: &[NewFile],
+        collector: &mut SnapshotSummaryCollector,
+    ) -> Result<(Vec<ManifestFile>, u64)> {
+        let mut by_spec: BTreeMap<i32, Vec<&DataFile>> = BTreeMap::new();
+        for f in added {
+            by_spec.entry(f.spec_id).or_default().push(&f.file);
+        }
+        let schema = self.meta().current_schema().clone();
+        let mut manifests = Vec::new();
+        let mut records = 0;
+        for (n, (spec_id, files)) in by_spec.into_iter().enumerate() {
+            let spec = self.spec(spec_id)?;
+            let mut writer =
+                self.manifest_writer(&format!("m{n}"), schema.clone(), spec.as_ref().clone())?;
+            for f in files {
+                collector.add_file(f, schema.clone(), spec.clone());
+                records += f.record_count();
+                // A negative sequence number inherits the snapshot's (v2 inheritance).
+                writer
+                    .add_file(f.clone(), -1)
+                    .map_err(self.ice("adding data file to manifest"))?;
+            }
+            manifests.push(self.finish(writer).await?);
+        }
+        Ok((manifests, records))
+    }
+
+    /// Step 4: the manifest list over `manifests`; its path.
+    async fn write_manifest_list(&self, manifests: Vec<ManifestFile>) -> Result<String> {
+        let path = format!(
+            "{}/metadata/snap-{}-{}-{}.avro",
+            self.meta().location().trim_end_matches('/'),
+            self.snapshot_id,
+            self.attempt,
+            self.commit_uuid
+        );
+        let output = self
+            .base
+            .file_io
+            .new_output(&path)
+            .map_err(self.ice("creating manifest list"))?;
+        let mut writer = ManifestListWriter::v2(
+            output
+                .writer()
+                .await
+                .map_err(self.ice("opening manifest list"))?,
+            self.snapshot_id,
+            self.meta().current_snapshot_id(),
+            self.sequence_number,
+        );
+        writer
+            .add_manifests(manifests.into_iter())
+            .map_err(self.ice("writing manifest list"))?;
+        writer
+            .close()
+            .await
+            .map_err(self.ice("closing manifest list"))?;
+        Ok(path)
+    }
+
+    /// Step 5: the new metadata: the snapshot on main, and the ledger its
+    /// summary holds mirrored in the table properties.
+    fn stage(&self, manifest_list: String, summary: Summary) -> Result<StagedMetadata> {
+        let meta = self.meta();
+        let mirror = ledger::mirror_updates(meta, &summary.additional_properties, self.snapshot_id);
+        // A snapshot's time is the table's own clock, not a plan's: iceberg's
+        // metadata builder stamps `last-updated-ms` from the system clock, and
+        // a snapshot may not be older than the metadata it lands in.
+        let timestamp_ms = SystemClock
+            .now()
+            .timestamp_millis()
+            .max(meta.last_updated_ms() + 1);
+        let snapshot = Snapshot::builder()
+            .with_snapshot_id(self.snapshot_id)
+            .with_parent_snapshot_id(meta.current_snapshot_id())
+            .with_sequence_number(self.sequence_number)
+            .with_timestamp_ms(timestamp_ms)
+            .with_manifest_list(manifest_list)
+            .with_schema_id(meta.current_schema_id())
+            .with_summary(summary)
+            .build();
+        let result = meta
+            .clone()
+            .into_builder(Some(self.base.metadata_location.clone()))
+            .set_branch_snapshot(snapshot, MAIN_BRANCH)
+            .map_err(self.ice("adding snapshot"))?
+            .set_properties(mirror)
+            .map_err(self.ice("mirroring the ledger in table properties"))?
+            .build()
+            .map_err(self.ice("building metadata"))?;
+        Ok(StagedMetadata {
+            metadata: result.metadata,
+            changes: result.changes,
+        })
+    }
 }
 
 /// Whether a manifest may hold one of `removed`: same spec, and the
@@ -140,287 +478,4 @@ fn unique_snapshot_id(metadata: &TableMetadata) -> i64 {
             return id;
         }
     }
-}
-
-/// Build the staged metadata for `change` on `base`. Writes manifests and the
-/// manifest list; nothing is visible until the catalog swap succeeds.
-pub async fn build(
-    base: &TableHandle,
-    change: &Change,
-    attempt: u32,
-) -> Result<(StagedMetadata, BuiltSnapshot)> {
-    let meta = base.metadata.as_ref();
-    let ident = &base.ident;
-    let ice = |what: &str| {
-        let what = format!("{what} for {ident}");
-        move |e: iceberg::Error| Error::iceberg(what, e)
-    };
-    if meta.format_version() != FormatVersion::V2 {
-        return Err(Error::new(
-            ErrorKind::Iceberg,
-            format!("table {ident} is not format v2; firn writes v2 tables"),
-        ));
-    }
-
-    let snapshot_id = unique_snapshot_id(meta);
-    let sequence_number = meta.next_sequence_number();
-    let commit_uuid = Uuid::now_v7();
-    let schema = meta.current_schema().clone();
-
-    let mut collector = SnapshotSummaryCollector::default();
-    collector.set_partition_summary_limit(0);
-
-    // Existing manifests carry forward unchanged, except those holding a file
-    // the change removes: those are rewritten with the file marked deleted.
-    let removed: HashMap<&str, &RemovedFile> = change
-        .removed
-        .iter()
-        .map(|r| (r.path.as_str(), r))
-        .collect();
-    let mut found = 0usize;
-    let mut removed_records = 0u64;
-    let mut manifests: Vec<ManifestFile> = Vec::new();
-    let mut carried: Vec<ManifestFile> = Vec::new();
-    let mut deletes: Vec<ManifestFile> = Vec::new();
-    if let Some(current) = meta.current_snapshot() {
-        let list = base.manifest_list(current).await?;
-        for (n, mf) in list.entries().to_vec().into_iter().enumerate() {
-            // A manifest left holding only entries deleted by an earlier
-            // snapshot has nothing live: drop it, as Iceberg's producers do.
-            if !mf.has_added_files() && !mf.has_existing_files() {
-                continue;
-            }
-            // Delete manifests (row-level deletes another engine wrote) are
-            // carried exactly as they are: firn never rewrites or merges them.
-            if mf.content == ManifestContentType::Deletes {
-                deletes.push(mf);
-                continue;
-            }
-            if removed.is_empty() || !may_hold(&mf, &change.removed) {
-                carried.push(mf);
-                continue;
-            }
-            let manifest = mf
-                .load_manifest(&base.file_io)
-                .await
-                .map_err(ice("reading manifest"))?;
-            let hits = manifest
-                .entries()
-                .iter()
-                .filter(|e| e.is_alive() && removed.contains_key(e.file_path()))
-                .count();
-            if hits == 0 {
-                carried.push(mf);
-                continue;
-            }
-            let mmeta = manifest.metadata();
-            let spec = meta
-                .partition_spec_by_id(mmeta.partition_spec().spec_id())
-                .cloned()
-                .unwrap_or_else(|| std::sync::Arc::new(mmeta.partition_spec().clone()));
-            let mut writer = manifest_writer(
-                base,
-                &format!("{commit_uuid}-r{n}"),
-                snapshot_id,
-                mmeta.schema.clone(),
-                mmeta.partition_spec().clone(),
-            )?;
-            for e in manifest.entries().iter().filter(|e| e.is_alive()) {
-                let seq = e.sequence_number.unwrap_or(0);
-                let file_seq = e.file_sequence_number.or(Some(seq));
-                if removed.contains_key(e.file_path()) {
-                    found += 1;
-                    removed_records += e.record_count();
-                    collector.remove_file(&e.data_file, schema.clone(), spec.clone());
-                    writer
-                        .add_delete_file(e.data_file.clone(), seq, file_seq)
-                        .map_err(ice("marking a data file deleted"))?;
-                } else {
-                    writer
-                        .add_existing_file(
-                            e.data_file.clone(),
-                            e.snapshot_id.unwrap_or(snapshot_id),
-                            seq,
-                            file_seq,
-                        )
-                        .map_err(ice("carrying a data file forward"))?;
-                }
-            }
-            manifests.push(
-                writer
-                    .write_manifest_file()
-                    .await
-                    .map_err(ice("writing manifest"))?,
-            );
-        }
-    }
-    if found != removed.len() {
-        return Err(Error::new(
-            ErrorKind::Superseded,
-            format!(
-                "superseded: {} of the {} files this {} replaces are no longer live in {ident}; \
-                 another job replaced them first",
-                removed.len() - found,
-                removed.len(),
-                change.firn_operation
-            ),
-        ));
-    }
-
-    // Carried-forward manifests are clustered by partition when asked, or
-    // merged once small ones pile up (Iceberg's merge-append).
-    let merge = MergePolicy::of(base);
-    if change.rewrite_manifests.is_some() || merge.due(&carried) {
-        let before = carried.len();
-        let target = change.rewrite_manifests.unwrap_or(merge.target_size);
-        carried = recluster(
-            base,
-            &carried,
-            snapshot_id,
-            &commit_uuid.to_string(),
-            target,
-        )
-        .await?;
-        tracing::debug!(table = %ident, before, after = carried.len(), "manifests clustered");
-    }
-    manifests.extend(carried);
-    manifests.extend(deletes);
-
-    // One new manifest per partition spec among the added files.
-    let mut by_spec: BTreeMap<i32, Vec<&DataFile>> = BTreeMap::new();
-    for f in &change.added {
-        by_spec.entry(f.spec_id).or_default().push(&f.file);
-    }
-    let mut added_records = 0;
-    for (n, (spec_id, files)) in by_spec.into_iter().enumerate() {
-        let spec = meta.partition_spec_by_id(spec_id).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Internal,
-                format!("table {ident} has no partition spec {spec_id}"),
-            )
-        })?;
-        let mut writer = manifest_writer(
-            base,
-            &format!("{commit_uuid}-m{n}"),
-            snapshot_id,
-            schema.clone(),
-            spec.as_ref().clone(),
-        )?;
-        for f in files {
-            collector.add_file(f, schema.clone(), spec.clone());
-            added_records += f.record_count();
-            // A negative sequence number inherits the snapshot's (v2 inheritance).
-            writer
-                .add_file((*f).clone(), -1)
-                .map_err(ice("adding data file to manifest"))?;
-        }
-        manifests.push(
-            writer
-                .write_manifest_file()
-                .await
-                .map_err(ice("writing manifest"))?,
-        );
-    }
-
-    let list_path = format!(
-        "{}/metadata/snap-{snapshot_id}-{attempt}-{commit_uuid}.avro",
-        meta.location().trim_end_matches('/')
-    );
-    let list_out = base
-        .file_io
-        .new_output(&list_path)
-        .map_err(ice("creating manifest list"))?;
-    let mut list_writer = ManifestListWriter::v2(
-        list_out
-            .writer()
-            .await
-            .map_err(ice("opening manifest list"))?,
-        snapshot_id,
-        meta.current_snapshot_id(),
-        sequence_number,
-    );
-    list_writer
-        .add_manifests(manifests.into_iter())
-        .map_err(ice("writing manifest list"))?;
-    list_writer
-        .close()
-        .await
-        .map_err(ice("closing manifest list"))?;
-
-    let summary = summary(meta, change, collector)?;
-    let mirror = ledger::mirror_updates(meta, &summary.additional_properties, snapshot_id);
-    let timestamp_ms = chrono::Utc::now()
-        .timestamp_millis()
-        .max(meta.last_updated_ms() + 1);
-    let snapshot = Snapshot::builder()
-        .with_snapshot_id(snapshot_id)
-        .with_parent_snapshot_id(meta.current_snapshot_id())
-        .with_sequence_number(sequence_number)
-        .with_timestamp_ms(timestamp_ms)
-        .with_manifest_list(list_path)
-        .with_schema_id(meta.current_schema_id())
-        .with_summary(summary)
-        .build();
-
-    let result = meta
-        .clone()
-        .into_builder(Some(base.metadata_location.clone()))
-        .set_branch_snapshot(snapshot, MAIN_BRANCH)
-        .map_err(ice("adding snapshot"))?
-        .set_properties(mirror)
-        .map_err(ice("mirroring the ledger in table properties"))?
-        .build()
-        .map_err(ice("building metadata"))?;
-    Ok((
-        StagedMetadata {
-            metadata: result.metadata,
-            changes: result.changes,
-        },
-        BuiltSnapshot {
-            snapshot_id,
-            added_files: change.added.len(),
-            added_records,
-            removed_files: found,
-            removed_records,
-        },
-    ))
-}
-
-fn summary(
-    base: &TableMetadata,
-    change: &Change,
-    collector: SnapshotSummaryCollector,
-) -> Result<Summary> {
-    let mut props: HashMap<String, String> = change.properties.clone();
-    props.extend(collector.build());
-    props.insert(ledger::FIRN_OPERATION.into(), change.firn_operation.clone());
-
-    // Offsets: the batch's advance on top of what the base holds; every other
-    // group's offsets are carried forward as they are.
-    if let Some(advance) = &change.offsets {
-        let held = offsets::read(base, &advance.group)?;
-        props.insert(
-            offsets::key(&advance.group),
-            offsets::encode(&advance.apply(held)),
-        );
-    }
-    if let Some(claim) = &change.claim {
-        props.insert(claim.key.clone(), claim.set.clone());
-    }
-    offsets::carry_forward(base, &mut props);
-
-    let previous = base.current_snapshot().map(|s| s.summary());
-    for (total, added, removed) in TOTALS {
-        let prev: u64 = previous
-            .and_then(|s| s.additional_properties.get(total))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let get = |k: &str| -> u64 { props.get(k).and_then(|v| v.parse().ok()).unwrap_or(0) };
-        let value = (prev + get(added)).saturating_sub(get(removed));
-        props.insert(total.to_string(), value.to_string());
-    }
-    Ok(Summary {
-        operation: change.operation.clone(),
-        additional_properties: props,
-    })
 }

@@ -8,7 +8,7 @@ use iceberg::TableIdent;
 
 use super::batch::TableSink;
 use crate::catalog::Catalog;
-use crate::commit::{self, Change, RetryPolicy};
+use crate::commit::{self, Change, FirnOperation, RetryPolicy, summary};
 use crate::error::{ErrorKind, Result};
 use crate::offsets::{self, OffsetAdvance};
 use crate::rejects::{self, RejectRecord};
@@ -80,16 +80,14 @@ pub async fn flush(
     let file_count = files.len();
     let bytes = files.iter().map(|f| f.file.file_size_in_bytes()).sum();
     let write_seconds = started.elapsed().as_secs_f64();
-    let mut change = Change::append("ingest", files);
-    change.offsets = Some(OffsetAdvance {
-        group: group.to_string(),
-        topic,
-        from: sink.batch_from(),
-        to: sink.batch.to.clone(),
-    });
-    change
-        .properties
-        .insert("firn.records".into(), sink.batch.records.to_string());
+    let change = Change::append(FirnOperation::Ingest, files)
+        .with_offsets(OffsetAdvance {
+            group: group.to_string(),
+            topic,
+            from: sink.batch_from(),
+            to: sink.batch.to.clone(),
+        })
+        .with_property(summary::RECORDS, sink.batch.records.to_string());
     let committing = std::time::Instant::now();
     let committed = commit::commit(catalog, &sink.ident, &change, retry).await?;
     let commit_seconds = committing.elapsed().as_secs_f64();
@@ -111,6 +109,11 @@ pub async fn flush(
 /// Append rejects not yet recorded. The rejects table's summary holds, per
 /// partition, the offset after the last reject it recorded; records below it
 /// are re-deliveries and are skipped, so each reject is recorded once.
+///
+/// The append is fenced like a batch. Fenced here means another worker
+/// recorded some of these rejects since the table was read (a re-delivery
+/// around a rebalance), so unlike a batch it is tried again: what is still
+/// fresh is worked out anew on the new base.
 async fn commit_rejects(
     catalog: &dyn Catalog,
     group: &str,
@@ -119,57 +122,53 @@ async fn commit_rejects(
     rejects: &[RejectRecord],
     retry: RetryPolicy,
 ) -> Result<usize> {
-    let mut last_err = None;
-    for _ in 0..retry.max_attempts {
-        let base = catalog.load(ident).await?;
-        let held = offsets::read(&base.metadata, group)?
-            .remove(topic)
-            .unwrap_or_default();
-        let fresh: Vec<RejectRecord> = rejects
-            .iter()
-            .filter(|r| held.get(&r.partition).is_none_or(|h| r.offset >= *h))
-            .cloned()
-            .collect();
-        if fresh.is_empty() {
-            return Ok(0);
-        }
-        let mut advance = OffsetAdvance {
-            group: group.to_string(),
-            topic: topic.to_string(),
-            ..Default::default()
-        };
-        for r in &fresh {
-            advance
-                .from
-                .insert(r.partition, held.get(&r.partition).copied());
-            let to = advance.to.entry(r.partition).or_insert(0);
-            *to = (*to).max(r.offset + 1);
-        }
-        let schema = Arc::new(
-            iceberg::arrow::schema_to_arrow_schema(base.metadata.current_schema())
-                .map_err(|e| crate::Error::iceberg(format!("arrow schema of {ident}"), e))?,
-        );
-        let batch = rejects::to_batch(schema, &fresh)?;
-        let files = write::write_batches(
-            &base,
-            None,
-            "rejects",
-            vec![batch],
-            write::DEFAULT_TARGET_FILE_SIZE,
-        )
-        .await?;
-        let mut change = Change::append("ingest-rejects", files);
-        change.offsets = Some(advance);
-        match commit::commit(catalog, ident, &change, retry).await {
-            Ok(_) => return Ok(fresh.len()),
-            Err(e) if e.kind() == ErrorKind::Fenced => last_err = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last_err.unwrap_or_else(|| {
-        crate::Error::new(
-            ErrorKind::CommitConflict,
-            format!("recording rejects in {ident}"),
-        )
-    }))
+    let what = format!("recording rejects in {ident}");
+    crate::retry::retry_when(
+        retry,
+        &what,
+        |e| e.kind() == ErrorKind::Fenced,
+        || async {
+            let base = catalog.load(ident).await?;
+            let held = offsets::read(&base.metadata, group)?
+                .remove(topic)
+                .unwrap_or_default();
+            let fresh: Vec<RejectRecord> = rejects
+                .iter()
+                .filter(|r| held.get(&r.partition).is_none_or(|h| r.offset >= *h))
+                .cloned()
+                .collect();
+            if fresh.is_empty() {
+                return Ok(0);
+            }
+            let mut advance = OffsetAdvance {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                ..Default::default()
+            };
+            for r in &fresh {
+                advance
+                    .from
+                    .insert(r.partition, held.get(&r.partition).copied());
+                let to = advance.to.entry(r.partition).or_insert(0);
+                *to = (*to).max(r.offset + 1);
+            }
+            let schema = Arc::new(
+                iceberg::arrow::schema_to_arrow_schema(base.metadata.current_schema())
+                    .map_err(|e| crate::Error::iceberg(format!("arrow schema of {ident}"), e))?,
+            );
+            let batch = rejects::to_batch(schema, &fresh)?;
+            let files = write::write_batches(
+                &base,
+                None,
+                "rejects",
+                vec![batch],
+                write::DEFAULT_TARGET_FILE_SIZE,
+            )
+            .await?;
+            let change = Change::append(FirnOperation::IngestRejects, files).with_offsets(advance);
+            commit::commit(catalog, ident, &change, retry).await?;
+            Ok(fresh.len())
+        },
+    )
+    .await
 }

@@ -17,8 +17,8 @@ pub use self::reset::ResetOffsets;
 pub use self::worker::IngestReport;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
-use crate::commit::RetryPolicy;
 use crate::error::{Error, ErrorKind, Result};
+use crate::retry::RetryPolicy;
 use crate::schema::decl::TableDecl;
 use crate::tables;
 use crate::telemetry::IngestMetrics;
@@ -44,7 +44,8 @@ pub struct IngestOptions {
     pub target_file_size: usize,
     /// Stop (after a final flush) when no record arrived for this long.
     pub stop_when_idle: Option<Duration>,
-    /// Commit retries on catalog conflicts.
+    /// Retries of commits (conflicts) and of catalog reads (`[retry]` in
+    /// the configuration).
     pub retry: RetryPolicy,
     /// Serve `/metrics`, `/healthz` and `/readyz` here.
     pub metrics_addr: Option<std::net::SocketAddr>,

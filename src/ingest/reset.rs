@@ -26,10 +26,11 @@ use std::str::FromStr;
 use iceberg::TableIdent;
 
 use crate::catalog::Catalog;
-use crate::commit::{self, Change, RetryPolicy};
+use crate::commit::summary::{OFFSETS_PREFIX, reset_key};
+use crate::commit::{self, Change, FirnOperation, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kafka::{self, KafkaSource};
-use crate::ledger::{self, Ledger, RESET_PREFIX};
+use crate::ledger::{self, Ledger};
 use crate::offsets::{self, OffsetAdvance};
 
 /// An operator's choice of where a group starts.
@@ -103,11 +104,6 @@ impl fmt::Display for ResetOffsets {
             }
         }
     }
-}
-
-/// The ledger key recording the last reset applied to `group`.
-pub fn reset_key(group: &str) -> String {
-    format!("{RESET_PREFIX}{group}")
 }
 
 /// What [`prepare`] did for one table.
@@ -222,14 +218,14 @@ pub async fn prepare(
         return Ok(Prepared::Ready);
     }
     let spec = reset.map(ToString::to_string).unwrap_or_default();
-    let mut change = Change::append("reset-offsets", Vec::new());
-    change.offsets = Some(OffsetAdvance {
-        group: group.to_string(),
-        topic: topic.to_string(),
-        from: wanted.keys().map(|p| (*p, held.get(p).copied())).collect(),
-        to: wanted.clone(),
-    });
-    change.properties.insert(reset_key(group), spec.clone());
+    let change = Change::append(FirnOperation::ResetOffsets, Vec::new())
+        .with_offsets(OffsetAdvance {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            from: wanted.keys().map(|p| (*p, held.get(p).copied())).collect(),
+            to: wanted.clone(),
+        })
+        .with_property(reset_key(group), spec.clone());
     let committed = commit::commit(catalog, ident, &change, retry).await?;
     let moves: Vec<String> = wanted
         .iter()
@@ -251,7 +247,7 @@ pub async fn prepare(
 
 fn refusal(ident: &TableIdent, topic: &str, group: &str, ledger: &Ledger) -> Error {
     let others: Vec<&str> = ledger
-        .with_prefix(crate::ledger::OFFSETS_PREFIX)
+        .with_prefix(OFFSETS_PREFIX)
         .map(|(g, _)| g)
         .filter(|g| *g != group)
         .collect();

@@ -30,6 +30,7 @@ use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::TimeWindow;
+use crate::retry::retry;
 use crate::telemetry::{FlushStats, IngestMetrics};
 use crate::{kafka, offsets};
 
@@ -122,23 +123,14 @@ fn describe(tpl: &TopicPartitionList) -> String {
 impl Core {
     /// Positions from the table, per topic, for the given partitions.
     fn table_positions(&self, topic: &str) -> Result<BTreeMap<i32, i64>> {
-        let sink = &self.sinks[topic];
-        let mut last = None;
-        for attempt in 0..5u32 {
-            match self.handle.block_on(self.catalog.load(&sink.ident)) {
-                Ok(t) => {
-                    return Ok(offsets::read(&t.metadata, &self.opts.group)?
-                        .remove(topic)
-                        .unwrap_or_default());
-                }
-                Err(e) => {
-                    tracing::warn!(table = %sink.ident, error = %e, attempt, "loading table");
-                    last = Some(e);
-                    std::thread::sleep(Duration::from_millis(200 << attempt));
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| Error::new(ErrorKind::Internal, "no attempt made")))
+        let ident = &self.sinks[topic].ident;
+        let what = format!("reading the offsets in {ident}");
+        let table = self
+            .handle
+            .block_on(retry(self.opts.retry, &what, || self.catalog.load(ident)))?;
+        Ok(offsets::read(&table.metadata, &self.opts.group)?
+            .remove(topic)
+            .unwrap_or_default())
     }
 
     fn on_assign(&mut self, tpl: &mut TopicPartitionList) -> Result<()> {

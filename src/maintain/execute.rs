@@ -8,7 +8,6 @@
 use std::time::Instant;
 
 use iceberg::TableIdent;
-use iceberg::spec::Operation;
 use serde::Serialize;
 
 use super::merge::{self, MergeReader};
@@ -174,14 +173,11 @@ async fn commit_group(
     retry: RetryPolicy,
 ) -> Result<()> {
     let added: Vec<NewFile> = group.iter().flat_map(|p| p.added.clone()).collect();
-    let change = Change {
-        operation: if added.is_empty() {
-            Operation::Delete
-        } else {
-            Operation::Replace
-        },
-        removed: group.iter().flat_map(|p| p.removed.clone()).collect(),
-        ..Change::append(kind.as_str(), added)
+    let removed = group.iter().flat_map(|p| p.removed.clone()).collect();
+    let change = if added.is_empty() {
+        Change::delete(kind.operation(), removed)
+    } else {
+        Change::replace(kind.operation(), removed, added)
     };
     match commit::commit(catalog, ident, &change, retry).await {
         Ok(c) => {

@@ -3,12 +3,12 @@
 //! partitions, as one `replace` commit that changes no data file. A table
 //! already laid out that way is left alone (no new snapshot).
 
-use iceberg::spec::{ManifestContentType, ManifestFile, Operation};
+use iceberg::spec::{ManifestContentType, ManifestFile};
 use serde::{Deserialize, Serialize};
 
 use super::operation::Context;
 use crate::commit::manifests::{Clustered, MergePolicy};
-use crate::commit::{self, Change};
+use crate::commit::{self, Change, FirnOperation};
 use crate::error::Result;
 use crate::schema::decl::TableDecl;
 use crate::tables;
@@ -78,11 +78,8 @@ pub async fn run(
         }
         return Ok(report);
     }
-    let change = Change {
-        operation: Operation::Replace,
-        rewrite_manifests: Some(target),
-        ..Change::append("rewrite-manifests", Vec::new())
-    };
+    let change = Change::replace(FirnOperation::RewriteManifests, Vec::new(), Vec::new())
+        .rewriting_manifests(target);
     let committed = commit::commit(catalog, &ident, &change, ctx.retry).await?;
     let after = committed
         .table

@@ -94,6 +94,7 @@ impl<'a> Context<'a> {
     ) -> Self {
         Self {
             budget: CommitBudget::new(config.commits_per_minute(commits_per_minute)),
+            retry: config.retry,
             target_file_size: config.ingest.target_file_size as u64,
             ..Self::new(catalog, now)
         }

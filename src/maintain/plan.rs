@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::state::{LiveFile, TableState};
+use crate::commit::FirnOperation;
 use crate::schema::decl::Policy;
 use crate::schema::layout::Grain;
 
@@ -28,13 +29,18 @@ pub enum TaskKind {
 }
 
 impl TaskKind {
-    /// The `firn.operation` a task's commit records.
-    pub fn as_str(self) -> &'static str {
+    /// The operation a task's commit records.
+    pub fn operation(self) -> FirnOperation {
         match self {
-            TaskKind::Compact => "compact",
-            TaskKind::Rollup => "rollup",
-            TaskKind::Retention => "retention",
+            TaskKind::Compact => FirnOperation::Compact,
+            TaskKind::Rollup => FirnOperation::Rollup,
+            TaskKind::Retention => FirnOperation::Retention,
         }
+    }
+
+    /// The name of the operation, in plans, logs and reports.
+    pub fn as_str(self) -> &'static str {
+        self.operation().as_str()
     }
 }
 

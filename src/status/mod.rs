@@ -16,6 +16,8 @@ pub use crate::kafka::KafkaSource;
 pub use render::render;
 
 use crate::catalog::{Catalog, TableHandle};
+use crate::commit::FirnOperation;
+use crate::commit::summary::TOTAL_RECORDS;
 use crate::error::Result;
 use crate::maintain::orphans;
 use crate::maintain::plan::{self, PlanOptions, Task};
@@ -195,12 +197,7 @@ pub async fn table_status(
             .map(|s| (now - s.timestamp_ms()) / 1000),
         last_ingest_age_seconds: meta
             .snapshots()
-            .filter(|s| {
-                s.summary()
-                    .additional_properties
-                    .get(crate::ledger::FIRN_OPERATION)
-                    .is_some_and(|o| o == "ingest")
-            })
+            .filter(|s| FirnOperation::of(s.summary()) == Some(FirnOperation::Ingest))
             .map(|s| s.timestamp_ms())
             .max()
             .map(|t| (now - t) / 1000),
@@ -403,7 +400,7 @@ fn total_records(table: &TableHandle) -> u64 {
     table
         .metadata
         .current_snapshot()
-        .and_then(|s| s.summary().additional_properties.get("total-records"))
+        .and_then(|s| s.summary().additional_properties.get(TOTAL_RECORDS))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use firn::catalog::Catalog;
-use firn::commit::{self, Change, RetryPolicy};
+use firn::commit::{self, Change, FirnOperation, RetryPolicy};
 use firn::offsets::{self, OffsetAdvance};
 use firn::rows::{DimValue, MeasureSpec, MeasureValue, RowKey, RowMap};
 use firn::schema::decl::TableDecl;
@@ -82,7 +82,7 @@ async fn concurrent_appends(uri: Option<&str>) {
             commit::commit(
                 catalog.as_ref(),
                 &ident,
-                &Change::append("test", f),
+                &Change::append(FirnOperation::Backfill, f),
                 RetryPolicy::default(),
             )
             .await
@@ -121,8 +121,11 @@ async fn same_range(uri: Option<&str>) {
         let ident = ident.clone();
         let advance = claim(None, 100);
         tasks.push(tokio::spawn(async move {
-            let mut change = Change::append("ingest", files(catalog.as_ref(), &decl, 7).await);
-            change.offsets = Some(advance);
+            let change = Change::append(
+                FirnOperation::Ingest,
+                files(catalog.as_ref(), &decl, 7).await,
+            )
+            .with_offsets(advance);
             commit::commit(catalog.as_ref(), &ident, &change, RetryPolicy::default()).await
         }));
     }
@@ -144,13 +147,15 @@ async fn same_range(uri: Option<&str>) {
 
     // The next batch from where the table is lands; another group's offsets
     // are carried forward untouched by every commit.
-    let mut change = Change::append("ingest", files(catalog.as_ref(), &decl, 3).await);
-    change.offsets = Some(claim(Some(100), 150));
+    let change = Change::append(
+        FirnOperation::Ingest,
+        files(catalog.as_ref(), &decl, 3).await,
+    )
+    .with_offsets(claim(Some(100), 150));
     commit::commit(catalog.as_ref(), &ident, &change, RetryPolicy::default())
         .await
         .unwrap();
-    let mut other = Change::append("ingest", Vec::new());
-    other.offsets = Some(OffsetAdvance {
+    let other = Change::append(FirnOperation::Ingest, Vec::new()).with_offsets(OffsetAdvance {
         group: "other".into(),
         ..claim(None, 5)
     });
@@ -186,7 +191,9 @@ async fn rest_lake(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/usage.http_requests.toml"),
     )
     .unwrap();
-    tables::sync(catalog.as_ref(), &decl).await.unwrap();
+    tables::sync(catalog.as_ref(), &decl, Default::default())
+        .await
+        .unwrap();
     (catalog, decl)
 }
 
@@ -206,7 +213,7 @@ async fn rest_commit_conflicts_are_retried_and_every_commit_lands() {
             let c = commit::commit(
                 catalog.as_ref(),
                 &ident,
-                &Change::append("test", f),
+                &Change::append(FirnOperation::Backfill, f),
                 RetryPolicy::default(),
             )
             .await
@@ -310,7 +317,7 @@ async fn sequential_latency(catalog: &dyn firn::catalog::Catalog, decl: &TableDe
         commit::commit(
             catalog,
             &ident,
-            &Change::append("test", f),
+            &Change::append(FirnOperation::Backfill, f),
             RetryPolicy::default(),
         )
         .await

@@ -430,7 +430,9 @@ pub async fn lake_named(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/usage.http_requests.toml"),
     )
     .unwrap();
-    tables::sync(catalog.as_ref(), &decl).await.unwrap();
+    tables::sync(catalog.as_ref(), &decl, Default::default())
+        .await
+        .unwrap();
     (dir, catalog, decl, name)
 }
 
@@ -663,7 +665,7 @@ pub async fn append_minute_rows(
     firn::commit::commit(
         catalog,
         &ident,
-        &firn::commit::Change::append("test", files),
+        &firn::commit::Change::append(firn::commit::FirnOperation::Backfill, files),
         firn::commit::RetryPolicy::default(),
     )
     .await

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
 use firn::catalog::Catalog;
-use firn::commit::{self, Change, RetryPolicy};
+use firn::commit::{self, Change, FirnOperation, RetryPolicy};
 use firn::maintain::{self, PlanOptions};
 use firn::rows::{DimValue, MeasureSpec, MeasureValue, Measures, RowKey, RowMap};
 use firn::schema::decl::TableDecl;
@@ -144,7 +144,7 @@ impl World {
                 commit::commit(
                     self.catalog.as_ref(),
                     &ident,
-                    &Change::append("test", files),
+                    &Change::append(FirnOperation::Backfill, files),
                     RetryPolicy::default(),
                 )
                 .await

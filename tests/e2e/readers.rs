@@ -241,7 +241,9 @@ async fn pyiceberg_and_duckdb_agree_after_every_step_on_rest_and_s3() {
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas/usage.http_requests.toml"),
     )
     .unwrap();
-    tables::sync(catalog.as_ref(), &decl).await.unwrap();
+    tables::sync(catalog.as_ref(), &decl, Default::default())
+        .await
+        .unwrap();
     let args = rest_reader(&weed);
     pipeline(catalog.as_ref(), &decl, &args, "REST + S3").await;
 }

@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use firn::catalog::Catalog;
+use firn::commit::FirnOperation;
+use firn::commit::summary;
 use firn::config::Config;
-use firn::ledger::{FIRN_OPERATION, Ledger, LedgerSource};
+use firn::ledger::{Ledger, LedgerSource};
 use firn::produce::{EventGenerator, ProduceOptions, ProduceReport};
 use firn::rows::{DimValue, MeasureSpec, MeasureValue, RowKey, RowMap};
 use firn::schema::decl::TableDecl;
@@ -306,7 +308,7 @@ async fn foreign_commits_between_ingest_runs_keep_offsets_backfills_and_totals()
             !current
                 .summary()
                 .additional_properties
-                .contains_key(FIRN_OPERATION),
+                .contains_key(summary::OPERATION),
             "{step}: the current snapshot is the other engine's"
         );
         if step == "expire-all-but-current" {
@@ -355,17 +357,11 @@ async fn foreign_commits_between_ingest_runs_keep_offsets_backfills_and_totals()
     ));
 }
 
-fn snapshots_by(table: &firn::catalog::TableHandle, operation: &str) -> usize {
+fn snapshots_by(table: &firn::catalog::TableHandle, operation: FirnOperation) -> usize {
     table
         .metadata
         .snapshots()
-        .filter(|s| {
-            s.summary()
-                .additional_properties
-                .get(FIRN_OPERATION)
-                .map(String::as_str)
-                == Some(operation)
-        })
+        .filter(|s| FirnOperation::of(s.summary()) == Some(operation))
         .count()
 }
 
@@ -396,7 +392,11 @@ async fn ingest_as(
         .unwrap();
     let ident = tables::ident(&lake.decl()).unwrap();
     let deadline = Instant::now() + WAIT;
-    while snapshots_by(&catalog.load(&ident).await.unwrap(), "reset-offsets") < resets {
+    while snapshots_by(
+        &catalog.load(&ident).await.unwrap(),
+        FirnOperation::ResetOffsets,
+    ) < resets
+    {
         assert!(
             Instant::now() < deadline,
             "no reset committed: {}",
@@ -477,10 +477,10 @@ async fn a_table_with_data_and_no_offsets_is_refused_until_the_operator_resets()
     assert!(terminate(&mut worker).success(), "{}", lake.log("latest"));
     assert_eq!(table_sums(catalog.as_ref(), &lake).await, expected);
     let t = catalog.load(&ident).await.unwrap();
-    assert_eq!(snapshots_by(&t, "reset-offsets"), 1);
+    assert_eq!(snapshots_by(&t, FirnOperation::ResetOffsets), 1);
     assert_eq!(
         Ledger::of(&t.metadata)
-            .get("firn.reset.other")
+            .get(&summary::reset_key("other"))
             .map(String::as_str),
         Some("latest")
     );
@@ -498,7 +498,7 @@ async fn a_table_with_data_and_no_offsets_is_refused_until_the_operator_resets()
     )
     .await;
     let t = catalog.load(&ident).await.unwrap();
-    assert_eq!(snapshots_by(&t, "reset-offsets"), 1);
+    assert_eq!(snapshots_by(&t, FirnOperation::ResetOffsets), 1);
     assert_eq!(table_sums(catalog.as_ref(), &lake).await, expected);
 
     // Explicit offsets move a partition back: exactly those records again.
@@ -532,7 +532,7 @@ async fn a_table_with_data_and_no_offsets_is_refused_until_the_operator_resets()
     )
     .await;
     let t = catalog.load(&ident).await.unwrap();
-    assert_eq!(snapshots_by(&t, "reset-offsets"), 2);
+    assert_eq!(snapshots_by(&t, FirnOperation::ResetOffsets), 2);
     assert_eq!(
         table_sums(catalog.as_ref(), &lake).await["requests"],
         requests
@@ -916,13 +916,14 @@ async fn claim(
     )
     .await
     .unwrap();
-    let mut change = firn::commit::Change::append("ingest", files);
-    change.offsets = Some(offsets::OffsetAdvance {
-        group: "g".into(),
-        topic: "t".into(),
-        from: BTreeMap::from([(0, from)]),
-        to: BTreeMap::from([(0, to)]),
-    });
+    let change = firn::commit::Change::append(FirnOperation::Ingest, files).with_offsets(
+        offsets::OffsetAdvance {
+            group: "g".into(),
+            topic: "t".into(),
+            from: BTreeMap::from([(0, from)]),
+            to: BTreeMap::from([(0, to)]),
+        },
+    );
     firn::commit::commit(
         catalog,
         &ident,
@@ -1005,7 +1006,9 @@ async fn the_ledger_survives_other_engines_on_rest_and_s3() {
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas/usage.http_requests.toml"),
     )
     .unwrap();
-    tables::sync(catalog.as_ref(), &decl).await.unwrap();
+    tables::sync(catalog.as_ref(), &decl, Default::default())
+        .await
+        .unwrap();
     let (args, envs) = weed.reader_args();
     let target = Target { args, envs };
     fence_across_other_engines(catalog.as_ref(), &decl, &target).await;

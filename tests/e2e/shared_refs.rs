@@ -340,7 +340,9 @@ async fn remove_orphans_on_rest_and_s3_keeps_every_path_the_metadata_spells() {
     )
     .unwrap();
     let ident = tables::ident(&decl).unwrap();
-    tables::sync(catalog.as_ref(), &decl).await.unwrap();
+    tables::sync(catalog.as_ref(), &decl, Default::default())
+        .await
+        .unwrap();
     let py = PyCatalog {
         kind: "rest".into(),
         uri: format!("http://127.0.0.1:{}", weed.rest_port),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{Duration as ChronoDuration, Utc};
 use firn::catalog::Catalog;
-use firn::commit::{self, Change, RetryPolicy};
+use firn::commit::{self, Change, FirnOperation, RetryPolicy};
 use firn::maintain::state::{self, TableState};
 use firn::produce::ProduceOptions;
 use firn::rows::{DimValue, MeasureSpec, MeasureValue, RowKey, RowMap};
@@ -205,7 +205,7 @@ async fn seed_minute_files(
             commit::commit(
                 catalog,
                 &ident,
-                &Change::append("seed", batch),
+                &Change::append(FirnOperation::Backfill, batch),
                 RetryPolicy::default(),
             )
             .await

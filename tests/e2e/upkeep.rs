@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use firn::catalog::Catalog;
 use firn::clock::Span;
 use firn::commit::manifests::partition_ordinal;
-use firn::commit::{self, Change, RetryPolicy};
+use firn::commit::{self, Change, FirnOperation, RetryPolicy};
 use firn::maintain::expire::{self, ExpireSnapshotsOptions, Selection};
 use firn::maintain::orphans::{self, RemoveOrphansOptions};
 use firn::maintain::tier::{CompactOptions, RollupOptions};
@@ -230,13 +230,14 @@ async fn orphans_of_failed_commits_go_and_fresh_writes_stay() {
     let failed_files = write::write_rows(&table, &decl, Grain::Minute, rows.into_sorted(), 1 << 20)
         .await
         .unwrap();
-    let mut change = Change::append("ingest", failed_files.clone());
-    change.offsets = Some(firn::offsets::OffsetAdvance {
-        group: "g".into(),
-        topic: "t".into(),
-        from: BTreeMap::from([(0, Some(99))]),
-        to: BTreeMap::from([(0, 120)]),
-    });
+    let change = Change::append(FirnOperation::Ingest, failed_files.clone()).with_offsets(
+        firn::offsets::OffsetAdvance {
+            group: "g".into(),
+            topic: "t".into(),
+            from: BTreeMap::from([(0, Some(99))]),
+            to: BTreeMap::from([(0, 120)]),
+        },
+    );
     let err = commit::commit(catalog.as_ref(), &ident, &change, RetryPolicy::default())
         .await
         .unwrap_err();

@@ -207,6 +207,7 @@ pub(crate) async fn backfill(
             budget: CommitBudget::new(
                 config.commits_per_minute(args.budget.max_commits_per_minute),
             ),
+            retry: config.retry,
         };
         let progress = crate::progress::ProgressDisplay::new();
         let report =

@@ -239,7 +239,7 @@ async fn run(cli: Cli) -> Result<Outcome> {
         } => {
             let catalog = config.open_catalog().await?;
             for d in &decls {
-                let outcome = tables::sync(catalog.as_ref(), d).await?;
+                let outcome = tables::sync(catalog.as_ref(), d, config.retry).await?;
                 let what = match outcome {
                     tables::SyncOutcome::Created => "created".to_string(),
                     tables::SyncOutcome::Evolved(cols) => format!("added {}", cols.join(", ")),
