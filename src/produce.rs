@@ -236,9 +236,7 @@ impl EventGenerator {
             *self.malformed.entry(reason.to_string()).or_default() += 1;
             return (key, payload);
         }
-        let mut acc = self.spec.empty();
-        self.spec.add_event(&mut acc, &values);
-        self.spec.merge(&mut self.totals, &acc);
+        self.spec.add_event_saturating(&mut self.totals, &values);
         self.valid += 1;
         (key, Value::Object(obj).to_string().into_bytes())
     }

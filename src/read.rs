@@ -115,9 +115,9 @@ pub async fn totals_at(
             let day = chrono::DateTime::from_timestamp_micros(ts.value(row))
                 .unwrap_or_default()
                 .date_naive();
-            spec.merge(&mut out.all, &values);
+            spec.merge_saturating(&mut out.all, &values);
             let d = out.per_day.entry(day).or_insert_with(|| spec.empty());
-            spec.merge(d, &values);
+            spec.merge_saturating(d, &values);
         }
         out.rows += batch.num_rows() as u64;
     }

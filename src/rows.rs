@@ -2,7 +2,9 @@
 //! values and a bucket start) and mergeable measure accumulators.
 //!
 //! Rows are additive: two rows with the same key may coexist in a table, and
-//! [`Measures::merge`] collapses them without changing any total.
+//! [`MeasureSpec::merge`] collapses them without changing any total — unless
+//! a sum would leave its type's exact range, when they stay apart: no row
+//! ever stores a wrapped value.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -102,104 +104,181 @@ impl MeasureSpec {
     }
 
     /// Fold one event's values into `acc`. `values[i]` is `None` when an
-    /// optional field was missing; counts ignore values.
-    pub fn add_event(&self, acc: &mut Measures, values: &[Option<MeasureValue>]) {
-        for (i, (agg, _)) in self.aggs.iter().enumerate() {
-            let slot = &mut acc.0[i];
-            match agg {
-                Agg::Count => {
-                    if let MeasureValue::Long(Some(n)) = slot {
-                        *n += 1;
-                    }
-                }
-                _ => {
-                    if let Some(v) = values[i] {
-                        combine(*agg, slot, v);
-                    }
-                }
-            }
-        }
+    /// optional field was missing; counts ignore values. Returns `false`, and
+    /// leaves `acc` as it was, when a sum or count would leave its type's
+    /// exact range (`i64`, or a finite `f64`): a row never stores a wrapped
+    /// or infinite value; the caller starts another row instead.
+    #[must_use]
+    pub fn add_event(&self, acc: &mut Measures, values: &[Option<MeasureValue>]) -> bool {
+        self.apply(acc, |i, agg| event_value(values, i, agg), Fold::Exact)
     }
 
-    /// Merge another row's accumulators into `acc` (same key).
-    pub fn merge(&self, acc: &mut Measures, other: &Measures) {
-        for (i, (agg, _)) in self.aggs.iter().enumerate() {
-            let agg = if *agg == Agg::Count { Agg::Sum } else { *agg };
-            combine(agg, &mut acc.0[i], other.0[i]);
+    /// Merge another row's accumulators into `acc` (same key). Returns
+    /// `false`, and leaves `acc` as it was, when a sum or count would leave
+    /// its type's exact range: the two rows then stay apart.
+    #[must_use]
+    pub fn merge(&self, acc: &mut Measures, other: &Measures) -> bool {
+        self.apply(acc, |i, agg| Some((merged(agg), other.0[i])), Fold::Exact)
+    }
+
+    /// Fold one event into running totals for a report (see
+    /// [`MeasureSpec::merge_saturating`]).
+    pub fn add_event_saturating(&self, acc: &mut Measures, values: &[Option<MeasureValue>]) {
+        let _ = self.apply(acc, |i, agg| event_value(values, i, agg), Fold::Saturating);
+    }
+
+    /// Merge `other` into running totals for a report, where a total past
+    /// the type's range stays at its bound (stored rows never do: see
+    /// [`MeasureSpec::merge`]).
+    pub fn merge_saturating(&self, acc: &mut Measures, other: &Measures) {
+        let _ = self.apply(
+            acc,
+            |i, agg| Some((merged(agg), other.0[i])),
+            Fold::Saturating,
+        );
+    }
+
+    /// Fold `each(i, agg)` into every measure, all or nothing.
+    fn apply(
+        &self,
+        acc: &mut Measures,
+        each: impl Fn(usize, Agg) -> Option<(Agg, MeasureValue)>,
+        fold: Fold,
+    ) -> bool {
+        if fold == Fold::Exact {
+            let fits = self.aggs.iter().enumerate().all(|(i, (agg, _))| {
+                each(i, *agg).is_none_or(|(agg, v)| combine(agg, acc.0[i], v, fold).is_some())
+            });
+            if !fits {
+                return false;
+            }
         }
+        for (i, (agg, _)) in self.aggs.iter().enumerate() {
+            if let Some((agg, v)) = each(i, *agg)
+                && let Some(out) = combine(agg, acc.0[i], v, fold)
+            {
+                acc.0[i] = out;
+            }
+        }
+        true
     }
 }
 
-fn combine(agg: Agg, slot: &mut MeasureValue, v: MeasureValue) {
-    match (slot, v) {
+/// What an event adds to measure `i`: one to a count, its value otherwise.
+fn event_value(values: &[Option<MeasureValue>], i: usize, agg: Agg) -> Option<(Agg, MeasureValue)> {
+    match agg {
+        Agg::Count => Some((Agg::Sum, MeasureValue::Long(Some(1)))),
+        _ => values[i].map(|v| (agg, v)),
+    }
+}
+
+/// How a merged row combines a measure: counts add up like sums.
+fn merged(agg: Agg) -> Agg {
+    if agg == Agg::Count { Agg::Sum } else { agg }
+}
+
+/// Whether a fold refuses to leave the exact range or stays at its bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fold {
+    Exact,
+    Saturating,
+}
+
+/// `slot` with `v` folded in; `None` when an exact sum would overflow.
+fn combine(agg: Agg, slot: MeasureValue, v: MeasureValue, fold: Fold) -> Option<MeasureValue> {
+    Some(match (slot, v) {
         (MeasureValue::Long(a), MeasureValue::Long(Some(b))) => {
-            *a = Some(match (agg, *a) {
+            MeasureValue::Long(Some(match (agg, a) {
                 (_, None) => b,
-                (Agg::Sum | Agg::Count, Some(a)) => a.wrapping_add(b),
+                (Agg::Sum | Agg::Count, Some(a)) => match fold {
+                    Fold::Exact => a.checked_add(b)?,
+                    Fold::Saturating => a.saturating_add(b),
+                },
                 (Agg::Min, Some(a)) => a.min(b),
                 (Agg::Max, Some(a)) => a.max(b),
-            })
+            }))
         }
         (MeasureValue::Double(a), MeasureValue::Double(Some(b))) => {
-            *a = Some(match (agg, *a) {
+            MeasureValue::Double(Some(match (agg, a) {
                 (_, None) => b,
-                (Agg::Sum | Agg::Count, Some(a)) => a + b,
+                (Agg::Sum | Agg::Count, Some(a)) => {
+                    let sum = a + b;
+                    match fold {
+                        Fold::Exact if !sum.is_finite() => return None,
+                        Fold::Saturating if !sum.is_finite() => sum.clamp(f64::MIN, f64::MAX),
+                        _ => sum,
+                    }
+                }
                 (Agg::Min, Some(a)) => a.min(b),
                 (Agg::Max, Some(a)) => a.max(b),
-            })
+            }))
         }
-        _ => {}
-    }
+        (slot, _) => slot,
+    })
 }
 
 /// An in-memory aggregation of rows by key: what a flush or a merge holds.
 #[derive(Debug, Default)]
 pub struct RowMap {
     rows: HashMap<RowKey, Measures>,
+    /// Rows closed because adding to them would have overflowed a sum; a
+    /// new row with the same key took their place.
+    full: Vec<(RowKey, Measures)>,
 }
 
 impl RowMap {
-    /// Number of distinct keys.
+    /// Number of rows.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.rows.len() + self.full.len()
     }
 
     /// Whether there are no rows.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.rows.is_empty() && self.full.is_empty()
     }
 
-    /// Add one event to the row for `key`.
+    /// Add one event to the row for `key` (to a new row of that key when a
+    /// sum of the current one would overflow).
     pub fn add_event(&mut self, spec: &MeasureSpec, key: RowKey, values: &[Option<MeasureValue>]) {
-        let acc = self.rows.entry(key).or_insert_with(|| spec.empty());
-        spec.add_event(acc, values);
+        let acc = self.rows.entry(key.clone()).or_insert_with(|| spec.empty());
+        if !spec.add_event(acc, values) {
+            let mut fresh = spec.empty();
+            // A single event fits an empty row: its values are in range.
+            let _ = spec.add_event(&mut fresh, values);
+            let closed = std::mem::replace(acc, fresh);
+            self.full.push((key, closed));
+        }
     }
 
-    /// Merge a whole row.
+    /// Merge a whole row (kept apart when a sum would overflow).
     pub fn add_row(&mut self, spec: &MeasureSpec, key: RowKey, measures: &Measures) {
         match self.rows.get_mut(&key) {
-            Some(acc) => spec.merge(acc, measures),
+            Some(acc) => {
+                if !spec.merge(acc, measures) {
+                    self.full.push((key, measures.clone()));
+                }
+            }
             None => {
                 self.rows.insert(key, measures.clone());
             }
         }
     }
 
-    /// The keys, in no particular order.
+    /// The keys, in no particular order (a key twice when its row was split).
     pub fn keys(&self) -> impl Iterator<Item = &RowKey> {
-        self.rows.keys()
+        self.rows.keys().chain(self.full.iter().map(|(k, _)| k))
     }
 
     /// Merge all of `other` into this map.
     pub fn absorb(&mut self, spec: &MeasureSpec, other: RowMap) {
-        for (key, measures) in other.rows {
+        for (key, measures) in other.rows.into_iter().chain(other.full) {
             self.add_row(spec, key, &measures);
         }
     }
 
     /// The rows sorted as the table's sort order says: dimensions, then `ts`.
     pub fn into_sorted(self) -> Vec<(RowKey, Measures)> {
-        let mut rows: Vec<_> = self.rows.into_iter().collect();
+        let mut rows: Vec<_> = self.rows.into_iter().chain(self.full).collect();
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         rows
     }
@@ -218,6 +297,52 @@ mod tests {
         )
         .unwrap();
         MeasureSpec::new(&d)
+    }
+
+    #[test]
+    fn a_sum_that_would_overflow_starts_another_row_and_merges_keep_them_apart() {
+        let s = spec();
+        let key = RowKey {
+            dims: vec![DimValue::Long(1)],
+            ts_micros: 0,
+        };
+        let ev = |b: i64| {
+            [
+                None,
+                Some(MeasureValue::Long(Some(b))),
+                Some(MeasureValue::Long(Some(-5))),
+                Some(MeasureValue::Long(Some(b))),
+            ]
+        };
+        let mut map = RowMap::default();
+        for _ in 0..3 {
+            map.add_event(&s, key.clone(), &ev(1 << 62));
+        }
+        let rows = map.into_sorted();
+        assert_eq!(rows.len(), 3);
+        for (_, m) in &rows {
+            assert_eq!(m.0[0], MeasureValue::Long(Some(1)));
+            assert_eq!(m.0[1], MeasureValue::Long(Some(1 << 62)));
+            assert_eq!(m.0[2], MeasureValue::Long(Some(-5)), "negative values add up");
+        }
+        // Two rows that fit: merged. A third that would overflow: refused,
+        // the accumulator unchanged.
+        let mut acc = s.empty();
+        assert!(s.add_event(&mut acc, &ev(1 << 61)));
+        let mut other = s.empty();
+        assert!(s.add_event(&mut other, &ev(1 << 61)));
+        assert!(s.merge(&mut acc, &other));
+        assert_eq!(acc.0[1], MeasureValue::Long(Some(1 << 62)));
+        let before = acc.clone();
+        assert!(!s.merge(&mut acc, &rows[2].1));
+        assert_eq!(acc, before);
+        // Report totals stay at the bound rather than wrap.
+        s.merge_saturating(&mut acc, &rows[2].1);
+        assert_eq!(acc.0[1], MeasureValue::Long(Some(i64::MAX)));
+        // The low end too.
+        let mut low = s.empty();
+        assert!(s.add_event(&mut low, &ev(i64::MIN)));
+        assert!(!s.add_event(&mut low, &ev(-1)));
     }
 
     #[test]
@@ -252,7 +377,7 @@ mod tests {
             ])
         );
         let mut merged = rows[0].1.clone();
-        s.merge(&mut merged, &rows[1].1);
+        assert!(s.merge(&mut merged, &rows[1].1));
         assert_eq!(
             merged,
             Measures(vec![

@@ -147,7 +147,7 @@ impl<'a> Loader<'a> {
             .entry(grain)
             .or_default()
             .insert(grain.partition_ordinal(ev.key.ts_micros));
-        self.spec.add_event(&mut self.totals, &ev.values);
+        self.spec.add_event_saturating(&mut self.totals, &ev.values);
         chunk
             .rows
             .entry(grain)

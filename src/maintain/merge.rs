@@ -108,6 +108,9 @@ fn measure_at(array: &ArrayRef, ty: MeasureType, row: usize) -> MeasureValue {
 pub struct MergeReader {
     inputs: Vec<Input>,
     heap: BinaryHeap<Reverse<(RowKey, usize)>>,
+    /// A row kept apart from the last one returned (their sum would
+    /// overflow), to continue the same key from.
+    pending: Option<(RowKey, Measures)>,
     decl: TableDecl,
     spec: MeasureSpec,
     grain: Grain,
@@ -174,6 +177,7 @@ impl MergeReader {
         let mut merge = Self {
             inputs,
             heap: BinaryHeap::new(),
+            pending: None,
             spec: MeasureSpec::new(decl),
             decl: decl.clone(),
             grain,
@@ -243,15 +247,22 @@ impl MergeReader {
     }
 
     /// The next merged row: every input row with the same key (after
-    /// truncation to the grain) collapsed into one.
+    /// truncation to the grain) collapsed into one — or, when a sum would
+    /// overflow, into as few rows as keep every value exact.
     pub async fn next_row(&mut self) -> Result<Option<(RowKey, Measures)>> {
-        let Some(Reverse((key, i))) = self.heap.pop() else {
-            return Ok(None);
+        let (key, mut acc) = match self.pending.take() {
+            Some(row) => row,
+            None => {
+                let Some(Reverse((key, i))) = self.heap.pop() else {
+                    return Ok(None);
+                };
+                let acc = self.measures_of(i);
+                if let Some(next) = self.advance(i, true).await? {
+                    self.heap.push(Reverse((next, i)));
+                }
+                (key, acc)
+            }
         };
-        let mut acc = self.measures_of(i);
-        if let Some(next) = self.advance(i, true).await? {
-            self.heap.push(Reverse((next, i)));
-        }
         while let Some(Reverse((k, _))) = self.heap.peek() {
             if *k != key {
                 break;
@@ -260,9 +271,13 @@ impl MergeReader {
                 break;
             };
             let m = self.measures_of(j);
-            self.spec.merge(&mut acc, &m);
+            let kept_apart = !self.spec.merge(&mut acc, &m);
             if let Some(next) = self.advance(j, true).await? {
                 self.heap.push(Reverse((next, j)));
+            }
+            if kept_apart {
+                self.pending = Some((key.clone(), m));
+                break;
             }
         }
         Ok(Some((key, acc)))

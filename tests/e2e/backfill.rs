@@ -427,7 +427,7 @@ async fn replace_one_day_while_ingest_runs() {
     let mut live = spec.empty();
     for (d, m) in &t.per_day {
         if *d > day(2) {
-            spec.merge(&mut live, m);
+            spec.merge_saturating(&mut live, m);
         }
     }
     let requests = decl

@@ -125,12 +125,12 @@ impl World {
                     ];
                     rows.add_event(&self.spec, key, &values);
                     let mut one = self.spec.empty();
-                    self.spec.add_event(&mut one, &values);
+                    self.spec.add_event_saturating(&mut one, &values);
                     let day = self
                         .model
                         .entry(ts.date_naive())
                         .or_insert_with(|| self.spec.empty());
-                    self.spec.merge(day, &one);
+                    self.spec.merge_saturating(day, &one);
                 }
                 let files = write::write_rows(
                     &table,
@@ -204,7 +204,7 @@ impl World {
         // Whole-table totals: the sum of the surviving days.
         let mut all = self.spec.empty();
         for m in self.model.values() {
-            self.spec.merge(&mut all, m);
+            self.spec.merge_saturating(&mut all, m);
         }
         assert_eq!(totals.all, all, "whole table after {after:?}");
     }

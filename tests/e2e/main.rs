@@ -1,6 +1,7 @@
 //! End-to-end tests against the real local stack. One test binary, so the
 //! stack helpers compile once.
 
+mod adversarial;
 mod backfill;
 mod commit;
 mod common;
