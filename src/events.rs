@@ -24,6 +24,16 @@ pub enum RejectReason {
         /// What the declaration expects.
         expected: &'static str,
     },
+    /// A field appears twice in the event (which one counts is ambiguous).
+    DuplicateField(String),
+    /// An integer field holds a number outside the long range (or not
+    /// integral, for a long measure given as `1.5e3`).
+    OutOfRange {
+        /// Field name.
+        field: String,
+        /// The number as sent.
+        value: String,
+    },
     /// The event time cannot be parsed.
     BadTime(String),
     /// The event is older than the table's retention.
@@ -41,6 +51,8 @@ impl RejectReason {
             RejectReason::NotJson(_) => "not_json",
             RejectReason::MissingField(_) => "missing_field",
             RejectReason::WrongType { .. } => "wrong_type",
+            RejectReason::DuplicateField(_) => "duplicate_field",
+            RejectReason::OutOfRange { .. } => "out_of_range",
             RejectReason::BadTime(_) => "bad_time",
             RejectReason::TooOld(_) => "too_old",
             RejectReason::TooFarInFuture(_) => "too_far_in_future",
@@ -56,6 +68,10 @@ impl fmt::Display for RejectReason {
             RejectReason::MissingField(field) => write!(f, "missing required field `{field}`"),
             RejectReason::WrongType { field, expected } => {
                 write!(f, "field `{field}` is not {expected}")
+            }
+            RejectReason::DuplicateField(field) => write!(f, "field `{field}` appears twice"),
+            RejectReason::OutOfRange { field, value } => {
+                write!(f, "field `{field}` = {value} is not a 64-bit integer")
             }
             RejectReason::BadTime(e) => write!(f, "bad event time: {e}"),
             RejectReason::TooOld(e) => write!(f, "event time older than retention: {e}"),
@@ -143,11 +159,7 @@ impl Decoder {
 
     /// Decode one record payload.
     pub fn decode(&self, payload: &[u8], window: TimeWindow) -> Result<DecodedEvent, RejectReason> {
-        let value: Value =
-            serde_json::from_slice(payload).map_err(|e| RejectReason::NotJson(e.to_string()))?;
-        let Value::Object(obj) = value else {
-            return Err(RejectReason::NotJson("top level is not an object".into()));
-        };
+        let obj = object(payload)?;
         let get = |field: &str| obj.get(field).filter(|v| !v.is_null());
 
         let ts_field = &self.decl.event_time;
@@ -168,9 +180,7 @@ impl Decoder {
                 None if d.optional => DimValue::Null,
                 None => return Err(RejectReason::MissingField(d.field.clone())),
                 Some(v) => match (d.ty, v) {
-                    (DimType::Long, Value::Number(n)) if n.is_i64() => {
-                        DimValue::Long(n.as_i64().unwrap_or_default())
-                    }
+                    (DimType::Long, Value::Number(n)) => DimValue::Long(long(&d.field, n)?),
                     (DimType::String, Value::String(s)) => DimValue::Str(s.as_str().into()),
                     (DimType::Boolean, Value::Bool(b)) => DimValue::Bool(*b),
                     (ty, _) => {
@@ -198,8 +208,8 @@ impl Decoder {
                 None if m.optional => None,
                 None => return Err(RejectReason::MissingField(field.to_string())),
                 Some(v) => Some(match (m.ty, v) {
-                    (MeasureType::Long, Value::Number(n)) if n.is_i64() => {
-                        MeasureValue::Long(n.as_i64())
+                    (MeasureType::Long, Value::Number(n)) => {
+                        MeasureValue::Long(Some(long(field, n)?))
                     }
                     (MeasureType::Double, Value::Number(n)) => MeasureValue::Double(n.as_f64()),
                     (ty, _) => {
@@ -228,6 +238,65 @@ impl Decoder {
 }
 
 /// Event time: epoch milliseconds (integer) or an RFC 3339 string.
+/// The payload's top-level object, refusing a field given twice (JSON
+/// parsers differ on which one counts, so no choice would be exact).
+fn object(payload: &[u8]) -> Result<serde_json::Map<String, Value>, RejectReason> {
+    struct Fields(Vec<(String, Value)>);
+    impl<'de> serde::Deserialize<'de> for Fields {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Fields;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Fields, A::Error> {
+                    let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                    while let Some(entry) = map.next_entry()? {
+                        fields.push(entry);
+                    }
+                    Ok(Fields(fields))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    let Fields(fields) =
+        serde_json::from_slice(payload).map_err(|e| RejectReason::NotJson(e.to_string()))?;
+    let mut obj = serde_json::Map::with_capacity(fields.len());
+    for (k, v) in fields {
+        if obj.contains_key(&k) {
+            return Err(RejectReason::DuplicateField(k));
+        }
+        obj.insert(k, v);
+    }
+    Ok(obj)
+}
+
+/// A JSON number as a long, exactly: `12`, `-0`, and integral forms such as
+/// `1.2e3` up to 2^53 (where every integer is a double); a larger number is
+/// out of range, a fraction is not an integer.
+fn long(field: &str, n: &serde_json::Number) -> Result<i64, RejectReason> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    if let Some(v) = n.as_i64() {
+        return Ok(v);
+    }
+    match n.as_f64() {
+        Some(f) if !n.is_u64() && f.fract() == 0.0 && f.abs() <= EXACT => Ok(f as i64),
+        Some(f) if !n.is_u64() && f.fract() != 0.0 => Err(RejectReason::WrongType {
+            field: field.to_string(),
+            expected: "an integer",
+        }),
+        _ => Err(RejectReason::OutOfRange {
+            field: field.to_string(),
+            value: n.to_string(),
+        }),
+    }
+}
+
 fn parse_time(field: &str, v: &Value) -> Result<i64, RejectReason> {
     match v {
         Value::Number(n) => n.as_i64().ok_or_else(|| {
@@ -327,6 +396,84 @@ mod tests {
             r(r#"{"ts":"2026-11-27T13:00:01Z"}"#).as_label(),
             "too_far_in_future"
         );
+    }
+
+    #[test]
+    fn numbers_and_fields_at_the_edges_are_exact_or_rejected() {
+        let d = decoder();
+        let w = window();
+        let with = |field: &str, raw: &str| {
+            let base = r#"{"ts":1795771230123,"account_id":1,"zone_id":2,"colo":"a","product":"p","bytes":1,"cpu_ms":1,"ttfb_ms":1}"#;
+            let mut v: serde_json::Map<String, Value> = serde_json::from_str(base).unwrap();
+            v.remove(field);
+            let body = serde_json::to_string(&v).unwrap();
+            format!("{{\"{field}\":{raw},{}", &body[1..])
+        };
+        let bytes = |raw: &str| d.decode(with("bytes", raw).as_bytes(), w);
+        let value = |e: DecodedEvent| e.values[1];
+        assert_eq!(
+            value(bytes("-0").unwrap()),
+            Some(MeasureValue::Long(Some(0)))
+        );
+        assert_eq!(
+            value(bytes("1.2e3").unwrap()),
+            Some(MeasureValue::Long(Some(1200)))
+        );
+        assert_eq!(
+            value(bytes("9223372036854775807").unwrap()),
+            Some(MeasureValue::Long(Some(i64::MAX)))
+        );
+        assert_eq!(
+            value(bytes("-9223372036854775808").unwrap()),
+            Some(MeasureValue::Long(Some(i64::MIN)))
+        );
+        for raw in [
+            "9223372036854775808",
+            "-9223372036854775809",
+            "1e19",
+            "1e300",
+        ] {
+            assert_eq!(bytes(raw).unwrap_err().as_label(), "out_of_range", "{raw}");
+        }
+        assert_eq!(bytes("1.5").unwrap_err().as_label(), "wrong_type");
+        assert_eq!(bytes("1e400").unwrap_err().as_label(), "not_json");
+        assert_eq!(
+            d.decode(
+                format!("{},\"bytes\":2}}", with("bytes", "1").trim_end_matches('}')).as_bytes(),
+                w
+            )
+            .unwrap_err(),
+            RejectReason::DuplicateField("bytes".into())
+        );
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(bytes(&deep).unwrap_err().as_label(), "not_json");
+        assert_eq!(
+            d.decode(b"\xff\xfe{", w).unwrap_err().as_label(),
+            "not_json"
+        );
+        let ts = |raw: &str| d.decode(with("ts", raw).as_bytes(), w);
+        for raw in ["9223372036854775807", "-9223372036854775808"] {
+            assert!(
+                matches!(
+                    ts(raw).unwrap_err().as_label(),
+                    "too_old" | "too_far_in_future"
+                ),
+                "{raw}"
+            );
+        }
+        assert_eq!(
+            ts("9223372036854775808").unwrap_err().as_label(),
+            "bad_time"
+        );
+        // Odd but valid offsets name the same instant.
+        let east = ts(r#""2026-11-27T23:20:30.123+14:00""#).unwrap();
+        let west = ts(r#""2026-11-26T09:21:30.123-23:59""#).unwrap();
+        assert_eq!(east.key, west.key);
+        let big = "x".repeat(10 << 20);
+        let e = d
+            .decode(with("colo", &format!("\"{big}\"")).as_bytes(), w)
+            .unwrap();
+        assert_eq!(e.key.dims[2], DimValue::Str(big.into()));
     }
 
     #[test]

@@ -323,7 +323,11 @@ mod tests {
         for (_, m) in &rows {
             assert_eq!(m.0[0], MeasureValue::Long(Some(1)));
             assert_eq!(m.0[1], MeasureValue::Long(Some(1 << 62)));
-            assert_eq!(m.0[2], MeasureValue::Long(Some(-5)), "negative values add up");
+            assert_eq!(
+                m.0[2],
+                MeasureValue::Long(Some(-5)),
+                "negative values add up"
+            );
         }
         // Two rows that fit: merged. A third that would overflow: refused,
         // the accumulator unchanged.

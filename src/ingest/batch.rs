@@ -163,7 +163,7 @@ mod tests {
     use super::*;
     use crate::tables;
 
-    fn sink() -> TableSink {
+    pub(super) fn sink() -> TableSink {
         let decl = TableDecl::parse(
             Path::new("t.toml"),
             include_str!("../../schemas/usage.http_requests.toml"),
@@ -197,5 +197,143 @@ mod tests {
         s.committed();
         assert!(s.batch.is_empty());
         assert_eq!(s.positions, BTreeMap::from([(0, Some(13)), (1, Some(1))]));
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use std::sync::Arc;
+
+    use chrono::{TimeZone, Utc};
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::rows::MeasureValue;
+    use crate::schema::layout::{self, Grain};
+    use crate::{rejects, write};
+
+    const VALID: &str = r#"{"ts":"2026-11-27T11:59:00Z","account_id":1,"zone_id":2,"colo":"AMS","product":"cdn","bytes":5,"cpu_ms":1,"ttfb_ms":3}"#;
+
+    /// Values a field of a mutated event may take.
+    fn hostile() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("-0".to_string()),
+            Just("1e400".to_string()),
+            Just("1.5".to_string()),
+            Just("9223372036854775807".to_string()),
+            Just("9223372036854775808".to_string()),
+            Just("-9223372036854775808".to_string()),
+            Just("4611686018427387904".to_string()),
+            Just(r#""2026-11-27T11:59:00+14:00""#.to_string()),
+            Just(r#""2026-11-27T11:59:00-23:59""#.to_string()),
+            Just(r#""\u0000\ud83c\udfd4""#.to_string()),
+            Just(format!("{}1{}", "[".repeat(500), "]".repeat(500))),
+            Just(r#"{"a":{"b":[1,2,{"c":null}]}}"#.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| serde_json::to_string(&f).unwrap_or_default()),
+            ".{0,40}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        ]
+    }
+
+    /// A valid event with fields replaced, dropped, doubled, or its bytes cut.
+    fn mutated() -> impl Strategy<Value = Vec<u8>> {
+        let fields = [
+            "ts",
+            "account_id",
+            "zone_id",
+            "colo",
+            "product",
+            "bytes",
+            "cpu_ms",
+            "ttfb_ms",
+        ];
+        (
+            prop::collection::vec((0..fields.len(), hostile(), 0..4u8), 0..4),
+            any::<Option<(usize, u8)>>(),
+        )
+            .prop_map(move |(edits, cut)| {
+                let mut text = VALID.to_string();
+                for (i, raw, how) in edits {
+                    let obj: serde_json::Map<String, Value> =
+                        serde_json::from_str(&text).unwrap_or_default();
+                    let rest: Vec<String> = obj
+                        .iter()
+                        .filter(|(k, _)| *k != fields[i] || how == 2)
+                        .map(|(k, v)| format!("{}:{v}", Value::String(k.clone())))
+                        .collect();
+                    let mine = format!("\"{}\":{raw}", fields[i]);
+                    text = match how {
+                        1 => format!("{{{}}}", rest.join(",")),
+                        _ => format!("{{{mine},{}}}", rest.join(",")),
+                    };
+                }
+                let mut bytes = text.into_bytes();
+                if let Some((at, b)) = cut {
+                    let at = at % (bytes.len() + 1);
+                    bytes.truncate(at);
+                    bytes.push(b);
+                }
+                bytes
+            })
+    }
+
+    fn long_sum(m: &[Option<MeasureValue>], i: usize) -> i128 {
+        match m[i] {
+            Some(MeasureValue::Long(Some(v))) => i128::from(v),
+            _ => 0,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Whatever arrives, each record is accepted with its exact values
+        /// or rejected with a reason, once; nothing panics; the batch's rows
+        /// and rejects still encode as a flush encodes them; and the rows
+        /// hold exactly what the accepted events carried.
+        #[test]
+        fn any_payload_is_accepted_exactly_or_rejected(
+            payloads in prop::collection::vec(
+                prop_oneof![prop::collection::vec(any::<u8>(), 0..300), mutated()],
+                1..40,
+            )
+        ) {
+            let mut s = super::tests::sink();
+            s.positions.insert(0, None);
+            let now = Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap();
+            let w = TimeWindow::new(now, s.decl(), std::time::Duration::from_secs(3600));
+            let mut accepted = 0;
+            let mut bytes_in = 0i128;
+            for (offset, p) in payloads.iter().enumerate() {
+                match s.consume(0, offset as i64, p, w, 0) {
+                    Consumed::Accepted => {
+                        accepted += 1;
+                        let ev = s.decoder.decode(p, w).unwrap();
+                        bytes_in += long_sum(&ev.values, 1);
+                    }
+                    Consumed::Rejected(label) => prop_assert!(!label.is_empty()),
+                    other => prop_assert!(false, "{other:?}"),
+                }
+            }
+            prop_assert_eq!(accepted + s.batch.rejects.len(), payloads.len());
+            let decl = s.decl().clone();
+            let schema = Arc::new(
+                iceberg::arrow::schema_to_arrow_schema(&layout::initial_schema(&decl).unwrap()).unwrap(),
+            );
+            let batch = s.discard();
+            let rows = batch.rows.into_sorted();
+            let stored: i128 = rows
+                .iter()
+                .map(|(_, m)| long_sum(&m.0.iter().map(|v| Some(*v)).collect::<Vec<_>>(), 1))
+                .sum();
+            prop_assert_eq!(stored, bytes_in);
+            prop_assert!(write::to_batches(&schema, &decl, Grain::Minute, &rows).is_ok());
+            let rejects_schema = Arc::new(
+                iceberg::arrow::schema_to_arrow_schema(&rejects::schema().unwrap()).unwrap(),
+            );
+            prop_assert!(rejects::to_batch(rejects_schema, &batch.rejects).is_ok());
+        }
     }
 }
