@@ -81,14 +81,13 @@ pub async fn run(
         retain_last: o.retain_last,
         expire_refs: o.expire_refs,
     };
-    expire(
-        ctx.catalog,
-        &tables::ident(decl)?,
-        &selection,
-        ctx.dry_run,
-        ctx.retry,
-    )
-    .await
+    let (catalog, dry_run, retry) = (ctx.catalog, ctx.dry_run, ctx.retry);
+    let mut report = expire(catalog, &tables::ident(decl)?, &selection, dry_run, retry).await?;
+    if let Some(rejects) = super::rejects::load(ctx, decl).await? {
+        let r = expire(catalog, &rejects.ident, &selection, dry_run, retry).await?;
+        report.rejects = Some(Box::new(r));
+    }
+    Ok(report)
 }
 
 /// What may expire, resolved against a time.
@@ -111,6 +110,9 @@ pub struct Selection {
 pub struct ExpireReport {
     /// Whether nothing was changed.
     pub dry_run: bool,
+    /// The same for the table's rejects table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejects: Option<Box<ExpireReport>>,
     /// Snapshots removed from the metadata.
     pub expired_snapshots: Vec<i64>,
     /// Refs removed (ref expiry asked for, past their max ref age).
@@ -125,6 +127,13 @@ pub struct ExpireReport {
     pub deleted_metadata_files: usize,
     /// Deletes that failed (left as orphans).
     pub failed_deletes: usize,
+}
+
+impl ExpireReport {
+    /// This report and its rejects table's.
+    pub fn parts(&self) -> impl Iterator<Item = &ExpireReport> {
+        std::iter::once(self).chain(self.rejects.as_deref())
+    }
 }
 
 /// What `sel` expires in `meta`, Iceberg's `RemoveSnapshots` rules over

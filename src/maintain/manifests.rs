@@ -3,6 +3,7 @@
 //! partitions, as one `replace` commit that changes no data file. A table
 //! already laid out that way is left alone (no new snapshot).
 
+use iceberg::TableIdent;
 use iceberg::spec::{ManifestContentType, ManifestFile};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,9 @@ use crate::tables;
 pub struct RewriteReport {
     /// Whether nothing was changed.
     pub dry_run: bool,
+    /// The same for the table's rejects table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejects: Option<Box<RewriteReport>>,
     /// Manifests before.
     pub manifests_before: usize,
     /// Manifests after (planned, when dry or unchanged).
@@ -26,6 +30,13 @@ pub struct RewriteReport {
     pub data_files: u64,
     /// The commit (`None`: nothing to do, or dry).
     pub snapshot_id: Option<i64>,
+}
+
+impl RewriteReport {
+    /// This report and its rejects table's.
+    pub fn parts(&self) -> impl Iterator<Item = &RewriteReport> {
+        std::iter::once(self).chain(self.rejects.as_deref())
+    }
 }
 
 /// `firn rewrite-manifests`: how big the clustered manifests are.
@@ -45,9 +56,21 @@ pub async fn run(
     decl: &TableDecl,
     o: &RewriteManifestsOptions,
 ) -> Result<RewriteReport> {
-    let ident = tables::ident(decl)?;
+    let mut report = rewrite(ctx, &tables::ident(decl)?, o).await?;
+    if let Some(rejects) = super::rejects::load(ctx, decl).await? {
+        report.rejects = Some(Box::new(rewrite(ctx, &rejects.ident, o).await?));
+    }
+    Ok(report)
+}
+
+/// Cluster the manifests of `ident` (unless already clustered or dry).
+async fn rewrite(
+    ctx: &Context<'_>,
+    ident: &TableIdent,
+    o: &RewriteManifestsOptions,
+) -> Result<RewriteReport> {
     let (catalog, dry_run) = (ctx.catalog, ctx.dry_run);
-    let table = catalog.load(&ident).await?;
+    let table = catalog.load(ident).await?;
     let Some(snapshot) = table.metadata.current_snapshot() else {
         return Ok(RewriteReport {
             dry_run,
@@ -71,6 +94,7 @@ pub async fn run(
         manifests_after: clustered.pack(target).len(),
         data_files: clustered.entries,
         snapshot_id: None,
+        rejects: None,
     };
     if dry_run || !clustered.needs_rewrite(target) {
         if !clustered.needs_rewrite(target) {
@@ -80,7 +104,7 @@ pub async fn run(
     }
     let change = Change::replace(FirnOperation::RewriteManifests, Vec::new(), Vec::new())
         .rewriting_manifests(target);
-    let committed = commit::commit(catalog, &ident, &change, ctx.retry).await?;
+    let committed = commit::commit(catalog, ident, &change, ctx.retry).await?;
     let after = committed
         .table
         .metadata

@@ -16,6 +16,7 @@ pub mod paths;
 pub mod plan;
 pub mod reach;
 pub mod refs;
+pub mod rejects;
 pub mod state;
 pub mod tier;
 

@@ -237,9 +237,14 @@ impl Report {
     /// Commits made.
     pub fn commits(&self) -> usize {
         match self {
-            Report::Compact(r) | Report::Rollup(r) | Report::Retention(r) => r.run.commits,
-            Report::RewriteManifests(r) => r.snapshot_id.is_some() as usize,
-            Report::ExpireSnapshots(r) => (!r.dry_run && !r.expired_snapshots.is_empty()) as usize,
+            Report::Compact(r) | Report::Rollup(r) | Report::Retention(r) => {
+                r.run.commits + r.rejects.as_ref().is_some_and(|j| j.snapshot_id.is_some()) as usize
+            }
+            Report::RewriteManifests(r) => r.parts().filter(|p| p.snapshot_id.is_some()).count(),
+            Report::ExpireSnapshots(r) => r
+                .parts()
+                .filter(|p| !p.dry_run && !p.expired_snapshots.is_empty())
+                .count(),
             Report::RemoveOrphans(_) => 0,
         }
     }
@@ -248,20 +253,35 @@ impl Report {
     pub fn totals(&self) -> StepTotals {
         let commits = self.commits() as u64;
         match self {
-            Report::Compact(r) | Report::Rollup(r) | Report::Retention(r) => r.run.totals(),
+            Report::Compact(r) | Report::Rollup(r) | Report::Retention(r) => {
+                let mut t = r.run.totals();
+                if let Some(j) = r.rejects.as_ref().filter(|j| j.snapshot_id.is_some()) {
+                    t.commits += 1;
+                    t.bytes_reclaimed += j.bytes as i64;
+                }
+                t
+            }
             Report::RewriteManifests(_) => StepTotals {
                 commits,
                 ..Default::default()
             },
             Report::ExpireSnapshots(r) => StepTotals {
                 commits,
-                bytes_reclaimed: if r.dry_run { 0 } else { r.deleted_bytes as i64 },
-                failed_tasks: r.failed_deletes as u64,
+                bytes_reclaimed: if r.dry_run {
+                    0
+                } else {
+                    r.parts().map(|p| p.deleted_bytes as i64).sum()
+                },
+                failed_tasks: r.parts().map(|p| p.failed_deletes as u64).sum(),
                 ..Default::default()
             },
             Report::RemoveOrphans(r) => StepTotals {
-                bytes_reclaimed: if r.dry_run { 0 } else { r.orphan_bytes as i64 },
-                failed_tasks: r.failed_deletes as u64,
+                bytes_reclaimed: if r.dry_run {
+                    0
+                } else {
+                    r.parts().map(|p| p.orphan_bytes as i64).sum()
+                },
+                failed_tasks: r.parts().map(|p| p.failed_deletes as u64).sum(),
                 ..Default::default()
             },
         }
@@ -270,7 +290,7 @@ impl Report {
     /// Bytes of orphans found (`remove-orphans` only).
     pub fn orphan_bytes(&self) -> Option<u64> {
         match self {
-            Report::RemoveOrphans(r) => Some(r.orphan_bytes),
+            Report::RemoveOrphans(r) => Some(r.parts().map(|p| p.orphan_bytes).sum()),
             _ => None,
         }
     }
@@ -289,14 +309,15 @@ impl Report {
                     )
                 }),
             Report::RewriteManifests(_) => None,
-            Report::ExpireSnapshots(r) => (r.failed_deletes > 0).then(|| {
-                format!(
-                    "{} files could not be deleted (left as orphans)",
-                    r.failed_deletes
-                )
-            }),
-            Report::RemoveOrphans(r) => (r.failed_deletes > 0)
-                .then(|| format!("{} orphans could not be deleted", r.failed_deletes)),
+            Report::ExpireSnapshots(r) => {
+                let failed: usize = r.parts().map(|p| p.failed_deletes).sum();
+                (failed > 0)
+                    .then(|| format!("{failed} files could not be deleted (left as orphans)"))
+            }
+            Report::RemoveOrphans(r) => {
+                let failed: usize = r.parts().map(|p| p.failed_deletes).sum();
+                (failed > 0).then(|| format!("{failed} orphans could not be deleted"))
+            }
         }
     }
 
@@ -305,30 +326,47 @@ impl Report {
         match self {
             Report::Compact(r) | Report::Rollup(r) | Report::Retention(r) => {
                 let run = &r.run;
-                if r.dry_run {
+                let mut line = if r.dry_run {
                     format!("{} tasks planned, nothing changed", r.plan.len())
                 } else {
                     format!(
                         "{} committed in {} commits, {} superseded, {} failed, {} commit retries",
                         run.committed, run.commits, run.superseded, run.failed, run.retries
                     )
+                };
+                if let Some(j) = &r.rejects {
+                    line.push_str(&format!(
+                        "; {}: {} files ({} records) rejected before {}{}",
+                        j.table,
+                        j.files,
+                        j.records,
+                        j.cutoff.to_rfc3339(),
+                        if r.dry_run { " to drop" } else { " dropped" }
+                    ));
                 }
+                line
             }
-            Report::RewriteManifests(r) => format!(
-                "rewrite-manifests {} -> {} manifests",
-                r.manifests_before, r.manifests_after
+            Report::RewriteManifests(r) => joined(
+                "rewrite-manifests ",
+                r.parts()
+                    .map(|p| format!("{} -> {} manifests", p.manifests_before, p.manifests_after)),
             ),
-            Report::ExpireSnapshots(r) => format!(
-                "expire-snapshots: {} snapshots, {} files ({} bytes), {} metadata files",
-                r.expired_snapshots.len(),
-                r.deleted_files,
-                r.deleted_bytes,
-                r.deleted_metadata_files
+            Report::ExpireSnapshots(r) => joined(
+                "expire-snapshots: ",
+                r.parts().map(|p| {
+                    format!(
+                        "{} snapshots, {} files ({} bytes), {} metadata files",
+                        p.expired_snapshots.len(),
+                        p.deleted_files,
+                        p.deleted_bytes,
+                        p.deleted_metadata_files
+                    )
+                }),
             ),
-            Report::RemoveOrphans(r) => format!(
-                "remove-orphans: {} orphans, {} bytes",
-                r.orphans.len(),
-                r.orphan_bytes
+            Report::RemoveOrphans(r) => joined(
+                "remove-orphans: ",
+                r.parts()
+                    .map(|p| format!("{} orphans, {} bytes", p.orphans.len(), p.orphan_bytes)),
             ),
         }
     }
@@ -339,7 +377,7 @@ impl Report {
         match self {
             Report::Compact(r) | Report::Rollup(r) | Report::Retention(r) => {
                 let mut lines: Vec<String> = r.plan.iter().map(|t| t.describe.clone()).collect();
-                if !r.dry_run {
+                if !r.dry_run || r.rejects.is_some() {
                     lines.push(self.summary());
                 }
                 lines
@@ -347,6 +385,16 @@ impl Report {
             _ => vec![self.summary()],
         }
     }
+}
+
+/// A table's figures, then its rejects table's after `; rejects: `.
+fn joined(what: &str, mut parts: impl Iterator<Item = String>) -> String {
+    let mut line = format!("{what}{}", parts.next().unwrap_or_default());
+    for p in parts {
+        line.push_str("; rejects table: ");
+        line.push_str(&p);
+    }
+    line
 }
 
 /// Shard `index` of `count`: `count` runs, each with its own index, cover a

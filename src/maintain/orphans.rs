@@ -91,6 +91,9 @@ pub struct Orphan {
 pub struct OrphanReport {
     /// Whether nothing was deleted.
     pub dry_run: bool,
+    /// The same for the table's rejects table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejects: Option<Box<OrphanReport>>,
     /// Files listed under the table's location.
     pub listed: usize,
     /// Orphans older than the bound.
@@ -150,8 +153,20 @@ pub async fn run(
     o: &RemoveOrphansOptions,
 ) -> Result<OrphanReport> {
     o.validate()?;
-    let ident = tables::ident(decl)?;
-    let mut report = find(ctx.catalog, &ident, ctx.clock.now(), *o.older_than).await?;
+    let mut report = remove(ctx, &tables::ident(decl)?, o).await?;
+    if let Some(rejects) = super::rejects::load(ctx, decl).await? {
+        report.rejects = Some(Box::new(remove(ctx, &rejects.ident, o).await?));
+    }
+    Ok(report)
+}
+
+/// Find the orphans of `ident` and, unless dry, delete them.
+async fn remove(
+    ctx: &Context<'_>,
+    ident: &TableIdent,
+    o: &RemoveOrphansOptions,
+) -> Result<OrphanReport> {
+    let mut report = find(ctx.catalog, ident, ctx.clock.now(), *o.older_than).await?;
     report.dry_run = ctx.dry_run;
     if !ctx.dry_run && !report.orphans.is_empty() {
         let doomed = report.orphans.iter().map(|o| o.location.clone()).collect();
@@ -171,6 +186,13 @@ pub async fn run(
         "remove-orphans"
     );
     Ok(report)
+}
+
+impl OrphanReport {
+    /// This report and its rejects table's.
+    pub fn parts(&self) -> impl Iterator<Item = &OrphanReport> {
+        std::iter::once(self).chain(self.rejects.as_deref())
+    }
 }
 
 /// The orphans of `ident` (deleting nothing): listed files whose normalised

@@ -295,6 +295,7 @@ mod tests {
             minute_to_hour_after: Duration::from_secs(7 * 86400),
             hour_to_day_after: Duration::from_secs(90 * 86400),
             retain: Duration::from_secs(400 * 86400),
+            rejects_retain: Duration::from_secs(30 * 86400),
         }
     }
 

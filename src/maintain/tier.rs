@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::execute::{self, RunReport};
 use super::operation::Context;
 use super::plan::{self, PlanOptions, Task, TaskKind};
+use super::rejects::{self, RejectsRetention};
 use crate::clock::{Span, parse_time};
 use crate::error::Result;
 use crate::schema::decl::TableDecl;
@@ -128,6 +129,9 @@ pub struct TierReport {
     /// What executing them did (empty when dry).
     #[serde(flatten)]
     pub run: RunReport,
+    /// Retention only: what aged out of the table's rejects table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejects: Option<RejectsRetention>,
 }
 
 /// Plan and run `firn compact` on `decl`'s table.
@@ -153,7 +157,11 @@ pub async fn retention(
     o: &RetentionOptions,
 ) -> Result<TierReport> {
     let opts = plan_options(ctx, o.range, Duration::ZERO, None);
-    tier(ctx, decl, TaskKind::Retention, &opts).await
+    let mut report = tier(ctx, decl, TaskKind::Retention, &opts).await?;
+    if ctx.shard.owns_table(&report.table) {
+        report.rejects = rejects::retention(ctx, decl).await?;
+    }
+    Ok(report)
 }
 
 /// The planners' options (the seal delay is read by compaction only).
@@ -193,6 +201,7 @@ async fn tier(
             .map(|t| PlannedTask::of(t, opts.target_file_size))
             .collect(),
         run: RunReport::default(),
+        rejects: None,
     };
     if !ctx.dry_run {
         report.run = execute::run(ctx, decl, &tasks, opts.target_file_size as usize).await?;

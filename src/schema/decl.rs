@@ -67,6 +67,13 @@ struct RawPolicy {
     hour_to_day_after: Duration,
     #[serde(with = "humantime_serde")]
     retain: Duration,
+    #[serde(default = "default_rejects_retain", with = "humantime_serde")]
+    rejects_retain: Duration,
+}
+
+/// How long a rejects table keeps a rejected record unless declared.
+fn default_rejects_retain() -> Duration {
+    Duration::from_secs(30 * 86_400)
 }
 
 /// When `firn status` calls a table unhealthy (and exits non-zero). Each
@@ -166,6 +173,9 @@ pub struct Policy {
     pub hour_to_day_after: Duration,
     /// Data older than this is dropped (and rejected at ingest).
     pub retain: Duration,
+    /// Rejected records older than this (by when they were rejected) are
+    /// dropped from the rejects table (default 30 days).
+    pub rejects_retain: Duration,
 }
 
 /// A validated table declaration.
@@ -345,6 +355,7 @@ impl TableDecl {
                 minute_to_hour_after: p.minute_to_hour_after,
                 hour_to_day_after: p.hour_to_day_after,
                 retain: p.retain,
+                rejects_retain: p.rejects_retain,
             },
             health: raw.health,
         })

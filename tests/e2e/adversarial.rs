@@ -98,3 +98,87 @@ async fn sums_past_the_long_range_are_split_never_wrapped() {
     assert!(out.contains("\"committed\": 1"), "{out}");
     check("rollup", &stored_bytes(catalog.as_ref(), &lake).await);
 }
+
+/// A rejects table ages out as its declaration says (`rejects_retain`,
+/// 30 days in the example): retention drops the files of records rejected
+/// before then and keeps younger ones; expiry reaches the rejects table too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejects_tables_age_out_and_expire() {
+    let lake = Lake::without_broker();
+    lake.run(&["tables", "sync"]);
+    let dir = tempfile::tempdir().unwrap();
+    let good = |ts: i64| {
+        format!(
+            r#"{{"ts":{ts},"account_id":7,"zone_id":1,"colo":"AMS","product":"cdn","bytes":5,"cpu_ms":1,"ttfb_ms":3}}"#
+        )
+    };
+    let long_ago = Utc::now() - ChronoDuration::days(40);
+    let old = dir.path().join("old.ndjson");
+    std::fs::write(
+        &old,
+        format!(
+            "{}\nnot json\n{{\"ts\":true}}\n",
+            good(long_ago.timestamp_millis())
+        ),
+    )
+    .unwrap();
+    let fresh = dir.path().join("fresh.ndjson");
+    std::fs::write(
+        &fresh,
+        format!("{}\n[1]\n", good(Utc::now().timestamp_millis() - 60_000)),
+    )
+    .unwrap();
+    let at = long_ago.to_rfc3339();
+    lake.run(&[
+        "backfill",
+        "usage.http_requests",
+        "--input",
+        old.to_str().unwrap(),
+        "--now",
+        &at,
+    ]);
+    lake.run(&[
+        "backfill",
+        "usage.http_requests",
+        "--input",
+        fresh.to_str().unwrap(),
+    ]);
+    let catalog = lake.catalog().await;
+    let decl = lake.decl();
+    let rejects_ident = tables::rejects_ident(&decl).unwrap();
+    let rejects = async || {
+        let t = catalog.load(&rejects_ident).await.unwrap();
+        firn::read::rejects(&t).await.unwrap()
+    };
+    assert_eq!(rejects().await.len(), 3);
+
+    let out = lake.run(&["retention", "usage.http_requests", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["rejects"]["files"], 1, "{out}");
+    assert_eq!(r["rejects"]["records"], 2, "{out}");
+    let left = rejects().await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].reason_code, "not_json");
+    // A second run finds nothing more to drop.
+    let again: serde_json::Value =
+        serde_json::from_str(&lake.run(&["retention", "usage.http_requests", "--json"])).unwrap();
+    assert_eq!(again["rejects"]["files"], 0);
+
+    let out = lake.run(&[
+        "expire-snapshots",
+        "usage.http_requests",
+        "--older-than",
+        "0s",
+        "--retain-last",
+        "1",
+    ]);
+    let e: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        !e["rejects"]["expired_snapshots"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{out}"
+    );
+    assert_eq!(rejects().await.len(), 1);
+}
