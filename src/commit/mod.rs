@@ -9,6 +9,7 @@
 
 pub mod manifests;
 pub mod snapshot;
+pub mod validate;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -77,6 +78,9 @@ pub struct Change {
     pub offsets: Option<OffsetAdvance>,
     /// A fenced progress record (backfill chunks).
     pub claim: Option<Claim>,
+    /// An overwrite's conflict rule: refused if data was added to its range
+    /// since the snapshot it was planned on.
+    pub no_conflicting_data: Option<validate::NoConflictingData>,
     /// Extra snapshot summary properties.
     pub properties: HashMap<String, String>,
 }
@@ -92,8 +96,17 @@ impl Change {
             rewrite_manifests: None,
             offsets: None,
             claim: None,
+            no_conflicting_data: None,
             properties: HashMap::new(),
         }
+    }
+
+    /// Validate on every attempt's base that nothing was added to
+    /// `rule.range` since `rule.from_snapshot` (Iceberg's conflict rule for
+    /// an overwrite).
+    pub fn with_no_conflicting_data(mut self, rule: validate::NoConflictingData) -> Self {
+        self.no_conflicting_data = Some(rule);
+        self
     }
 }
 
@@ -150,7 +163,8 @@ pub struct Committed {
 /// Commit `change` to `ident`.
 ///
 /// Returns `Fenced` (not retried) if the change's offsets no longer match the
-/// table, and `CommitConflict` if every attempt lost the race.
+/// table, `Superseded` if an overwrite's range gained data since its plan,
+/// and `CommitConflict` if every attempt lost the race.
 pub async fn commit(
     catalog: &dyn Catalog,
     ident: &TableIdent,
@@ -179,6 +193,9 @@ pub async fn commit(
                     ),
                 ));
             }
+        }
+        if let Some(rule) = &change.no_conflicting_data {
+            rule.check(&base, &change.added).await?;
         }
         let (staged, built) = snapshot::build(&base, change, attempt).await?;
         match catalog.swap(&base, staged).await {
