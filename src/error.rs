@@ -21,8 +21,9 @@ pub enum ErrorKind {
     /// The commit's Kafka offsets no longer match the table: another worker
     /// committed this range. The batch must be dropped and re-read.
     Fenced,
-    /// A maintenance job's inputs were already replaced by another commit; its
-    /// output is dropped (orphan removal collects the files it wrote).
+    /// A maintenance job's inputs were already replaced by another commit, or
+    /// an overwrite's range gained data since it was planned; its output is
+    /// dropped (orphan removal collects the files it wrote).
     Superseded,
     /// A table or namespace does not exist.
     NotFound,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::source::Source;
+use super::source::{Source, SourceRecord};
 use super::{BackfillOptions, BackfillReport, Progress};
 use crate::error::Result;
 use crate::events::{DecodedEvent, Decoder, Origin, RejectReason, TimeWindow};
@@ -19,16 +19,21 @@ use crate::schema::layout::Grain;
 pub(super) struct Chunk {
     /// Rows per grain.
     pub rows: BTreeMap<Grain, RowMap>,
-    /// Rejected records.
-    pub rejects: Vec<RejectRecord>,
-    /// Events read (accepted and rejected).
+    /// Rejected records, each with its index in the input (see
+    /// [`Source::position`]).
+    pub rejects: Vec<(i64, RejectRecord)>,
+    /// Events read (accepted, rejected and, replaying a range from Kafka,
+    /// of other times).
     pub events: u64,
+    /// With `--replace` from Kafka: events of other times, left out.
+    pub outside: u64,
 }
 
 impl Chunk {
     /// Add `other` to this chunk.
     pub fn absorb(&mut self, spec: &MeasureSpec, other: Chunk) {
         self.events += other.events;
+        self.outside += other.outside;
         self.rejects.extend(other.rejects);
         for (g, rows) in other.rows {
             self.rows.entry(g).or_default().absorb(spec, rows);
@@ -86,9 +91,8 @@ impl<'a> Loader<'a> {
         }
     }
 
-    /// The next chunk of `source`, and whether `source` ended. A chunk an
-    /// earlier run committed (`skip`) is only counted, not decoded.
-    pub fn read_chunk(&mut self, source: &mut dyn Source, skip: bool) -> Result<(Chunk, bool)> {
+    /// The next chunk of `source`, and whether `source` ended.
+    pub fn read_chunk(&mut self, source: &mut dyn Source) -> Result<(Chunk, bool)> {
         let mut chunk = Chunk::default();
         // Progress counts the events of the chunks this run reads.
         let events_before = self.progress.events;
@@ -105,36 +109,40 @@ impl<'a> Loader<'a> {
                 continue;
             }
             chunk.events += 1;
-            if !skip {
-                self.take(&mut chunk, record.origin, record.payload);
-            }
+            self.take(&mut chunk, &record);
         }
-        self.progress.events = if skip {
-            events_before
-        } else {
-            events_before + chunk.events
-        };
+        self.progress.events = events_before + chunk.events;
         Ok((chunk, eof))
     }
 
-    /// Decode one record into `chunk`: a row, or a reject.
-    fn take(&mut self, chunk: &mut Chunk, origin: Origin<'_>, payload: &[u8]) {
-        let decoded = self.decoder.decode(payload, self.window).and_then(|ev| {
-            let ts = ev.key.ts_micros;
-            match self.replaced {
-                Some((from, to)) if ts < from || ts >= to => {
-                    Err(RejectReason::OutsideReplacedRange)
+    /// Decode one record into `chunk`: a row, or a reject. Replacing a
+    /// range, an event of another time is rejected from a file (which was
+    /// meant to hold the range), and left out of a topic (which holds every
+    /// time).
+    fn take(&mut self, chunk: &mut Chunk, record: &SourceRecord<'_>) {
+        let decoded = self
+            .decoder
+            .decode(record.payload, self.window)
+            .and_then(|ev| {
+                let ts = ev.key.ts_micros;
+                match self.replaced {
+                    Some((from, to)) if ts < from || ts >= to => {
+                        Err(RejectReason::OutsideReplacedRange)
+                    }
+                    _ => Ok(ev),
                 }
-                _ => Ok(ev),
-            }
-        });
+            });
         match decoded {
             Ok(ev) => self.add(chunk, ev),
-            Err(reason) => {
-                chunk
-                    .rejects
-                    .push(RejectRecord::new(origin, payload, &reason, self.now_micros))
+            Err(RejectReason::OutsideReplacedRange)
+                if matches!(record.origin, Origin::Kafka { .. }) =>
+            {
+                chunk.outside += 1;
             }
+            Err(reason) => chunk.rejects.push((
+                record.index(),
+                RejectRecord::new(record.origin, record.payload, &reason, self.now_micros),
+            )),
         }
     }
 

@@ -109,10 +109,15 @@ impl Source for Lines {
             bytes: n as u64,
         }))
     }
+
+    fn position(&self) -> i64 {
+        self.line
+    }
 }
 
-/// Open an input as lines, decompressing by extension.
-pub(super) async fn open(file: &InputFile, storage: &ObjectStoreStorage) -> Result<Lines> {
+/// Open an input as lines, decompressing by extension, past its first `at`
+/// lines (an earlier run committed them).
+pub(super) async fn open(file: &InputFile, storage: &ObjectStoreStorage, at: i64) -> Result<Lines> {
     let raw: Box<dyn Read + Send> = if file.location.contains("://") {
         let io = crate::storage::file_io(storage);
         let bytes = io
@@ -145,12 +150,14 @@ pub(super) async fn open(file: &InputFile, storage: &ObjectStoreStorage) -> Resu
     } else {
         raw
     };
-    Ok(Lines {
+    let mut lines = Lines {
         location: file.location.clone(),
         reader: Box::new(BufReader::with_capacity(1 << 20, decoded)),
         line: 0,
         buf: Vec::new(),
-    })
+    };
+    while lines.line < at && lines.next()?.is_some() {}
+    Ok(lines)
 }
 
 /// A Parquet file's rows as NDJSON, one object per row with every column

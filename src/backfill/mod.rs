@@ -3,13 +3,15 @@
 //! writing each row at the grain the table's policy gives its age (last
 //! year's events land as day rows, not minute rows waiting for rollup). Work
 //! is committed in chunks; each chunk's commit advances a fenced progress
-//! record (`firn.backfill.<id>`) in the snapshot summary, so a killed
-//! backfill resumes where it stopped and a finished one is refused unless
-//! `--force`.
+//! record (`firn.backfill.<id>`, [`record`]) in the snapshot summary, which
+//! says how far into the inputs the committed chunks reach, so a killed
+//! backfill resumes exactly where it stopped — with any chunk size — and a
+//! finished one is refused unless `--force`.
 
 mod chunk;
 pub mod input;
 pub mod kafka;
+mod record;
 mod replace;
 pub mod source;
 
@@ -17,12 +19,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
 use self::chunk::{Chunk, Loader};
 use self::input::InputFile;
+use self::record::{Held, Position, Record, Refused, Run};
 use self::source::Inputs;
 use crate::budget::CommitBudget;
 use crate::catalog::{Catalog, TableHandle};
@@ -48,9 +51,10 @@ pub struct BackfillOptions {
     pub now: DateTime<Utc>,
     /// Accept events at most this far in the future.
     pub future_skew: Duration,
-    /// Events per chunk (one commit each).
+    /// Events per chunk (one commit each). Any size resumes any run.
     pub chunk_events: usize,
-    /// Add the data again even if this backfill was committed before.
+    /// Add the data again even if this backfill was committed before (and,
+    /// with `replace`, replace a range that is not sealed yet).
     pub force: bool,
     /// Report only.
     pub dry_run: bool,
@@ -59,6 +63,9 @@ pub struct BackfillOptions {
     /// Replace everything the table holds in `[from, to)` with the
     /// backfilled data, in one overwrite commit.
     pub replace: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// A range is sealed (no more ingest appends to it expected, so
+    /// `replace` may overwrite it) this long after it ends.
+    pub seal_delay: Duration,
     /// Replay a range of a Kafka topic instead of reading files.
     pub kafka: Option<kafka::KafkaRange>,
     /// The catalog's write budget the chunk commits spend.
@@ -68,8 +75,8 @@ pub struct BackfillOptions {
 }
 
 impl Default for BackfillOptions {
-    /// No inputs, now by the system clock, chunks of a million events, no
-    /// commit budget.
+    /// No inputs, now by the system clock, chunks of a million events,
+    /// ranges sealed an hour after they end, no commit budget.
     fn default() -> Self {
         Self {
             inputs: Vec::new(),
@@ -80,6 +87,7 @@ impl Default for BackfillOptions {
             dry_run: false,
             target_file_size: write::DEFAULT_TARGET_FILE_SIZE,
             replace: None,
+            seal_delay: Duration::from_secs(3600),
             kafka: None,
             budget: CommitBudget::unlimited(),
             retry: RetryPolicy::default(),
@@ -98,15 +106,6 @@ pub struct Progress {
     pub events: u64,
 }
 
-/// The progress record in the summary.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-struct Record {
-    /// Chunks committed.
-    done: u64,
-    /// Whether the last chunk is in.
-    complete: bool,
-}
-
 /// What a backfill did (or, dry, would do).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BackfillReport {
@@ -116,12 +115,14 @@ pub struct BackfillReport {
     pub inputs: Vec<InputFile>,
     /// Chunks committed by this run.
     pub chunks_committed: u64,
-    /// Chunks skipped because an earlier run committed them.
-    pub chunks_skipped: u64,
+    /// Where this run resumed an earlier one (`None`: from the start).
+    pub resumed_at: Option<ResumedAt>,
     /// Events read (accepted and rejected) by this run.
     pub events: u64,
     /// Events rejected (in the rejects table with file and line).
     pub rejected: u64,
+    /// With `--replace` from Kafka: events of other times, left out.
+    pub outside_range: u64,
     /// Rows written per grain.
     pub rows_by_grain: BTreeMap<String, u64>,
     /// Partitions written per grain.
@@ -136,11 +137,22 @@ pub struct BackfillReport {
     pub replaced_rows: u64,
 }
 
+/// Where a run resumed: the input, and how far into it an earlier run
+/// committed (lines, or the next offset).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResumedAt {
+    /// The input (a file, or `kafka:TOPIC/PARTITION[START..END)`).
+    pub input: String,
+    /// Lines of it committed, or its next offset.
+    pub at: i64,
+}
+
 impl BackfillReport {
     /// Count a chunk's events and rejects.
     fn count_read(&mut self, chunk: &Chunk) {
         self.events += chunk.events;
         self.rejected += chunk.rejects.len() as u64;
+        self.outside_range += chunk.outside;
     }
 
     /// Count rows to write.
@@ -154,11 +166,26 @@ impl BackfillReport {
     }
 }
 
-/// The identity of a backfill: its table and its inputs (location and size).
-pub fn identity(decl: &TableDecl, files: &[InputFile]) -> String {
+/// The identity of a backfill: its table and what it reads — each input
+/// file (location and size), or a topic and the range asked for (not the
+/// offsets it resolves to: a live topic's end moves) — and, with
+/// `--replace`, the range replaced.
+pub fn identity(decl: &TableDecl, opts: &BackfillOptions, files: &[InputFile]) -> String {
     let mut text = decl.qualified_name();
-    for f in files {
-        text.push_str(&format!("\n{}\t{}", f.location, f.size));
+    match &opts.kafka {
+        Some(k) => text.push_str(&format!("\nkafka:{}\t{}", k.topic, k.start.describe())),
+        None => {
+            for f in files {
+                text.push_str(&format!("\n{}\t{}", f.location, f.size));
+            }
+        }
+    }
+    if let Some((from, to)) = opts.replace {
+        text.push_str(&format!(
+            "\nreplace\t{}\t{}",
+            from.timestamp_micros(),
+            to.timestamp_micros()
+        ));
     }
     format!("{:016x}", xxh3_64(text.as_bytes()))
 }
@@ -167,13 +194,6 @@ pub fn identity(decl: &TableDecl, files: &[InputFile]) -> String {
 /// other engines' commits and expiry).
 fn held(table: &TableHandle, key: &str) -> Option<String> {
     Ledger::of(&table.metadata).get(key).cloned()
-}
-
-/// The chunks the progress record at `key` says are committed.
-fn chunks_done(table: &TableHandle, key: &str) -> u64 {
-    held(table, key)
-        .and_then(|v| serde_json::from_str::<Record>(&v).ok())
-        .map_or(0, |r| r.done)
 }
 
 /// The oldest firn snapshot in main's ancestry whose ledger holds `value` at
@@ -203,19 +223,22 @@ struct Target<'a> {
     ident: iceberg::TableIdent,
     rejects_ident: iceberg::TableIdent,
     opts: &'a BackfillOptions,
-    /// The run's id: the backfill's identity, or a new one when forced to
-    /// add a finished backfill again.
+    /// The run's id: the backfill's identity, or `<identity>-<n>` for the
+    /// `n`th run `--force` made.
     id: String,
     /// The key of its progress record.
     key: String,
-    /// Chunks an earlier run committed (this run skips them).
-    resume_from: u64,
+    /// The record an earlier run of it left (this run resumes it), and the
+    /// ledger value it was read from.
+    resumed: Option<(Record, String)>,
+    /// A replay's partition ranges, once resolved (what every record keeps).
+    ranges: Vec<(i32, i64, i64)>,
 }
 
 impl<'a> Target<'a> {
     /// Load `decl`'s table, check it matches, and find where the backfill
     /// of `files` stands: refused if it finished (unless forced), else
-    /// resumed after the chunks its progress record holds.
+    /// resumed where its progress record says.
     async fn open(
         catalog: &'a dyn Catalog,
         decl: &'a TableDecl,
@@ -226,51 +249,80 @@ impl<'a> Target<'a> {
         let rejects_ident = tables::rejects_ident(decl)?;
         let table = catalog.load(&ident).await?;
         tables::check_matches(decl, &table.metadata)?;
-        let id = run_id(&table, decl, identity(decl, files), opts.force)?;
-        let key = backfill_key(&id);
+        let base = identity(decl, opts, files);
+        let ledger = Ledger::of(&table.metadata);
+        let standing = record::standing(&base, opts.force, |id| {
+            ledger.get(&backfill_key(id)).cloned()
+        });
+        let (id, resumed) = match standing {
+            Ok(Run::Start(id)) => (id, None),
+            Ok(Run::Resume { id, record, raw }) => (id, Some((record, raw))),
+            Err(refused) => return Err(refusal(&table, decl, refused)),
+        };
         Ok(Self {
             catalog,
             decl,
-            resume_from: chunks_done(&table, &key),
             ident,
             rejects_ident,
             opts,
+            key: backfill_key(&id),
             id,
-            key,
+            resumed,
+            ranges: Vec::new(),
         })
     }
+
+    /// Where this run starts reading.
+    fn resume(&self) -> Position {
+        self.resumed
+            .as_ref()
+            .map_or_else(Position::default, |(r, _)| r.reached)
+    }
+
+    /// The progress record of this run having reached `reached`.
+    fn record(&self, reached: Position, complete: bool) -> String {
+        Record::new(reached, complete, self.ranges.clone()).encode()
+    }
 }
 
-/// The id a run records its progress under: the backfill's identity
-/// `base_id`, unless the table holds it as complete: then an error, or with
-/// `force` a new id.
-fn run_id(table: &TableHandle, decl: &TableDecl, base_id: String, force: bool) -> Result<String> {
-    let base_key = backfill_key(&base_id);
-    let Some(v) = held(table, &base_key) else {
-        return Ok(base_id);
-    };
-    if !serde_json::from_str::<Record>(&v).is_ok_and(|r| r.complete) {
-        return Ok(base_id);
-    }
-    if !force {
-        let snapshot = first_holding(table, &base_key, &v)
-            .map_or("an earlier snapshot".to_string(), |s| {
-                format!("snapshot {s}")
+/// Why a backfill does not run, as an error.
+fn refusal(table: &TableHandle, decl: &TableDecl, refused: Refused) -> Error {
+    let name = decl.qualified_name();
+    let message = match refused {
+        Refused::Finished {
+            id,
+            raw,
+            forced_in_progress,
+        } => {
+            let snapshot = first_holding(table, &backfill_key(&id), &raw)
+                .map_or("an earlier snapshot".to_string(), |s| {
+                    format!("snapshot {s}")
+                });
+            let forced = forced_in_progress.map_or(String::new(), |f| {
+                format!("; a --force run of it ({f}) was left unfinished: --force resumes it")
             });
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
             format!(
-                "backfill {base_id} of these inputs into {} was already committed \
-                 ({snapshot}); add --force to add the data again",
-                decl.qualified_name()
-            ),
-        ));
-    }
-    Ok(format!("{base_id}-{}", uuid::Uuid::now_v7().simple()))
+                "backfill {id} of these inputs into {name} was already committed \
+                 ({snapshot}){forced}; add --force to add the data again"
+            )
+        }
+        Refused::LegacyUnfinished { id, done } => format!(
+            "backfill {id} into {name} was left unfinished by an earlier firn, which recorded \
+             {done} committed chunk(s) but not their size, so where it stopped cannot be told \
+             exactly. Finish it with the firn version and --chunk-events that started it, or \
+             add --force to start it over (the {done} chunk(s) it committed stay and are added \
+             again)"
+        ),
+        Refused::Unreadable { id, raw } => format!(
+            "the progress record {} of backfill {id} in {name} is not one firn reads: {raw}",
+            backfill_key(&id)
+        ),
+    };
+    Error::new(ErrorKind::InvalidInput, message)
 }
 
-/// Run a backfill of `decl`'s table: resolve its inputs and where it
-/// stands, read them in chunks and commit each (with `--replace`, all in one
+/// Run a backfill of `decl`'s table: find where it stands, resolve its
+/// inputs, read them in chunks and commit each (with `--replace`, all in one
 /// overwrite commit; dry, none), reporting progress to `progress`.
 pub async fn run(
     catalog: &dyn Catalog,
@@ -278,25 +330,60 @@ pub async fn run(
     opts: &BackfillOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<BackfillReport> {
-    let inputs = Inputs::resolve(opts, catalog.storage()).await?;
-    let target = Target::open(catalog, decl, opts, &inputs.files).await?;
+    let files = match opts.kafka {
+        Some(_) => Vec::new(),
+        None => input::expand(&opts.inputs, catalog.storage()).await?,
+    };
+    let mut target = Target::open(catalog, decl, opts, &files).await?;
+    let plan = match opts.replace {
+        Some(range) => Some(replace::plan(&target, range).await?),
+        None => None,
+    };
+    let recorded = target
+        .resumed
+        .as_ref()
+        .map_or(&[][..], |(r, _)| &r.ranges[..]);
+    let caps = plan.as_ref().map(|p| p.ends.clone()).unwrap_or_default();
+    let inputs = Inputs::resolve(opts, files, recorded, &caps).await?;
+    target.ranges = inputs.ranges();
+    let resume = target.resume();
     let mut report = BackfillReport {
         id: target.id.clone(),
         inputs: inputs.files.clone(),
         dry_run: opts.dry_run,
+        resumed_at: target.resumed.as_ref().map(|_| ResumedAt {
+            input: inputs
+                .files
+                .get(resume.input)
+                .map_or_else(String::new, |f| f.location.clone()),
+            at: resume.at,
+        }),
         ..Default::default()
     };
     let total_bytes = inputs.files.iter().map(|f| f.size).sum();
     let mut loader = Loader::new(decl, opts, total_bytes, progress);
     let whole = load(&target, &inputs, &mut loader, &mut report).await?;
-    match opts.replace {
-        Some(range) => {
+    match plan {
+        Some(plan) => {
             report.count_rows(&whole.rows);
-            replace::replace(&target, range, whole, &mut report).await?;
+            replace::commit(&target, plan, whole, &mut report).await?;
         }
-        // Nothing to read: one empty chunk records the backfill as complete.
-        None if inputs.files.is_empty() && !opts.dry_run => {
-            commit_chunk(&target, 0, true, Chunk::default()).await?;
+        // Nothing (left) to read: one empty chunk records the backfill as complete.
+        None if resume.input >= inputs.files.len() && !opts.dry_run => {
+            let mut committed = target.resumed.as_ref().map(|(_, raw)| raw.clone());
+            let end = Position {
+                input: inputs.files.len(),
+                at: 0,
+            };
+            commit_chunk(
+                &target,
+                &mut committed,
+                resume.input,
+                (end, true),
+                Chunk::default(),
+            )
+            .await?;
+            report.chunks_committed += 1;
         }
         None => {}
     }
@@ -304,8 +391,9 @@ pub async fn run(
     Ok(report)
 }
 
-/// Read every input in chunks, committing each chunk (unless dry), or,
-/// with `--replace`, gathering them into the one chunk returned.
+/// Read every input from where the run resumes, in chunks, committing each
+/// chunk (unless dry), or, with `--replace`, gathering them into the one
+/// chunk returned.
 async fn load(
     target: &Target<'_>,
     inputs: &Inputs,
@@ -313,72 +401,98 @@ async fn load(
     report: &mut BackfillReport,
 ) -> Result<Chunk> {
     let opts = target.opts;
+    let resume = target.resume();
     let mut whole = Chunk::default();
-    // Chunks never span inputs: chunk boundaries depend only on the inputs.
-    let mut index: u64 = 0;
-    for i in 0..inputs.files.len() {
-        let mut source = inputs.open(i, target.catalog.storage()).await?;
-        let last_input = i + 1 == inputs.files.len();
-        let mut eof = false;
-        while !eof {
-            let skip = index < target.resume_from;
-            let (chunk, ended) = loader.read_chunk(source.as_mut(), skip)?;
-            eof = ended;
-            let last = eof && last_input;
-            if chunk.events == 0 && !last {
-                continue;
-            }
-            if opts.replace.is_some() {
-                report.count_read(&chunk);
-                whole.absorb(&loader.spec, chunk);
-            } else if skip {
-                report.chunks_skipped += 1;
+    // What the ledger holds for this run (the next commit is fenced on it).
+    let mut committed = target.resumed.as_ref().map(|(_, raw)| raw.clone());
+    let n = inputs.files.len();
+    // Chunks never span inputs; a chunk's commit records the position after
+    // its last record, so a rerun resumes there whatever its chunk size.
+    for i in resume.input..n {
+        let at = if i == resume.input { resume.at } else { 0 };
+        let mut source = inputs.open(i, target.catalog.storage(), at).await?;
+        loop {
+            let (chunk, eof) = loader.read_chunk(source.as_mut())?;
+            let last = eof && i + 1 == n;
+            let reached = if eof {
+                Position {
+                    input: i + 1,
+                    at: 0,
+                }
             } else {
+                Position {
+                    input: i,
+                    at: source.position(),
+                }
+            };
+            if chunk.events > 0 || last {
                 report.count_read(&chunk);
-                report.count_rows(&chunk.rows);
-                if !opts.dry_run {
-                    commit_chunk(target, index, last, chunk).await?;
-                    report.chunks_committed += 1;
+                if opts.replace.is_some() {
+                    whole.absorb(&loader.spec, chunk);
+                } else {
+                    report.count_rows(&chunk.rows);
+                    if !opts.dry_run {
+                        commit_chunk(target, &mut committed, i, (reached, last), chunk).await?;
+                        report.chunks_committed += 1;
+                    }
                 }
             }
-            index += 1;
+            if eof {
+                break;
+            }
         }
     }
     Ok(whole)
 }
 
-/// Commit one chunk: its rejects (skipped if an earlier run recorded them),
-/// then its rows, advancing the fenced progress record from `index` to
-/// `index + 1`.
-async fn commit_chunk(target: &Target<'_>, index: u64, last: bool, chunk: Chunk) -> Result<()> {
+/// Commit one chunk of input `input`: its rejects that an earlier run has
+/// not recorded, then its rows, advancing the fenced progress record from
+/// `committed` to `reached`.
+async fn commit_chunk(
+    target: &Target<'_>,
+    committed: &mut Option<String>,
+    input: usize,
+    (reached, last): (Position, bool),
+    chunk: Chunk,
+) -> Result<()> {
     let (catalog, ident, key) = (target.catalog, &target.ident, &target.key);
     let opts = target.opts;
-    let retry = opts.retry;
-    let record = |done: u64, complete: bool| {
-        serde_json::to_string(&Record { done, complete }).unwrap_or_default()
-    };
+    let set = target.record(reached, last);
     if !chunk.rejects.is_empty() {
+        // A killed run may have recorded some of them (its chunks may have
+        // ended elsewhere): those before its rejects record are in.
         let rt = catalog.load(&target.rejects_ident).await?;
-        if chunks_done(&rt, key) <= index {
-            commit_rejects(target, &chunk.rejects, record(index + 1, last)).await?;
+        let recorded = held(&rt, key)
+            .and_then(|v| Held::parse(&v))
+            .and_then(|h| h.reached());
+        let fresh: Vec<RejectRecord> = chunk
+            .rejects
+            .into_iter()
+            .filter(|(at, _)| recorded.is_none_or(|r| Position { input, at: *at } >= r))
+            .map(|(_, r)| r)
+            .collect();
+        if !fresh.is_empty() {
+            commit_rejects(target, &fresh, set.clone()).await?;
         }
     }
     let table = catalog.load(ident).await?;
     let files = write_grains(&table, target.decl, chunk.rows, opts.target_file_size).await?;
     let change = Change::append(FirnOperation::Backfill, files).with_claim(Claim {
         key: key.to_string(),
-        expect: (index > 0).then(|| record(index, false)),
-        set: record(index + 1, last),
+        expect: committed.clone(),
+        set: set.clone(),
     });
     let _permit = opts.budget.acquire(ident).await;
-    let committed = commit::commit(catalog, ident, &change, retry).await?;
+    let done = commit::commit(catalog, ident, &change, opts.retry).await?;
+    *committed = Some(set);
     tracing::info!(
         table = %ident,
-        chunk = index,
+        input = reached.input,
+        at = reached.at,
         last,
-        snapshot_id = committed.snapshot_id,
-        files = committed.added_files,
-        rows = committed.added_records,
+        snapshot_id = done.snapshot_id,
+        files = done.added_files,
+        rows = done.added_records,
         "backfill chunk committed"
     );
     Ok(())

@@ -2,6 +2,8 @@
 //! cross (a file, or one partition's offset range of a topic), each read as
 //! records that say where they were read.
 
+use std::collections::BTreeMap;
+
 use super::BackfillOptions;
 use super::input::{self, InputFile};
 use super::kafka::{self, KafkaRange, PartitionRange};
@@ -27,12 +29,26 @@ impl SourceRecord<'_> {
         matches!(self.origin, Origin::Line { .. })
             && self.payload.iter().all(u8::is_ascii_whitespace)
     }
+
+    /// Its index in its input, as [`Source::position`] counts: a line's
+    /// number less one, a record's offset.
+    pub fn index(&self) -> i64 {
+        match self.origin {
+            Origin::Line { line, .. } => line - 1,
+            Origin::Kafka { offset, .. } => offset,
+        }
+    }
 }
 
 /// One stretch of input, read in order.
 pub trait Source: Send {
     /// The next record, or `None` at the end.
     fn next(&mut self) -> Result<Option<SourceRecord<'_>>>;
+
+    /// The index of the next record: a file's lines read so far, a
+    /// partition's next offset. A progress record holds it, and a rerun
+    /// opens the input there.
+    fn position(&self) -> i64;
 }
 
 /// A backfill's inputs, resolved.
@@ -47,13 +63,23 @@ pub(super) struct Inputs {
 }
 
 impl Inputs {
-    /// Expand the input files, or resolve the topic range to offsets.
-    pub async fn resolve(opts: &BackfillOptions, storage: &ObjectStoreStorage) -> Result<Self> {
+    /// The inputs: `files`, or the topic range as an earlier run of the
+    /// backfill resolved it (`recorded`), else resolved now, no partition
+    /// ending past `caps`.
+    pub async fn resolve(
+        opts: &BackfillOptions,
+        files: Vec<InputFile>,
+        recorded: &[(i32, i64, i64)],
+        caps: &BTreeMap<i32, i64>,
+    ) -> Result<Self> {
         let Some(k) = &opts.kafka else {
-            let files = input::expand(&opts.inputs, storage).await?;
             return Ok(Self { files, kafka: None });
         };
-        let ranges = kafka::resolve(k).await?;
+        let ranges = if recorded.is_empty() {
+            kafka::resolve(k, caps).await?
+        } else {
+            kafka::recorded(k, recorded)
+        };
         let files = ranges
             .iter()
             .map(|r| InputFile {
@@ -67,15 +93,24 @@ impl Inputs {
         })
     }
 
-    /// Open the `index`th input.
+    /// A replay's partition ranges, as a progress record keeps them.
+    pub fn ranges(&self) -> Vec<(i32, i64, i64)> {
+        self.kafka
+            .iter()
+            .flat_map(|(_, ranges)| ranges.iter().map(PartitionRange::recorded))
+            .collect()
+    }
+
+    /// Open the `index`th input at position `at` (see [`Source::position`]).
     pub async fn open(
         &self,
         index: usize,
         storage: &ObjectStoreStorage,
+        at: i64,
     ) -> Result<Box<dyn Source>> {
         Ok(match &self.kafka {
-            Some((k, ranges)) => Box::new(kafka::RangeReader::open(k, ranges[index])?),
-            None => Box::new(input::open(&self.files[index], storage).await?),
+            Some((k, ranges)) => Box::new(kafka::RangeReader::open(k, ranges[index], at)?),
+            None => Box::new(input::open(&self.files[index], storage, at).await?),
         })
     }
 }

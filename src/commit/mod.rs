@@ -12,6 +12,7 @@ pub mod manifests;
 pub mod operation;
 pub mod snapshot;
 pub mod summary;
+pub mod validate;
 
 use std::collections::HashMap;
 
@@ -82,6 +83,9 @@ pub struct Change {
     offsets: Option<OffsetAdvance>,
     /// A fenced progress record (backfill chunks).
     claim: Option<Claim>,
+    /// An overwrite's conflict rule: refused if data was added to its range
+    /// since the snapshot it was planned on.
+    no_conflicting_data: Option<validate::NoConflictingData>,
     /// Extra snapshot summary properties.
     properties: HashMap<String, String>,
 }
@@ -101,6 +105,7 @@ impl Change {
             rewrite_manifests: None,
             offsets: None,
             claim: None,
+            no_conflicting_data: None,
             properties: HashMap::new(),
         }
     }
@@ -137,6 +142,14 @@ impl Change {
     /// Advance a progress record, fenced (see [`Claim`]).
     pub fn with_claim(mut self, claim: Claim) -> Self {
         self.claim = Some(claim);
+        self
+    }
+
+    /// Validate on every attempt's base that nothing was added to
+    /// `rule.range` since `rule.from_snapshot` (Iceberg's conflict rule for
+    /// an overwrite).
+    pub fn with_no_conflicting_data(mut self, rule: validate::NoConflictingData) -> Self {
+        self.no_conflicting_data = Some(rule);
         self
     }
 
@@ -205,7 +218,8 @@ pub struct Committed {
 ///
 /// Every attempt starts from a fresh base and re-validates the change on it.
 /// Returns `Fenced` if the change's offsets or claim no longer match the
-/// table and `Superseded` if a file it removes is gone (neither retried),
+/// table and `Superseded` if a file it removes is gone or an overwrite's
+/// range gained data since its plan (neither retried),
 /// and `CommitConflict` if every attempt lost the race.
 pub async fn commit(
     catalog: &dyn Catalog,
@@ -232,6 +246,9 @@ async fn attempt(
 ) -> Result<Committed> {
     let base = catalog.load(ident).await?;
     change.check_fences(&base)?;
+    if let Some(rule) = &change.no_conflicting_data {
+        rule.check(&base, &change.added).await?;
+    }
     let (staged, built) = snapshot::build(&base, change, attempt).await?;
     let table = catalog.swap(&base, staged).await?;
     tracing::info!(

@@ -140,16 +140,20 @@ pub(crate) struct BackfillArgs {
     #[arg(long)]
     pub(crate) topic: Option<String>,
     /// Start offsets, PARTITION:OFFSET,... (each partition ends at its high
-    /// watermark when the backfill starts).
+    /// watermark when the backfill first starts; a rerun keeps that end).
+    /// With --replace it may be left out: every partition from its earliest.
     #[arg(long, value_parser = firn::backfill::kafka::parse_offsets, conflicts_with = "start_time")]
     pub(crate) start_offsets: Option<std::collections::BTreeMap<i32, i64>>,
-    /// Start of a time range to replay (with --end-time).
+    /// Start of a time range of Kafka record timestamps to replay (with
+    /// --end-time); not with --replace, which selects by event time.
     #[arg(long, value_parser = parse_time, requires = "end_time")]
     pub(crate) start_time: Option<DateTime<Utc>>,
     /// End of the time range to replay, exclusive.
     #[arg(long, value_parser = parse_time)]
     pub(crate) end_time: Option<DateTime<Utc>>,
-    /// Add the data again even if this backfill was committed before.
+    /// Add the data again even if this backfill was committed before (a
+    /// killed --force run resumes when run again with --force); with
+    /// --replace, also replace a range that is not sealed yet.
     #[arg(long)]
     pub(crate) force: bool,
     /// Print what would be written (rows per grain, totals, rejects); write nothing.
@@ -165,9 +169,14 @@ pub(crate) struct BackfillArgs {
     /// End of the range to replace, exclusive.
     #[arg(long, value_parser = parse_time)]
     pub(crate) to: Option<DateTime<Utc>>,
-    /// Events per commit; a killed backfill resumes at the first uncommitted chunk.
+    /// Events per commit; a killed backfill resumes after the last committed
+    /// event, whatever the chunk size of either run.
     #[arg(long, default_value_t = firn::backfill::BackfillOptions::default().chunk_events)]
     pub(crate) chunk_events: usize,
+    /// With --replace: the range must have ended this long ago (sealed: no
+    /// more ingest appends expected), unless --force.
+    #[arg(long, env = "FIRN_SEAL_DELAY", default_value_t = Span(firn::backfill::BackfillOptions::default().seal_delay))]
+    pub(crate) seal_delay: Span,
     /// Measure ages (and the accepted window) from this time (RFC 3339 or YYYY-MM-DD).
     #[arg(long, env = "FIRN_NOW", value_parser = parse_time)]
     pub(crate) now: Option<DateTime<Utc>>,

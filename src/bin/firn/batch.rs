@@ -188,7 +188,11 @@ pub(crate) async fn backfill(
                 let start = match (args.start_offsets, args.start_time, args.end_time) {
                     (Some(o), _, _) => firn::backfill::kafka::Start::Offsets(o),
                     (None, Some(s), Some(e)) => firn::backfill::kafka::Start::Time(s, e),
-                    _ => bail!("--from-kafka needs --start-offsets or --start-time and --end-time"),
+                    (None, None, None) if args.replace => firn::backfill::kafka::Start::Earliest,
+                    _ => bail!(
+                        "--from-kafka needs --start-offsets, or --start-time and --end-time \
+                         (with --replace, neither: every partition from its earliest offset)"
+                    ),
                 };
                 Some(firn::backfill::kafka::KafkaRange {
                     brokers: config.ingest.brokers.clone(),
@@ -204,6 +208,7 @@ pub(crate) async fn backfill(
             } else {
                 None
             },
+            seal_delay: *args.seal_delay,
             budget: CommitBudget::new(
                 config.commits_per_minute(args.budget.max_commits_per_minute),
             ),

@@ -1,9 +1,15 @@
 //! Backfill from event files: exact totals at the grain each age calls for,
 //! refusal of a repeated backfill (and `--force`), resume after a kill, and
-//! rejects naming file and line.
+//! rejects naming file and line. The submodules hold what a backfill is
+//! (its identity and resume), `--replace` isolation, and time-range replays.
+
+mod replace;
+mod resume;
+mod time_range;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use firn::produce::{EventGenerator, ProduceOptions};
@@ -13,15 +19,15 @@ use serde_json::Value;
 
 use crate::common::Lake;
 
-struct Inputs {
-    files: Vec<PathBuf>,
-    totals: std::collections::BTreeMap<String, Value>,
-    malformed: u64,
-    lines: u64,
+pub(super) struct Inputs {
+    pub(super) files: Vec<PathBuf>,
+    pub(super) totals: std::collections::BTreeMap<String, Value>,
+    pub(super) malformed: u64,
+    pub(super) lines: u64,
 }
 
 /// Three files (plain, gzip, zstd) of events spread over 200 days, 1% malformed.
-fn write_inputs(dir: &Path, decl: &TableDecl, per_file: u64) -> Inputs {
+pub(super) fn write_inputs(dir: &Path, decl: &TableDecl, per_file: u64) -> Inputs {
     let mut generator = EventGenerator::new(
         decl,
         &ProduceOptions {
@@ -63,16 +69,58 @@ fn write_inputs(dir: &Path, decl: &TableDecl, per_file: u64) -> Inputs {
     }
 }
 
-fn backfill(lake: &Lake, dir: &Path, extra: &[&str]) -> std::process::Output {
-    lake.firn()
-        .args(["backfill", "usage.http_requests", "--input"])
+/// `firn backfill` of the files in `dir`, with `extra` flags.
+pub(super) fn backfill_command(lake: &Lake, dir: &Path, extra: &[&str]) -> Command {
+    let mut c = lake.firn();
+    c.args(["backfill", "usage.http_requests", "--input"])
         .arg(format!("{}/*.ndjson*", dir.display()))
-        .args(extra)
-        .output()
-        .unwrap()
+        .args(extra);
+    c
 }
 
-async fn totals(lake: &Lake) -> read::Totals {
+pub(super) fn backfill(lake: &Lake, dir: &Path, extra: &[&str]) -> std::process::Output {
+    backfill_command(lake, dir, extra).output().unwrap()
+}
+
+/// `firn backfill` replaying `topic`, with `extra` flags.
+pub(super) fn replay_command(lake: &Lake, topic: &str, extra: &[&str]) -> Command {
+    let mut c = lake.firn();
+    c.args([
+        "backfill",
+        "usage.http_requests",
+        "--from-kafka",
+        "--topic",
+        topic,
+    ])
+    .args(extra);
+    c
+}
+
+/// Assert that the table's totals are those of `inputs`, measure by measure.
+pub(super) async fn assert_holds(lake: &Lake, inputs: &Inputs) {
+    let decl = lake.decl();
+    let t = totals(lake).await;
+    for m in &decl.measures {
+        assert_eq!(
+            serde_json::json!(t.long(&decl, &m.name)),
+            inputs.totals[&m.name],
+            "{}",
+            m.name
+        );
+    }
+}
+
+/// The JSON report of a command that must have succeeded.
+pub(super) fn succeeded(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+pub(super) async fn totals(lake: &Lake) -> read::Totals {
     let catalog = lake.catalog().await;
     let decl = lake.decl();
     read::totals(
@@ -85,11 +133,8 @@ async fn totals(lake: &Lake) -> read::Totals {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_is_exact_refused_twice_and_forced_on_request() {
-    let lake = Lake::without_broker();
-    lake.run(&["tables", "sync"]);
-    let data = tempfile::tempdir().unwrap();
+    let (lake, data, inputs) = lake_with_inputs(4_000);
     let decl = lake.decl();
-    let inputs = write_inputs(data.path(), &decl, 4_000);
 
     let dry = backfill(&lake, data.path(), &["--dry-run"]);
     assert!(dry.status.success());
@@ -118,15 +163,7 @@ async fn backfill_is_exact_refused_twice_and_forced_on_request() {
             "no {grain} rows: {report}"
         );
     }
-    let t = totals(&lake).await;
-    for m in &decl.measures {
-        assert_eq!(
-            serde_json::json!(t.long(&decl, &m.name)),
-            inputs.totals[&m.name],
-            "{}",
-            m.name
-        );
-    }
+    assert_holds(&lake, &inputs).await;
     let status: Value = serde_json::from_str(&lake.run(&["status", "--json"])).unwrap();
     assert!(status[0]["grains"]["day"]["rows"].as_u64().unwrap() > 0);
 
@@ -183,29 +220,57 @@ async fn backfill_is_exact_refused_twice_and_forced_on_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_backfill_resumes_without_counting_a_chunk_twice() {
+    let (lake, data, inputs) = killed_backfill(6_000, 4).await;
+    let report = succeeded(&backfill(&lake, data.path(), &["--chunk-events", "500"]));
+    assert!(report["resumed_at"]["at"].as_i64().unwrap() > 0, "{report}");
+    assert!(
+        report["events"].as_u64().unwrap() < inputs.lines,
+        "{report}"
+    );
+    eprintln!(
+        "MEASURE resume: resumed at {}, {} chunks committed",
+        report["resumed_at"], report["chunks_committed"]
+    );
+    assert_holds(&lake, &inputs).await;
+    assert_eq!(rejects(&lake).await.len() as u64, inputs.malformed);
+}
+
+/// A lake without Kafka, its table synced, and the inputs [`write_inputs`]
+/// writes (`per_file` lines each) in a folder of their own.
+pub(super) fn lake_with_inputs(per_file: u64) -> (Lake, tempfile::TempDir, Inputs) {
     let lake = Lake::without_broker();
     lake.run(&["tables", "sync"]);
     let data = tempfile::tempdir().unwrap();
-    let decl = lake.decl();
-    let inputs = write_inputs(data.path(), &decl, 6_000);
-    let catalog = lake.catalog().await;
-    let ident = tables::ident(&decl).unwrap();
+    let inputs = write_inputs(data.path(), &lake.decl(), per_file);
+    (lake, data, inputs)
+}
 
-    let mut child = lake
-        .firn()
-        .args([
-            "backfill",
-            "usage.http_requests",
-            "--chunk-events",
-            "500",
-            "--input",
-        ])
-        .arg(format!("{}/*.ndjson*", data.path().display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+/// A lake and the inputs [`write_inputs`] writes (`per_file` lines each),
+/// whose backfill in chunks of 500 was killed once the table had
+/// `snapshots` snapshots.
+pub(super) async fn killed_backfill(
+    per_file: u64,
+    snapshots: usize,
+) -> (Lake, tempfile::TempDir, Inputs) {
+    let (lake, data, inputs) = lake_with_inputs(per_file);
+    let mut child = backfill_command(&lake, data.path(), &["--chunk-events", "500"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Kill it once a few chunks are in.
+    kill_at_snapshots(&lake, &mut child, snapshots).await;
+    (lake, data, inputs)
+}
+
+/// Kill `child` (a backfill) once the table has `snapshots` snapshots; it
+/// must still be running by then.
+pub(super) async fn kill_at_snapshots(
+    lake: &Lake,
+    child: &mut std::process::Child,
+    snapshots: usize,
+) {
+    let catalog = lake.catalog().await;
+    let ident = tables::ident(&lake.decl()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let n = catalog
@@ -215,10 +280,13 @@ async fn a_killed_backfill_resumes_without_counting_a_chunk_twice() {
             .metadata
             .snapshots()
             .count();
-        if n >= 4 {
+        if n >= snapshots {
             break;
         }
-        assert!(Instant::now() < deadline, "the backfill committed nothing");
+        assert!(
+            Instant::now() < deadline,
+            "the backfill did not commit enough"
+        );
         assert!(
             child.try_wait().unwrap().is_none(),
             "the backfill finished before it was killed"
@@ -227,41 +295,23 @@ async fn a_killed_backfill_resumes_without_counting_a_chunk_twice() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+}
 
-    let out = backfill(&lake, data.path(), &["--chunk-events", "500"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(report["chunks_skipped"].as_u64().unwrap() >= 3, "{report}");
-    eprintln!(
-        "MEASURE resume: {} chunks skipped, {} committed",
-        report["chunks_skipped"], report["chunks_committed"]
-    );
-    let t = totals(&lake).await;
-    for m in &decl.measures {
-        assert_eq!(
-            serde_json::json!(t.long(&decl, &m.name)),
-            inputs.totals[&m.name],
-            "{}",
-            m.name
-        );
-    }
-    let rejects = read::rejects(
+/// The rejects table's records.
+pub(super) async fn rejects(lake: &Lake) -> Vec<firn::rejects::RejectRecord> {
+    let catalog = lake.catalog().await;
+    read::rejects(
         &catalog
-            .load(&tables::rejects_ident(&decl).unwrap())
+            .load(&tables::rejects_ident(&lake.decl()).unwrap())
             .await
             .unwrap(),
     )
     .await
-    .unwrap();
-    assert_eq!(rejects.len() as u64, inputs.malformed);
+    .unwrap()
 }
 
 /// A file of `n` valid events all on the UTC day `day`, and their totals.
-fn day_file(
+pub(super) fn day_file(
     path: &Path,
     decl: &TableDecl,
     day: chrono::NaiveDate,
@@ -491,18 +541,13 @@ async fn kafka_replay_leaves_the_ingest_group_untouched() {
     );
     let rebalances = lake.log("live").matches("assigned").count();
 
-    let out = lake
-        .firn()
-        .args([
-            "backfill",
-            "usage.http_requests",
-            "--from-kafka",
-            "--topic",
-            "http-requests",
-        ])
-        .args(["--start-offsets", "0:0,1:0,2:0", "--chunk-events", "4000"])
-        .output()
-        .unwrap();
+    let out = replay_command(
+        &lake,
+        "http-requests",
+        &["--start-offsets", "0:0,1:0,2:0", "--chunk-events", "4000"],
+    )
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -533,16 +578,7 @@ async fn kafka_replay_leaves_the_ingest_group_untouched() {
         2 * report.totals["bytes"].as_i64().unwrap()
     );
     // The same range again is refused.
-    let again = lake
-        .firn()
-        .args([
-            "backfill",
-            "usage.http_requests",
-            "--from-kafka",
-            "--topic",
-            "http-requests",
-        ])
-        .args(["--start-offsets", "0:0,1:0,2:0"])
+    let again = replay_command(&lake, "http-requests", &["--start-offsets", "0:0,1:0,2:0"])
         .output()
         .unwrap();
     assert!(!again.status.success());
@@ -651,23 +687,14 @@ async fn kafka_replay_by_time_range() {
     let end = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     lake.produce(batch(500, 3)).await;
-    let out = lake
-        .firn()
-        .args([
-            "backfill",
-            "usage.http_requests",
-            "--from-kafka",
-            "--topic",
-            "http-requests",
-        ])
-        .args([
-            "--start-time",
-            &start.to_rfc3339(),
-            "--end-time",
-            &end.to_rfc3339(),
-        ])
-        .output()
-        .unwrap();
+    let (start, end) = (start.to_rfc3339(), end.to_rfc3339());
+    let out = replay_command(
+        &lake,
+        "http-requests",
+        &["--start-time", &start, "--end-time", &end],
+    )
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",
