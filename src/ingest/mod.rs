@@ -23,8 +23,9 @@ use crate::schema::decl::TableDecl;
 use crate::tables;
 use crate::telemetry::IngestMetrics;
 
-/// Runtime knobs of an ingest worker.
-#[derive(Debug, Clone)]
+/// Runtime knobs of an ingest worker. `Debug` shows the names of the
+/// librdkafka properties, not their values (`sasl.password`).
+#[derive(Clone)]
 pub struct IngestOptions {
     /// Kafka bootstrap servers.
     pub brokers: String,
@@ -51,6 +52,25 @@ pub struct IngestOptions {
     /// Where to start when the table holds no offsets for the group (or, with
     /// explicit offsets, to move it); see [`reset`].
     pub reset_offsets: Option<ResetOffsets>,
+}
+
+impl std::fmt::Debug for IngestOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestOptions")
+            .field("brokers", &self.brokers)
+            .field("group", &self.group)
+            .field("kafka", &self.kafka.keys())
+            .field("commit_interval", &self.commit_interval)
+            .field("max_buffered_rows", &self.max_buffered_rows)
+            .field("max_buffered_bytes", &self.max_buffered_bytes)
+            .field("future_skew", &self.future_skew)
+            .field("target_file_size", &self.target_file_size)
+            .field("stop_when_idle", &self.stop_when_idle)
+            .field("retry", &self.retry)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("reset_offsets", &self.reset_offsets)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for IngestOptions {

@@ -192,7 +192,8 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The chain holds other libraries' messages too: mask them alike.
+            eprintln!("error: {}", firn::redact::credentials(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
