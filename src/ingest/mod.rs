@@ -43,7 +43,9 @@ pub struct IngestOptions {
     pub future_skew: Duration,
     /// Target size of a data file.
     pub target_file_size: usize,
-    /// Stop (after a final flush) when no record arrived for this long.
+    /// Stop (after a final flush) once the assigned partitions are caught up
+    /// with their high watermarks and no record arrived for this long since
+    /// they were assigned.
     pub stop_when_idle: Option<Duration>,
     /// Commit retries on catalog conflicts.
     pub retry: RetryPolicy,

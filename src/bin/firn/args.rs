@@ -23,7 +23,10 @@ pub(crate) struct IngestArgs {
     /// Reject events further than this in the future.
     #[arg(long, env = "FIRN_FUTURE_SKEW", value_parser = humantime::parse_duration)]
     pub(crate) future_skew: Option<Duration>,
-    /// Stop (after a final commit) once no record arrived for this long.
+    /// Stop (after a final commit) once the assigned partitions are caught
+    /// up with their high watermarks and no record arrived for this long
+    /// (counted from the assignment: a worker the group assigns late still
+    /// drains the backlog first).
     #[arg(long, env = "FIRN_STOP_WHEN_IDLE", value_parser = humantime::parse_duration)]
     pub(crate) stop_when_idle: Option<Duration>,
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address,
