@@ -47,6 +47,10 @@ pub struct IngestOptions {
     /// with their high watermarks and no record arrived for this long since
     /// they were assigned.
     pub stop_when_idle: Option<Duration>,
+    /// Kafka static membership (`group.instance.id`): a worker restarted
+    /// under the same id gets its partitions back without a rebalance or a
+    /// wait for its old session, and does not leave the group when it stops.
+    pub instance_id: Option<String>,
     /// Commit retries on catalog conflicts.
     pub retry: RetryPolicy,
     /// Serve `/metrics`, `/healthz` and `/readyz` here.
@@ -68,6 +72,7 @@ impl std::fmt::Debug for IngestOptions {
             .field("future_skew", &self.future_skew)
             .field("target_file_size", &self.target_file_size)
             .field("stop_when_idle", &self.stop_when_idle)
+            .field("instance_id", &self.instance_id)
             .field("retry", &self.retry)
             .field("metrics_addr", &self.metrics_addr)
             .field("reset_offsets", &self.reset_offsets)
@@ -87,6 +92,7 @@ impl Default for IngestOptions {
             future_skew: crate::events::DEFAULT_FUTURE_SKEW,
             target_file_size: crate::write::DEFAULT_TARGET_FILE_SIZE,
             stop_when_idle: None,
+            instance_id: None,
             retry: RetryPolicy::default(),
             metrics_addr: None,
             reset_offsets: None,

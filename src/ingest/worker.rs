@@ -423,13 +423,7 @@ pub(super) fn run_blocking(
     metrics: IngestMetrics,
     stop: Arc<AtomicBool>,
 ) -> Result<IngestReport> {
-    let settings = [
-        ("partition.assignment.strategy", "range,roundrobin"),
-        ("client.id", "firn-ingest"),
-        // Statistics carry the high watermarks consumer lag is measured from.
-        ("statistics.interval.ms", "5000"),
-    ];
-    let config = kafka::consumer_config(&opts.brokers, &opts.group, &settings, &opts.kafka);
+    let config = consumer_config(&opts);
     let topics: Vec<String> = sinks.keys().cloned().collect();
     let now = Instant::now();
     let context = IngestContext {
@@ -451,7 +445,10 @@ pub(super) fn run_blocking(
     let consumer: BaseConsumer<IngestContext> = config.create_with_context(context)?;
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
-    tracing::info!(topics = ?topics, group = %opts.group, brokers = %opts.brokers, "consuming");
+    tracing::info!(
+        topics = ?topics, group = %opts.group, instance = ?opts.instance_id,
+        brokers = %opts.brokers, "consuming"
+    );
 
     let mut stopped_idle = false;
     while !stop.load(Ordering::Relaxed) {
@@ -510,13 +507,36 @@ pub(super) fn run_blocking(
         }
         core.report.clone()
     };
-    consumer.unsubscribe();
+    // A static member stays in the group when it stops (KIP-345: closing
+    // sends no LeaveGroup), so that its successor under the same id takes
+    // its partitions back at once; a dynamic member leaves now.
+    if opts.instance_id.is_none() {
+        consumer.unsubscribe();
+    }
     drop(consumer);
     Ok(report)
 }
 
+/// The ingest consumer's librdkafka configuration: the group, static
+/// membership when `opts.instance_id` is set, then the operator's
+/// properties.
+fn consumer_config(opts: &IngestOptions) -> rdkafka::ClientConfig {
+    let mut settings = vec![
+        ("partition.assignment.strategy", "range,roundrobin"),
+        ("client.id", "firn-ingest"),
+        // Statistics carry the high watermarks consumer lag is measured from.
+        ("statistics.interval.ms", "5000"),
+    ];
+    if let Some(id) = &opts.instance_id {
+        settings.push(("group.instance.id", id.as_str()));
+    }
+    kafka::consumer_config(&opts.brokers, &opts.group, &settings, &opts.kafka)
+}
+
 #[cfg(test)]
 mod tests {
+    use rdkafka::consumer::BaseConsumer;
+
     use super::*;
 
     #[test]
@@ -525,5 +545,24 @@ mod tests {
         assert_eq!(records_behind(None, 10, 100), 90);
         assert_eq!(records_behind(Some(100), 10, 100), 0);
         assert_eq!(records_behind(None, 100, 100), 0);
+    }
+
+    /// `--instance-id` becomes librdkafka's `group.instance.id` (a consumer
+    /// with it is created: librdkafka knows the property); without it the
+    /// worker is a dynamic member.
+    #[test]
+    fn instance_id_makes_a_static_member() {
+        let opts = IngestOptions {
+            brokers: "127.0.0.1:1".into(),
+            instance_id: Some("firn-ingest-0".into()),
+            ..Default::default()
+        };
+        let config = consumer_config(&opts);
+        assert_eq!(config.get("group.instance.id"), Some("firn-ingest-0"));
+        assert_eq!(config.get("group.id"), Some("firn-ingest"));
+        let consumer: std::result::Result<BaseConsumer, _> = config.create();
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
+        let dynamic = consumer_config(&IngestOptions::default());
+        assert_eq!(dynamic.get("group.instance.id"), None);
     }
 }

@@ -1,6 +1,8 @@
 //! The ingest worker as a consumer-group member, against a real tansu
 //! broker: when it is assigned late (the group waits out a dead member's
-//! session) `--stop-when-idle` still drains the backlog.
+//! session) `--stop-when-idle` still drains the backlog, and with
+//! `--instance-id` (Kafka static membership) a worker restarted after a
+//! crash takes its partitions back without waiting for its old session.
 
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
@@ -8,6 +10,8 @@ use std::time::{Duration, Instant};
 use firn::produce::ProduceOptions;
 
 use crate::common::{Broker, Lake, terminate};
+
+const WAIT: Duration = Duration::from_secs(600);
 
 /// Wait for `child` to exit, up to `limit`; `None` if it is still running.
 async fn exited_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
@@ -84,4 +88,62 @@ async fn stop_when_idle_drains_the_backlog_of_a_late_assignment() {
         "stopped with a backlog in the topic:\n{log}"
     );
     assert!(log.contains("idle and caught up; stopping"), "{log}");
+}
+
+/// With `--instance-id`, a worker killed and restarted under the same id
+/// is assigned its partitions again well before its old session (45 s,
+/// librdkafka's default) could have expired, and totals stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_static_member_takes_its_partitions_back_at_once() {
+    const SESSION: Duration = Duration::from_secs(45);
+    let broker = Broker::start();
+    let lake = Lake::new(&broker);
+    lake.create_topic(3).await;
+    lake.run(&["tables", "sync"]);
+    let catalog = lake.catalog().await;
+    let session = format!("session.timeout.ms={}", SESSION.as_millis());
+    let member = [
+        "--instance-id",
+        "firn-ingest-0",
+        "--kafka-property",
+        &session,
+    ];
+
+    let mut first = lake.spawn_ingest("first", &member);
+    log_shows(&lake, "first", "assigned;", Duration::from_secs(120)).await;
+    let one = lake
+        .produce(ProduceOptions {
+            count: 5_000,
+            seed: 81,
+            ..Default::default()
+        })
+        .await;
+    lake.wait_for_offsets(catalog.as_ref(), one.sent as i64, WAIT)
+        .await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let killed = Instant::now();
+
+    let two = lake
+        .produce(ProduceOptions {
+            count: 5_000,
+            seed: 82,
+            ..Default::default()
+        })
+        .await;
+    let mut second = lake.spawn_ingest("second", &member);
+    let assigned = log_shows(&lake, "second", "assigned;", WAIT).await;
+    lake.wait_for_offsets(catalog.as_ref(), (one.sent + two.sent) as i64, WAIT)
+        .await;
+    let caught_up = killed.elapsed();
+    eprintln!(
+        "MEASURE static member restart: assigned {assigned:?} after its start, the second \
+         batch committed {caught_up:?} after the kill (session {SESSION:?})"
+    );
+    assert!(
+        caught_up < SESSION,
+        "the restarted member waited for its old session:\n{}",
+        lake.log("second")
+    );
+    assert!(terminate(&mut second).success(), "{}", lake.log("second"));
 }

@@ -29,6 +29,14 @@ pub(crate) struct IngestArgs {
     /// drains the backlog first).
     #[arg(long, env = "FIRN_STOP_WHEN_IDLE", value_parser = humantime::parse_duration)]
     pub(crate) stop_when_idle: Option<Duration>,
+    /// This worker's stable name in the consumer group (Kafka static
+    /// membership, group.instance.id), e.g. the pod name of a StatefulSet:
+    /// restarted under the same name, it gets its partitions back at once
+    /// instead of waiting for its old session to expire. Unique per worker;
+    /// a static member that stops does not leave the group (its partitions
+    /// move only once session.timeout.ms has passed).
+    #[arg(long, env = "FIRN_INSTANCE_ID")]
+    pub(crate) instance_id: Option<String>,
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address,
     /// e.g. 0.0.0.0:9464.
     #[arg(long, env = "FIRN_METRICS_ADDR")]

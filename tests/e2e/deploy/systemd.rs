@@ -145,6 +145,8 @@ fn ingest_unit_stops_gracefully() {
         env.iter().any(|e| e.starts_with("FIRN_METRICS_ADDR=")),
         "{env:?}"
     );
+    // A static group member under the host's name (one worker per host).
+    assert!(env.contains(&"FIRN_INSTANCE_ID=%H"), "{env:?}");
 }
 
 /// The listeners the units open: FIRN_METRICS_ADDR and --metrics-addr.
