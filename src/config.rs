@@ -5,6 +5,7 @@
 //! 127.0.0.1:9092.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use crate::catalog::rest::{RestCatalog, RestConfig, Secret};
 use crate::catalog::sql::SqlCatalog;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::IngestOptions;
+use crate::redact;
 use crate::retry::RetryPolicy;
 use crate::storage::{ObjectStoreStorage, StoreOptions};
 
@@ -89,7 +91,9 @@ struct RawRetry {
 }
 
 /// Values from flags and `FIRN_*` variables; they win over the file.
-#[derive(Debug, Default, Clone)]
+/// `Debug` masks the catalog URI's password and shows no credential or
+/// property value.
+#[derive(Default, Clone)]
 pub struct Overrides {
     /// Table declarations directory.
     pub schemas: Option<PathBuf>,
@@ -114,6 +118,29 @@ pub struct Overrides {
     pub kafka_properties: BTreeMap<String, String>,
 }
 
+impl fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Overrides")
+            .field("schemas", &self.schemas)
+            .field("catalog_name", &self.catalog_name)
+            .field(
+                "catalog_uri",
+                &self.catalog_uri.as_deref().map(redact::credentials),
+            )
+            .field("catalog_type", &self.catalog_type)
+            .field(
+                "catalog_credential",
+                &self.catalog_credential.as_ref().map(|_| redact::MASK),
+            )
+            .field("storage", &self.storage)
+            .field("warehouse", &self.warehouse)
+            .field("brokers", &self.brokers)
+            .field("group", &self.group)
+            .field("kafka_properties", &self.kafka_properties.keys())
+            .finish()
+    }
+}
+
 /// librdkafka properties from `FIRN_KAFKA_<NAME>` variables, the name
 /// lower-cased with `_` read as `.`: `FIRN_KAFKA_SASL_PASSWORD` sets
 /// `sasl.password`, so secrets need not sit in `firn.toml`.
@@ -128,8 +155,8 @@ pub fn kafka_properties_from_env(
         .collect()
 }
 
-/// The catalog to use.
-#[derive(Debug, Clone)]
+/// The catalog to use. `Debug` masks the URI's password.
+#[derive(Clone)]
 pub struct CatalogConfig {
     /// A REST catalog, or `None` for the SQL catalog.
     pub rest: Option<RestConfig>,
@@ -139,6 +166,17 @@ pub struct CatalogConfig {
     pub uri: String,
     /// Warehouse URL (`file:///…`, `s3://bucket/prefix`).
     pub warehouse: String,
+}
+
+impl fmt::Debug for CatalogConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CatalogConfig")
+            .field("rest", &self.rest)
+            .field("name", &self.name)
+            .field("uri", &redact::credentials(&self.uri))
+            .field("warehouse", &self.warehouse)
+            .finish()
+    }
 }
 
 /// Validated configuration.

@@ -2,7 +2,10 @@
 //! fault (file, table, field, offset), and an optional source.
 //!
 //! Shaped like `iceberg::Error`: callers branch on [`ErrorKind`] and ask
-//! [`Error::retryable`] instead of parsing messages.
+//! [`Error::retryable`] instead of parsing messages. Messages and sources are
+//! shown with the passwords of the URLs in them masked
+//! ([`crate::redact::credentials`]): errors end up in logs, on stderr and in
+//! `firn status --json`.
 
 use std::fmt;
 
@@ -52,11 +55,13 @@ pub struct Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// A new error of `kind` with a message naming what is at fault.
+    /// A new error of `kind` with a message naming what is at fault (any
+    /// URL's password in it masked).
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        let message = message.into();
         Self {
             kind,
-            message: message.into(),
+            message: crate::redact::credentials(&message).into_owned(),
             source: None,
         }
     }
@@ -117,7 +122,8 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
         if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+            let source = source.to_string();
+            write!(f, ": {}", crate::redact::credentials(&source))?;
         }
         Ok(())
     }
@@ -128,7 +134,13 @@ impl fmt::Debug for Error {
         f.debug_struct("Error")
             .field("kind", &self.kind)
             .field("message", &self.message)
-            .field("source", &self.source.as_ref().map(|s| s.to_string()))
+            .field(
+                "source",
+                &self
+                    .source
+                    .as_ref()
+                    .map(|s| crate::redact::credentials(&s.to_string()).into_owned()),
+            )
             .finish()
     }
 }
@@ -201,6 +213,21 @@ mod tests {
             Internal,
         ] {
             assert!(!Error::new(kind, "x").retryable(), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn passwords_in_urls_never_show() {
+        let cause = std::io::Error::other("connecting to http://u:hunter2@gw:9091/metrics failed");
+        let err =
+            Error::new(ErrorKind::Io, "pushing to http://u:hunter2@gw:9091").with_source(cause);
+        for shown in [
+            err.to_string(),
+            format!("{err:?}"),
+            err.message().to_string(),
+        ] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("http://u:***@gw:9091"), "{shown}");
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod maintain;
 pub mod offsets;
 pub mod produce;
 pub mod read;
+pub mod redact;
 pub mod rejects;
 pub mod retry;
 pub mod rows;

@@ -31,6 +31,7 @@ use tokio::sync::Mutex;
 
 use super::{Catalog, StagedMetadata, TableHandle};
 use crate::error::{Error, ErrorKind, Result};
+use crate::redact;
 use crate::storage::{ObjectStoreStorage, file_io};
 
 /// A secret whose `Debug` and `Display` never show it.
@@ -43,8 +44,9 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// How to reach a REST catalog.
-#[derive(Debug, Clone, Default)]
+/// How to reach a REST catalog. `Debug` masks the URI's password and shows
+/// no header value.
+#[derive(Clone, Default)]
 pub struct RestConfig {
     /// Base URI (without `/v1`).
     pub uri: String,
@@ -62,6 +64,20 @@ pub struct RestConfig {
     pub headers: BTreeMap<String, String>,
 }
 
+impl fmt::Debug for RestConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RestConfig")
+            .field("uri", &redact::credentials(&self.uri))
+            .field("warehouse", &self.warehouse)
+            .field("credential", &self.credential)
+            .field("token", &self.token)
+            .field("scope", &self.scope)
+            .field("prefix", &self.prefix)
+            .field("headers", &self.headers.keys())
+            .finish()
+    }
+}
+
 /// A REST catalog client.
 pub struct RestCatalog {
     config: RestConfig,
@@ -76,7 +92,7 @@ pub struct RestCatalog {
 impl fmt::Debug for RestCatalog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RestCatalog")
-            .field("uri", &self.config.uri)
+            .field("uri", &redact::credentials(&self.config.uri))
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
@@ -401,7 +417,7 @@ where
             waits += 1;
             tracing::warn!(
                 %method,
-                url,
+                url = %redact::credentials(url),
                 status = status.as_u16(),
                 retry_after = ?retry_after,
                 wait_seconds = wait.as_secs_f64(),

@@ -57,19 +57,14 @@ impl SqlCatalog {
             .load(name, HashMap::new())
             .await
             .map_err(|e| {
-                Error::new(
-                    ErrorKind::Catalog,
-                    format!("opening SQL catalog {}", redact(uri)),
-                )
-                .with_source(e)
+                Error::new(ErrorKind::Catalog, format!("opening SQL catalog {uri}")).with_source(e)
             })?;
         let pool = AnyPoolOptions::new()
             .max_connections(4)
             .connect(uri)
             .await
             .map_err(|e| {
-                Error::new(ErrorKind::Catalog, format!("connecting to {}", redact(uri)))
-                    .with_source(e)
+                Error::new(ErrorKind::Catalog, format!("connecting to {uri}")).with_source(e)
             })?;
         Ok(Self {
             name: name.to_string(),
@@ -115,17 +110,6 @@ impl SqlCatalog {
                 Error::new(ErrorKind::Catalog, format!("loading table {ident}")).with_source(e)
             })?;
         Ok(row.and_then(|r| r.try_get::<Option<String>, _>(0).ok().flatten()))
-    }
-}
-
-/// A database URI with any password removed, for messages.
-pub fn redact(uri: &str) -> String {
-    match url::Url::parse(uri) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => uri.to_string(),
     }
 }
 
@@ -235,19 +219,5 @@ impl Catalog for SqlCatalog {
             metadata_location: next,
             file_io: self.file_io.clone(),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("postgres://firn:s3cret@127.0.0.1:5432/test"),
-            "postgres://firn:***@127.0.0.1:5432/test"
-        );
-        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
     }
 }

@@ -23,8 +23,9 @@ use crate::schema::decl::TableDecl;
 use crate::tables;
 use crate::telemetry::IngestMetrics;
 
-/// Runtime knobs of an ingest worker.
-#[derive(Debug, Clone)]
+/// Runtime knobs of an ingest worker. `Debug` shows the names of the
+/// librdkafka properties, not their values (`sasl.password`).
+#[derive(Clone)]
 pub struct IngestOptions {
     /// Kafka bootstrap servers.
     pub brokers: String,
@@ -42,8 +43,14 @@ pub struct IngestOptions {
     pub future_skew: Duration,
     /// Target size of a data file.
     pub target_file_size: usize,
-    /// Stop (after a final flush) when no record arrived for this long.
+    /// Stop (after a final flush) once the assigned partitions are caught up
+    /// with their high watermarks and no record arrived for this long since
+    /// they were assigned.
     pub stop_when_idle: Option<Duration>,
+    /// Kafka static membership (`group.instance.id`): a worker restarted
+    /// under the same id gets its partitions back without a rebalance or a
+    /// wait for its old session, and does not leave the group when it stops.
+    pub instance_id: Option<String>,
     /// Retries of commits (conflicts) and of catalog reads (`[retry]` in
     /// the configuration).
     pub retry: RetryPolicy,
@@ -52,6 +59,26 @@ pub struct IngestOptions {
     /// Where to start when the table holds no offsets for the group (or, with
     /// explicit offsets, to move it); see [`reset`].
     pub reset_offsets: Option<ResetOffsets>,
+}
+
+impl std::fmt::Debug for IngestOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestOptions")
+            .field("brokers", &self.brokers)
+            .field("group", &self.group)
+            .field("kafka", &self.kafka.keys())
+            .field("commit_interval", &self.commit_interval)
+            .field("max_buffered_rows", &self.max_buffered_rows)
+            .field("max_buffered_bytes", &self.max_buffered_bytes)
+            .field("future_skew", &self.future_skew)
+            .field("target_file_size", &self.target_file_size)
+            .field("stop_when_idle", &self.stop_when_idle)
+            .field("instance_id", &self.instance_id)
+            .field("retry", &self.retry)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("reset_offsets", &self.reset_offsets)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for IngestOptions {
@@ -66,6 +93,7 @@ impl Default for IngestOptions {
             future_skew: crate::events::DEFAULT_FUTURE_SKEW,
             target_file_size: crate::write::DEFAULT_TARGET_FILE_SIZE,
             stop_when_idle: None,
+            instance_id: None,
             retry: RetryPolicy::default(),
             metrics_addr: None,
             reset_offsets: None,

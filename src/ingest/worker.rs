@@ -56,7 +56,9 @@ pub(super) struct Core {
     health: Arc<crate::telemetry::Health>,
     sinks: HashMap<String, TableSink>,
     last_flush: Instant,
-    last_message: Instant,
+    /// The last record consumed or assignment received: idle time (for
+    /// `stop_when_idle`) counts from whichever came last.
+    last_activity: Instant,
     /// `topic -> partition -> (low, high)` from the latest statistics.
     watermarks: HashMap<String, BTreeMap<i32, (i64, i64)>>,
     fatal: Option<Error>,
@@ -155,6 +157,7 @@ impl Core {
             }
         }
         self.health.set_assigned(tpl.count());
+        self.last_activity = Instant::now();
         tracing::info!(partitions = %describe(tpl), "assigned; positioned at the table's offsets");
         Ok(())
     }
@@ -199,7 +202,7 @@ impl Core {
     }
 
     fn consume(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
-        self.last_message = Instant::now();
+        self.last_activity = Instant::now();
         let now = self.clock.now();
         let skew = self.opts.future_skew;
         let Some(sink) = self.sinks.get_mut(topic) else {
@@ -330,13 +333,33 @@ impl Core {
                 .iter()
                 .filter_map(|(p, held)| {
                     let (low, high) = known?.get(p)?;
-                    Some((high - held.unwrap_or(*low)).max(0))
+                    Some(records_behind(*held, *low, *high))
                 })
                 .sum();
             let table = sink.decl().qualified_name();
             self.metrics
                 .topic_position(&table, topic, sink.positions.len(), lag);
         }
+    }
+
+    /// Whether partitions are assigned and nothing happened for `idle`.
+    fn idle_for(&self, idle: Duration) -> bool {
+        let assigned = self.sinks.values().any(|s| !s.positions.is_empty());
+        assigned && self.last_activity.elapsed() >= idle
+    }
+
+    /// Where this worker is in each assigned partition: the next offset it
+    /// consumes (`None`: from the partition's start, the table holding none).
+    fn next_offsets(&self) -> Vec<(String, i32, Option<i64>)> {
+        self.sinks
+            .iter()
+            .flat_map(|(topic, sink)| {
+                sink.positions.iter().map(move |(p, held)| {
+                    let next = sink.batch.to.get(p).copied().or(*held);
+                    (topic.clone(), *p, next)
+                })
+            })
+            .collect()
     }
 
     /// Seek the topic's assigned partitions back to the table's offsets.
@@ -352,8 +375,37 @@ impl Core {
     }
 }
 
-/// Create the consumer, subscribe, and consume until `stop` is set (or the
-/// worker has been idle for `opts.stop_when_idle`). Runs on its own thread.
+/// Records from `at` (`None`: the partition's start, `low`) to the high
+/// watermark.
+fn records_behind(at: Option<i64>, low: i64, high: i64) -> i64 {
+    (high - at.unwrap_or(low)).max(0)
+}
+
+/// Records the assigned partitions hold past `next` (see
+/// [`Core::next_offsets`]), by the high watermarks the broker reports now
+/// (those in the statistics can be seconds old).
+fn backlog(
+    consumer: &BaseConsumer<IngestContext>,
+    next: &[(String, i32, Option<i64>)],
+) -> Result<i64> {
+    // librdkafka's position also steps over what is never delivered
+    // (transaction markers).
+    let position = consumer.position()?;
+    let mut behind = 0;
+    for (topic, p, at) in next {
+        let consumed = match position.find_partition(topic, *p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        };
+        let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+        behind += records_behind((*at).max(consumed), low, high);
+    }
+    Ok(behind)
+}
+
+/// Create the consumer, subscribe, and consume until `stop` is set (or, with
+/// `opts.stop_when_idle`, the assigned partitions are caught up and idle).
+/// Runs on its own thread.
 pub(super) fn run_blocking(
     handle: Handle,
     catalog: Arc<dyn Catalog>,
@@ -363,13 +415,7 @@ pub(super) fn run_blocking(
     metrics: IngestMetrics,
     stop: Arc<AtomicBool>,
 ) -> Result<IngestReport> {
-    let settings = [
-        ("partition.assignment.strategy", "range,roundrobin"),
-        ("client.id", "firn-ingest"),
-        // Statistics carry the high watermarks consumer lag is measured from.
-        ("statistics.interval.ms", "5000"),
-    ];
-    let config = kafka::consumer_config(&opts.brokers, &opts.group, &settings, &opts.kafka);
+    let config = consumer_config(&opts);
     let topics: Vec<String> = sinks.keys().cloned().collect();
     let now = Instant::now();
     let context = IngestContext {
@@ -382,7 +428,7 @@ pub(super) fn run_blocking(
             metrics,
             sinks,
             last_flush: now,
-            last_message: now,
+            last_activity: now,
             watermarks: HashMap::new(),
             fatal: None,
             report: IngestReport::default(),
@@ -391,7 +437,10 @@ pub(super) fn run_blocking(
     let consumer: BaseConsumer<IngestContext> = config.create_with_context(context)?;
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
-    tracing::info!(topics = ?topics, group = %opts.group, brokers = %opts.brokers, "consuming");
+    tracing::info!(
+        topics = ?topics, group = %opts.group, instance = ?opts.instance_id,
+        brokers = %opts.brokers, "consuming"
+    );
 
     let mut stopped_idle = false;
     while !stop.load(Ordering::Relaxed) {
@@ -421,13 +470,22 @@ pub(super) fn run_blocking(
                 return Err(e);
             }
         }
-        if let Some(idle) = opts.stop_when_idle {
-            let assigned = core.sinks.values().any(|s| !s.positions.is_empty());
-            if assigned && core.last_message.elapsed() >= idle {
-                tracing::info!(?idle, "idle; stopping");
-                stopped_idle = true;
-                break;
+        if let Some(idle) = opts.stop_when_idle
+            && core.idle_for(idle)
+        {
+            let next = core.next_offsets();
+            drop(core);
+            match backlog(&consumer, &next) {
+                Ok(0) => {
+                    tracing::info!(?idle, "idle and caught up; stopping");
+                    stopped_idle = true;
+                    break;
+                }
+                Ok(records) => tracing::info!(records, "idle, but behind the high watermarks"),
+                Err(e) => tracing::warn!(error = %e, "reading the high watermarks"),
             }
+            // Look again after another idle period.
+            consumer.context().core().last_activity = Instant::now();
         }
     }
     if !stopped_idle {
@@ -441,7 +499,62 @@ pub(super) fn run_blocking(
         }
         core.report.clone()
     };
-    consumer.unsubscribe();
+    // A static member stays in the group when it stops (KIP-345: closing
+    // sends no LeaveGroup), so that its successor under the same id takes
+    // its partitions back at once; a dynamic member leaves now.
+    if opts.instance_id.is_none() {
+        consumer.unsubscribe();
+    }
     drop(consumer);
     Ok(report)
+}
+
+/// The ingest consumer's librdkafka configuration: the group, static
+/// membership when `opts.instance_id` is set, then the operator's
+/// properties.
+fn consumer_config(opts: &IngestOptions) -> rdkafka::ClientConfig {
+    let mut settings = vec![
+        ("partition.assignment.strategy", "range,roundrobin"),
+        ("client.id", "firn-ingest"),
+        // Statistics carry the high watermarks consumer lag is measured from.
+        ("statistics.interval.ms", "5000"),
+    ];
+    if let Some(id) = &opts.instance_id {
+        settings.push(("group.instance.id", id.as_str()));
+    }
+    kafka::consumer_config(&opts.brokers, &opts.group, &settings, &opts.kafka)
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::consumer::BaseConsumer;
+
+    use super::*;
+
+    #[test]
+    fn records_behind_counts_from_the_position_or_the_start() {
+        assert_eq!(records_behind(Some(90), 10, 100), 10);
+        assert_eq!(records_behind(None, 10, 100), 90);
+        assert_eq!(records_behind(Some(100), 10, 100), 0);
+        assert_eq!(records_behind(None, 100, 100), 0);
+    }
+
+    /// `--instance-id` becomes librdkafka's `group.instance.id` (a consumer
+    /// with it is created: librdkafka knows the property); without it the
+    /// worker is a dynamic member.
+    #[test]
+    fn instance_id_makes_a_static_member() {
+        let opts = IngestOptions {
+            brokers: "127.0.0.1:1".into(),
+            instance_id: Some("firn-ingest-0".into()),
+            ..Default::default()
+        };
+        let config = consumer_config(&opts);
+        assert_eq!(config.get("group.instance.id"), Some("firn-ingest-0"));
+        assert_eq!(config.get("group.id"), Some("firn-ingest"));
+        let consumer: std::result::Result<BaseConsumer, _> = config.create();
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
+        let dynamic = consumer_config(&IngestOptions::default());
+        assert_eq!(dynamic.get("group.instance.id"), None);
+    }
 }

@@ -19,6 +19,7 @@ use serde::Serialize;
 use super::gauge;
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
+use crate::redact;
 
 /// What one step did on one table.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -37,14 +38,29 @@ pub struct StepTotals {
     pub failed_tasks: u64,
 }
 
-/// Where a batch command publishes its run metrics.
-#[derive(Debug, Clone, Default)]
+/// Where a batch command publishes its run metrics. The Pushgateway URL may
+/// carry basic-auth credentials (`https://user:password@host`, sent as an
+/// `Authorization` header); it is shown with the password masked.
+#[derive(Clone, Default)]
 pub struct Publish {
     /// Pushgateway base URL, e.g. `http://pushgateway:9091`.
     pub pushgateway: Option<url::Url>,
     /// node-exporter textfile, e.g.
     /// `/var/lib/node_exporter/textfile_collector/firn-hourly.prom`.
     pub metrics_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Publish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gateway = self.pushgateway.as_ref();
+        f.debug_struct("Publish")
+            .field(
+                "pushgateway",
+                &gateway.map(|u| redact::credentials(u.as_str())),
+            )
+            .field("metrics_file", &self.metrics_file)
+            .finish()
+    }
 }
 
 impl Publish {
@@ -211,6 +227,7 @@ impl Run {
                     format!("pushing run metrics to {url}: {status}: {}", text.trim()),
                 ));
             }
+            let url = redact::credentials(url.as_str());
             tracing::info!(%url, job = %self.job, "run metrics pushed");
         }
         Ok(())

@@ -419,6 +419,57 @@ async fn batch_runs_publish_their_metrics_to_a_pushgateway_and_a_textfile() {
     );
 }
 
+/// A Pushgateway behind basic auth is given as `http://user:password@host`
+/// (the password goes in the Authorization header): the run's metrics reach
+/// it, but the password never reaches a log line or an error message; nor
+/// does a catalog URI's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_passwords_stay_out_of_logs_and_errors() {
+    const PASSWORD: &str = "hunter2-s3cret";
+    let pg = Pushgateway::start();
+    let lake = Lake::without_broker();
+    lake.run(&["tables", "sync"]);
+    let with_password = |url: &str| url.replacen("://", &format!("://firn:{PASSWORD}@"), 1);
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.contains(PASSWORD), "{text}");
+        (out.status.success(), text)
+    };
+    let orphans = ["remove-orphans", TABLE, "--dry-run", "--pushgateway"];
+
+    // Pushed: the log names the gateway with the password masked.
+    let (ok, text) = run(lake.firn().args(orphans).arg(with_password(&pg.url())));
+    assert!(ok, "{text}");
+    assert!(pg.get().unwrap().contains("firn_job_success"));
+    assert!(text.contains("run metrics pushed"), "{text}");
+    assert!(text.contains("firn:***@127.0.0.1"), "{text}");
+
+    // Not pushed (nothing listens there): nor does the error.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let (_, text) = run(lake.firn().args(orphans).arg(with_password(&closed)));
+    assert!(text.contains("run metrics not published"), "{text}");
+    assert!(text.contains("firn:***@127.0.0.1"), "{text}");
+
+    // A SQL catalog that cannot be reached: the error names it masked.
+    let catalog = format!(
+        "postgres://firn:{PASSWORD}@127.0.0.1:{}/iceberg",
+        free_port()
+    );
+    let (ok, text) = run(lake.firn().env("FIRN_CATALOG_URI", &catalog).args([
+        "status",
+        "--json",
+        "--no-lag",
+        "--no-orphans",
+    ]));
+    assert!(!ok, "{text}");
+    assert!(text.contains("postgres://firn:***@127.0.0.1"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_give_each_commit_one_line_and_follow_rust_log() {
     let lake = Lake::without_broker();

@@ -23,9 +23,20 @@ pub(crate) struct IngestArgs {
     /// Reject events further than this in the future.
     #[arg(long, env = "FIRN_FUTURE_SKEW", value_parser = humantime::parse_duration)]
     pub(crate) future_skew: Option<Duration>,
-    /// Stop (after a final commit) once no record arrived for this long.
+    /// Stop (after a final commit) once the assigned partitions are caught
+    /// up with their high watermarks and no record arrived for this long
+    /// (counted from the assignment: a worker the group assigns late still
+    /// drains the backlog first).
     #[arg(long, env = "FIRN_STOP_WHEN_IDLE", value_parser = humantime::parse_duration)]
     pub(crate) stop_when_idle: Option<Duration>,
+    /// This worker's stable name in the consumer group (Kafka static
+    /// membership, group.instance.id), e.g. the pod name of a StatefulSet:
+    /// restarted under the same name, it gets its partitions back at once
+    /// instead of waiting for its old session to expire. Unique per worker;
+    /// a static member that stops does not leave the group (its partitions
+    /// move only once session.timeout.ms has passed).
+    #[arg(long, env = "FIRN_INSTANCE_ID")]
+    pub(crate) instance_id: Option<String>,
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address,
     /// e.g. 0.0.0.0:9464.
     #[arg(long, env = "FIRN_METRICS_ADDR")]

@@ -192,7 +192,8 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The chain holds other libraries' messages too: mask them alike.
+            eprintln!("error: {}", firn::redact::credentials(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -263,6 +264,7 @@ async fn run(cli: Cli) -> Result<Outcome> {
                 opts.future_skew = v;
             }
             opts.stop_when_idle = args.stop_when_idle;
+            opts.instance_id = args.instance_id;
             opts.metrics_addr = args.metrics_addr;
             opts.reset_offsets = args.reset_offsets;
             opts.kafka.extend(args.kafka_property);

@@ -1,6 +1,7 @@
 //! deploy/kubernetes: the manifests validate against the API schemas, every
-//! job file has one CronJob on its schedule, the ingest Deployment's probes
-//! and shutdown grace fit firn, pods run unprivileged with references that
+//! job file has one CronJob on its schedule, the ingest StatefulSet's probes
+//! and shutdown grace fit firn and its workers are static group members
+//! named after their pods, pods run unprivileged with references that
 //! resolve, and the containers' commands run for real.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,7 +63,7 @@ fn name_of(d: &Value) -> &str {
 /// The pod template of a workload.
 pub(super) fn pod_template(d: &Value) -> Option<&Value> {
     match d["kind"].as_str()? {
-        "Deployment" | "Job" => Some(&d["spec"]["template"]),
+        "StatefulSet" | "Job" => Some(&d["spec"]["template"]),
         "CronJob" => Some(&d["spec"]["jobTemplate"]["spec"]["template"]),
         _ => None,
     }
@@ -114,7 +115,7 @@ pub(super) fn configmap_data(ms: &[(PathBuf, Value)], name: &str) -> BTreeMap<St
         .collect()
 }
 
-/// The ConfigMap firn.toml of the Deployment, on disk (for firn to load).
+/// The ConfigMap firn.toml of the ingest workers, on disk (for firn to load).
 pub(super) fn k8s_firn_toml(ms: &[(PathBuf, Value)], dir: &Path) -> PathBuf {
     let path = dir.join("firn.toml");
     std::fs::write(&path, &configmap_data(ms, "firn-config")["firn.toml"]).unwrap();
@@ -287,9 +288,9 @@ fn sharded_job_covers_every_shard() {
 }
 
 #[test]
-fn ingest_deployment_probes_ports_and_shutdown_grace() {
+fn ingest_statefulset_probes_ports_and_shutdown_grace() {
     let ms = manifests();
-    let d = object(&ms, "Deployment", "firn-ingest");
+    let d = object(&ms, "StatefulSet", "firn-ingest");
     let template = &d["spec"]["template"];
     let pod = &template["spec"];
     let c = containers(pod)
@@ -356,7 +357,7 @@ fn ingest_deployment_probes_ports_and_shutdown_grace() {
     let selector = d["spec"]["selector"]["matchLabels"].as_object().unwrap();
     let labels = &template["metadata"]["labels"];
     for (k, v) in selector {
-        assert_eq!(&labels[k], v, "Deployment selector {k}");
+        assert_eq!(&labels[k], v, "StatefulSet selector {k}");
     }
     let pdb = objects(&ms, "PodDisruptionBudget")
         .find(|p| {
@@ -366,6 +367,68 @@ fn ingest_deployment_probes_ports_and_shutdown_grace() {
         })
         .expect("a PodDisruptionBudget for the ingest pods");
     assert!(pdb["spec"]["maxUnavailable"].is_number() || pdb["spec"]["minAvailable"].is_number());
+}
+
+/// Where a container's variable `name` comes from: `fieldRef` paths,
+/// followed through `$(VAR)` references to earlier variables.
+fn env_field_ref(c: &Value, name: &str) -> Option<String> {
+    let e = array_of(&c["env"])
+        .into_iter()
+        .find(|e| e["name"] == name)?;
+    if let Some(path) = e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+        return Some(path.to_string());
+    }
+    let value = e["value"].as_str()?;
+    let inner = value.strip_prefix("$(")?.strip_suffix(')')?;
+    env_field_ref(c, inner)
+}
+
+/// The ingest workers are Kafka static members (`group.instance.id`) named
+/// after their pods, and the pods keep their names across restarts (a
+/// StatefulSet): a restarted worker rejoins as itself and gets its
+/// partitions back at once.
+#[test]
+fn ingest_workers_are_static_members_named_after_their_pods() {
+    let ms = manifests();
+    let ingest: Vec<(&Value, &Value)> = workloads(&ms)
+        .filter(|(_, pod)| {
+            containers(pod).any(|c| args_of(c).first().map(String::as_str) == Some("ingest"))
+        })
+        .collect();
+    assert_eq!(ingest.len(), 1, "one ingest workload");
+    let (w, pod) = ingest[0];
+    assert_eq!(
+        w["kind"], "StatefulSet",
+        "a Deployment's pods get new names on every restart"
+    );
+    let c = containers(pod)
+        .find(|c| args_of(c).first().map(String::as_str) == Some("ingest"))
+        .unwrap();
+    let from = match flag(&args_of(c), "--instance-id") {
+        Some(arg) => {
+            let var = arg
+                .strip_prefix("$(")
+                .and_then(|v| v.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("--instance-id {arg} is not the pod's name"));
+            env_field_ref(c, var)
+        }
+        None => env_field_ref(c, "FIRN_INSTANCE_ID"),
+    };
+    assert_eq!(from.as_deref(), Some("metadata.name"), "{}", c["env"]);
+    // The variable is the one firn reads.
+    let help = run_ok(Command::new(env!("CARGO_BIN_EXE_firn")).args(["ingest", "--help"]));
+    assert!(help.contains("env: FIRN_INSTANCE_ID="), "{help}");
+    // The StatefulSet's headless Service exists and selects its pods.
+    let service = object(
+        &ms,
+        "Service",
+        str_of(&w["spec"]["serviceName"], "serviceName"),
+    );
+    assert_eq!(service["spec"]["clusterIP"], "None");
+    let labels = &w["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in service["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&labels[k], v, "Service selector {k}");
+    }
 }
 
 #[test]

@@ -92,7 +92,7 @@ fn kubernetes_commands_run_and_publish_job_metrics() {
     };
 
     // The ingest pods' init container creates the tables.
-    let d = object(&ms, "Deployment", "firn-ingest");
+    let d = object(&ms, "StatefulSet", "firn-ingest");
     let pod = &d["spec"]["template"]["spec"];
     let init = &pod["initContainers"][0];
     let root = tempfile::tempdir().unwrap();
@@ -102,7 +102,7 @@ fn kubernetes_commands_run_and_publish_job_metrics() {
 
     // Each CronJob's run, and each shard of the Indexed Job, as written.
     let mut expected = Vec::new();
-    for (w, pod) in workloads(&ms).filter(|(w, _)| w["kind"] != "Deployment") {
+    for (w, pod) in workloads(&ms).filter(|(w, _)| w["kind"] != "StatefulSet") {
         let c = point_at_gateway(containers(pod).next().unwrap());
         let stem = flag(&args_of(&c), "--job").unwrap();
         let stem = Path::new(&stem)

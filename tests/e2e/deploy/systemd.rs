@@ -145,6 +145,45 @@ fn ingest_unit_stops_gracefully() {
         env.iter().any(|e| e.starts_with("FIRN_METRICS_ADDR=")),
         "{env:?}"
     );
+    // A static group member under the host's name (one worker per host).
+    assert!(env.contains(&"FIRN_INSTANCE_ID=%H"), "{env:?}");
+}
+
+/// The listeners the units open: FIRN_METRICS_ADDR and --metrics-addr.
+fn metrics_addrs(unit: &Unit) -> Vec<String> {
+    let env = unit
+        .all("Service", "Environment")
+        .into_iter()
+        .filter_map(|e| {
+            e.strip_prefix("FIRN_METRICS_ADDR=")
+                .map(|v| v.trim_matches('"').to_string())
+        });
+    let flags = unit
+        .all("Service", "ExecStart")
+        .into_iter()
+        .filter_map(|exec| flag(&words(exec), "--metrics-addr"));
+    env.chain(flags).collect()
+}
+
+/// On a host, /metrics, /healthz and /readyz (unauthenticated) listen on
+/// loopback unless the host's firn.env says otherwise, as it documents.
+#[test]
+fn systemd_listeners_are_on_loopback_unless_configured() {
+    let mut listeners = 0;
+    for path in with_extension(&systemd_dir(), &["service"]) {
+        for addr in metrics_addrs(&Unit::load(&path)) {
+            let parsed: std::net::SocketAddr = addr.parse().unwrap();
+            assert!(parsed.ip().is_loopback(), "{}: {addr}", path.display());
+            listeners += 1;
+        }
+    }
+    assert!(listeners >= 1, "the ingest unit serves its metrics");
+    let env = read(&systemd_dir().join("firn.env.example"));
+    assert!(
+        env.lines()
+            .any(|l| l.trim_start_matches('#').starts_with("FIRN_METRICS_ADDR=")),
+        "firn.env.example shows how to open the endpoints"
+    );
 }
 
 /// The units with ExecStart pointing at the built binary, in a folder.
