@@ -476,6 +476,7 @@ async fn commit_chunk(
         }
     }
     let table = catalog.load(ident).await?;
+    let written = std::time::Instant::now();
     let files = write_grains(&table, target.decl, chunk.rows, opts.target_file_size).await?;
     let change = Change::append(FirnOperation::Backfill, files).with_claim(Claim {
         key: key.to_string(),
@@ -483,6 +484,16 @@ async fn commit_chunk(
         set: set.clone(),
     });
     let _permit = opts.budget.acquire(ident).await;
+    if written.elapsed() > crate::maintain::orphans::MAX_UNCOMMITTED {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            format!(
+                "backfill chunk to {ident} not committed: its files waited {}s, longer than \
+                 orphan removal's safety margin allows; run the backfill again to resume here",
+                written.elapsed().as_secs()
+            ),
+        ));
+    }
     let done = commit::commit(catalog, ident, &change, opts.retry).await?;
     *committed = Some(set);
     tracing::info!(

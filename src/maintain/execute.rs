@@ -12,7 +12,6 @@ use serde::Serialize;
 
 use super::merge::{self, MergeReader};
 use super::operation::Context;
-use super::orphans::MAX_UNCOMMITTED;
 use super::plan::{self, PlanOptions, Task, TaskKind};
 use super::state;
 use crate::catalog::Catalog;
@@ -283,7 +282,7 @@ pub async fn run(
                 continue;
             }
             let _permit = budget.acquire(ident).await;
-            if started.elapsed() > MAX_UNCOMMITTED {
+            if started.elapsed() > ctx.max_uncommitted {
                 for (i, _) in group.drain(..) {
                     tracing::error!(
                         table = %ident,

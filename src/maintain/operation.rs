@@ -50,6 +50,9 @@ pub struct Context<'a> {
     /// Output file size when an operation's options do not set one (the
     /// configuration's, as ingest writes).
     pub target_file_size: u64,
+    /// The longest a task may hold the files it wrote before committing them
+    /// ([`super::orphans::MAX_UNCOMMITTED`]; shorter only in tests).
+    pub max_uncommitted: std::time::Duration,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -62,6 +65,7 @@ impl std::fmt::Debug for Context<'_> {
             .field("budget", &self.budget.per_minute())
             .field("shard", &self.shard)
             .field("target_file_size", &self.target_file_size)
+            .field("max_uncommitted", &self.max_uncommitted)
             .finish_non_exhaustive()
     }
 }
@@ -80,6 +84,7 @@ impl<'a> Context<'a> {
             budget: CommitBudget::unlimited(),
             shard: Shard::ALL,
             target_file_size: crate::write::DEFAULT_TARGET_FILE_SIZE as u64,
+            max_uncommitted: super::orphans::MAX_UNCOMMITTED,
         }
     }
 

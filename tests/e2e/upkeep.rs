@@ -715,3 +715,48 @@ async fn a_future_now_deletes_nothing_young() {
         "only rewrite-manifests committed: {out}"
     );
 }
+
+/// A task whose files waited longer than orphan removal's margin before
+/// their commit does not commit them (orphan removal may already have taken
+/// them): the table keeps its files and totals, the task reports failed, and
+/// what it wrote is left to orphan removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_held_past_the_orphan_margin_are_not_committed() {
+    let now = this_hour();
+    let (_lake, catalog, decl) = busy_lake(now).await;
+    let ident = tables::ident(&decl).unwrap();
+    let before = catalog.load(&ident).await.unwrap();
+    let totals = measures_only(read::totals(&before, &decl).await.unwrap());
+    let ctx = Context {
+        max_uncommitted: std::time::Duration::ZERO,
+        ..Context::new(catalog.as_ref(), now)
+    };
+    let r = Operation::Compact(CompactOptions::default())
+        .run(&ctx, &decl)
+        .await
+        .unwrap();
+    let firn::maintain::Report::Compact(r) = &r else {
+        unreachable!()
+    };
+    assert!(!r.plan.is_empty());
+    assert_eq!((r.run.committed, r.run.failed), (0, r.plan.len()));
+    let after = catalog.load(&ident).await.unwrap();
+    assert_eq!(
+        after.metadata.current_snapshot_id(),
+        before.metadata.current_snapshot_id()
+    );
+    assert_eq!(
+        measures_only(read::totals(&after, &decl).await.unwrap()),
+        totals
+    );
+    // What it wrote is unreferenced: orphan removal finds it.
+    let orphans = orphans::find(
+        catalog.as_ref(),
+        &ident,
+        Utc::now(),
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert!(!orphans.orphans.is_empty());
+}
