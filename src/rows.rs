@@ -240,13 +240,24 @@ impl RowMap {
     /// Add one event to the row for `key` (to a new row of that key when a
     /// sum of the current one would overflow).
     pub fn add_event(&mut self, spec: &MeasureSpec, key: RowKey, values: &[Option<MeasureValue>]) {
-        let acc = self.rows.entry(key.clone()).or_insert_with(|| spec.empty());
-        if !spec.add_event(acc, values) {
-            let mut fresh = spec.empty();
+        // The key is looked up before it is moved in, so the common case
+        // (an existing row with room) neither clones nor allocates it.
+        let fresh = || {
+            let mut row = spec.empty();
             // A single event fits an empty row: its values are in range.
-            let _ = spec.add_event(&mut fresh, values);
-            let closed = std::mem::replace(acc, fresh);
-            self.full.push((key, closed));
+            let _ = spec.add_event(&mut row, values);
+            row
+        };
+        match self.rows.get_mut(&key) {
+            Some(acc) => {
+                if !spec.add_event(acc, values) {
+                    let closed = std::mem::replace(acc, fresh());
+                    self.full.push((key, closed));
+                }
+            }
+            None => {
+                self.rows.insert(key, fresh());
+            }
         }
     }
 

@@ -327,6 +327,21 @@ impl Lake {
         }
     }
 
+    /// Wait until the table's offsets cover `records` records, then stop the
+    /// ingest `worker` (logging as `name`) and check it stopped cleanly.
+    pub async fn drain_and_stop(
+        &self,
+        worker: &mut Child,
+        name: &str,
+        records: i64,
+        limit: Duration,
+    ) {
+        let catalog = self.catalog().await;
+        self.wait_for_offsets(catalog.as_ref(), records, limit)
+            .await;
+        assert!(terminate(worker).success(), "{}", self.log(name));
+    }
+
     /// Produce events through the library (same generator as `firn produce`).
     pub async fn produce(&self, opts: ProduceOptions) -> ProduceReport {
         self.produce_in_background(opts).await.unwrap()

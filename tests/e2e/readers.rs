@@ -265,17 +265,13 @@ async fn conformance(lake: &crate::common::Lake, reader: &ReaderArgs, label: &st
         .await;
     let mut worker = lake.spawn_ingest("conformance", &[]);
     let catalog = lake.catalog().await;
-    lake.wait_for_offsets(
-        catalog.as_ref(),
+    lake.drain_and_stop(
+        &mut worker,
+        "conformance",
         report.sent as i64,
         Duration::from_secs(600),
     )
     .await;
-    assert!(
-        crate::common::terminate(&mut worker).success(),
-        "{}",
-        lake.log("conformance")
-    );
     let decl = lake.decl();
     let ident = tables::ident(&decl).unwrap();
     let rejects = read::rejects(

@@ -144,12 +144,7 @@ async fn backfill_is_exact_refused_twice_and_forced_on_request() {
 
     let started = Instant::now();
     let out = backfill(&lake, data.path(), &["--chunk-events", "2500"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = succeeded(&out);
     eprintln!(
         "MEASURE backfill {} events in {:.2}s",
         inputs.lines,
@@ -264,23 +259,22 @@ pub(super) async fn killed_backfill(
 
 /// Kill `child` (a backfill) once the table has `snapshots` snapshots; it
 /// must still be running by then.
+/// Snapshots the table holds now.
+pub(super) async fn snapshot_count(lake: &Lake) -> usize {
+    let catalog = lake.catalog().await;
+    let ident = tables::ident(&lake.decl()).unwrap();
+    let table = catalog.load(&ident).await.unwrap();
+    table.metadata.snapshots().count()
+}
+
 pub(super) async fn kill_at_snapshots(
     lake: &Lake,
     child: &mut std::process::Child,
     snapshots: usize,
 ) {
-    let catalog = lake.catalog().await;
-    let ident = tables::ident(&lake.decl()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let n = catalog
-            .load(&ident)
-            .await
-            .unwrap()
-            .metadata
-            .snapshots()
-            .count();
-        if n >= snapshots {
+        if snapshot_count(lake).await >= snapshots {
             break;
         }
         assert!(
@@ -451,18 +445,13 @@ async fn replace_one_day_while_ingest_runs() {
     assert_eq!(done["chunks_committed"], 1, "{done}");
 
     let report = producing.await.unwrap();
-    let catalog = lake.catalog().await;
-    lake.wait_for_offsets(
-        catalog.as_ref(),
+    lake.drain_and_stop(
+        &mut worker,
+        "live",
         report.sent as i64,
         Duration::from_secs(300),
     )
     .await;
-    assert!(
-        crate::common::terminate(&mut worker).success(),
-        "{}",
-        lake.log("live")
-    );
 
     let t = totals(&lake).await;
     assert_eq!(
@@ -548,12 +537,7 @@ async fn kafka_replay_leaves_the_ingest_group_untouched() {
     )
     .output()
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let replay: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let replay = succeeded(&out);
     assert_eq!(replay["events"], report.sent);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -643,12 +627,7 @@ async fn parquet_inputs_backfill_exactly() {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = succeeded(&out);
     // Rows with no ttfb_ms are rejected (a required measure), with their row number.
     let missing = (0..n).filter(|i| i % 10 == 0).count() as u64;
     assert_eq!(report["rejected"], missing, "{report}");
@@ -695,12 +674,7 @@ async fn kafka_replay_by_time_range() {
     )
     .output()
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let replay: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let replay = succeeded(&out);
     eprintln!(
         "MEASURE time-range replay read {} records, the middle batch had {}",
         replay["events"], middle.sent

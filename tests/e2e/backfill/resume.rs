@@ -9,7 +9,7 @@ use firn::produce::ProduceOptions;
 
 use super::{
     assert_holds, backfill, backfill_command, kill_at_snapshots, killed_backfill, lake_with_inputs,
-    rejects, replay_command, succeeded, totals,
+    rejects, replay_command, snapshot_count, succeeded, totals,
 };
 use crate::common::{Broker, Lake};
 
@@ -126,15 +126,7 @@ async fn a_killed_forced_backfill_resumes() {
     let decl = lake.decl();
     succeeded(&backfill(&lake, data.path(), &[]));
     let once = inputs.lines as i64 - inputs.malformed as i64;
-    let catalog = lake.catalog().await;
-    let ident = firn::tables::ident(&decl).unwrap();
-    let snapshots = catalog
-        .load(&ident)
-        .await
-        .unwrap()
-        .metadata
-        .snapshots()
-        .count();
+    let snapshots = snapshot_count(&lake).await;
 
     let forced = || backfill_command(&lake, data.path(), &["--force", "--chunk-events", "500"]);
     let mut child = forced()
