@@ -19,6 +19,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ingest::IngestOptions;
 use crate::redact;
 use crate::retry::RetryPolicy;
+use crate::faults::catalog::FaultCatalog;
+use crate::faults::{FaultPlan, Faults};
 use crate::storage::{ObjectStoreStorage, StoreOptions};
 
 /// Default catalog database.
@@ -41,6 +43,8 @@ struct RawConfig {
     ingest: RawIngest,
     #[serde(default)]
     retry: RawRetry,
+    #[serde(default)]
+    faults: Option<FaultPlan>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +197,9 @@ pub struct Config {
     /// How commits and catalog reads are retried, by ingest, maintenance and
     /// backfill alike.
     pub retry: RetryPolicy,
+    /// Injected faults (the gauntlet only): the file `FIRN_FAULTS` names, else
+    /// a `[faults]` section; `None` (the default) injects nothing.
+    pub faults: Option<Arc<Faults>>,
 }
 
 impl Config {
@@ -313,7 +320,18 @@ impl Config {
                 format!("{source}: ingest.commit_interval must be positive"),
             ));
         }
+        let faults = match FaultPlan::from_env()? {
+            Some(plan) => Some(plan),
+            None => {
+                if let Some(plan) = &raw.faults {
+                    plan.validate(source)?;
+                }
+                raw.faults
+            }
+        };
+        let faults = faults.map(Faults::new).transpose()?.map(Arc::new);
         Ok(Config {
+            faults,
             schemas: o
                 .schemas
                 .clone()
@@ -341,10 +359,18 @@ impl Config {
 
     /// Open the configured catalog (creating a local SQLite file's folder).
     pub async fn open_catalog(&self) -> Result<Arc<dyn Catalog>> {
-        if let Some(rest) = &self.catalog.rest {
-            let storage = ObjectStoreStorage::new(self.storage.clone());
-            return Ok(Arc::new(RestCatalog::connect(rest.clone(), storage).await?));
-        }
+        let storage = ObjectStoreStorage::new(self.storage.clone()).with_faults(self.faults.clone());
+        let catalog: Arc<dyn Catalog> = match &self.catalog.rest {
+            Some(rest) => Arc::new(RestCatalog::connect(rest.clone(), storage).await?),
+            None => Arc::new(self.open_sql_catalog(storage).await?),
+        };
+        Ok(match &self.faults {
+            Some(faults) => Arc::new(FaultCatalog::new(catalog, faults.clone())),
+            None => catalog,
+        })
+    }
+
+    async fn open_sql_catalog(&self, storage: ObjectStoreStorage) -> Result<SqlCatalog> {
         if let Some(path) = self.catalog.uri.strip_prefix("sqlite://") {
             let file = path.split('?').next().unwrap_or(path);
             if let Some(dir) = Path::new(file)
@@ -356,15 +382,13 @@ impl Config {
                 })?;
             }
         }
-        let storage = ObjectStoreStorage::new(self.storage.clone());
-        let catalog = SqlCatalog::connect(
+        SqlCatalog::connect(
             &self.catalog.name,
             &self.catalog.uri,
             &self.catalog.warehouse,
             storage,
         )
-        .await?;
-        Ok(Arc::new(catalog))
+        .await
     }
 }
 

@@ -28,6 +28,9 @@ pub enum ErrorKind {
     /// an overwrite's range gained data since it was planned; its output is
     /// dropped (orphan removal collects the files it wrote).
     Superseded,
+    /// A commit failed in a way that may have applied it, and the table
+    /// could not be read back to tell: re-read the table before going on.
+    CommitUnknown,
     /// A table or namespace does not exist.
     NotFound,
     /// Object storage failed.
@@ -98,6 +101,7 @@ impl Error {
             | ErrorKind::InvalidInput
             | ErrorKind::Fenced
             | ErrorKind::Superseded
+            | ErrorKind::CommitUnknown
             | ErrorKind::NotFound
             | ErrorKind::Iceberg
             | ErrorKind::Io
@@ -112,10 +116,39 @@ impl Error {
             iceberg::ErrorKind::TableNotFound | iceberg::ErrorKind::NamespaceNotFound => {
                 ErrorKind::NotFound
             }
+            _ if store_failed(&err) => ErrorKind::Storage,
             _ => ErrorKind::Iceberg,
         };
         Self::new(kind, context).with_source(err)
     }
+}
+
+/// Whether an object store request under `err` failed (and may succeed if
+/// tried again): a missing object or a failed precondition is an answer, not
+/// a failure.
+fn store_failed(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        // A buffered writer hands the store's error back inside an
+        // io::Error, whose `source()` skips the error it wraps.
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return match io.get_ref() {
+                Some(inner) => store_failed(inner),
+                None => io.kind() != std::io::ErrorKind::NotFound,
+            };
+        }
+        if let Some(store) = e.downcast_ref::<object_store::Error>() {
+            return !matches!(
+                store,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::Precondition { .. }
+                    | object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::NotModified { .. }
+            );
+        }
+        cause = e.source();
+    }
+    false
 }
 
 impl fmt::Display for Error {

@@ -15,6 +15,7 @@ pub mod commit;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod faults;
 pub mod ingest;
 pub mod kafka;
 pub mod ledger;

@@ -76,6 +76,9 @@ pub struct ObjectStoreStorage {
     stores: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
     #[serde(skip)]
     opened: Arc<AtomicU64>,
+    /// Injected faults around every store opened (the gauntlet only).
+    #[serde(skip)]
+    faults: Option<Arc<crate::faults::Faults>>,
 }
 
 impl fmt::Debug for ObjectStoreStorage {
@@ -105,7 +108,15 @@ impl ObjectStoreStorage {
             options,
             stores: Arc::default(),
             opened: Arc::default(),
+            faults: None,
         }
+    }
+
+    /// The same storage with `faults` injected around every store it opens
+    /// (see [`crate::faults`]).
+    pub fn with_faults(mut self, faults: Option<Arc<crate::faults::Faults>>) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// Files opened for reading so far (all clones share the count): what a
@@ -156,7 +167,10 @@ impl ObjectStoreStorage {
         if let Some(s) = stores.get(key) {
             return Ok(s.clone());
         }
-        let store = make()?;
+        let mut store = make()?;
+        if let Some(faults) = &self.faults {
+            store = Arc::new(crate::faults::store::FaultStore::new(store, faults.clone()));
+        }
         stores.insert(key.to_string(), store.clone());
         Ok(store)
     }

@@ -15,6 +15,7 @@ pub mod summary;
 pub mod validate;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use iceberg::TableIdent;
 use iceberg::spec::{DataFile, Operation};
@@ -245,12 +246,27 @@ async fn attempt(
     attempt: u32,
 ) -> Result<Committed> {
     let base = catalog.load(ident).await?;
-    change.check_fences(&base)?;
+    if let Err(fenced) = change.check_fences(&base) {
+        // A fence judged on a stale read (a caching catalog, a replica) is
+        // no verdict: the compare-and-set would have lost anyway. Judge it
+        // again on a fresh read.
+        if catalog.load(ident).await?.metadata_location != base.metadata_location {
+            return Err(Error::new(
+                ErrorKind::CommitConflict,
+                format!("{ident} changed since it was read; judging the fence again"),
+            ));
+        }
+        return Err(fenced);
+    }
     if let Some(rule) = &change.no_conflicting_data {
         rule.check(&base, &change.added).await?;
     }
     let (staged, built) = snapshot::build(&base, change, attempt).await?;
-    let table = catalog.swap(&base, staged).await?;
+    let table = match catalog.swap(&base, staged).await {
+        Ok(table) => table,
+        Err(e) if e.kind() == ErrorKind::CommitConflict => return Err(e),
+        Err(e) => resolve_unknown(catalog, ident, built.snapshot_id, e).await?,
+    };
     tracing::info!(
         table = %ident,
         operation = %change.firn_operation,
@@ -270,6 +286,64 @@ async fn attempt(
         added_records: built.added_records,
         removed_files: built.removed_files,
     })
+}
+
+static UNKNOWN_LANDED: AtomicU64 = AtomicU64::new(0);
+static UNKNOWN_NOT_LANDED: AtomicU64 = AtomicU64::new(0);
+
+/// Commits of this process whose swap failed in a way that may have applied
+/// them, resolved by reading the table back: (landed, did not land).
+pub fn unknown_outcomes() -> (u64, u64) {
+    (
+        UNKNOWN_LANDED.load(Ordering::Relaxed),
+        UNKNOWN_NOT_LANDED.load(Ordering::Relaxed),
+    )
+}
+
+/// A swap that failed other than by losing the compare-and-set may have
+/// applied (a timeout, a lost reply, a 5xx after the catalog wrote). Read the
+/// table back: if `snapshot_id` is there, the commit landed; if it is not,
+/// it did not, and `failed` is returned to be retried on a fresh base. If the
+/// table cannot be read either, the outcome stays unknown and the commit is
+/// not retried blindly: the caller re-reads the table before anything else
+/// (ingest re-reads its offsets; a rerun re-plans).
+async fn resolve_unknown(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    snapshot_id: i64,
+    failed: Error,
+) -> Result<TableHandle> {
+    let read_back = retry(
+        RetryPolicy::default(),
+        &format!("reading {ident} back after a failed commit"),
+        || catalog.load(ident),
+    )
+    .await;
+    match read_back {
+        Ok(table) if table.metadata.snapshot_by_id(snapshot_id).is_some() => {
+            tracing::warn!(
+                table = %ident, snapshot_id, error = %failed,
+                "the catalog reported a failure but the table holds the snapshot: the commit landed"
+            );
+            UNKNOWN_LANDED.fetch_add(1, Ordering::Relaxed);
+            Ok(table)
+        }
+        Ok(_) => {
+            tracing::warn!(
+                table = %ident, snapshot_id, error = %failed,
+                "the commit failed and the table does not hold its snapshot: it did not land"
+            );
+            UNKNOWN_NOT_LANDED.fetch_add(1, Ordering::Relaxed);
+            Err(failed)
+        }
+        Err(read) => Err(Error::new(
+            ErrorKind::CommitUnknown,
+            format!(
+                "the outcome of committing snapshot {snapshot_id} to {ident} is unknown: \
+                 the commit failed ({failed}) and the table cannot be read back ({read})"
+            ),
+        )),
+    }
 }
 
 /// A conflict that outlived every attempt says so.

@@ -130,6 +130,42 @@ impl std::fmt::Debug for MergeReader {
     }
 }
 
+/// Read one data file of `table` (every column of the current schema), in
+/// batches.
+pub fn read_file(
+    table: &TableHandle,
+    path: &str,
+    bytes: u64,
+    records: u64,
+) -> Result<ArrowRecordBatchStream> {
+    let schema = table.metadata.current_schema().clone();
+    let field_ids: Vec<i32> = schema.as_struct().fields().iter().map(|f| f.id).collect();
+    let task = FileScanTask {
+        file_size_in_bytes: bytes,
+        start: 0,
+        length: bytes,
+        record_count: Some(records),
+        data_file_path: path.to_string(),
+        data_file_format: DataFileFormat::Parquet,
+        schema,
+        project_field_ids: field_ids,
+        predicate: None,
+        deletes: Vec::new(),
+        partition: None,
+        partition_spec: None,
+        name_mapping: None,
+        case_sensitive: true,
+    };
+    let reader = ArrowReaderBuilder::new(table.file_io.clone(), iceberg::Runtime::current())
+        .with_data_file_concurrency_limit(1)
+        .with_batch_size(READ_BATCH)
+        .build();
+    Ok(reader
+        .read(futures::stream::iter([Ok(task)]).boxed())
+        .map_err(|e| Error::iceberg(format!("opening data file {path}"), e))?
+        .stream())
+}
+
 impl MergeReader {
     /// Open `files` of `table` for a merge into rows of `grain`.
     pub async fn open(
@@ -138,35 +174,9 @@ impl MergeReader {
         files: &[LiveFile],
         grain: Grain,
     ) -> Result<Self> {
-        let schema = table.metadata.current_schema().clone();
-        let field_ids: Vec<i32> = schema.as_struct().fields().iter().map(|f| f.id).collect();
         let mut inputs = Vec::with_capacity(files.len());
         for f in files {
-            let task = FileScanTask {
-                file_size_in_bytes: f.bytes,
-                start: 0,
-                length: f.bytes,
-                record_count: Some(f.records),
-                data_file_path: f.path.clone(),
-                data_file_format: DataFileFormat::Parquet,
-                schema: schema.clone(),
-                project_field_ids: field_ids.clone(),
-                predicate: None,
-                deletes: Vec::new(),
-                partition: None,
-                partition_spec: None,
-                name_mapping: None,
-                case_sensitive: true,
-            };
-            let reader =
-                ArrowReaderBuilder::new(table.file_io.clone(), iceberg::Runtime::current())
-                    .with_data_file_concurrency_limit(1)
-                    .with_batch_size(READ_BATCH)
-                    .build();
-            let stream = reader
-                .read(futures::stream::iter([Ok(task)]).boxed())
-                .map_err(|e| Error::iceberg(format!("opening data file {}", f.path), e))?
-                .stream();
+            let stream = read_file(table, &f.path, f.bytes, f.records)?;
             inputs.push(Input {
                 stream,
                 batch: None,

@@ -16,6 +16,7 @@ use super::expire::{self, ExpireReport, ExpireSnapshotsOptions};
 use super::manifests::{self, RewriteManifestsOptions, RewriteReport};
 use super::orphans::{self, OrphanReport, RemoveOrphansOptions};
 use super::plan::Task;
+use super::rejects::RejectsAction;
 use super::tier::{self, CompactOptions, RetentionOptions, RollupOptions, TierReport};
 use crate::budget::CommitBudget;
 use crate::catalog::Catalog;
@@ -262,7 +263,9 @@ impl Report {
                 let mut t = r.run.totals();
                 if let Some(j) = r.rejects.as_ref().filter(|j| j.snapshot_id.is_some()) {
                     t.commits += 1;
-                    t.bytes_reclaimed += j.bytes as i64;
+                    if j.action == RejectsAction::Retention {
+                        t.bytes_reclaimed += j.bytes as i64;
+                    }
                 }
                 t
             }
@@ -340,13 +343,20 @@ impl Report {
                     )
                 };
                 if let Some(j) = &r.rejects {
+                    let done = match (j.action, r.dry_run) {
+                        (RejectsAction::Retention, true) => " to drop".to_string(),
+                        (RejectsAction::Retention, false) => " dropped".to_string(),
+                        (RejectsAction::Compaction, true) => " to compact".to_string(),
+                        (RejectsAction::Compaction, false) => {
+                            format!(" compacted into {}", j.written)
+                        }
+                    };
                     line.push_str(&format!(
-                        "; {}: {} files ({} records) rejected before {}{}",
+                        "; {}: {} files ({} records) rejected before {}{done}",
                         j.table,
                         j.files,
                         j.records,
                         j.cutoff.to_rfc3339(),
-                        if r.dry_run { " to drop" } else { " dropped" }
                     ));
                 }
                 line

@@ -2,11 +2,15 @@
 //! rejects are one small file), so retention drops whole files whose every
 //! record was rejected longer ago than the declaration's `rejects_retain`
 //! (by the file's `rejected_at` upper bound; a file without that bound is
-//! kept), in one delete commit. Expiry, orphan removal and manifest
-//! rewrites run on the rejects table beside its table's.
+//! kept), in one delete commit. Compaction rewrites the small files of each
+//! closed day (by the same bound) into files of the target size, in one
+//! replace commit, so a day's rejects stay one or a few files and still age
+//! out together. Expiry, orphan removal and manifest rewrites run on the
+//! rejects table beside its table's.
 
 use chrono::{DateTime, Utc};
 use iceberg::spec::{Datum, ManifestContentType, PrimitiveLiteral};
+use futures::StreamExt;
 use serde::Serialize;
 
 use super::operation::Context;
@@ -19,20 +23,38 @@ use crate::tables;
 /// The `rejected_at` column's field id in every rejects table.
 const REJECTED_AT: i32 = 4;
 
-/// What retention dropped (or, dry, would drop) from a rejects table.
+/// What upkeep did to a rejects table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RejectsAction {
+    /// Files past `rejects_retain` dropped.
+    #[default]
+    Retention,
+    /// The small files of closed days rewritten.
+    Compaction,
+}
+
+/// What retention dropped, or compaction rewrote (or, dry, would), in a
+/// rejects table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct RejectsRetention {
+pub struct RejectsUpkeep {
     /// `namespace.name_rejects`.
     pub table: String,
-    /// Records rejected before this are dropped.
+    /// Retention or compaction.
+    pub action: RejectsAction,
+    /// Files whose records were all rejected before this are dropped
+    /// (retention) or rewritten (compaction: the start of the day the
+    /// seal delay reaches).
     pub cutoff: DateTime<Utc>,
-    /// Files dropped.
+    /// Files dropped or rewritten.
     pub files: usize,
     /// Records in them.
     pub records: u64,
     /// Their bytes.
     pub bytes: u64,
-    /// The delete commit (`None`: nothing to drop, or dry).
+    /// Files written in their place (compaction).
+    pub written: usize,
+    /// The commit (`None`: nothing to do, or dry).
     pub snapshot_id: Option<i64>,
 }
 
@@ -48,19 +70,25 @@ pub async fn load(ctx: &Context<'_>, decl: &TableDecl) -> Result<Option<TableHan
 /// Drop the files of `decl`'s rejects table older than its `rejects_retain`,
 /// measured from `ctx.now` (a planning time: dropping aged records is
 /// retention, not a safety bound).
-pub async fn retention(ctx: &Context<'_>, decl: &TableDecl) -> Result<Option<RejectsRetention>> {
+pub async fn retention(ctx: &Context<'_>, decl: &TableDecl) -> Result<Option<RejectsUpkeep>> {
     let Some(table) = load(ctx, decl).await? else {
         return Ok(None);
     };
     let keep =
         chrono::Duration::from_std(decl.policy.rejects_retain).unwrap_or(chrono::Duration::MAX);
     let cutoff = ctx.now - keep;
-    let mut report = RejectsRetention {
+    let mut report = RejectsUpkeep {
         table: table.ident.to_string(),
+        action: RejectsAction::Retention,
         cutoff,
         ..Default::default()
     };
-    let removed = aged_files(&table, cutoff.timestamp_micros(), &mut report).await?;
+    let removed: Vec<RemovedFile> = files(&table)
+        .await?
+        .into_iter()
+        .filter(|f| f.newest.is_some_and(|t| t < cutoff.timestamp_micros()))
+        .map(|f| report.count(f))
+        .collect();
     if ctx.dry_run || removed.is_empty() {
         return Ok(Some(report));
     }
@@ -84,17 +112,32 @@ pub async fn retention(ctx: &Context<'_>, decl: &TableDecl) -> Result<Option<Rej
     Ok(Some(report))
 }
 
-/// Live data files of `table` whose every record was rejected before
-/// `cutoff_micros`, counted into `report`.
-async fn aged_files(
-    table: &TableHandle,
-    cutoff_micros: i64,
-    report: &mut RejectsRetention,
-) -> Result<Vec<RemovedFile>> {
+/// A live file of a rejects table.
+#[derive(Debug, Clone)]
+struct RejectsFile {
+    removed: RemovedFile,
+    /// When its newest record was rejected (`None`: no bound recorded).
+    newest: Option<i64>,
+    records: u64,
+    bytes: u64,
+}
+
+impl RejectsUpkeep {
+    /// Count `f` in and name it for removal.
+    fn count(&mut self, f: RejectsFile) -> RemovedFile {
+        self.files += 1;
+        self.records += f.records;
+        self.bytes += f.bytes;
+        f.removed
+    }
+}
+
+/// The live data files of a rejects table.
+async fn files(table: &TableHandle) -> Result<Vec<RejectsFile>> {
     let Some(snapshot) = table.metadata.current_snapshot() else {
         return Ok(Vec::new());
     };
-    let mut removed = Vec::new();
+    let mut out = Vec::new();
     for mf in table.manifest_list(snapshot).await?.entries() {
         if mf.content != ManifestContentType::Data {
             continue;
@@ -105,20 +148,126 @@ async fn aged_files(
             .map_err(|e| Error::iceberg(format!("reading manifest {}", mf.manifest_path), e))?;
         for e in manifest.entries().iter().filter(|e| e.is_alive()) {
             let f = e.data_file();
-            let newest = f.upper_bounds().get(&REJECTED_AT).and_then(micros);
-            if newest.is_some_and(|t| t < cutoff_micros) {
-                report.files += 1;
-                report.records += f.record_count();
-                report.bytes += f.file_size_in_bytes();
-                removed.push(RemovedFile {
+            out.push(RejectsFile {
+                removed: RemovedFile {
                     path: f.file_path().to_string(),
                     spec_id: mf.partition_spec_id,
                     partition: 0,
-                });
-            }
+                },
+                newest: f.upper_bounds().get(&REJECTED_AT).and_then(micros),
+                records: f.record_count(),
+                bytes: f.file_size_in_bytes(),
+            });
         }
     }
-    Ok(removed)
+    Ok(out)
+}
+
+/// Rewrite the small files of `decl`'s rejects table: the files whose every
+/// record was rejected before the start of the UTC day `ctx.now -
+/// seal_delay` falls in, grouped by the day of their newest record; in each
+/// day, runs of files adding up to at most `target` bytes become one file.
+/// One replace commit for the whole table; records are copied, never
+/// changed.
+pub async fn compaction(
+    ctx: &Context<'_>,
+    decl: &TableDecl,
+    seal_delay: std::time::Duration,
+    target: u64,
+) -> Result<Option<RejectsUpkeep>> {
+    let Some(table) = load(ctx, decl).await? else {
+        return Ok(None);
+    };
+    let sealed = ctx.now - chrono::Duration::from_std(seal_delay).unwrap_or(chrono::Duration::MAX);
+    let cutoff = sealed
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .map_or(sealed, |d| d.and_utc());
+    let mut report = RejectsUpkeep {
+        table: table.ident.to_string(),
+        action: RejectsAction::Compaction,
+        cutoff,
+        ..Default::default()
+    };
+    const DAY: i64 = 86_400_000_000;
+    let mut by_day: std::collections::BTreeMap<i64, Vec<RejectsFile>> = Default::default();
+    for f in files(&table).await? {
+        if let Some(newest) = f.newest.filter(|t| *t < cutoff.timestamp_micros()) {
+            by_day.entry(newest.div_euclid(DAY)).or_default().push(f);
+        }
+    }
+    let mut groups: Vec<Vec<RejectsFile>> = Vec::new();
+    for (_, mut day) in by_day {
+        day.sort_by(|a, b| a.removed.path.cmp(&b.removed.path));
+        let mut group: Vec<RejectsFile> = Vec::new();
+        let mut bytes = 0;
+        for f in day {
+            if !group.is_empty() && bytes + f.bytes > target {
+                groups.push(std::mem::take(&mut group));
+                bytes = 0;
+            }
+            bytes += f.bytes;
+            group.push(f);
+        }
+        groups.push(group);
+    }
+    groups.retain(|g| g.len() > 1);
+    if groups.is_empty() {
+        return Ok(Some(report));
+    }
+    let mut removed = Vec::new();
+    for f in groups.iter().flatten() {
+        removed.push(report.count(f.clone()));
+    }
+    if ctx.dry_run {
+        return Ok(Some(report));
+    }
+    let started = std::time::Instant::now();
+    let mut added = Vec::new();
+    for group in &groups {
+        let mut batches = Vec::new();
+        for f in group {
+            let mut stream =
+                super::merge::read_file(&table, &f.removed.path, f.bytes, f.records)?;
+            while let Some(batch) = stream.next().await {
+                batches.push(batch.map_err(|e| {
+                    Error::iceberg(format!("reading rejects file {}", f.removed.path), e)
+                })?);
+            }
+        }
+        added.extend(crate::write::write_batches(&table, None, "rejects", batches, target as usize).await?);
+    }
+    report.written = added.len();
+    let change = Change::replace(FirnOperation::Compact, removed, added);
+    let _permit = ctx.budget.acquire(&table.ident).await;
+    if started.elapsed() > ctx.max_uncommitted {
+        return Err(Error::new(
+            crate::ErrorKind::Internal,
+            format!(
+                "rejects compaction of {} not committed: its files waited {}s, longer than \
+                 orphan removal's safety margin allows; they are left to orphan removal, \
+                 run it again",
+                table.ident,
+                started.elapsed().as_secs()
+            ),
+        ));
+    }
+    match commit::commit(ctx.catalog, &table.ident, &change, ctx.retry).await {
+        Ok(c) => report.snapshot_id = Some(c.snapshot_id),
+        // Another run rewrote them first: its files hold the same records.
+        Err(e) if e.kind() == crate::ErrorKind::Superseded => {
+            tracing::warn!(table = %table.ident, error = %e, "rejects compaction superseded");
+        }
+        Err(e) => return Err(e),
+    }
+    tracing::info!(
+        table = %table.ident,
+        files = report.files,
+        written = report.written,
+        records = report.records,
+        "compacted rejects"
+    );
+    Ok(Some(report))
 }
 
 fn micros(d: &Datum) -> Option<i64> {

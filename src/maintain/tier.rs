@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::execute::{self, RunReport};
 use super::operation::Context;
 use super::plan::{self, PlanOptions, Task, TaskKind};
-use super::rejects::{self, RejectsRetention};
+use super::rejects::{self, RejectsUpkeep};
 use crate::clock::{Span, parse_time};
 use crate::error::Result;
 use crate::schema::decl::TableDecl;
@@ -129,9 +129,10 @@ pub struct TierReport {
     /// What executing them did (empty when dry).
     #[serde(flatten)]
     pub run: RunReport,
-    /// Retention only: what aged out of the table's rejects table.
+    /// Retention: what aged out of the table's rejects table; compaction:
+    /// what was rewritten there.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rejects: Option<RejectsRetention>,
+    pub rejects: Option<RejectsUpkeep>,
 }
 
 /// Plan and run `firn compact` on `decl`'s table.
@@ -141,7 +142,12 @@ pub async fn compact(
     o: &CompactOptions,
 ) -> Result<TierReport> {
     let opts = plan_options(ctx, o.range, *o.seal_delay, o.target_file_size);
-    tier(ctx, decl, TaskKind::Compact, &opts).await
+    let mut report = tier(ctx, decl, TaskKind::Compact, &opts).await?;
+    if ctx.shard.owns_table(&report.table) && o.range == Range::default() {
+        report.rejects =
+            rejects::compaction(ctx, decl, *o.seal_delay, opts.target_file_size).await?;
+    }
+    Ok(report)
 }
 
 /// Plan and run `firn rollup` on `decl`'s table.

@@ -7,6 +7,7 @@ mod commit;
 mod common;
 mod deploy;
 mod drift_budget;
+mod gauntlet;
 mod group;
 mod ingest;
 mod invariant;

@@ -107,11 +107,21 @@ fn foreign(lake: &Lake, command: &str, arg: Option<&str>) -> BTreeMap<String, Va
 /// iceberg-rust's own `Transaction::fast_append` as the other writer: one
 /// minute row (requests 1, bytes 2000, cpu_ms 9). How it changed the sums.
 async fn rust_fast_append(lake: &Lake, catalog: &dyn Catalog) -> BTreeMap<String, Value> {
+    let at = chrono::Utc::now() - chrono::Duration::minutes(10);
+    rust_fast_append_at(lake, catalog, at).await
+}
+
+/// [`rust_fast_append`] of a row in the minute of `at` (ttfb_ms_max 11).
+pub(crate) async fn rust_fast_append_at(
+    lake: &Lake,
+    catalog: &dyn Catalog,
+    at: chrono::DateTime<chrono::Utc>,
+) -> BTreeMap<String, Value> {
     let decl = lake.decl();
     let ident = tables::ident(&decl).unwrap();
     let spec = MeasureSpec::new(&decl);
     let mut rows = RowMap::default();
-    let ts = chrono::Utc::now().timestamp_micros() / 60_000_000 * 60_000_000;
+    let ts = at.timestamp_micros().div_euclid(60_000_000) * 60_000_000;
     rows.add_event(
         &spec,
         RowKey {
@@ -121,7 +131,7 @@ async fn rust_fast_append(lake: &Lake, catalog: &dyn Catalog) -> BTreeMap<String
                 DimValue::Str("rust".into()),
                 DimValue::Str("rust".into()),
             ],
-            ts_micros: ts - 600_000_000,
+            ts_micros: ts,
         },
         &[
             None,

@@ -24,7 +24,7 @@ use proptest::prelude::*;
 use crate::common::{Lake, local_lake};
 
 /// Append `n` events spread over the hours before `now`; returns the commit.
-async fn append(
+pub(crate) async fn append(
     catalog: &dyn Catalog,
     decl: &TableDecl,
     now: DateTime<Utc>,

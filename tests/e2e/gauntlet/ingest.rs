@@ -1,0 +1,256 @@
+//! Ingest flushes (rows, and the rejects committed before them) and an
+//! operator's `--reset-offsets` commit, each failed at every step of its
+//! commit: the worker retries, re-reads or is restarted, another engine
+//! commits in between, and every event is counted once, every reject
+//! recorded once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Output};
+
+use firn::produce::{ProduceOptions, ProduceReport};
+use firn::{read, tables};
+
+use super::{Plan, Point, assert_sound, foreign_append, judge, rule, run_with, text};
+use crate::common::{Broker, Lake};
+
+const TABLE: &str = "usage.http_requests";
+const REJECTS: &str = "usage.http_requests_rejects";
+
+/// A lake on `broker` reading its own topic, `http-requests-NAME`.
+async fn lake_on_own_topic(broker: &Broker, name: &str) -> Lake {
+    let lake = Lake::new(broker);
+    let schema = lake.path().join("schemas/usage.http_requests.toml");
+    let text = std::fs::read_to_string(&schema).unwrap().replace(
+        "topic = \"http-requests\"",
+        &format!("topic = \"http-requests-{name}\""),
+    );
+    std::fs::write(&schema, text).unwrap();
+    lake.run(&["tables", "sync"]);
+    lake.create_topic(2).await;
+    lake
+}
+
+async fn produce(lake: &Lake, count: u64, seed: u64) -> ProduceReport {
+    lake.produce(ProduceOptions {
+        count,
+        seed,
+        bad_ratio: 0.02,
+        spread: std::time::Duration::from_secs(3 * 3600),
+        ..Default::default()
+    })
+    .await
+}
+
+fn ingest(lake: &Lake, group: &str, extra: &[&str]) -> Command {
+    let mut c = lake.firn();
+    c.env("FIRN_GROUP", group)
+        .args([
+            "ingest",
+            "--commit-interval",
+            "1s",
+            "--stop-when-idle",
+            "3s",
+            "--kafka-property",
+            "session.timeout.ms=6000",
+            "--kafka-property",
+            "heartbeat.interval.ms=500",
+        ])
+        .args(extra);
+    c
+}
+
+fn ok(o: &Output, what: &str) {
+    assert!(o.status.success(), "{what}\n{}", text(o));
+}
+
+fn sums(reports: &[&ProduceReport]) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for r in reports {
+        for m in ["requests", "bytes", "cpu_ms"] {
+            *out.entry(m.to_string()).or_default() += r.totals[m].as_i64().unwrap();
+        }
+    }
+    out
+}
+
+/// The table's sums, less the other engine's row, and its rejects, each
+/// checked to be there once.
+async fn table_state(lake: &Lake, what: &str) -> (BTreeMap<String, i64>, u64) {
+    let catalog = lake.catalog().await;
+    let decl = lake.decl();
+    let t = catalog.load(&tables::ident(&decl).unwrap()).await.unwrap();
+    let totals = read::totals(&t, &decl).await.unwrap();
+    let sums = ["requests", "bytes", "cpu_ms"]
+        .iter()
+        .map(|m| (m.to_string(), totals.long(&decl, m)))
+        .collect();
+    let rejects = read::rejects(
+        &catalog
+            .load(&tables::rejects_ident(&decl).unwrap())
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut seen = BTreeSet::new();
+    for r in &rejects {
+        assert!(
+            seen.insert((r.topic.clone(), r.partition, r.offset)),
+            "{what}: reject {}:{}@{} recorded twice",
+            r.topic,
+            r.partition,
+            r.offset
+        );
+    }
+    (sums, rejects.len() as u64)
+}
+
+/// The other engine's row, in the sums [`super::foreign_append`] adds.
+fn foreign_sums(case: usize) -> BTreeMap<String, i64> {
+    let (bytes, cpu) = if case % 2 == 0 { (1000, 5) } else { (2000, 9) };
+    BTreeMap::from([
+        ("requests".to_string(), 1),
+        ("bytes".to_string(), bytes),
+        ("cpu_ms".to_string(), cpu),
+    ])
+}
+
+fn plus(a: &BTreeMap<String, i64>, b: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+    a.iter().map(|(k, v)| (k.clone(), v + b[k])).collect()
+}
+
+/// The places an ingest flush is failed at: the rows' commit steps and the
+/// rejects' (committed first), and a stale catalog read.
+fn flush_cases() -> Vec<(Point, &'static str, &'static str)> {
+    let p = |op, step, nth| Point { op, step, nth };
+    let mut out = vec![
+        (p("load", None, 2), "stale", TABLE),
+        (p("put", Some("data"), 1), "error", TABLE),
+        (p("put", Some("data"), 1), "kill_after", TABLE),
+        (p("put", Some("manifest"), 1), "lost_reply", TABLE),
+        (p("put", Some("manifest_list"), 1), "kill", TABLE),
+        (p("put", Some("metadata"), 1), "error", TABLE),
+        (p("put", Some("metadata"), 1), "kill_after", TABLE),
+        (p("swap", None, 1), "error", TABLE),
+        (p("swap", None, 1), "lost_reply", TABLE),
+        (p("swap", None, 1), "kill", TABLE),
+        (p("swap", None, 1), "kill_after", TABLE),
+        (p("put", Some("data"), 1), "lost_reply", REJECTS),
+        (p("swap", None, 1), "lost_reply", REJECTS),
+        (p("swap", None, 1), "kill_after", REJECTS),
+    ];
+    if super::full() {
+        for step in ["data", "manifest", "manifest_list", "metadata"] {
+            for fault in super::FAULTS {
+                for table in [TABLE, REJECTS] {
+                    out.push((p("put", Some(step), 1), fault, table));
+                }
+            }
+        }
+        for fault in super::FAULTS {
+            out.push((p("swap", None, 2), fault, TABLE));
+            out.push((p("swap", None, 1), fault, REJECTS));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_flushes_survive_a_fault_at_every_step() {
+    let broker = Broker::start();
+    let cases = flush_cases();
+    eprintln!("MEASURE gauntlet ingest: {} cases", cases.len());
+    for (i, (point, fault, table)) in cases.iter().enumerate() {
+        let what = format!("ingest: {fault} at {point:?} of {table}");
+        let lake = lake_on_own_topic(&broker, &format!("flush-{i}")).await;
+        let produced = produce(&lake, 2_000, i as u64).await;
+
+        let plan = Plan::new(lake.path(), "case", &rule(point, fault, table));
+        let out = run_with(ingest(&lake, "g", &[]), &plan);
+        judge_ingest(&out, &plan, point, fault, &what);
+
+        let catalog = lake.catalog().await;
+        let at = chrono::Utc::now() - chrono::Duration::minutes(10);
+        foreign_append(&lake, catalog.as_ref(), i, at, &mut BTreeMap::new()).await;
+        ok(&ingest(&lake, "g", &[]).output().unwrap(), &what);
+
+        let (sums_now, rejects) = table_state(&lake, &what).await;
+        assert_eq!(
+            sums_now,
+            plus(&sums(&[&produced]), &foreign_sums(i)),
+            "{what}: events lost or counted twice"
+        );
+        assert_eq!(rejects, produced.malformed, "{what}: rejects lost");
+        assert_sound(catalog.as_ref(), &lake.decl(), &what).await;
+    }
+}
+
+/// Ingest absorbs every failure but a kill: a failed flush is dropped and
+/// re-read, so the run ends cleanly.
+fn judge_ingest(out: &Output, plan: &Plan, point: &Point, fault: &str, what: &str) {
+    if fault.starts_with("kill") {
+        judge(out, plan, point, fault, what);
+        return;
+    }
+    assert!(!plan.fired().is_empty(), "{what}: never fired\n{}", text(out));
+    ok(out, what);
+}
+
+/// An operator's reset, failed at each step of its commit, another engine
+/// committing before the same command runs again: the reset applies once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_of_offsets_survives_a_fault_at_every_step() {
+    let broker = Broker::start();
+    let p = |op, step| Point { op, step, nth: 1 };
+    let cases = [
+        (p("put", Some("manifest_list")), "kill"),
+        (p("put", Some("metadata")), "lost_reply"),
+        (p("swap", None), "error"),
+        (p("swap", None), "lost_reply"),
+        (p("swap", None), "kill"),
+        (p("swap", None), "kill_after"),
+    ];
+    for (i, (point, fault)) in cases.iter().enumerate() {
+        let what = format!("reset: {fault} at {point:?}");
+        let lake = lake_on_own_topic(&broker, &format!("reset-{i}")).await;
+        let first = produce(&lake, 1_000, 100 + i as u64).await;
+        ok(&ingest(&lake, "a", &[]).output().unwrap(), &what);
+        let skipped = produce(&lake, 500, 200 + i as u64).await;
+
+        // Group b starts at the end of the topic, skipping what a read.
+        let reset = ["--reset-offsets", "latest"];
+        let plan = Plan::new(lake.path(), "case", &rule(point, fault, TABLE));
+        let out = run_with(ingest(&lake, "b", &reset), &plan);
+        judge(&out, &plan, point, fault, &what);
+
+        let catalog = lake.catalog().await;
+        let at = chrono::Utc::now() - chrono::Duration::minutes(10);
+        foreign_append(&lake, catalog.as_ref(), i, at, &mut BTreeMap::new()).await;
+        ok(&ingest(&lake, "b", &reset).output().unwrap(), &what);
+        let last = produce(&lake, 300, 300 + i as u64).await;
+        ok(&ingest(&lake, "b", &[]).output().unwrap(), &what);
+
+        let (sums_now, _) = table_state(&lake, &what).await;
+        assert_eq!(
+            sums_now,
+            plus(&sums(&[&first, &last]), &foreign_sums(i)),
+            "{what}: group b did not start exactly at the end of the topic \
+             ({} events skipped)",
+            skipped.valid
+        );
+        let t = catalog
+            .load(&tables::ident(&lake.decl()).unwrap())
+            .await
+            .unwrap();
+        let resets = t
+            .metadata
+            .snapshots()
+            .filter(|s| {
+                s.summary().additional_properties.get("firn.operation")
+                    == Some(&"reset-offsets".to_string())
+            })
+            .count();
+        assert_eq!(resets, 1, "{what}: the reset was committed {resets} times");
+        assert_sound(catalog.as_ref(), &lake.decl(), &what).await;
+    }
+}
