@@ -229,13 +229,23 @@ pub async fn commit(
     policy: RetryPolicy,
 ) -> Result<Committed> {
     let mut attempts = 0;
+    let swapped = std::sync::Mutex::new(Vec::new());
     let what = format!("committing {} to {ident}", change.firn_operation);
     retry(policy, &what, || {
         attempts += 1;
-        attempt(catalog, ident, change, attempts)
+        attempt(catalog, ident, change, attempts, &swapped)
     })
     .await
     .map_err(|e| gave_up(e, ident, policy))
+}
+
+/// What an attempt that reached the compare-and-set would have committed.
+#[derive(Debug, Clone, Copy)]
+struct Swapped {
+    snapshot_id: i64,
+    added_files: usize,
+    added_records: u64,
+    removed_files: usize,
 }
 
 /// One attempt at [`commit`]: load, validate, build, compare-and-set.
@@ -244,8 +254,30 @@ async fn attempt(
     ident: &TableIdent,
     change: &Change,
     attempt: u32,
+    swapped: &std::sync::Mutex<Vec<Swapped>>,
 ) -> Result<Committed> {
     let base = catalog.load(ident).await?;
+    // An earlier attempt whose outcome looked lost (a retried request, a
+    // conflict answered to a commit that had applied) may be in the table.
+    let earlier: Vec<Swapped> = swapped.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(s) = earlier
+        .iter()
+        .find(|s| base.metadata.snapshot_by_id(s.snapshot_id).is_some())
+    {
+        tracing::warn!(
+            table = %ident, snapshot_id = s.snapshot_id,
+            "an earlier attempt whose outcome looked lost is in the table: the commit landed"
+        );
+        UNKNOWN_LANDED.fetch_add(1, Ordering::Relaxed);
+        return Ok(Committed {
+            table: base,
+            snapshot_id: s.snapshot_id,
+            attempts: attempt - 1,
+            added_files: s.added_files,
+            added_records: s.added_records,
+            removed_files: s.removed_files,
+        });
+    }
     if let Err(fenced) = change.check_fences(&base) {
         // A fence judged on a stale read (a caching catalog, a replica) is
         // no verdict: the compare-and-set would have lost anyway. Judge it
@@ -262,6 +294,15 @@ async fn attempt(
         rule.check(&base, &change.added).await?;
     }
     let (staged, built) = snapshot::build(&base, change, attempt).await?;
+    swapped
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Swapped {
+            snapshot_id: built.snapshot_id,
+            added_files: built.added_files,
+            added_records: built.added_records,
+            removed_files: built.removed_files,
+        });
     let table = match catalog.swap(&base, staged).await {
         Ok(table) => table,
         Err(e) if e.kind() == ErrorKind::CommitConflict => return Err(e),

@@ -418,7 +418,7 @@ fn of_table(table: &str, op: Op, path: &str) -> bool {
         return path == table;
     }
     let folder = format!("/{}/", table.replace('.', "/"));
-    format!("/{path}").contains(&folder)
+    format!("/{path}/").contains(&folder)
 }
 
 /// Whether `fault` means anything for `op` (a rule without an `op` still

@@ -157,7 +157,7 @@ pub(crate) fn cases(trace: &[Traced], table: &str) -> Vec<(Point, &'static str)>
 fn belongs(t: &Traced, table: &str) -> bool {
     match t.op.as_str() {
         "load" | "swap" | "create" => t.path == table,
-        _ => format!("/{}", t.path).contains(&format!("/{}/", table.replace('.', "/"))),
+        _ => format!("/{}/", t.path).contains(&format!("/{}/", table.replace('.', "/"))),
     }
 }
 
@@ -290,8 +290,9 @@ pub(crate) async fn foreign_append(
 /// After a case: every file the metadata of `decl`'s table and of its
 /// rejects table references exists; orphan removal (run as if two hours had
 /// passed) then deletes whatever the failure left behind, after which every
-/// file under the table is referenced and the totals are unchanged.
-pub(crate) async fn assert_sound(catalog: &dyn Catalog, decl: &TableDecl, what: &str) {
+/// file under the table is referenced and the totals are unchanged. Returns
+/// how many files were left behind (and deleted).
+pub(crate) async fn assert_sound(catalog: &dyn Catalog, decl: &TableDecl, what: &str) -> usize {
     let before = per_day(catalog, decl).await;
     let idents = [
         tables::ident(decl).unwrap(),
@@ -310,7 +311,8 @@ pub(crate) async fn assert_sound(catalog: &dyn Catalog, decl: &TableDecl, what: 
         older_than: firn::clock::Span::from_secs(3600),
         ..Default::default()
     };
-    orphans::run(&ctx, decl, &opts).await.unwrap();
+    let removed = orphans::run(&ctx, decl, &opts).await.unwrap();
+    let leaked = removed.parts().map(|p| p.orphans.len()).sum();
     for ident in &idents {
         if !catalog.exists(ident).await.unwrap() {
             continue;
@@ -338,6 +340,39 @@ pub(crate) async fn assert_sound(catalog: &dyn Catalog, decl: &TableDecl, what: 
         before,
         "{what}: orphan removal changed the totals"
     );
+    leaked
+}
+
+/// What a gauntlet saw: faults fired by kind, operation and step; commits
+/// whose outcome was unknown, by how reading the table back resolved them;
+/// files left behind for orphan removal.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub fired: BTreeMap<String, u64>,
+    pub landed: usize,
+    pub not_landed: usize,
+    pub leaked: usize,
+}
+
+impl Tally {
+    /// Count a faulted run.
+    pub(crate) fn run(&mut self, plan: &Plan, out: &Output) {
+        for t in plan.fired() {
+            let key = format!("{} {} {}", t.fault.unwrap_or_default(), t.op, t.step);
+            *self.fired.entry(key).or_default() += 1;
+        }
+        let log = String::from_utf8_lossy(&out.stderr);
+        self.landed += log.matches("the commit landed").count();
+        self.not_landed += log.matches("it did not land").count();
+    }
+
+    pub(crate) fn report(&self, what: &str) {
+        eprintln!(
+            "MEASURE gauntlet {what}: faults fired {:?}; unknown outcomes resolved: {} landed, \
+             {} not landed; {} files left behind, all deleted by orphan removal (0 after)",
+            self.fired, self.landed, self.not_landed, self.leaked
+        );
+    }
 }
 
 async fn assert_referenced_exist(catalog: &dyn Catalog, ident: &iceberg::TableIdent, what: &str) {
