@@ -385,7 +385,8 @@ impl Faults {
                 "path": path,
                 "fault": fault,
             });
-            let _ = writeln!(file, "{line}");
+            // One write per line: processes sharing a trace append whole lines.
+            let _ = file.write_all(format!("{line}\n").as_bytes());
         }
         drop(state);
         if fault == Some(Fault::Kill) {
