@@ -168,7 +168,7 @@ async fn files(table: &TableHandle) -> Result<Vec<RejectsFile>> {
 /// seal_delay` falls in, grouped by the day of their newest record; in each
 /// day, runs of files adding up to at most `target` bytes become one file.
 /// One replace commit for the whole table; records are copied, never
-/// changed.
+/// changed. `None` when there is nothing to rewrite.
 pub async fn compaction(
     ctx: &Context<'_>,
     decl: &TableDecl,
@@ -213,7 +213,8 @@ pub async fn compaction(
     }
     groups.retain(|g| g.len() > 1);
     if groups.is_empty() {
-        return Ok(Some(report));
+        // Nothing to rewrite: nothing to report.
+        return Ok(None);
     }
     let mut removed = Vec::new();
     for f in groups.iter().flatten() {
