@@ -56,6 +56,15 @@ async fn rejects_once(lake: &Lake, what: &str) -> u64 {
     rejects.len() as u64
 }
 
+/// Whether a worker's log ends in an assignment (not a revocation).
+fn settled(log: &str) -> bool {
+    match (log.rfind("assigned; positioned"), log.rfind("revoked;")) {
+        (Some(a), Some(r)) => a > r,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingest_kill_storm_counts_every_event_once() {
     let n = kills(12, 100);
@@ -67,7 +76,7 @@ async fn an_ingest_kill_storm_counts_every_event_once() {
 
     // Events arrive all along.
     let producing = lake.produce_in_background(ProduceOptions {
-        count: n as u64 * 2_400,
+        count: n as u64 * 4_000,
         rate: Some(500),
         seed: 17,
         bad_ratio: 0.01,
@@ -77,20 +86,27 @@ async fn an_ingest_kill_storm_counts_every_event_once() {
     let mut workers: Vec<Child> = (0..2).map(|w| spawn(w, 0)).collect();
     let mut names: Vec<String> = (0..2).map(|w| format!("w{w}-0")).collect();
     let started = Instant::now();
+    let mut last_kill = Instant::now();
     for k in 1..=n {
-        let w = rng.random_range(0..2);
-        // Each victim is killed at a random moment once it has been
-        // assigned: in these runs tansu 0.6 kept a member killed before its
-        // first assignment in the group for minutes, its partitions read by
-        // no one (a Kafka broker times a member's session from its join).
+        // Each kill lands at a random moment of a settled group: the last
+        // victim's session over (6 s) and both workers holding their
+        // assignment. In these runs tansu 0.6 kept a member killed in the
+        // middle of a rebalance in the group for minutes, its partitions
+        // read by no one (a Kafka broker times a member's session from its
+        // join); kills inside firn's own work (reads, flushes, commits) are
+        // what the storm is for.
         let deadline = Instant::now() + WAIT;
-        while !lake.log(&names[w]).contains("assigned; positioned") {
-            assert!(Instant::now() < deadline, "{} never assigned", names[w]);
+        while last_kill.elapsed() < Duration::from_secs(7)
+            || !names.iter().all(|name| settled(&lake.log(name)))
+        {
+            assert!(Instant::now() < deadline, "the group never settled: {names:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..2_000))).await;
+        let w = rng.random_range(0..2);
         workers[w].kill().unwrap();
         workers[w].wait().unwrap();
+        last_kill = Instant::now();
         workers[w] = spawn(w, k);
         names[w] = format!("w{w}-{k}");
     }
@@ -98,8 +114,21 @@ async fn an_ingest_kill_storm_counts_every_event_once() {
     let catalog = lake.catalog().await;
     lake.wait_for_offsets(catalog.as_ref(), report.sent as i64, WAIT)
         .await;
+    // The last restarted worker is stopped only once it runs (a SIGTERM
+    // before its handler is installed kills it, which is not the point).
+    let deadline = Instant::now() + WAIT;
+    while !names.iter().all(|name| settled(&lake.log(name))) {
+        assert!(Instant::now() < deadline, "the group never settled: {names:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for (w, mut worker) in workers.into_iter().enumerate() {
-        assert!(terminate(&mut worker).success(), "worker {w} did not stop cleanly");
+        let status = terminate(&mut worker);
+        assert!(
+            status.success(),
+            "worker {} did not stop cleanly ({status:?}):\n{}",
+            names[w],
+            lake.log(&names[w])
+        );
     }
     eprintln!(
         "MEASURE ingest kill storm: {n} SIGKILLs in {:.0}s, {} events sent",
