@@ -16,11 +16,11 @@ use crate::catalog::Catalog;
 use crate::catalog::rest::{RestCatalog, RestConfig, Secret};
 use crate::catalog::sql::SqlCatalog;
 use crate::error::{Error, ErrorKind, Result};
+use crate::faults::catalog::FaultCatalog;
+use crate::faults::{FaultPlan, Faults};
 use crate::ingest::IngestOptions;
 use crate::redact;
 use crate::retry::RetryPolicy;
-use crate::faults::catalog::FaultCatalog;
-use crate::faults::{FaultPlan, Faults};
 use crate::storage::{ObjectStoreStorage, StoreOptions};
 
 /// Default catalog database.
@@ -359,7 +359,8 @@ impl Config {
 
     /// Open the configured catalog (creating a local SQLite file's folder).
     pub async fn open_catalog(&self) -> Result<Arc<dyn Catalog>> {
-        let storage = ObjectStoreStorage::new(self.storage.clone()).with_faults(self.faults.clone());
+        let storage =
+            ObjectStoreStorage::new(self.storage.clone()).with_faults(self.faults.clone());
         let catalog: Arc<dyn Catalog> = match &self.catalog.rest {
             Some(rest) => Arc::new(RestCatalog::connect(rest.clone(), storage).await?),
             None => Arc::new(self.open_sql_catalog(storage).await?),

@@ -54,7 +54,9 @@ impl FaultCatalog {
             self.faults.after(d, op, Step::Catalog, &name);
         }
         match (d, r) {
-            (Decision::Inject(Fault::LostReply, _), Ok(_)) => Err(fail(Fault::LostReply, op, &name)),
+            (Decision::Inject(Fault::LostReply, _), Ok(_)) => {
+                Err(fail(Fault::LostReply, op, &name))
+            }
             (_, r) => r,
         }
     }

@@ -339,8 +339,8 @@ impl Faults {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut decision = Decision::Pass;
         for (i, rule) in self.plan.rules.iter().enumerate() {
-            if !rule.op.is_none_or(|o| o == op)
-                || !rule.step.is_none_or(|s| s == step)
+            if rule.op.is_some_and(|o| o != op)
+                || rule.step.is_some_and(|s| s != step)
                 || !rule.path.as_deref().is_none_or(|p| path.contains(p))
                 || !rule.table.as_deref().is_none_or(|t| of_table(t, op, path))
                 || !applies(rule.fault, op)
@@ -350,9 +350,7 @@ impl Faults {
             state.seen[i] += 1;
             let seen = state.seen[i];
             let fires = match (rule.nth, rule.probability) {
-                (Some(nth), _) => {
-                    seen >= nth && state.fired[i] < rule.count.unwrap_or(1)
-                }
+                (Some(nth), _) => seen >= nth && state.fired[i] < rule.count.unwrap_or(1),
                 (None, Some(p)) => {
                     let roll = state.rng.random::<f64>() < p;
                     roll && rule.count.is_none_or(|c| state.fired[i] < c)
@@ -444,10 +442,7 @@ pub fn injected_error(fault: Fault, op: Op, path: &str) -> String {
 
 fn kill_self(op: Op, step: Step, path: &str) -> ! {
     eprintln!("injected fault: killing the process at {op:?} {step:?} {path}");
-    let _ = rustix::process::kill_process(
-        rustix::process::getpid(),
-        rustix::process::Signal::KILL,
-    );
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     std::process::abort()
 }
 
@@ -516,7 +511,10 @@ mod tests {
         assert!(hit(Op::Swap, "usage.http_requests"));
         assert!(!hit(Op::Swap, "usage.http_requests_rejects"));
         assert!(hit(Op::Put, "w/usage/http_requests/data/a.parquet"));
-        assert!(!hit(Op::Put, "w/usage/http_requests_rejects/data/a.parquet"));
+        assert!(!hit(
+            Op::Put,
+            "w/usage/http_requests_rejects/data/a.parquet"
+        ));
     }
 
     #[test]
@@ -530,7 +528,9 @@ mod tests {
         let run = || {
             let f = plan(rules);
             (0..200)
-                .map(|i| f.decide(Op::Get, Step::Data, &format!("/d/{i}.parquet")) != Decision::Pass)
+                .map(|i| {
+                    f.decide(Op::Get, Step::Data, &format!("/d/{i}.parquet")) != Decision::Pass
+                })
                 .collect::<Vec<_>>()
         };
         let a = run();
@@ -552,7 +552,10 @@ mod tests {
         ] {
             let plan: FaultPlan = toml::from_str(rules).unwrap();
             let e = plan.validate("plan.toml").unwrap_err().to_string();
-            assert!(e.contains(why) && e.contains("plan.toml: fault rule 1"), "{e}");
+            assert!(
+                e.contains(why) && e.contains("plan.toml: fault rule 1"),
+                "{e}"
+            );
         }
         assert!(toml::from_str::<FaultPlan>("[[rule]]\nfault = \"melt\"\nnth = 1").is_err());
     }

@@ -84,7 +84,12 @@ impl fmt::Display for FaultStore {
 
 #[async_trait]
 impl ObjectStore for FaultStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
         let d = self.before(Op::Put, location).await?;
         let r = self.inner.put_opts(location, payload, opts).await;
         after(&self.faults, d, Op::Put, location.as_ref(), r)
@@ -165,7 +170,8 @@ impl ObjectStore for FaultStore {
                     let all: Vec<Result<ObjectMeta>> = inner.list(prefix.as_ref()).collect().await;
                     match d {
                         Decision::Inject(Fault::Hidden, p) => hide_young(all, p.window),
-                        _ => after(&faults, d, Op::List, &at, Ok(all)).unwrap_or_else(|e| vec![Err(e)]),
+                        _ => after(&faults, d, Op::List, &at, Ok(all))
+                            .unwrap_or_else(|e| vec![Err(e)]),
                     }
                 }
                 Err(e) => vec![Err(e)],
@@ -204,7 +210,10 @@ impl ObjectStore for FaultStore {
 }
 
 /// A listing without the keys modified within `window`.
-fn hide_young(all: Vec<Result<ObjectMeta>>, window: std::time::Duration) -> Vec<Result<ObjectMeta>> {
+fn hide_young(
+    all: Vec<Result<ObjectMeta>>,
+    window: std::time::Duration,
+) -> Vec<Result<ObjectMeta>> {
     let young = chrono::Utc::now() - window;
     all.into_iter()
         .filter(|m| m.as_ref().map_or(true, |m| m.last_modified < young))
@@ -229,7 +238,9 @@ impl MultipartUpload for FaultUpload {
         let part = self.upload.put_part(data);
         Box::pin(async move {
             match decision {
-                Decision::Inject(Fault::Error, _) => return Err(fail(Fault::Error, Op::Part, &path)),
+                Decision::Inject(Fault::Error, _) => {
+                    return Err(fail(Fault::Error, Op::Part, &path));
+                }
                 Decision::Inject(Fault::Latency, p) => tokio::time::sleep(p.latency).await,
                 _ => {}
             }
@@ -280,10 +291,16 @@ mod tests {
             "#,
         );
         let a = Path::from("t/data/a.parquet");
-        let e = s.put(&a, Bytes::from_static(b"a").into()).await.unwrap_err();
+        let e = s
+            .put(&a, Bytes::from_static(b"a").into())
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("failed before taking effect"), "{e}");
         assert!(s.head(&a).await.is_err(), "nothing was written");
-        let e = s.put(&a, Bytes::from_static(b"a").into()).await.unwrap_err();
+        let e = s
+            .put(&a, Bytes::from_static(b"a").into())
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("was lost"), "{e}");
         assert_eq!(s.head(&a).await.unwrap().size, 1, "the object landed");
         s.put(&a, Bytes::from_static(b"ab").into()).await.unwrap();
@@ -322,7 +339,9 @@ mod tests {
             "#,
         );
         for k in ["t/a", "t/b", "t/c"] {
-            s.put(&Path::from(k), Bytes::from_static(b"x").into()).await.unwrap();
+            s.put(&Path::from(k), Bytes::from_static(b"x").into())
+                .await
+                .unwrap();
         }
         let paths = ["t/a", "t/b", "t/c"].map(|k| Ok(Path::from(k)));
         let results: Vec<_> = s

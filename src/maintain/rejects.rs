@@ -9,8 +9,8 @@
 //! rejects table beside its table's.
 
 use chrono::{DateTime, Utc};
-use iceberg::spec::{Datum, ManifestContentType, PrimitiveLiteral};
 use futures::StreamExt;
+use iceberg::spec::{Datum, ManifestContentType, PrimitiveLiteral};
 use serde::Serialize;
 
 use super::operation::Context;
@@ -228,15 +228,16 @@ pub async fn compaction(
     for group in &groups {
         let mut batches = Vec::new();
         for f in group {
-            let mut stream =
-                super::merge::read_file(&table, &f.removed.path, f.bytes, f.records)?;
+            let mut stream = super::merge::read_file(&table, &f.removed.path, f.bytes, f.records)?;
             while let Some(batch) = stream.next().await {
                 batches.push(batch.map_err(|e| {
                     Error::iceberg(format!("reading rejects file {}", f.removed.path), e)
                 })?);
             }
         }
-        added.extend(crate::write::write_batches(&table, None, "rejects", batches, target as usize).await?);
+        added.extend(
+            crate::write::write_batches(&table, None, "rejects", batches, target as usize).await?,
+        );
     }
     report.written = added.len();
     let change = Change::replace(FirnOperation::Compact, removed, added);

@@ -107,7 +107,11 @@ async fn table_state(lake: &Lake, what: &str) -> (BTreeMap<String, i64>, u64) {
 
 /// The other engine's row, in the sums [`super::foreign_append`] adds.
 fn foreign_sums(case: usize) -> BTreeMap<String, i64> {
-    let (bytes, cpu) = if case % 2 == 0 { (1000, 5) } else { (2000, 9) };
+    let (bytes, cpu) = if case.is_multiple_of(2) {
+        (1000, 5)
+    } else {
+        (2000, 9)
+    };
     BTreeMap::from([
         ("requests".to_string(), 1),
         ("bytes".to_string(), bytes),
@@ -202,7 +206,11 @@ fn judge_ingest(out: &Output, plan: &Plan, point: &Point, fault: &str, what: &st
         judge(out, plan, point, fault, what);
         return;
     }
-    assert!(!plan.fired().is_empty(), "{what}: never fired\n{}", text(out));
+    assert!(
+        !plan.fired().is_empty(),
+        "{what}: never fired\n{}",
+        text(out)
+    );
     ok(out, what);
 }
 

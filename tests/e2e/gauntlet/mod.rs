@@ -60,7 +60,10 @@ impl Plan {
         let _ = std::fs::remove_file(&trace);
         std::fs::write(
             &file,
-            format!("seed = 1\ntrace = {:?}\n{rules}", trace.display().to_string()),
+            format!(
+                "seed = 1\ntrace = {:?}\n{rules}",
+                trace.display().to_string()
+            ),
         )
         .unwrap();
         Self { file, trace }
@@ -205,10 +208,8 @@ pub(crate) fn judge(out: &Output, plan: &Plan, point: &Point, fault: &str, what:
             text(out)
         ),
         _ => {
-            let absorbed = matches!(
-                point.step,
-                Some("manifest" | "manifest_list" | "metadata")
-            ) || matches!(point.op, "swap" | "load" | "delete")
+            let absorbed = matches!(point.step, Some("manifest" | "manifest_list" | "metadata"))
+                || matches!(point.op, "swap" | "load" | "delete")
                 || fault == "hidden";
             if absorbed {
                 assert!(
@@ -248,7 +249,7 @@ pub(crate) async fn foreign_append(
 ) {
     let decl = lake.decl();
     let spec = MeasureSpec::new(&decl);
-    let values = if case % 2 == 0 {
+    let values = if case.is_multiple_of(2) {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/readers/foreign.py");
         let warehouse = format!(
             "file://{}",

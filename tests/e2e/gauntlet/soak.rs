@@ -154,8 +154,12 @@ async fn a_soak_with_faults_and_an_ageing_clock_stays_exact_and_healthy() {
     }
     let report = producing.await.unwrap();
     let catalog = lake.catalog().await;
-    lake.wait_for_offsets(catalog.as_ref(), report.sent as i64, Duration::from_secs(600))
-        .await;
+    lake.wait_for_offsets(
+        catalog.as_ref(),
+        report.sent as i64,
+        Duration::from_secs(600),
+    )
+    .await;
     rss.insert("ingest a".into(), peak_rss_kib(a.id()).unwrap_or(0));
     assert!(terminate(&mut a).success(), "{}", lake.log("a"));
 
@@ -192,7 +196,11 @@ async fn a_soak_with_faults_and_an_ageing_clock_stays_exact_and_healthy() {
     )
     .await
     .unwrap();
-    assert_eq!(rejects.len() as u64, report.malformed, "rejects after the soak");
+    assert_eq!(
+        rejects.len() as u64,
+        report.malformed,
+        "rejects after the soak"
+    );
     let once: std::collections::BTreeSet<_> =
         rejects.iter().map(|r| (r.partition, r.offset)).collect();
     assert_eq!(once.len(), rejects.len(), "a reject recorded twice");

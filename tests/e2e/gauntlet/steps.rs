@@ -82,9 +82,8 @@ async fn prepared(
     lake.run(&["tables", "sync"]);
     let catalog = lake.catalog().await;
     let decl = lake.decl();
-    let append = |at, seed, n, hours| {
-        crate::upkeep::append(catalog.as_ref(), &decl, at, seed, n, hours)
-    };
+    let append =
+        |at, seed, n, hours| crate::upkeep::append(catalog.as_ref(), &decl, at, seed, n, hours);
     match prep {
         Prep::Empty => {}
         Prep::Backfilled => {
@@ -185,7 +184,11 @@ async fn gauntlet(sc: Scenario) {
     let reference = per_day(catalog.as_ref(), &decl).await;
     let reference_rejects = rejects(catalog.as_ref(), &decl).await;
     if !matches!(sc.prep, Prep::Empty | Prep::Backfilled) && sc.name != "retention" {
-        assert_eq!(reference, before, "{}: an undisturbed run changed the totals", sc.name);
+        assert_eq!(
+            reference, before,
+            "{}: an undisturbed run changed the totals",
+            sc.name
+        );
     }
     let trace = plan.traced();
     let cases = cases(&trace, sc.table);
@@ -203,7 +206,11 @@ async fn gauntlet(sc: Scenario) {
             None => what,
         };
         let (lake, catalog, decl) = prepared(sc.prep, anchor, inputs.path()).await;
-        let plan = Plan::new(lake.path(), &format!("case-{i}"), &rule(point, fault, sc.table));
+        let plan = Plan::new(
+            lake.path(),
+            &format!("case-{i}"),
+            &rule(point, fault, sc.table),
+        );
         let out = run_with(command(&lake, &sc, anchor, inputs.path()), &plan);
         judge(&out, &plan, point, fault, &what);
         tally.run(&plan, &out);
@@ -214,7 +221,8 @@ async fn gauntlet(sc: Scenario) {
 
         let rerun = command(&lake, &sc, anchor, inputs.path()).output().unwrap();
         // A backfill the faulted run finished is refused when run again.
-        let finished = String::from_utf8_lossy(&rerun.stderr).contains("already committed (snapshot ");
+        let finished =
+            String::from_utf8_lossy(&rerun.stderr).contains("already committed (snapshot ");
         assert!(
             rerun.status.success() || (finished && sc.name.starts_with("backfill")),
             "{what}: the rerun failed\n{}",
@@ -401,7 +409,11 @@ async fn rejects_retention_survives_a_fault_at_every_step() {
     gauntlet(Scenario {
         table: "usage.http_requests_rejects",
         days_ahead: 40,
-        ..Scenario::new("rejects-retention", Prep::Backfilled, args(&["retention", TABLE]))
+        ..Scenario::new(
+            "rejects-retention",
+            Prep::Backfilled,
+            args(&["retention", TABLE]),
+        )
     })
     .await;
 }
@@ -413,7 +425,11 @@ async fn rejects_compaction_survives_a_fault_at_every_step() {
     gauntlet(Scenario {
         table: "usage.http_requests_rejects",
         days_ahead: 2,
-        ..Scenario::new("rejects-compaction", Prep::Backfilled, args(&["compact", TABLE]))
+        ..Scenario::new(
+            "rejects-compaction",
+            Prep::Backfilled,
+            args(&["compact", TABLE]),
+        )
     })
     .await;
 }

@@ -99,7 +99,10 @@ async fn an_ingest_kill_storm_counts_every_event_once() {
         while last_kill.elapsed() < Duration::from_secs(7)
             || !names.iter().all(|name| settled(&lake.log(name)))
         {
-            assert!(Instant::now() < deadline, "the group never settled: {names:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the group never settled: {names:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..2_000))).await;
@@ -118,7 +121,10 @@ async fn an_ingest_kill_storm_counts_every_event_once() {
     // before its handler is installed kills it, which is not the point).
     let deadline = Instant::now() + WAIT;
     while !names.iter().all(|name| settled(&lake.log(name))) {
-        assert!(Instant::now() < deadline, "the group never settled: {names:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the group never settled: {names:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for (w, mut worker) in workers.into_iter().enumerate() {
@@ -170,7 +176,7 @@ async fn a_maintenance_kill_storm_changes_no_total() {
     };
     let mut rng = rng();
     let append = |seed: u64| {
-        let at = anchor - ChronoDuration::hours(if seed % 2 == 0 { 2 } else { 24 * 8 });
+        let at = anchor - ChronoDuration::hours(if seed.is_multiple_of(2) { 2 } else { 24 * 8 });
         crate::upkeep::append(catalog.as_ref(), &decl, at, seed, 200, 6)
     };
 
@@ -187,7 +193,11 @@ async fn a_maintenance_kill_storm_changes_no_total() {
         append(k).await;
         let before = per_day(catalog.as_ref(), &decl).await;
         expected = before.clone();
-        let mut child = maintain().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = maintain()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..run_ms))).await;
         if child.try_wait().unwrap().is_none() {
             killed += 1;
@@ -203,10 +213,17 @@ async fn a_maintenance_kill_storm_changes_no_total() {
     let out = maintain().output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(per_day(catalog.as_ref(), &decl).await, expected);
-    eprintln!("MEASURE maintenance kill storm: {killed} of {n} runs killed mid-way (run {run_ms} ms)");
-    assert!(killed * 2 >= n, "only {killed} of {n} runs were killed before they ended");
+    eprintln!(
+        "MEASURE maintenance kill storm: {killed} of {n} runs killed mid-way (run {run_ms} ms)"
+    );
+    assert!(
+        killed * 2 >= n,
+        "only {killed} of {n} runs were killed before they ended"
+    );
     let leaked = assert_sound(catalog.as_ref(), &decl, "maintenance storm").await;
-    eprintln!("MEASURE maintenance storm: {leaked} files left behind, all deleted by orphan removal");
+    eprintln!(
+        "MEASURE maintenance storm: {leaked} files left behind, all deleted by orphan removal"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,13 +234,16 @@ async fn a_backfill_kill_storm_adds_every_event_once() {
     let data = tempfile::tempdir().unwrap();
     let per_file = if full() { 40_000 } else { 8_000 };
     let inputs = crate::backfill::write_inputs(data.path(), &lake.decl(), per_file);
-    let command = || {
-        crate::backfill::backfill_command(&lake, data.path(), &["--chunk-events", "1000"])
-    };
+    let command =
+        || crate::backfill::backfill_command(&lake, data.path(), &["--chunk-events", "1000"]);
     let mut rng = rng();
     let mut killed = 0;
     for _ in 0..n {
-        let mut child = command().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1_500))).await;
         if child.try_wait().unwrap().is_some() {
             break;
@@ -240,9 +260,15 @@ async fn a_backfill_kill_storm_adds_every_event_once() {
         text(&out)
     );
     eprintln!("MEASURE backfill kill storm: {killed} SIGKILLs survived");
-    assert!(killed >= n.min(3), "the backfill finished after {killed} kills");
+    assert!(
+        killed >= n.min(3),
+        "the backfill finished after {killed} kills"
+    );
     crate::backfill::assert_holds(&lake, &inputs).await;
-    assert_eq!(rejects_once(&lake, "backfill storm").await, inputs.malformed);
+    assert_eq!(
+        rejects_once(&lake, "backfill storm").await,
+        inputs.malformed
+    );
     let catalog = lake.catalog().await;
     let leaked = assert_sound(catalog.as_ref(), &lake.decl(), "backfill storm").await;
     eprintln!("MEASURE backfill storm: {leaked} files left behind, all deleted by orphan removal");
