@@ -11,7 +11,7 @@ use iceberg::TableIdent;
 use iceberg::io::FileIO;
 use iceberg::spec::TableMetadata;
 
-use super::{Decision, Fault, Faults, Op, Step, injected_error};
+use super::{Decision, Fault, Faults, Op, Step};
 use crate::catalog::{Catalog, StagedMetadata, TableHandle};
 use crate::error::{Error, ErrorKind, Result};
 use crate::storage::ObjectStoreStorage;
@@ -37,33 +37,23 @@ impl FaultCatalog {
 
     async fn before(&self, op: Op, ident: &TableIdent) -> Result<Decision> {
         let name = ident.to_string();
-        let d = self.faults.decide(op, Step::Catalog, &name);
-        match d {
-            Decision::Inject(Fault::Error, _) => Err(fail(Fault::Error, op, &name)),
-            Decision::Inject(Fault::Latency, p) => {
-                tokio::time::sleep(p.latency).await;
-                Ok(d)
-            }
-            _ => Ok(d),
-        }
+        self.faults
+            .before(op, Step::Catalog, &name)
+            .await
+            .map_err(fail)
     }
 
     fn after<T>(&self, d: Decision, op: Op, ident: &TableIdent, r: Result<T>) -> Result<T> {
         let name = ident.to_string();
-        if r.is_ok() {
-            self.faults.after(d, op, Step::Catalog, &name);
-        }
-        match (d, r) {
-            (Decision::Inject(Fault::LostReply, _), Ok(_)) => {
-                Err(fail(Fault::LostReply, op, &name))
-            }
-            (_, r) => r,
+        match self.faults.after(d, op, Step::Catalog, &name, r.is_ok()) {
+            Some(lost) => Err(fail(lost)),
+            None => r,
         }
     }
 }
 
-fn fail(fault: Fault, op: Op, table: &str) -> Error {
-    Error::new(ErrorKind::Catalog, injected_error(fault, op, table))
+fn fail(message: String) -> Error {
+    Error::new(ErrorKind::Catalog, message)
 }
 
 #[async_trait]

@@ -393,10 +393,40 @@ impl Faults {
         decision
     }
 
-    /// After an operation took effect: a `kill_after` happens here.
-    pub fn after(&self, decision: Decision, op: Op, step: Step, path: &str) {
-        if matches!(decision, Decision::Inject(Fault::KillAfter, _)) {
-            kill_self(op, step, path);
+    /// Meet the plan before `op` on `path`: `Err` with the message of a
+    /// failure before the operation, else the decision to carry after it
+    /// (a latency fault has waited).
+    pub async fn before(&self, op: Op, step: Step, path: &str) -> Result<Decision, String> {
+        let decision = self.decide(op, step, path);
+        match decision {
+            Decision::Inject(Fault::Error, _) => Err(injected_error(Fault::Error, op, path)),
+            Decision::Inject(Fault::Latency, p) => {
+                tokio::time::sleep(p.latency).await;
+                Ok(decision)
+            }
+            _ => Ok(decision),
+        }
+    }
+
+    /// After `op` on `path` ended (`done`: it took effect): a `kill_after`
+    /// kills here; a lost reply is the message of the failure to report.
+    pub fn after(
+        &self,
+        decision: Decision,
+        op: Op,
+        step: Step,
+        path: &str,
+        done: bool,
+    ) -> Option<String> {
+        if !done {
+            return None;
+        }
+        match decision {
+            Decision::Inject(Fault::KillAfter, _) => kill_self(op, step, path),
+            Decision::Inject(Fault::LostReply, _) => {
+                Some(injected_error(Fault::LostReply, op, path))
+            }
+            _ => None,
         }
     }
 

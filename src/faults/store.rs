@@ -40,15 +40,7 @@ impl FaultStore {
 }
 
 async fn before(faults: &Faults, op: Op, path: &str) -> Result<Decision> {
-    let decision = faults.decide(op, Step::of(path), path);
-    match decision {
-        Decision::Inject(Fault::Error, _) => Err(fail(Fault::Error, op, path)),
-        Decision::Inject(Fault::Latency, p) => {
-            tokio::time::sleep(p.latency).await;
-            Ok(decision)
-        }
-        _ => Ok(decision),
-    }
+    faults.before(op, Step::of(path), path).await.map_err(fail)
 }
 
 /// After the operation: a lost reply turns its success into an error; a
@@ -60,19 +52,16 @@ fn after<T>(
     path: &str,
     result: Result<T>,
 ) -> Result<T> {
-    if result.is_ok() {
-        faults.after(decision, op, Step::of(path), path);
-    }
-    match (decision, result) {
-        (Decision::Inject(Fault::LostReply, _), Ok(_)) => Err(fail(Fault::LostReply, op, path)),
-        (_, r) => r,
+    match faults.after(decision, op, Step::of(path), path, result.is_ok()) {
+        Some(lost) => Err(fail(lost)),
+        None => result,
     }
 }
 
-fn fail(fault: Fault, op: Op, path: &str) -> object_store::Error {
+fn fail(message: String) -> object_store::Error {
     object_store::Error::Generic {
         store: "faults",
-        source: injected_error(fault, op, path).into(),
+        source: message.into(),
     }
 }
 
@@ -239,7 +228,7 @@ impl MultipartUpload for FaultUpload {
         Box::pin(async move {
             match decision {
                 Decision::Inject(Fault::Error, _) => {
-                    return Err(fail(Fault::Error, Op::Part, &path));
+                    return Err(fail(injected_error(Fault::Error, Op::Part, &path)));
                 }
                 Decision::Inject(Fault::Latency, p) => tokio::time::sleep(p.latency).await,
                 _ => {}

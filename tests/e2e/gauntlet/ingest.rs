@@ -4,7 +4,7 @@
 //! commits in between, and every event is counted once, every reject
 //! recorded once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
 use firn::produce::{ProduceOptions, ProduceReport};
@@ -84,25 +84,7 @@ async fn table_state(lake: &Lake, what: &str) -> (BTreeMap<String, i64>, u64) {
         .iter()
         .map(|m| (m.to_string(), totals.long(&decl, m)))
         .collect();
-    let rejects = read::rejects(
-        &catalog
-            .load(&tables::rejects_ident(&decl).unwrap())
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let mut seen = BTreeSet::new();
-    for r in &rejects {
-        assert!(
-            seen.insert((r.topic.clone(), r.partition, r.offset)),
-            "{what}: reject {}:{}@{} recorded twice",
-            r.topic,
-            r.partition,
-            r.offset
-        );
-    }
-    (sums, rejects.len() as u64)
+    (sums, super::rejects_once(lake, what).await)
 }
 
 /// The other engine's row, in the sums [`super::foreign_append`] adds.

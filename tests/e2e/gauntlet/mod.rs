@@ -389,3 +389,24 @@ async fn assert_referenced_exist(catalog: &dyn Catalog, ident: &iceberg::TableId
         );
     }
 }
+
+/// Every reject of the lake's table, checked to be there once.
+pub(crate) async fn rejects_once(lake: &Lake, what: &str) -> u64 {
+    let catalog = lake.catalog().await;
+    let t = catalog
+        .load(&tables::rejects_ident(&lake.decl()).unwrap())
+        .await
+        .unwrap();
+    let rejects = read::rejects(&t).await.unwrap();
+    let mut seen = BTreeSet::new();
+    for r in &rejects {
+        assert!(
+            seen.insert((r.topic.clone(), r.partition, r.offset)),
+            "{what}: reject {}:{}@{} recorded twice",
+            r.topic,
+            r.partition,
+            r.offset
+        );
+    }
+    rejects.len() as u64
+}

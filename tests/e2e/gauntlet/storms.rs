@@ -8,7 +8,6 @@
 //! CI kills 12 ingest workers, 10 maintenance runs and 6 backfills;
 //! `FIRN_GAUNTLET=full` (deploy/local/gauntlet.sh) kills 100, 50 and 30.
 
-use std::collections::BTreeSet;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use firn::produce::ProduceOptions;
 use firn::{read, tables};
 use rand::{Rng, SeedableRng};
 
-use super::{assert_sound, full, per_day, text};
+use super::{assert_sound, full, per_day, rejects_once, text};
 use crate::common::{Broker, Lake, terminate};
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -33,27 +32,6 @@ fn rng() -> rand::rngs::StdRng {
         .unwrap_or_else(|| rand::rng().random());
     eprintln!("kill schedule seed {seed} (FIRN_GAUNTLET_SEED={seed} repeats it)");
     rand::rngs::StdRng::seed_from_u64(seed)
-}
-
-/// Every reject of the lake's table, checked to be there once.
-async fn rejects_once(lake: &Lake, what: &str) -> u64 {
-    let catalog = lake.catalog().await;
-    let t = catalog
-        .load(&tables::rejects_ident(&lake.decl()).unwrap())
-        .await
-        .unwrap();
-    let rejects = read::rejects(&t).await.unwrap();
-    let mut seen = BTreeSet::new();
-    for r in &rejects {
-        assert!(
-            seen.insert((r.topic.clone(), r.partition, r.offset)),
-            "{what}: reject {}:{}@{} recorded twice",
-            r.topic,
-            r.partition,
-            r.offset
-        );
-    }
-    rejects.len() as u64
 }
 
 /// Whether a worker's log ends in an assignment (not a revocation).
