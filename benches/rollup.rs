@@ -1,11 +1,17 @@
-//! Rollup throughput and memory on generated minute files.
+//! Rollup and compaction throughput and memory on generated minute files.
 //!
-//! Generates one week of minute rows (`FIRN_BENCH_ROWS`, default 50 million)
-//! as sorted minute files in a local lake (`FIRN_BENCH_DIR`, default
-//! `target/bench-rollup`), one file per hour partition, outside the measured
-//! part. Then runs the minute → hour rollup of that week in a child process
-//! (so its peak RSS is the rollup's alone) and prints rows/s and peak RSS as
-//! JSON. `benches/rollup_vs_duckdb.sh` runs DuckDB on the same files.
+//! Rollup: one week of minute rows (`FIRN_BENCH_ROWS`, default 50 million)
+//! as sorted minute files, one per hour partition, rolled up to hours.
+//! Compaction: 1,440 minute files of one hour partition (24 flushes a
+//! minute, each holding every key of its minute: what ingest writes with a
+//! 2.5 s commit interval; `FIRN_BENCH_COMPACT_KEYS` keys, default 2,000)
+//! compacted into one file. Both in a local lake (`FIRN_BENCH_DIR`, default
+//! `target/bench-rollup`), generated outside the measured part; each run is
+//! a child process (so its peak RSS is the run's alone), once on one
+//! thread (`--jobs 1`) and, from the same table state (the SQLite catalog is
+//! put back; the minute files are still there), once with `--jobs 2`.
+//! Prints one JSON line per run. `benches/rollup_vs_duckdb.sh` runs DuckDB
+//! on the same files and checks the outputs agree.
 //!
 //! Run: `cargo bench --bench rollup` (add `FIRN_BENCH_ROWS=5000000` for a
 //! quick run).
@@ -70,6 +76,9 @@ async fn generate(dir: &Path, rows: u64) -> Vec<String> {
     tables::sync(catalog.as_ref(), &decl, Default::default())
         .await
         .unwrap();
+    if rows == 0 {
+        return Vec::new();
+    }
     let ident = tables::ident(&decl).unwrap();
     let hours = 7 * 24;
     // keys per minute so that the week holds `rows` rows
@@ -122,8 +131,63 @@ async fn generate(dir: &Path, rows: u64) -> Vec<String> {
     paths
 }
 
-/// The measured part: plan and run the rollup of the week.
-async fn rollup(dir: &Path) {
+/// 1,440 minute files of one hour partition (the hour after the week).
+async fn generate_compaction(dir: &Path, keys: u64) -> Vec<String> {
+    let config = config(dir);
+    let catalog = config.open_catalog().await.unwrap();
+    let decl = decl();
+    let ident = tables::ident(&decl).unwrap();
+    let hour = week_start() + Duration::days(8);
+    let mut paths = Vec::new();
+    for chunk in 0..12 {
+        let table = catalog.load(&ident).await.unwrap();
+        let mut files = Vec::new();
+        for f in chunk * 120..(chunk + 1) * 120 {
+            let minute = hour + Duration::minutes(f / 24);
+            let batch: Vec<_> = (0..keys)
+                .map(|k| {
+                    let v = ((k * 31 + f as u64 * 7) % 1000) as i64;
+                    (
+                        RowKey {
+                            dims: vec![
+                                DimValue::Long((k / 8) as i64 + 1),
+                                DimValue::Long(((k / 8) % 7) as i64),
+                                DimValue::Str(COLOS[(k % 4) as usize].into()),
+                                DimValue::Str(PRODUCTS[((k / 4) % 2) as usize].into()),
+                            ],
+                            ts_micros: minute.timestamp_micros(),
+                        },
+                        Measures(vec![
+                            MeasureValue::Long(Some(1 + v % 5)),
+                            MeasureValue::Long(Some(v * 1000)),
+                            MeasureValue::Long(Some(v)),
+                            MeasureValue::Long(Some(v % 700)),
+                        ]),
+                    )
+                })
+                .collect();
+            let written = write::write_rows(&table, &decl, Grain::Minute, batch, 1 << 30)
+                .await
+                .unwrap();
+            paths.extend(written.iter().map(|f| f.file.file_path().to_string()));
+            files.extend(written);
+        }
+        commit::commit(
+            catalog.as_ref(),
+            &ident,
+            &Change::append(FirnOperation::Ingest, files),
+            RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+    }
+    paths
+}
+
+/// The measured part: plan and run the rollup of the week, or the
+/// compaction of the hour, with `jobs` partitions at once; then list the
+/// files written.
+async fn measured(dir: &Path, what: &str, jobs: usize) {
     let config = config(dir);
     let catalog = config.open_catalog().await.unwrap();
     let decl = decl();
@@ -131,15 +195,27 @@ async fn rollup(dir: &Path) {
     let started = Instant::now();
     let table = catalog.load(&ident).await.unwrap();
     let state = maintain::state::load(&table).await.unwrap();
+    let rollup = what == "rollup";
     let opts = PlanOptions {
-        now: week_start() + Duration::days(15),
+        now: if rollup {
+            week_start() + Duration::days(15)
+        } else {
+            week_start() + Duration::days(8) + Duration::hours(3)
+        },
         from: None,
         to: None,
         seal_delay: std::time::Duration::from_secs(3600),
         target_file_size: 128 << 20,
     };
-    let tasks = maintain::plan_rollup(&state, &decl.policy, &opts);
-    let ctx = maintain::Context::new(catalog.as_ref(), opts.now);
+    let tasks = if rollup {
+        maintain::plan_rollup(&state, &decl.policy, &opts)
+    } else {
+        maintain::plan_compaction(&state, &decl.policy, &opts)
+    };
+    let ctx = maintain::Context {
+        jobs,
+        ..maintain::Context::new(catalog.as_ref(), opts.now)
+    };
     let report = maintain::execute::run(&ctx, &decl, &tasks, 128 << 20)
         .await
         .unwrap();
@@ -149,9 +225,26 @@ async fn rollup(dir: &Path) {
     let rows_out: u64 = report.tasks.iter().map(|t| t.rows_out).sum();
     let files_in: usize = report.tasks.iter().map(|t| t.files_in).sum();
     let files_out: usize = report.tasks.iter().map(|t| t.files_out).sum();
+    let table = catalog.load(&ident).await.unwrap();
+    let grain = if rollup { Grain::Hour } else { Grain::Minute };
+    let written: Vec<String> = maintain::state::load(&table)
+        .await
+        .unwrap()
+        .files
+        .iter()
+        .filter(|f| f.grain == grain)
+        .map(|f| f.path.trim_start_matches("file://").to_string())
+        .collect();
+    std::fs::write(
+        dir.join(format!("firn-{what}-{jobs}-files.txt")),
+        written.join("\n"),
+    )
+    .unwrap();
     println!(
         "{}",
         serde_json::json!({
+            "what": what,
+            "jobs": jobs,
             "rows_in": rows_in,
             "rows_out": rows_out,
             "files_in": files_in,
@@ -159,47 +252,24 @@ async fn rollup(dir: &Path) {
             "tasks": tasks.len(),
             "seconds": seconds,
             "rows_per_second": rows_in as f64 / seconds,
+            "files_per_second": files_in as f64 / seconds,
             "peak_rss_mib": peak_rss_kib() as f64 / 1024.0,
         })
     );
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    if let Some(i) = args.iter().position(|a| a == "--child-rollup") {
-        rt.block_on(rollup(Path::new(&args[i + 1])));
-        return;
+/// Run `what` in a child process from the table state saved before the
+/// first run (the catalog file is put back; the input files are untouched
+/// by a rollup or a compaction), and return its JSON line.
+fn run_child(dir: &Path, what: &str, jobs: usize) -> String {
+    let saved = dir.join("catalog.db.before");
+    if saved.exists() {
+        std::fs::copy(&saved, dir.join("catalog.db")).unwrap();
+    } else {
+        std::fs::copy(dir.join("catalog.db"), &saved).unwrap();
     }
-    if args.iter().any(|a| a == "--test" || a == "--list") {
-        return; // `cargo test --benches` runs nothing heavy
-    }
-    let rows: u64 = std::env::var("FIRN_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000_000);
-    let dir = PathBuf::from(
-        std::env::var("FIRN_BENCH_DIR").unwrap_or_else(|_| "target/bench-rollup".into()),
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let dir = std::fs::canonicalize(&dir).unwrap();
-
-    let started = Instant::now();
-    let paths = rt.block_on(generate(&dir, rows));
-    eprintln!(
-        "generated {} minute files in {:.1}s",
-        paths.len(),
-        started.elapsed().as_secs_f64()
-    );
-    let list: Vec<String> = paths
-        .iter()
-        .map(|p| p.trim_start_matches("file://").to_string())
-        .collect();
-    std::fs::write(dir.join("minute-files.txt"), list.join("\n")).unwrap();
-
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--child-rollup", dir.to_str().unwrap()])
+        .args(["--child", what, dir.to_str().unwrap(), &jobs.to_string()])
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -208,7 +278,65 @@ fn main() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report = String::from_utf8(out.stdout).unwrap();
-    std::fs::write(dir.join("firn-rollup.json"), &report).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        let jobs = args[i + 3].parse().unwrap();
+        rt.block_on(measured(Path::new(&args[i + 2]), &args[i + 1], jobs));
+        return;
+    }
+    if args.iter().any(|a| a == "--test" || a == "--list") {
+        return; // `cargo test --benches` runs nothing heavy
+    }
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let rows = env("FIRN_BENCH_ROWS", 50_000_000);
+    let keys = env("FIRN_BENCH_COMPACT_KEYS", 2_000);
+    let root = PathBuf::from(
+        std::env::var("FIRN_BENCH_DIR").unwrap_or_else(|_| "target/bench-rollup".into()),
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let root = std::fs::canonicalize(&root).unwrap();
+    let list = |paths: &[String]| {
+        paths
+            .iter()
+            .map(|p| p.trim_start_matches("file://").to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut report = String::new();
+    for what in ["rollup", "compact"] {
+        let dir = root.join(what);
+        std::fs::create_dir_all(&dir).unwrap();
+        let started = Instant::now();
+        let paths = if what == "rollup" {
+            rt.block_on(generate(&dir, rows))
+        } else {
+            rt.block_on(async {
+                // The table, then the hour's files.
+                generate(&dir, 0).await;
+                generate_compaction(&dir, keys).await
+            })
+        };
+        eprintln!(
+            "{what}: generated {} minute files in {:.1}s",
+            paths.len(),
+            started.elapsed().as_secs_f64()
+        );
+        std::fs::write(dir.join("minute-files.txt"), list(&paths)).unwrap();
+        for jobs in [1, 2] {
+            report.push_str(&run_child(&dir, what, jobs));
+        }
+    }
+    std::fs::write(root.join("firn.jsonl"), &report).unwrap();
     print!("{report}");
 }

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Rollup throughput against DuckDB on the same minute files: runs the rollup
-# bench (which keeps its generated files), then DuckDB doing the same
-# aggregation (GROUP BY the dimensions and the hour, written to zstd Parquet),
-# and prints both times and their ratio. DuckDB comes from PyPI into a venv.
+# Rollup and compaction against DuckDB on the same minute files: runs the
+# rollup bench (which keeps its generated files and firn's output), then
+# DuckDB doing the same aggregation (GROUP BY the dimensions and the
+# truncated ts, ORDER BY them, to zstd Parquet) on one thread and on two;
+# prints both times, their ratio, firn's peak RSS, and whether the two
+# outputs hold the same rows (exits non-zero when they do not). DuckDB
+# comes from PyPI into the project's venv.
+#
+#   benches/rollup_vs_duckdb.sh                         # 50 M rows
+#   FIRN_BENCH_ROWS=5000000 benches/rollup_vs_duckdb.sh # a quick run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FIRN_BENCH_DIR=${FIRN_BENCH_DIR:-$PWD/target/bench-rollup}

@@ -110,7 +110,11 @@ impl MeasureSpec {
     /// or infinite value; the caller starts another row instead.
     #[must_use]
     pub fn add_event(&self, acc: &mut Measures, values: &[Option<MeasureValue>]) -> bool {
-        self.apply(acc, |i, agg| event_value(values, i, agg), Fold::Exact)
+        self.apply(
+            &mut acc.0,
+            |i, agg| event_value(values, i, agg),
+            Fold::Exact,
+        )
     }
 
     /// Merge another row's accumulators into `acc` (same key). Returns
@@ -118,13 +122,24 @@ impl MeasureSpec {
     /// its type's exact range: the two rows then stay apart.
     #[must_use]
     pub fn merge(&self, acc: &mut Measures, other: &Measures) -> bool {
-        self.apply(acc, |i, agg| Some((merged(agg), other.0[i])), Fold::Exact)
+        self.merge_values(&mut acc.0, &other.0)
+    }
+
+    /// [`MeasureSpec::merge`] over slices of values in declaration order
+    /// (what the columnar merge holds).
+    #[must_use]
+    pub fn merge_values(&self, acc: &mut [MeasureValue], other: &[MeasureValue]) -> bool {
+        self.apply(acc, |i, agg| Some((merged(agg), other[i])), Fold::Exact)
     }
 
     /// Fold one event into running totals for a report (see
     /// [`MeasureSpec::merge_saturating`]).
     pub fn add_event_saturating(&self, acc: &mut Measures, values: &[Option<MeasureValue>]) {
-        let _ = self.apply(acc, |i, agg| event_value(values, i, agg), Fold::Saturating);
+        let _ = self.apply(
+            &mut acc.0,
+            |i, agg| event_value(values, i, agg),
+            Fold::Saturating,
+        );
     }
 
     /// Merge `other` into running totals for a report, where a total past
@@ -132,7 +147,7 @@ impl MeasureSpec {
     /// [`MeasureSpec::merge`]).
     pub fn merge_saturating(&self, acc: &mut Measures, other: &Measures) {
         let _ = self.apply(
-            acc,
+            &mut acc.0,
             |i, agg| Some((merged(agg), other.0[i])),
             Fold::Saturating,
         );
@@ -141,13 +156,13 @@ impl MeasureSpec {
     /// Fold `each(i, agg)` into every measure, all or nothing.
     fn apply(
         &self,
-        acc: &mut Measures,
+        acc: &mut [MeasureValue],
         each: impl Fn(usize, Agg) -> Option<(Agg, MeasureValue)>,
         fold: Fold,
     ) -> bool {
         if fold == Fold::Exact {
             let fits = self.aggs.iter().enumerate().all(|(i, (agg, _))| {
-                each(i, *agg).is_none_or(|(agg, v)| combine(agg, acc.0[i], v, fold).is_some())
+                each(i, *agg).is_none_or(|(agg, v)| combine(agg, acc[i], v, fold).is_some())
             });
             if !fits {
                 return false;
@@ -155,9 +170,9 @@ impl MeasureSpec {
         }
         for (i, (agg, _)) in self.aggs.iter().enumerate() {
             if let Some((agg, v)) = each(i, *agg)
-                && let Some(out) = combine(agg, acc.0[i], v, fold)
+                && let Some(out) = combine(agg, acc[i], v, fold)
             {
-                acc.0[i] = out;
+                acc[i] = out;
             }
         }
         true

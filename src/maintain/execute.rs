@@ -7,23 +7,20 @@
 
 use std::time::Instant;
 
+use futures::StreamExt;
 use iceberg::TableIdent;
 use serde::Serialize;
 
-use super::merge::{self, MergeReader};
+use super::merge::MergeReader;
 use super::operation::Context;
 use super::plan::{self, PlanOptions, Task, TaskKind};
 use super::state;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, TableHandle};
 use crate::commit::{self, Change, NewFile, RemovedFile, RetryPolicy};
-use crate::error::{ErrorKind, Result};
-use crate::rows::{Measures, RowKey};
+use crate::error::{Error, ErrorKind, Result};
 use crate::schema::decl::TableDecl;
 use crate::tables;
 use crate::write::{self, PartitionWriter};
-
-/// Rows buffered before they are encoded into a batch.
-const WRITE_BATCH: usize = 64 * 1024;
 
 /// What one task did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -88,17 +85,18 @@ pub async fn execute(
     target_file_size: usize,
 ) -> Result<TaskOutcome> {
     let ident = tables::ident(decl)?;
-    let mut group = vec![prepare(ctx.catalog, &ident, decl, task, target_file_size).await?];
+    let table = ctx.catalog.load(&ident).await?;
+    let mut group = vec![prepare(table, decl.clone(), task.clone(), target_file_size).await?];
     commit_group(ctx.catalog, &ident, task.kind, &mut group, ctx.retry).await?;
     Ok(group.remove(0).outcome)
 }
 
-/// Merge and write a task's output, ready for [`commit_group`].
+/// Merge and write a task's output, ready for [`commit_group`]. Owns what
+/// it reads, so that tasks run in parallel on the runtime's threads.
 async fn prepare(
-    catalog: &dyn Catalog,
-    ident: &TableIdent,
-    decl: &TableDecl,
-    task: &Task,
+    table: TableHandle,
+    decl: TableDecl,
+    task: Task,
     target_file_size: usize,
 ) -> Result<Prepared> {
     let removed = task.inputs.iter().map(|f| f.removed()).collect();
@@ -126,26 +124,13 @@ async fn prepare(
     let added = match task.target {
         None => Vec::new(),
         Some((grain, partition)) => {
-            let table = catalog.load(ident).await?;
-            let mut reader = MergeReader::open(&table, decl, &task.inputs, grain).await?;
-            let arrow = merge::arrow_schema(&table)?;
+            let mut reader = MergeReader::open(&table, &decl, &task.inputs, grain).await?;
             let key = write::partition_key(&table, grain, partition)?;
             let mut writer =
                 PartitionWriter::open(&table, Some(key), grain.as_str(), target_file_size).await?;
-            let mut buffer: Vec<(RowKey, Measures)> = Vec::with_capacity(WRITE_BATCH);
-            while let Some(row) = reader.next_row().await? {
-                buffer.push(row);
-                if buffer.len() == WRITE_BATCH {
-                    outcome.rows_out += buffer.len() as u64;
-                    for b in write::to_batches(&arrow, decl, grain, &buffer)? {
-                        writer.write(b).await?;
-                    }
-                    buffer.clear();
-                }
-            }
-            outcome.rows_out += buffer.len() as u64;
-            for b in write::to_batches(&arrow, decl, grain, &buffer)? {
-                writer.write(b).await?;
+            while let Some(batch) = reader.next_batch().await? {
+                outcome.rows_out += batch.num_rows() as u64;
+                writer.write(batch).await?;
             }
             let files = writer.close().await?;
             outcome.files_out = files.len();
@@ -234,13 +219,15 @@ impl RunReport {
 
 /// Execute `tasks` on `decl`'s table, one commit per task (so a long run
 /// makes partial progress) while they fit in `ctx`'s write budget; a failed
-/// task is reported and the others still run. A plan with more partitions
-/// than a minute's budget commits them in groups
-/// ([`crate::budget::CommitBudget::group_size`]) — one `replace` of several partitions, as
-/// Spark's `rewrite_data_files` commits file groups. A group that another
-/// commit superseded is committed again partition by partition from the
-/// files already written, so one raced partition does not cost the others
-/// their work.
+/// task is reported and the others still run. Up to `ctx.jobs` tasks merge
+/// and write their files at once, each on its own runtime thread; commits
+/// stay one at a time and in plan order. A plan with more partitions than a
+/// minute's budget commits them in groups
+/// ([`crate::budget::CommitBudget::group_size`]) — one `replace` of several
+/// partitions, as Spark's `rewrite_data_files` commits file groups. A group
+/// that another commit superseded is committed again partition by partition
+/// from the files already written, so one raced partition does not cost the
+/// others their work.
 pub async fn run(
     ctx: &Context<'_>,
     decl: &TableDecl,
@@ -250,6 +237,9 @@ pub async fn run(
     let (catalog, budget, retry) = (ctx.catalog, &ctx.budget, ctx.retry);
     let ident = &tables::ident(decl)?;
     let mut report = RunReport::default();
+    let Some(kind) = tasks.first().map(|t| t.kind) else {
+        return Ok(report);
+    };
     let size = budget.group_size(tasks.len());
     if size > 1 {
         tracing::info!(
@@ -260,22 +250,39 @@ pub async fn run(
             "grouping partitions to stay within the commit budget"
         );
     }
-    for (g, chunk) in tasks.chunks(size).enumerate() {
-        let started = Instant::now();
+    let table = catalog.load(ident).await?;
+    let mut prepared = futures::stream::iter(tasks.iter().cloned().enumerate())
+        .map(|(i, task)| {
+            let started = Instant::now();
+            let work = tokio::spawn(prepare(table.clone(), decl.clone(), task, target_file_size));
+            async move {
+                let done = work.await.unwrap_or_else(|e| {
+                    Err(Error::new(
+                        ErrorKind::Iceberg,
+                        format!("a merge task stopped: {e}"),
+                    ))
+                });
+                (i, started, done)
+            }
+        })
+        .buffered(ctx.jobs.max(1))
+        .chunks(size);
+    while let Some(chunk) = prepared.next().await {
+        let started = chunk
+            .iter()
+            .map(|(_, s, _)| *s)
+            .min()
+            .unwrap_or_else(Instant::now);
         let mut group = Vec::new();
-        for (j, task) in chunk.iter().enumerate() {
-            let i = g * size + j;
-            match prepare(catalog, ident, decl, task, target_file_size).await {
+        for (i, _, done) in chunk {
+            match done {
                 Ok(p) => group.push((i, p)),
                 Err(e) => {
-                    tracing::error!(table = %ident, task = i + 1, operation = task.kind.as_str(), error = %e, "task failed");
+                    tracing::error!(table = %ident, task = i + 1, operation = kind.as_str(), error = %e, "task failed");
                     report.failed += 1;
                 }
             }
         }
-        let Some(kind) = chunk.first().map(|t| t.kind) else {
-            continue;
-        };
         let mut pending = vec![group];
         while let Some(mut group) = pending.pop() {
             if group.is_empty() {

@@ -21,5 +21,5 @@ pub mod state;
 pub mod tier;
 
 pub use execute::{RunReport, TaskOutcome};
-pub use operation::{Context, Operation, OperationKind, Report, Shard};
+pub use operation::{Context, Operation, OperationKind, Report, Shard, default_jobs};
 pub use plan::{PlanOptions, Task, TaskKind, plan_compaction, plan_retention, plan_rollup};

@@ -54,6 +54,14 @@ pub struct Context<'a> {
     /// The longest a task may hold the files it wrote before committing them
     /// ([`super::orphans::MAX_UNCOMMITTED`]; shorter only in tests).
     pub max_uncommitted: std::time::Duration,
+    /// Partitions merged and written at once (`--jobs`); commits stay one
+    /// at a time, in plan order.
+    pub jobs: usize,
+}
+
+/// The default for `--jobs`: the cores this process may use.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -67,6 +75,7 @@ impl std::fmt::Debug for Context<'_> {
             .field("shard", &self.shard)
             .field("target_file_size", &self.target_file_size)
             .field("max_uncommitted", &self.max_uncommitted)
+            .field("jobs", &self.jobs)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +95,7 @@ impl<'a> Context<'a> {
             shard: Shard::ALL,
             target_file_size: crate::write::DEFAULT_TARGET_FILE_SIZE as u64,
             max_uncommitted: super::orphans::MAX_UNCOMMITTED,
+            jobs: default_jobs(),
         }
     }
 

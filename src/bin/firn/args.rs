@@ -130,6 +130,11 @@ pub(crate) struct RunArgs {
     /// expire-snapshots and remove-orphans).
     #[arg(long)]
     pub(crate) json: bool,
+    /// Partitions compacted, rolled up or dropped at once, each merged and
+    /// written on its own thread (commits stay one at a time, in plan
+    /// order); memory grows with it. Default: the cores available.
+    #[arg(long, env = "FIRN_JOBS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) jobs: Option<u16>,
     #[command(flatten)]
     pub(crate) budget: BudgetArgs,
     #[command(flatten)]

@@ -11,7 +11,7 @@ use firn::budget::CommitBudget;
 use firn::clock::Clock;
 use firn::config::Config;
 use firn::maintain::job::{self, Job};
-use firn::maintain::{Context, Operation, Shard};
+use firn::maintain::{Context, Operation, Shard, default_jobs};
 use firn::schema::decl::TableDecl;
 use firn::telemetry::run::{Publish, Run, StepTotals};
 
@@ -58,6 +58,7 @@ pub(crate) async fn operate(
             let ctx = Context {
                 dry_run: args.dry_run,
                 clock: clock.clone(),
+                jobs: args.jobs.map_or_else(default_jobs, usize::from),
                 ..Context::configured(
                     catalog.as_ref(),
                     config,
@@ -130,6 +131,7 @@ pub(crate) async fn maintain_job(
                 dry_run: args.dry_run,
                 clock: clock.clone(),
                 shard: shard_arg.unwrap_or(Shard::ALL),
+                jobs: args.jobs.map_or_else(default_jobs, usize::from),
                 ..Context::configured(catalog.as_ref(), config, now, per_minute)
             };
             let report = job::run(&ctx, decls, &job).await;

@@ -1,0 +1,514 @@
+//! The streaming k-way merge behind compaction and rollup, column by column.
+//! Every input file is sorted by dimensions then `ts`, and truncating `ts` to
+//! a coarser grain keeps that order, so the output is a sorted merge of the
+//! inputs with equal keys folded: no hash table and no sort, one batch per
+//! input in memory. Each input batch is first collapsed into runs of equal
+//! keys ([`runs`]); the runs' heads are merged across inputs by their keys
+//! in arrow's row format (byte order is key order), as DataFusion's
+//! `SortPreservingMergeExec` merges cursors; output batches are gathered
+//! with arrow's `interleave`.
+
+mod runs;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
+use arrow_row::{RowConverter, SortField};
+use arrow_schema::{DataType, SchemaRef, TimeUnit};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use iceberg::arrow::ArrowReaderBuilder;
+use iceberg::scan::{ArrowRecordBatchStream, FileScanTask};
+use iceberg::spec::DataFileFormat;
+
+use self::runs::RunBatch;
+use super::state::LiveFile;
+use crate::catalog::TableHandle;
+use crate::error::{Error, ErrorKind, Result};
+use crate::rows::{MeasureSpec, MeasureValue};
+use crate::schema::decl::{Agg, TableDecl};
+use crate::schema::layout::Grain;
+
+/// Rows read per batch from each input.
+const READ_BATCH: usize = 8192;
+
+/// Rows per merged batch.
+const OUT_BATCH: usize = 64 * 1024;
+
+/// One input's batches, in key order.
+pub type BatchStream = BoxStream<'static, Result<RecordBatch>>;
+
+/// Where a column of the output comes from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// A key column (dimensions in declaration order, then `ts`).
+    Key(usize),
+    /// A measure, in declaration order.
+    Measure(usize),
+    /// The `grain` column: the output grain.
+    Grain,
+    /// A column the table has and the declaration does not list.
+    Null,
+}
+
+/// The columns a merge reads and writes.
+#[derive(Debug)]
+pub struct Layout {
+    /// The output schema: the table's current schema, in arrow.
+    schema: SchemaRef,
+    dims: Vec<(String, DataType)>,
+    ts_type: DataType,
+    measures: Vec<(String, DataType)>,
+    /// Each measure's fold (a count's rows fold as a sum).
+    aggs: Vec<Agg>,
+    spec: MeasureSpec,
+    sources: Vec<Source>,
+    grain: Grain,
+}
+
+impl Layout {
+    /// The columns of `decl`'s table (its current schema, `schema`) when
+    /// merged into rows of `grain`.
+    pub fn new(schema: SchemaRef, decl: &TableDecl, grain: Grain) -> Result<Self> {
+        let ty = |name: &str| -> Result<DataType> {
+            schema
+                .field_with_name(name)
+                .map(|f| f.data_type().clone())
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::Iceberg,
+                        format!("the table has no column `{name}`; run `firn tables sync`"),
+                    )
+                })
+        };
+        let dims = decl
+            .dimensions
+            .iter()
+            .map(|d| Ok((d.name.clone(), ty(&d.name)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let measures = decl
+            .measures
+            .iter()
+            .map(|m| Ok((m.name.clone(), ty(&m.name)?)))
+            .collect::<Result<Vec<_>>>()?;
+        for (name, t) in &measures {
+            if !matches!(t, DataType::Int64 | DataType::Float64) {
+                return Err(Error::new(
+                    ErrorKind::Iceberg,
+                    format!("measure column `{name}` is {t}, not a long or a double"),
+                ));
+            }
+        }
+        let ts_type = ty("ts")?;
+        if !matches!(ts_type, DataType::Timestamp(TimeUnit::Microsecond, _)) {
+            return Err(Error::new(
+                ErrorKind::Iceberg,
+                format!("column `ts` is {ts_type}, not a timestamp in microseconds"),
+            ));
+        }
+        let sources = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let name = f.name().as_str();
+                if name == "ts" {
+                    Source::Key(dims.len())
+                } else if name == "grain" {
+                    Source::Grain
+                } else if let Some(i) = dims.iter().position(|(d, _)| d == name) {
+                    Source::Key(i)
+                } else if let Some(i) = measures.iter().position(|(m, _)| m == name) {
+                    Source::Measure(i)
+                } else {
+                    Source::Null
+                }
+            })
+            .collect();
+        Ok(Self {
+            ts_type,
+            dims,
+            measures,
+            aggs: decl
+                .measures
+                .iter()
+                .map(|m| if m.agg == Agg::Count { Agg::Sum } else { m.agg })
+                .collect(),
+            spec: MeasureSpec::new(decl),
+            sources,
+            grain,
+            schema,
+        })
+    }
+
+    fn converter(&self) -> Result<RowConverter> {
+        let fields = self
+            .dims
+            .iter()
+            .map(|(_, t)| t)
+            .chain([&self.ts_type])
+            .map(|t| SortField::new(t.clone()))
+            .collect();
+        Ok(RowConverter::new(fields)?)
+    }
+
+    /// The columns an input is read with: dimensions, `ts`, measures.
+    fn read_columns(&self) -> impl Iterator<Item = &str> {
+        self.dims
+            .iter()
+            .map(|(d, _)| d.as_str())
+            .chain(["ts"])
+            .chain(self.measures.iter().map(|(m, _)| m.as_str()))
+    }
+}
+
+/// One input: its batches, the current one as runs, and the run at the
+/// head of the merge.
+struct Input {
+    stream: BatchStream,
+    name: String,
+    batch: Option<Arc<RunBatch>>,
+    pos: usize,
+}
+
+impl Input {
+    fn key(&self) -> arrow_row::Row<'_> {
+        self.batch
+            .as_ref()
+            .expect("an input in the heap has a batch")
+            .rows
+            .row(self.pos)
+    }
+}
+
+/// Whether input `a`'s current key sorts before `b`'s (equal keys by input
+/// order, so rows fold in the order the inputs were given).
+fn before(inputs: &[Input], a: usize, b: usize) -> bool {
+    match inputs[a].key().cmp(&inputs[b].key()) {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Greater => false,
+        std::cmp::Ordering::Equal => a < b,
+    }
+}
+
+/// The merged rows of one output batch, gathered before it is built.
+struct Chunk {
+    /// The run batches the rows come from.
+    batches: Vec<Arc<RunBatch>>,
+    /// Per input, the index in `batches` of its current batch.
+    slot: Vec<Option<usize>>,
+    /// Per output row, the (batch, row) its key comes from.
+    picks: Vec<(usize, usize)>,
+    /// Per output row, its measures (row-major).
+    measures: Vec<MeasureValue>,
+}
+
+/// What stopped [`MergeReader::fill`].
+enum Step {
+    /// The chunk is full.
+    Full,
+    /// Input `.0` ran out of its batch and must read its next.
+    Refill(usize),
+    /// Every input is exhausted.
+    Done,
+}
+
+/// Merges sorted inputs into rows of one grain, in output batches.
+pub struct MergeReader {
+    inputs: Vec<Input>,
+    /// A binary min-heap of the inputs with a current row (see [`before`]).
+    heap: Vec<usize>,
+    layout: Layout,
+    converter: RowConverter,
+    /// The key of the last row merged: a row with the same key folds into
+    /// it (unless a sum would overflow).
+    last_key: Vec<u8>,
+    scratch: Vec<MeasureValue>,
+    /// Rows read from the inputs so far.
+    pub rows_read: u64,
+}
+
+impl std::fmt::Debug for MergeReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MergeReader")
+            .field(
+                "inputs",
+                &self.inputs.iter().map(|i| &i.name).collect::<Vec<_>>(),
+            )
+            .field("grain", &self.layout.grain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Read one data file of `table` (every column of the current schema), in
+/// batches.
+pub fn read_file(
+    table: &TableHandle,
+    path: &str,
+    bytes: u64,
+    records: u64,
+) -> Result<ArrowRecordBatchStream> {
+    let schema = table.metadata.current_schema();
+    let field_ids = schema.as_struct().fields().iter().map(|f| f.id).collect();
+    read_columns(table, path, bytes, records, field_ids)
+}
+
+impl MergeReader {
+    /// Open `files` of `table` for a merge into rows of `grain`.
+    pub async fn open(
+        table: &TableHandle,
+        decl: &TableDecl,
+        files: &[LiveFile],
+        grain: Grain,
+    ) -> Result<Self> {
+        let layout = Layout::new(arrow_schema(table)?, decl, grain)?;
+        let schema = table.metadata.current_schema();
+        let field_ids = layout
+            .read_columns()
+            .map(|c| {
+                schema.field_by_name(c).map(|f| f.id).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Iceberg,
+                        format!("table {} has no column `{c}`", table.ident),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut inputs = Vec::with_capacity(files.len());
+        for f in files {
+            let path = f.path.clone();
+            let stream = read_columns(table, &f.path, f.bytes, f.records, field_ids.clone())?
+                .map(move |b| b.map_err(|e| Error::iceberg(format!("reading data file {path}"), e)))
+                .boxed();
+            inputs.push((f.path.clone(), stream));
+        }
+        Self::from_streams(layout, inputs).await
+    }
+
+    /// Merge `inputs` (each named, for errors), every one sorted by key.
+    pub async fn from_streams(layout: Layout, inputs: Vec<(String, BatchStream)>) -> Result<Self> {
+        let mut merge = Self {
+            inputs: inputs
+                .into_iter()
+                .map(|(name, stream)| Input {
+                    stream,
+                    name,
+                    batch: None,
+                    pos: 0,
+                })
+                .collect(),
+            heap: Vec::new(),
+            converter: layout.converter()?,
+            layout,
+            last_key: Vec::new(),
+            scratch: Vec::new(),
+            rows_read: 0,
+        };
+        for i in 0..merge.inputs.len() {
+            if merge.load(i).await? {
+                merge.push(i);
+            }
+        }
+        Ok(merge)
+    }
+
+    /// Read input `i`'s next non-empty batch; `false` when it has no more.
+    async fn load(&mut self, i: usize) -> Result<bool> {
+        let input = &mut self.inputs[i];
+        input.batch = None;
+        input.pos = 0;
+        while let Some(batch) = input.stream.next().await {
+            let batch = batch?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            self.rows_read += batch.num_rows() as u64;
+            let runs = runs::collapse(&batch, &self.layout, &self.converter, &input.name)?;
+            input.batch = Some(Arc::new(runs));
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn push(&mut self, i: usize) {
+        self.heap.push(i);
+        let mut c = self.heap.len() - 1;
+        while c > 0 {
+            let p = (c - 1) / 2;
+            if !before(&self.inputs, self.heap[c], self.heap[p]) {
+                break;
+            }
+            self.heap.swap(c, p);
+            c = p;
+        }
+    }
+
+    fn sift_down(&mut self) {
+        let n = self.heap.len();
+        let mut p = 0;
+        loop {
+            let (l, r) = (2 * p + 1, 2 * p + 2);
+            let mut m = p;
+            if l < n && before(&self.inputs, self.heap[l], self.heap[m]) {
+                m = l;
+            }
+            if r < n && before(&self.inputs, self.heap[r], self.heap[m]) {
+                m = r;
+            }
+            if m == p {
+                return;
+            }
+            self.heap.swap(p, m);
+            p = m;
+        }
+    }
+
+    /// Merge rows into `chunk` until it is full, an input needs its next
+    /// batch, or every input is done. A full chunk ends only between keys,
+    /// so rows of one key always fold into one output row.
+    fn fill(&mut self, chunk: &mut Chunk) -> Step {
+        let m = self.layout.measures.len();
+        loop {
+            let Some(&i) = self.heap.first() else {
+                return Step::Done;
+            };
+            let input = &mut self.inputs[i];
+            let batch = input
+                .batch
+                .as_ref()
+                .expect("an input in the heap has a batch");
+            let key = batch.rows.row(input.pos);
+            let same = !chunk.picks.is_empty() && key.as_ref() == self.last_key.as_slice();
+            if !same && chunk.picks.len() >= OUT_BATCH {
+                return Step::Full;
+            }
+            let slot = *chunk.slot[i].get_or_insert_with(|| {
+                chunk.batches.push(batch.clone());
+                chunk.batches.len() - 1
+            });
+            batch.measures_at(input.pos, &mut self.scratch);
+            let folded = same && {
+                let last = chunk.measures.len() - m;
+                self.layout
+                    .spec
+                    .merge_values(&mut chunk.measures[last..], &self.scratch)
+            };
+            if !folded {
+                chunk.picks.push((slot, input.pos));
+                chunk.measures.extend_from_slice(&self.scratch);
+                if !same {
+                    self.last_key.clear();
+                    self.last_key.extend_from_slice(key.as_ref());
+                }
+            }
+            input.pos += 1;
+            let exhausted = input.pos == batch.len();
+            if exhausted {
+                chunk.slot[i] = None;
+                let last = self.heap.pop().expect("not empty");
+                if !self.heap.is_empty() {
+                    self.heap[0] = last;
+                    self.sift_down();
+                }
+                return Step::Refill(i);
+            }
+            self.sift_down();
+        }
+    }
+
+    /// The next batch of merged rows (in the table's current schema), or
+    /// `None` when every input is done.
+    pub async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let mut chunk = Chunk {
+            batches: Vec::new(),
+            slot: vec![None; self.inputs.len()],
+            picks: Vec::with_capacity(OUT_BATCH),
+            measures: Vec::with_capacity(OUT_BATCH * self.layout.measures.len()),
+        };
+        loop {
+            match self.fill(&mut chunk) {
+                Step::Refill(i) => {
+                    if self.load(i).await? {
+                        self.push(i);
+                    }
+                }
+                Step::Full | Step::Done => break,
+            }
+        }
+        if chunk.picks.is_empty() {
+            return Ok(None);
+        }
+        self.build(&chunk).map(Some)
+    }
+
+    fn build(&self, chunk: &Chunk) -> Result<RecordBatch> {
+        let layout = &self.layout;
+        let n = chunk.picks.len();
+        let m = layout.measures.len();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(layout.sources.len());
+        for (field, source) in layout.schema.fields().iter().zip(&layout.sources) {
+            columns.push(match *source {
+                Source::Key(k) => {
+                    let arrays: Vec<&dyn Array> =
+                        chunk.batches.iter().map(|b| b.keys[k].as_ref()).collect();
+                    arrow_select::interleave::interleave(&arrays, &chunk.picks)?
+                }
+                Source::Measure(j) => {
+                    let like = &chunk.batches[0].measures[j];
+                    let values = chunk.measures.iter().skip(j).step_by(m).copied();
+                    runs::values_array(like, values).array()
+                }
+                Source::Grain => {
+                    let grain: ArrayRef =
+                        Arc::new(StringArray::from(vec![layout.grain.as_str(); n]));
+                    arrow_cast::cast(&grain, field.data_type())?
+                }
+                Source::Null => new_null_array(field.data_type(), n),
+            });
+        }
+        Ok(RecordBatch::try_new(layout.schema.clone(), columns)?)
+    }
+}
+
+/// Read columns `field_ids` of one data file of `table`, in batches.
+fn read_columns(
+    table: &TableHandle,
+    path: &str,
+    bytes: u64,
+    records: u64,
+    field_ids: Vec<i32>,
+) -> Result<ArrowRecordBatchStream> {
+    let task = FileScanTask {
+        file_size_in_bytes: bytes,
+        start: 0,
+        length: bytes,
+        record_count: Some(records),
+        data_file_path: path.to_string(),
+        data_file_format: DataFileFormat::Parquet,
+        schema: table.metadata.current_schema().clone(),
+        project_field_ids: field_ids,
+        predicate: None,
+        deletes: Vec::new(),
+        partition: None,
+        partition_spec: None,
+        name_mapping: None,
+        case_sensitive: true,
+    };
+    let reader = ArrowReaderBuilder::new(table.file_io.clone(), iceberg::Runtime::current())
+        .with_data_file_concurrency_limit(1)
+        .with_batch_size(READ_BATCH)
+        .build();
+    Ok(reader
+        .read(futures::stream::iter([Ok(task)]).boxed())
+        .map_err(|e| Error::iceberg(format!("opening data file {path}"), e))?
+        .stream())
+}
+
+/// An arrow schema handle for writers of merged rows.
+pub fn arrow_schema(table: &TableHandle) -> Result<arrow_schema::SchemaRef> {
+    Ok(Arc::new(
+        iceberg::arrow::schema_to_arrow_schema(table.metadata.current_schema())
+            .map_err(|e| Error::iceberg(format!("arrow schema of {}", table.ident), e))?,
+    ))
+}

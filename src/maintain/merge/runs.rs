@@ -1,0 +1,318 @@
+//! One input batch collapsed into runs. Inputs are sorted by key (dimensions,
+//! then `ts`), and truncating `ts` to a coarser grain keeps that order, so
+//! the rows a rollup folds into one output row sit next to each other in
+//! each input: a minute file's sixty rows of one key and hour are one run.
+//! Run boundaries are found column by column (adjacent values compared with
+//! arrow's kernels), each run's measures fold over a slice, and only the
+//! run heads' keys are encoded for the merge across inputs. A run whose sum
+//! would leave its type's exact range is folded row by row instead, and
+//! split as [`MeasureSpec::merge`] splits rows.
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, UInt32Array};
+use arrow_buffer::BooleanBuffer;
+use arrow_row::{RowConverter, Rows};
+use arrow_schema::DataType;
+
+use super::Layout;
+use crate::error::{Error, ErrorKind, Result};
+use crate::rows::{MeasureSpec, MeasureValue};
+use crate::schema::decl::Agg;
+
+/// A measure column of a batch.
+#[derive(Debug)]
+pub(super) enum Values {
+    /// A `long` measure.
+    Long(Int64Array),
+    /// A `double` measure.
+    Double(Float64Array),
+}
+
+impl Values {
+    fn of(array: &ArrayRef) -> Self {
+        match array.data_type() {
+            DataType::Float64 => Self::Double(array.as_primitive::<Float64Type>().clone()),
+            _ => Self::Long(array.as_primitive::<Int64Type>().clone()),
+        }
+    }
+
+    /// The value at `row`.
+    pub(super) fn get(&self, row: usize) -> MeasureValue {
+        match self {
+            Self::Long(a) => MeasureValue::Long(a.is_valid(row).then(|| a.value(row))),
+            Self::Double(a) => MeasureValue::Double(a.is_valid(row).then(|| a.value(row))),
+        }
+    }
+
+    /// Rows `start..end` folded by `agg` (`Count` folds as `Sum`: the rows
+    /// hold counts), or `None` when the exact fold would leave the type's
+    /// range — for a `long` sum, only when the slice's total does: unlike a
+    /// row-by-row fold, a slice never splits on an intermediate overflow.
+    fn fold(&self, start: usize, end: usize, agg: Agg) -> Option<MeasureValue> {
+        match self {
+            Self::Long(a) => {
+                let values = &a.values()[start..end];
+                let valid = |i: usize| a.is_valid(start + i);
+                let all_valid = a.null_count() == 0;
+                let out = match agg {
+                    Agg::Count | Agg::Sum => {
+                        let (sum, any) = if all_valid {
+                            (values.iter().map(|&v| v as i128).sum::<i128>(), true)
+                        } else {
+                            values
+                                .iter()
+                                .enumerate()
+                                .filter(|(i, _)| valid(*i))
+                                .fold((0i128, false), |(s, _), (_, &v)| (s + v as i128, true))
+                        };
+                        if any {
+                            Some(i64::try_from(sum).ok()?)
+                        } else {
+                            None
+                        }
+                    }
+                    Agg::Min | Agg::Max => {
+                        let it = values
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| all_valid || valid(*i))
+                            .map(|(_, &v)| v);
+                        if agg == Agg::Min { it.min() } else { it.max() }
+                    }
+                };
+                Some(MeasureValue::Long(out))
+            }
+            Self::Double(a) => {
+                let mut it = a.values()[start..end]
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| a.is_valid(start + i))
+                    .map(|(_, &v)| v);
+                let Some(first) = it.next() else {
+                    return Some(MeasureValue::Double(None));
+                };
+                // In row order from the first value, as the row-by-row fold
+                // adds: the same sum, bit for bit.
+                let out = match agg {
+                    Agg::Count | Agg::Sum => {
+                        let sum = it.fold(first, |s, v| s + v);
+                        if !sum.is_finite() && end - start > 1 {
+                            return None;
+                        }
+                        sum
+                    }
+                    Agg::Min => it.fold(first, f64::min),
+                    Agg::Max => it.fold(first, f64::max),
+                };
+                Some(MeasureValue::Double(Some(out)))
+            }
+        }
+    }
+}
+
+/// An input batch as runs: one row per run (more for a run split to keep a
+/// sum exact), its key columns, their encoding for comparison, and the
+/// folded measures.
+#[derive(Debug)]
+pub(super) struct RunBatch {
+    /// Dimension columns then the truncated `ts`, one row per run.
+    pub keys: Vec<ArrayRef>,
+    /// `keys` encoded: byte order is key order.
+    pub rows: Rows,
+    /// Folded measures in declaration order.
+    pub measures: Vec<Values>,
+}
+
+impl RunBatch {
+    /// Number of rows.
+    pub(super) fn len(&self) -> usize {
+        self.rows.num_rows()
+    }
+
+    /// The measures of `row` into `out`.
+    pub(super) fn measures_at(&self, row: usize, out: &mut Vec<MeasureValue>) {
+        out.clear();
+        out.extend(self.measures.iter().map(|m| m.get(row)));
+    }
+}
+
+/// Collapse `batch` (rows of one input, read from `name`) into runs.
+pub(super) fn collapse(
+    batch: &RecordBatch,
+    layout: &Layout,
+    converter: &RowConverter,
+    name: &str,
+) -> Result<RunBatch> {
+    let column = |col: &str, ty: &DataType| -> Result<ArrayRef> {
+        let array = batch.column_by_name(col).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Iceberg,
+                format!("data file {name} has no column `{col}`"),
+            )
+        })?;
+        arrow_cast::cast(array, ty).map_err(|e| {
+            Error::new(
+                ErrorKind::Iceberg,
+                format!(
+                    "data file {name}: column `{col}` of type {} cannot be read as {ty}: {e}",
+                    array.data_type()
+                ),
+            )
+        })
+    };
+    let mut keys = Vec::with_capacity(layout.dims.len() + 1);
+    for (dim, ty) in &layout.dims {
+        keys.push(column(dim, ty)?);
+    }
+    let ts = column("ts", &layout.ts_type)?;
+    let ts = ts.as_primitive::<TimestampMicrosecondType>();
+    let grain = layout.grain;
+    keys.push(Arc::new(
+        ts.unary::<_, TimestampMicrosecondType>(|t| grain.truncate(t))
+            .with_timezone_opt(ts.timezone().map(Arc::<str>::from)),
+    ));
+    let measures: Vec<Values> = layout
+        .measures
+        .iter()
+        .map(|(m, ty)| column(m, ty).map(|a| Values::of(&a)))
+        .collect::<Result<_>>()?;
+
+    let n = batch.num_rows();
+    let starts = run_starts(&keys, n)?;
+    if starts.len() == n {
+        let rows = converter.convert_columns(&keys)?;
+        return Ok(RunBatch {
+            keys,
+            rows,
+            measures,
+        });
+    }
+    let (heads, measures) = fold_runs(&starts, n, &measures, &layout.aggs, &layout.spec);
+    let heads = UInt32Array::from(heads);
+    let keys = keys
+        .iter()
+        .map(|k| arrow_select::take::take(k.as_ref(), &heads, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let rows = converter.convert_columns(&keys)?;
+    Ok(RunBatch {
+        keys,
+        rows,
+        measures,
+    })
+}
+
+/// The first row of each run of equal keys among `n` rows.
+fn run_starts(keys: &[ArrayRef], n: usize) -> Result<Vec<u32>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut changed: Option<BooleanBuffer> = None;
+    for k in keys {
+        let d = arrow_ord::cmp::distinct(&k.slice(0, n - 1), &k.slice(1, n - 1))?;
+        changed = Some(match changed {
+            None => d.values().clone(),
+            Some(c) => &c | d.values(),
+        });
+    }
+    let mut starts = Vec::with_capacity(n);
+    starts.push(0);
+    if let Some(c) = changed {
+        starts.extend(c.set_indices().map(|i| (i + 1) as u32));
+    }
+    Ok(starts)
+}
+
+/// Fold each run's measures: by slice, or row by row (splitting it) when a
+/// slice's total would leave the exact range. Returns each output row's
+/// source row (for its key) and the folded columns.
+fn fold_runs(
+    starts: &[u32],
+    n: usize,
+    measures: &[Values],
+    aggs: &[Agg],
+    spec: &MeasureSpec,
+) -> (Vec<u32>, Vec<Values>) {
+    let mut heads = Vec::with_capacity(starts.len());
+    let mut out: Vec<Vec<MeasureValue>> = vec![Vec::with_capacity(starts.len()); measures.len()];
+    let mut folded = Vec::with_capacity(measures.len());
+    for (r, &start) in starts.iter().enumerate() {
+        let (start, end) = (start as usize, starts.get(r + 1).map_or(n, |&e| e as usize));
+        folded.clear();
+        folded.extend(
+            measures
+                .iter()
+                .zip(aggs)
+                .map_while(|(m, &agg)| m.fold(start, end, agg)),
+        );
+        if folded.len() == measures.len() {
+            heads.push(start as u32);
+            for (o, v) in out.iter_mut().zip(&folded) {
+                o.push(*v);
+            }
+            continue;
+        }
+        // Row by row, closing the row whenever a fold would overflow.
+        let row = |i: usize| measures.iter().map(|m| m.get(i)).collect::<Vec<_>>();
+        let mut acc = row(start);
+        for i in start + 1..end {
+            let next = row(i);
+            if !spec.merge_values(&mut acc, &next) {
+                heads.push(start as u32);
+                for (o, v) in out.iter_mut().zip(&acc) {
+                    o.push(*v);
+                }
+                acc = next;
+            }
+        }
+        heads.push(start as u32);
+        for (o, v) in out.iter_mut().zip(&acc) {
+            o.push(*v);
+        }
+    }
+    let columns = out
+        .into_iter()
+        .zip(measures)
+        .map(|(values, m)| values_array(m, values))
+        .collect();
+    (heads, columns)
+}
+
+/// A measure column from folded values, of `like`'s type.
+pub(super) fn values_array(
+    like: &Values,
+    values: impl IntoIterator<Item = MeasureValue>,
+) -> Values {
+    match like {
+        Values::Long(_) => Values::Long(
+            values
+                .into_iter()
+                .map(|v| match v {
+                    MeasureValue::Long(v) => v,
+                    MeasureValue::Double(v) => v.map(|v| v as i64),
+                })
+                .collect(),
+        ),
+        Values::Double(_) => Values::Double(
+            values
+                .into_iter()
+                .map(|v| match v {
+                    MeasureValue::Double(v) => v,
+                    MeasureValue::Long(v) => v.map(|v| v as f64),
+                })
+                .collect(),
+        ),
+    }
+}
+
+impl Values {
+    /// As an arrow array.
+    pub(super) fn array(&self) -> ArrayRef {
+        match self {
+            Self::Long(a) => Arc::new(a.clone()),
+            Self::Double(a) => Arc::new(a.clone()),
+        }
+    }
+}
