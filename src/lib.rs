@@ -32,6 +32,7 @@ pub mod status;
 pub mod storage;
 pub mod tables;
 pub mod telemetry;
+pub mod totals;
 pub mod write;
 
 pub use error::{Error, ErrorKind, Result};

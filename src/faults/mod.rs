@@ -35,7 +35,9 @@
 //! than `window`: an eventually consistent listing), `stale` (a catalog load
 //! returns the metadata an earlier load saw), `kill` and `kill_after`
 //! (SIGKILL the process before or after the operation takes effect: a crash
-//! at exactly that step).
+//! at exactly that step), and `drop_row` (op `merge`: a compaction or rollup
+//! loses the last row of a merged batch — a wrong merge, which the
+//! conservation check must refuse).
 
 pub mod catalog;
 pub mod store;
@@ -75,6 +77,9 @@ pub enum Fault {
     Kill,
     /// SIGKILL the process right after the operation took effect.
     KillAfter,
+    /// Drop the last row of a merged batch: a wrong merge, which the
+    /// conservation check must refuse to commit.
+    DropRow,
 }
 
 /// An operation on the store or the catalog.
@@ -103,6 +108,9 @@ pub enum Op {
     Swap,
     /// A catalog table creation.
     Create,
+    /// A batch a compaction or rollup merged, before it is written (only
+    /// `drop_row` applies).
+    Merge,
 }
 
 /// The part of a table a file is, judged from its name.
@@ -456,7 +464,8 @@ fn applies(fault: Fault, op: Op) -> bool {
     match fault {
         Fault::Hidden => op == Op::List,
         Fault::Stale => op == Op::Load,
-        _ => true,
+        Fault::DropRow => op == Op::Merge,
+        _ => op != Op::Merge,
     }
 }
 

@@ -5,6 +5,7 @@
 //! [`run`] keeps a run inside the catalog's write budget by grouping
 //! partitions into fewer commits.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -18,6 +19,7 @@ use super::state;
 use crate::catalog::{Catalog, TableHandle};
 use crate::commit::{self, Change, NewFile, RemovedFile, RetryPolicy};
 use crate::error::{Error, ErrorKind, Result};
+use crate::faults::Faults;
 use crate::schema::decl::TableDecl;
 use crate::tables;
 use crate::write::{self, PartitionWriter};
@@ -86,7 +88,16 @@ pub async fn execute(
 ) -> Result<TaskOutcome> {
     let ident = tables::ident(decl)?;
     let table = ctx.catalog.load(&ident).await?;
-    let mut group = vec![prepare(table, decl.clone(), task.clone(), target_file_size).await?];
+    let mut group = vec![
+        prepare(
+            table,
+            decl.clone(),
+            task.clone(),
+            target_file_size,
+            ctx.faults.clone(),
+        )
+        .await?,
+    ];
     commit_group(ctx.catalog, &ident, task.kind, &mut group, ctx.retry).await?;
     Ok(group.remove(0).outcome)
 }
@@ -98,6 +109,7 @@ async fn prepare(
     decl: TableDecl,
     task: Task,
     target_file_size: usize,
+    faults: Option<Arc<Faults>>,
 ) -> Result<Prepared> {
     let removed = task.inputs.iter().map(|f| f.removed()).collect();
     let mut outcome = TaskOutcome {
@@ -124,13 +136,30 @@ async fn prepare(
     let added = match task.target {
         None => Vec::new(),
         Some((grain, partition)) => {
-            let mut reader = MergeReader::open(&table, &decl, &task.inputs, grain).await?;
+            let mut reader = MergeReader::open(&table, &decl, &task.inputs, grain)
+                .await?
+                .with_faults(faults, table.metadata.location());
             let key = write::partition_key(&table, grain, partition)?;
             let mut writer =
                 PartitionWriter::open(&table, Some(key), grain.as_str(), target_file_size).await?;
             while let Some(batch) = reader.next_batch().await? {
                 outcome.rows_out += batch.num_rows() as u64;
                 writer.write(batch).await?;
+            }
+            if let Some((measure, read, merged)) = reader.unconserved() {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "refusing to commit the {} of table {} into {}: measure `{measure}` \
+                         totals {read} in the {} files read but {merged} in the rows merged; \
+                         the table is left as it was (the files written are left to orphan \
+                         removal)",
+                        task.kind.as_str(),
+                        table.ident,
+                        plan::partition_name(grain, partition),
+                        task.inputs.len(),
+                    ),
+                ));
             }
             let files = writer.close().await?;
             outcome.files_out = files.len();
@@ -254,7 +283,13 @@ pub async fn run(
     let mut prepared = futures::stream::iter(tasks.iter().cloned().enumerate())
         .map(|(i, task)| {
             let started = Instant::now();
-            let work = tokio::spawn(prepare(table.clone(), decl.clone(), task, target_file_size));
+            let work = tokio::spawn(prepare(
+                table.clone(),
+                decl.clone(),
+                task,
+                target_file_size,
+                ctx.faults.clone(),
+            ));
             async move {
                 let done = work.await.unwrap_or_else(|e| {
                     Err(Error::new(

@@ -24,6 +24,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::commit::RetryPolicy;
 use crate::config::Config;
 use crate::error::Result;
+use crate::faults::Faults;
 use crate::schema::decl::TableDecl;
 use crate::telemetry::run::StepTotals;
 
@@ -57,6 +58,8 @@ pub struct Context<'a> {
     /// Partitions merged and written at once (`--jobs`); commits stay one
     /// at a time, in plan order.
     pub jobs: usize,
+    /// Injected faults (the gauntlet only; `None` by default).
+    pub faults: Option<Arc<Faults>>,
 }
 
 /// The default for `--jobs`: the cores this process may use.
@@ -96,6 +99,7 @@ impl<'a> Context<'a> {
             target_file_size: crate::write::DEFAULT_TARGET_FILE_SIZE as u64,
             max_uncommitted: super::orphans::MAX_UNCOMMITTED,
             jobs: default_jobs(),
+            faults: None,
         }
     }
 
@@ -112,6 +116,7 @@ impl<'a> Context<'a> {
             budget: CommitBudget::new(config.commits_per_minute(commits_per_minute)),
             retry: config.retry,
             target_file_size: config.ingest.target_file_size as u64,
+            faults: config.faults.clone(),
             ..Self::new(catalog, now)
         }
     }

@@ -233,6 +233,19 @@ fn show_time(micros: i64) -> String {
         .unwrap_or_else(|| micros.to_string())
 }
 
+/// A partition as people read it: `hour rows of ts_day [2026-03-02T00:00Z,
+/// 2026-03-03T00:00Z)`.
+pub fn partition_name(grain: Grain, partition: i32) -> String {
+    let (lo, hi) = grain.partition_bounds(partition);
+    format!(
+        "{} rows of {} [{}, {})",
+        grain.as_str(),
+        grain.partition_field_name(),
+        show_time(lo),
+        show_time(hi)
+    )
+}
+
 /// A task's one-line description (`--dry-run`, logs).
 pub fn describe(task: &Task, target_file_size: u64) -> String {
     let mut s = String::new();

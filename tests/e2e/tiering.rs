@@ -304,3 +304,60 @@ async fn killed_rollups_leave_every_snapshot_exact() {
         "every seeded day is older than the policy's 7 days"
     );
 }
+
+/// A merge that loses a row (the fault plan's `drop_row`: a stand-in for
+/// any bug in the merge) is refused before its commit: the run fails naming
+/// the partition and the measure, and the table is left as it was. The same
+/// run without the fault then rolls the days up with the same totals.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_merge_is_refused_and_the_table_is_left_as_it_was() {
+    let lake = Lake::without_broker();
+    lake.run(&["tables", "sync"]);
+    let catalog = lake.catalog().await;
+    let decl = lake.decl();
+    let ident = tables::ident(&decl).unwrap();
+    let expected = seed_minute_files(catalog.as_ref(), &decl, 2, 9, 2).await;
+    let before = catalog.load(&ident).await.unwrap();
+    let before_id = before.metadata.current_snapshot_id();
+
+    let plan = lake.path().join("faults.toml");
+    std::fs::write(
+        &plan,
+        "seed = 1\n[[rule]]\nop = \"merge\"\nfault = \"drop_row\"\nprobability = 1.0\n",
+    )
+    .unwrap();
+    for jobs in ["1", "2"] {
+        let out = lake
+            .firn()
+            .args(["rollup", "usage.http_requests", "--jobs", jobs])
+            .env("FIRN_FAULTS", &plan)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a wrong merge was committed:\n{log}");
+        assert!(
+            log.contains("refusing to commit the rollup of table usage.http_requests into hour rows of ts_day [")
+                && log.contains("measure `requests` totals"),
+            "the refusal names the partition and the measure:\n{log}"
+        );
+        let after = catalog.load(&ident).await.unwrap();
+        assert_eq!(
+            after.metadata.current_snapshot_id(),
+            before_id,
+            "the table is left as it was"
+        );
+    }
+    let totals = read::totals_at(&catalog.load(&ident).await.unwrap(), &decl, None)
+        .await
+        .unwrap();
+    assert_eq!(totals.per_day, expected.per_day);
+
+    lake.run(&["rollup", "usage.http_requests"]);
+    let table = catalog.load(&ident).await.unwrap();
+    assert_ne!(table.metadata.current_snapshot_id(), before_id);
+    let st = state::load(&table).await.unwrap();
+    assert!(st.files.iter().all(|f| f.grain == Grain::Hour), "rolled up");
+    let totals = read::totals_at(&table, &decl, None).await.unwrap();
+    assert_eq!(totals.all, expected.all);
+    assert_eq!(totals.per_day, expected.per_day);
+}

@@ -27,9 +27,11 @@ use self::runs::RunBatch;
 use super::state::LiveFile;
 use crate::catalog::TableHandle;
 use crate::error::{Error, ErrorKind, Result};
+use crate::faults::{self, Decision, Fault, Faults, Op};
 use crate::rows::{MeasureSpec, MeasureValue};
 use crate::schema::decl::{Agg, TableDecl};
 use crate::schema::layout::Grain;
+use crate::totals::{Total, Totals};
 
 /// Rows read per batch from each input.
 const READ_BATCH: usize = 8192;
@@ -66,6 +68,8 @@ pub struct Layout {
     spec: MeasureSpec,
     sources: Vec<Source>,
     grain: Grain,
+    /// Empty totals of the measures.
+    totals: Totals,
 }
 
 impl Layout {
@@ -136,6 +140,7 @@ impl Layout {
                 .map(|m| if m.agg == Agg::Count { Agg::Sum } else { m.agg })
                 .collect(),
             spec: MeasureSpec::new(decl),
+            totals: Totals::new(decl),
             sources,
             grain,
             schema,
@@ -227,6 +232,13 @@ pub struct MergeReader {
     scratch: Vec<MeasureValue>,
     /// Rows read from the inputs so far.
     pub rows_read: u64,
+    /// Totals of the rows read so far, as stored.
+    read: Totals,
+    /// Totals of the rows merged so far.
+    written: Totals,
+    /// Injected faults (the gauntlet's `drop_row`), and the table location
+    /// rules match.
+    faults: Option<(Arc<Faults>, String)>,
 }
 
 impl std::fmt::Debug for MergeReader {
@@ -288,6 +300,7 @@ impl MergeReader {
 
     /// Merge `inputs` (each named, for errors), every one sorted by key.
     pub async fn from_streams(layout: Layout, inputs: Vec<(String, BatchStream)>) -> Result<Self> {
+        let totals = layout.totals.clone();
         let mut merge = Self {
             inputs: inputs
                 .into_iter()
@@ -304,6 +317,9 @@ impl MergeReader {
             last_key: Vec::new(),
             scratch: Vec::new(),
             rows_read: 0,
+            read: totals.clone(),
+            written: totals,
+            faults: None,
         };
         for i in 0..merge.inputs.len() {
             if merge.load(i).await? {
@@ -311,6 +327,13 @@ impl MergeReader {
             }
         }
         Ok(merge)
+    }
+
+    /// Meet `faults` (a `merge` rule's `drop_row`) for the table at
+    /// `location`.
+    pub fn with_faults(mut self, faults: Option<Arc<Faults>>, location: &str) -> Self {
+        self.faults = faults.map(|f| (f, location.to_string()));
+        self
     }
 
     /// Read input `i`'s next non-empty batch; `false` when it has no more.
@@ -324,7 +347,13 @@ impl MergeReader {
                 continue;
             }
             self.rows_read += batch.num_rows() as u64;
-            let runs = runs::collapse(&batch, &self.layout, &self.converter, &input.name)?;
+            let runs = runs::collapse(
+                &batch,
+                &self.layout,
+                &self.converter,
+                &input.name,
+                &mut self.read,
+            )?;
             input.batch = Some(Arc::new(runs));
             return Ok(true);
         }
@@ -436,13 +465,29 @@ impl MergeReader {
                 Step::Full | Step::Done => break,
             }
         }
+        if let Some((faults, location)) = &self.faults
+            && let Decision::Inject(Fault::DropRow, _) =
+                faults.decide(Op::Merge, faults::Step::Data, location)
+            && chunk.picks.pop().is_some()
+        {
+            let m = self.layout.measures.len();
+            chunk.measures.truncate(chunk.measures.len() - m);
+        }
         if chunk.picks.is_empty() {
             return Ok(None);
         }
         self.build(&chunk).map(Some)
     }
 
-    fn build(&self, chunk: &Chunk) -> Result<RecordBatch> {
+    /// Whether the rows merged so far hold the totals of the rows read: the
+    /// first measure that differs, with what was read and what was merged.
+    /// Checked before a merge's output is committed, so that no bug in the
+    /// merge (or a file read wrong) can change a total.
+    pub fn unconserved(&self) -> Option<(String, Total, Total)> {
+        self.read.differs(&self.written)
+    }
+
+    fn build(&mut self, chunk: &Chunk) -> Result<RecordBatch> {
         let layout = &self.layout;
         let n = chunk.picks.len();
         let m = layout.measures.len();
@@ -457,7 +502,9 @@ impl MergeReader {
                 Source::Measure(j) => {
                     let like = &chunk.batches[0].measures[j];
                     let values = chunk.measures.iter().skip(j).step_by(m).copied();
-                    runs::values_array(like, values).array()
+                    let array = runs::values_array(like, values).array();
+                    self.written.add_array(j, &array);
+                    array
                 }
                 Source::Grain => {
                     let grain: ArrayRef =

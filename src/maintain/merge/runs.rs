@@ -21,6 +21,7 @@ use super::Layout;
 use crate::error::{Error, ErrorKind, Result};
 use crate::rows::{MeasureSpec, MeasureValue};
 use crate::schema::decl::Agg;
+use crate::totals::Totals;
 
 /// A measure column of a batch.
 #[derive(Debug)]
@@ -140,11 +141,13 @@ impl RunBatch {
 }
 
 /// Collapse `batch` (rows of one input, read from `name`) into runs.
+/// `read` gains the batch's totals, row by row as stored.
 pub(super) fn collapse(
     batch: &RecordBatch,
     layout: &Layout,
     converter: &RowConverter,
     name: &str,
+    read: &mut Totals,
 ) -> Result<RunBatch> {
     let column = |col: &str, ty: &DataType| -> Result<ArrayRef> {
         let array = batch.column_by_name(col).ok_or_else(|| {
@@ -179,6 +182,9 @@ pub(super) fn collapse(
         .iter()
         .map(|(m, ty)| column(m, ty).map(|a| Values::of(&a)))
         .collect::<Result<_>>()?;
+    for (i, m) in measures.iter().enumerate() {
+        read.add_array(i, &m.array());
+    }
 
     let n = batch.num_rows();
     let starts = run_starts(&keys, n)?;

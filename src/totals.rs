@@ -1,0 +1,247 @@
+//! Per-measure totals of a set of rows, as each measure folds: a count or a
+//! long sum exactly (in `i128`, so no set of stored rows can overflow it),
+//! a double sum as a double, a min or a max by value. A compaction or a
+//! rollup must leave them as they were: what it removed and what it added
+//! have the same totals ([`Totals::differs`]).
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::{Array, ArrayRef};
+use arrow_schema::DataType;
+
+use crate::rows::MeasureValue;
+use crate::schema::decl::{Agg, TableDecl};
+
+/// One measure's total (`None`: no value yet).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Total {
+    /// A long measure: its sum, or its min or max.
+    Long(Option<i128>),
+    /// A double measure: its sum, or its min or max.
+    Double(Option<f64>),
+}
+
+impl std::fmt::Display for Total {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Total::Long(Some(v)) => write!(f, "{v}"),
+            Total::Double(Some(v)) => write!(f, "{v}"),
+            Total::Long(None) | Total::Double(None) => f.write_str("none"),
+        }
+    }
+}
+
+/// The totals of every measure of a table, in declaration order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Totals {
+    /// Each measure's name and fold (a count's rows fold as a sum).
+    measures: Vec<(String, Agg)>,
+    /// The totals.
+    pub values: Vec<Total>,
+}
+
+/// How far apart two double sums of the same values, added in another
+/// order, may be (relative to the larger).
+const DOUBLE_SUM_TOLERANCE: f64 = 1e-9;
+
+impl Totals {
+    /// Empty totals for `decl`'s measures.
+    pub fn new(decl: &TableDecl) -> Self {
+        Self {
+            measures: decl
+                .measures
+                .iter()
+                .map(|m| {
+                    let agg = if m.agg == Agg::Count { Agg::Sum } else { m.agg };
+                    (m.name.clone(), agg)
+                })
+                .collect(),
+            values: decl
+                .measures
+                .iter()
+                .map(|m| match m.ty {
+                    crate::schema::decl::MeasureType::Long => Total::Long(None),
+                    crate::schema::decl::MeasureType::Double => Total::Double(None),
+                })
+                .collect(),
+        }
+    }
+
+    /// Fold one value into measure `i`.
+    pub fn add_value(&mut self, i: usize, v: MeasureValue) {
+        let agg = self.measures[i].1;
+        match (&mut self.values[i], v) {
+            (Total::Long(t), MeasureValue::Long(Some(v))) => {
+                *t = Some(fold_long(agg, *t, v as i128))
+            }
+            (Total::Double(t), MeasureValue::Double(Some(v))) => *t = Some(fold_double(agg, *t, v)),
+            _ => {}
+        }
+    }
+
+    /// Fold a whole column (`Int64` or `Float64`, nulls skipped) into
+    /// measure `i`.
+    pub fn add_array(&mut self, i: usize, array: &ArrayRef) {
+        let agg = self.measures[i].1;
+        match (&mut self.values[i], array.data_type()) {
+            (Total::Long(t), DataType::Int64) => {
+                let a = array.as_primitive::<Int64Type>();
+                let folded = if a.null_count() == 0 {
+                    fold_longs(agg, a.values().iter().copied())
+                } else {
+                    fold_longs(agg, a.iter().flatten())
+                };
+                if let Some(v) = folded {
+                    *t = Some(match *t {
+                        None => v,
+                        Some(t) => combine_long(agg, t, v),
+                    });
+                }
+            }
+            (Total::Double(t), DataType::Float64) => {
+                for v in array.as_primitive::<Float64Type>().iter().flatten() {
+                    *t = Some(fold_double(agg, *t, v));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The first measure whose totals differ between `self` and `other`:
+    /// its name and both totals. Longs must be equal; double sums may
+    /// differ by rounding (the values were added in another order).
+    pub fn differs(&self, other: &Totals) -> Option<(String, Total, Total)> {
+        self.measures
+            .iter()
+            .zip(self.values.iter().zip(&other.values))
+            .find(|(_, (a, b))| match (a, b) {
+                (Total::Double(Some(x)), Total::Double(Some(y))) => {
+                    x != y && !((x - y).abs() <= DOUBLE_SUM_TOLERANCE * x.abs().max(y.abs()))
+                }
+                (a, b) => a != b,
+            })
+            .map(|((name, _), (a, b))| (name.clone(), *a, *b))
+    }
+
+    /// The totals as JSON by measure name (exact integers as strings when
+    /// they pass what a JSON number holds exactly).
+    pub fn by_name(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.measures
+            .iter()
+            .zip(&self.values)
+            .map(|((name, _), t)| {
+                let v = match t {
+                    Total::Long(Some(v)) if v.unsigned_abs() <= (1u128 << 53) => {
+                        serde_json::json!(*v as i64)
+                    }
+                    Total::Long(Some(v)) => serde_json::json!(v.to_string()),
+                    Total::Double(Some(v)) => serde_json::json!(v),
+                    _ => serde_json::Value::Null,
+                };
+                (name.clone(), v)
+            })
+            .collect()
+    }
+}
+
+fn combine_long(agg: Agg, a: i128, b: i128) -> i128 {
+    match agg {
+        Agg::Min => a.min(b),
+        Agg::Max => a.max(b),
+        Agg::Count | Agg::Sum => a + b,
+    }
+}
+
+fn fold_long(agg: Agg, t: Option<i128>, v: i128) -> i128 {
+    t.map_or(v, |t| combine_long(agg, t, v))
+}
+
+fn fold_longs(agg: Agg, values: impl Iterator<Item = i64>) -> Option<i128> {
+    let mut values = values.peekable();
+    values.peek()?;
+    Some(match agg {
+        Agg::Min => values.min().map_or(0, i128::from),
+        Agg::Max => values.max().map_or(0, i128::from),
+        Agg::Count | Agg::Sum => values.map(i128::from).sum(),
+    })
+}
+
+fn fold_double(agg: Agg, t: Option<f64>, v: f64) -> f64 {
+    match (agg, t) {
+        (_, None) => v,
+        (Agg::Min, Some(t)) => t.min(v),
+        (Agg::Max, Some(t)) => t.max(v),
+        (Agg::Count | Agg::Sum, Some(t)) => t + v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use arrow_array::{Float64Array, Int64Array};
+
+    use super::*;
+
+    fn decl() -> TableDecl {
+        TableDecl::parse(
+            Path::new("t.toml"),
+            include_str!("../schemas/usage.http_requests.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn long_sums_are_exact_past_the_long_range_and_columns_fold_as_values_do() {
+        let d = decl();
+        let mut by_column = Totals::new(&d);
+        let mut by_value = Totals::new(&d);
+        let values = [Some(i64::MAX), None, Some(i64::MAX), Some(-3)];
+        let column: ArrayRef = Arc::new(Int64Array::from(values.to_vec()));
+        for i in 0..4 {
+            by_column.add_array(i, &column);
+            for v in values {
+                by_value.add_value(i, MeasureValue::Long(v));
+            }
+        }
+        assert_eq!(by_column, by_value);
+        assert_eq!(
+            by_column.values[1],
+            Total::Long(Some(2 * i64::MAX as i128 - 3))
+        );
+        assert_eq!(by_column.values[3], Total::Long(Some(i64::MAX as i128)));
+        assert_eq!(by_column.differs(&by_value), None);
+        by_value.add_value(2, MeasureValue::Long(Some(1)));
+        let (name, a, b) = by_column.differs(&by_value).unwrap();
+        assert_eq!(name, "cpu_ms");
+        assert_eq!(b, Total::Long(Some(2 * i64::MAX as i128 - 2)));
+        assert_ne!(a, b);
+        assert_eq!(
+            by_column.by_name()["bytes"],
+            serde_json::json!((2 * i64::MAX as i128 - 3).to_string())
+        );
+    }
+
+    #[test]
+    fn double_sums_in_another_order_agree_within_rounding() {
+        let d = TableDecl::parse(
+            Path::new("t.toml"),
+            &include_str!("../schemas/usage.http_requests.toml").replace(
+                "field = \"cpu_ms\"\ntype = \"long\"",
+                "field = \"cpu_ms\"\ntype = \"double\"",
+            ),
+        )
+        .unwrap();
+        let xs = [0.1, 0.2, 0.3, 1e6, -0.7];
+        let mut a = Totals::new(&d);
+        let mut b = Totals::new(&d);
+        a.add_array(2, &(Arc::new(Float64Array::from(xs.to_vec())) as ArrayRef));
+        for x in xs.iter().rev() {
+            b.add_value(2, MeasureValue::Double(Some(*x)));
+        }
+        assert_eq!(a.differs(&b), None);
+        b.add_value(2, MeasureValue::Double(Some(0.001)));
+        assert_eq!(a.differs(&b).unwrap().0, "cpu_ms");
+    }
+}
