@@ -113,6 +113,9 @@ async fn generate(dir: &Path, rows: u64) -> Vec<String> {
                     ));
                 }
             }
+            // Sorted by dimensions then ts, as every firn file is.
+            let mut batch = batch;
+            batch.sort_by(|a, b| a.0.cmp(&b.0));
             let written = write::write_rows(&table, &decl, Grain::Minute, batch, 1 << 30)
                 .await
                 .unwrap();
@@ -166,6 +169,9 @@ async fn generate_compaction(dir: &Path, keys: u64) -> Vec<String> {
                     )
                 })
                 .collect();
+            // Sorted by dimensions then ts, as every firn file is.
+            let mut batch = batch;
+            batch.sort_by(|a, b| a.0.cmp(&b.0));
             let written = write::write_rows(&table, &decl, Grain::Minute, batch, 1 << 30)
                 .await
                 .unwrap();

@@ -33,8 +33,16 @@ use crate::schema::decl::{Agg, TableDecl};
 use crate::schema::layout::Grain;
 use crate::totals::{Total, Totals};
 
-/// Rows read per batch from each input.
+/// Rows read per batch from each input, at most.
 const READ_BATCH: usize = 8192;
+
+/// Rows held in read batches over all inputs, at most (a merge of many
+/// inputs reads smaller batches), so memory is bounded whatever the
+/// number of inputs.
+const READ_ROWS: usize = 1 << 19;
+
+/// Inputs whose first batches are read at once when a merge opens.
+const OPEN_AT_ONCE: usize = 32;
 
 /// Rows per merged batch.
 const OUT_BATCH: usize = 64 * 1024;
@@ -263,7 +271,15 @@ pub fn read_file(
 ) -> Result<ArrowRecordBatchStream> {
     let schema = table.metadata.current_schema();
     let field_ids = schema.as_struct().fields().iter().map(|f| f.id).collect();
-    read_columns(table, path, bytes, records, field_ids)
+    let file = LiveFile {
+        path: path.to_string(),
+        grain: Grain::Minute,
+        spec_id: 0,
+        partition: 0,
+        records,
+        bytes,
+    };
+    read_columns(table, &file, field_ids, READ_BATCH)
 }
 
 impl MergeReader {
@@ -287,10 +303,11 @@ impl MergeReader {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let batch_rows = (READ_ROWS / files.len().max(1)).clamp(256, READ_BATCH);
         let mut inputs = Vec::with_capacity(files.len());
         for f in files {
             let path = f.path.clone();
-            let stream = read_columns(table, &f.path, f.bytes, f.records, field_ids.clone())?
+            let stream = read_columns(table, f, field_ids.clone(), batch_rows)?
                 .map(move |b| b.map_err(|e| Error::iceberg(format!("reading data file {path}"), e)))
                 .boxed();
             inputs.push((f.path.clone(), stream));
@@ -321,8 +338,19 @@ impl MergeReader {
             written: totals,
             faults: None,
         };
-        for i in 0..merge.inputs.len() {
-            if merge.load(i).await? {
+        // The first batches are read a few inputs at a time (a compaction
+        // of a thousand small files waits on I/O, not on the merge).
+        let mut firsts = Vec::with_capacity(merge.inputs.len());
+        for some in merge.inputs.chunks_mut(OPEN_AT_ONCE) {
+            let mut reads = Vec::with_capacity(some.len());
+            for input in some.iter_mut() {
+                reads.push(next_batch(&mut input.stream));
+            }
+            firsts.extend(futures::future::join_all(reads).await);
+        }
+        for (i, first) in firsts.into_iter().enumerate() {
+            if let Some(batch) = first? {
+                merge.runs_of(i, &batch)?;
                 merge.push(i);
             }
         }
@@ -341,23 +369,29 @@ impl MergeReader {
         let input = &mut self.inputs[i];
         input.batch = None;
         input.pos = 0;
-        while let Some(batch) = input.stream.next().await {
-            let batch = batch?;
-            if batch.num_rows() == 0 {
-                continue;
+        match next_batch(&mut input.stream).await? {
+            Some(batch) => {
+                self.runs_of(i, &batch)?;
+                Ok(true)
             }
-            self.rows_read += batch.num_rows() as u64;
-            let runs = runs::collapse(
-                &batch,
-                &self.layout,
-                &self.converter,
-                &input.name,
-                &mut self.read,
-            )?;
-            input.batch = Some(Arc::new(runs));
-            return Ok(true);
+            None => Ok(false),
         }
-        Ok(false)
+    }
+
+    /// Make `batch` input `i`'s current one, as runs.
+    fn runs_of(&mut self, i: usize, batch: &RecordBatch) -> Result<()> {
+        let input = &mut self.inputs[i];
+        self.rows_read += batch.num_rows() as u64;
+        let runs = runs::collapse(
+            batch,
+            &self.layout,
+            &self.converter,
+            &input.name,
+            &mut self.read,
+        )?;
+        input.batch = Some(Arc::new(runs));
+        input.pos = 0;
+        Ok(())
     }
 
     fn push(&mut self, i: usize) {
@@ -398,6 +432,7 @@ impl MergeReader {
     /// so rows of one key always fold into one output row.
     fn fill(&mut self, chunk: &mut Chunk) -> Step {
         let m = self.layout.measures.len();
+        let max_batches = 2 * self.inputs.len().max(8);
         loop {
             let Some(&i) = self.heap.first() else {
                 return Step::Done;
@@ -409,7 +444,9 @@ impl MergeReader {
                 .expect("an input in the heap has a batch");
             let key = batch.rows.row(input.pos);
             let same = !chunk.picks.is_empty() && key.as_ref() == self.last_key.as_slice();
-            if !same && chunk.picks.len() >= OUT_BATCH {
+            // Full at a batch's worth of rows, or once the chunk holds two
+            // batches per input (memory stays bounded by the inputs).
+            if !same && (chunk.picks.len() >= OUT_BATCH || chunk.batches.len() >= max_batches) {
                 return Step::Full;
             }
             let slot = *chunk.slot[i].get_or_insert_with(|| {
@@ -518,14 +555,25 @@ impl MergeReader {
     }
 }
 
+/// The next non-empty batch of `stream`.
+async fn next_batch(stream: &mut BatchStream) -> Result<Option<RecordBatch>> {
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_rows() > 0 {
+            return Ok(Some(batch));
+        }
+    }
+    Ok(None)
+}
+
 /// Read columns `field_ids` of one data file of `table`, in batches.
 fn read_columns(
     table: &TableHandle,
-    path: &str,
-    bytes: u64,
-    records: u64,
+    file: &LiveFile,
     field_ids: Vec<i32>,
+    batch_rows: usize,
 ) -> Result<ArrowRecordBatchStream> {
+    let (path, bytes, records) = (file.path.as_str(), file.bytes, file.records);
     let task = FileScanTask {
         file_size_in_bytes: bytes,
         start: 0,
@@ -544,7 +592,7 @@ fn read_columns(
     };
     let reader = ArrowReaderBuilder::new(table.file_io.clone(), iceberg::Runtime::current())
         .with_data_file_concurrency_limit(1)
-        .with_batch_size(READ_BATCH)
+        .with_batch_size(batch_rows)
         .build();
     Ok(reader
         .read(futures::stream::iter([Ok(task)]).boxed())
