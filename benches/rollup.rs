@@ -114,7 +114,6 @@ async fn generate(dir: &Path, rows: u64) -> Vec<String> {
                 }
             }
             // Sorted by dimensions then ts, as every firn file is.
-            let mut batch = batch;
             batch.sort_by(|a, b| a.0.cmp(&b.0));
             let written = write::write_rows(&table, &decl, Grain::Minute, batch, 1 << 30)
                 .await

@@ -116,7 +116,12 @@ impl Totals {
             .zip(self.values.iter().zip(&other.values))
             .find(|(_, (a, b))| match (a, b) {
                 (Total::Double(Some(x)), Total::Double(Some(y))) => {
-                    x != y && !((x - y).abs() <= DOUBLE_SUM_TOLERANCE * x.abs().max(y.abs()))
+                    let same = x == y
+                        || (x.is_nan() && y.is_nan())
+                        || (x.is_finite()
+                            && y.is_finite()
+                            && (x - y).abs() <= DOUBLE_SUM_TOLERANCE * x.abs().max(y.abs()));
+                    !same
                 }
                 (a, b) => a != b,
             })

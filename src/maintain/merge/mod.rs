@@ -492,14 +492,9 @@ impl MergeReader {
             picks: Vec::with_capacity(OUT_BATCH),
             measures: Vec::with_capacity(OUT_BATCH * self.layout.measures.len()),
         };
-        loop {
-            match self.fill(&mut chunk) {
-                Step::Refill(i) => {
-                    if self.load(i).await? {
-                        self.push(i);
-                    }
-                }
-                Step::Full | Step::Done => break,
+        while let Step::Refill(i) = self.fill(&mut chunk) {
+            if self.load(i).await? {
+                self.push(i);
             }
         }
         if let Some((faults, location)) = &self.faults

@@ -165,7 +165,10 @@ fn row() -> impl Strategy<Value = (RowKey, Measures)> {
 }
 
 /// Inputs: each a sorted list of rows, cut into batches of the given sizes.
-fn inputs() -> impl Strategy<Value = Vec<(Vec<(RowKey, Measures)>, Vec<usize>)>> {
+/// An input: its sorted rows, and the sizes its batches are cut to.
+type Input = (Vec<(RowKey, Measures)>, Vec<usize>);
+
+fn inputs() -> impl Strategy<Value = Vec<Input>> {
     prop::collection::vec(
         (
             prop::collection::vec(row(), 0..120),
@@ -184,10 +187,7 @@ fn inputs() -> impl Strategy<Value = Vec<(Vec<(RowKey, Measures)>, Vec<usize>)>>
     })
 }
 
-fn streams(
-    decl: &TableDecl,
-    inputs: &[(Vec<(RowKey, Measures)>, Vec<usize>)],
-) -> Vec<(String, BatchStream)> {
+fn streams(decl: &TableDecl, inputs: &[Input]) -> Vec<(String, BatchStream)> {
     let schema = arrow_schema(decl);
     inputs
         .iter()
@@ -310,7 +310,7 @@ fn close(a: Option<f64>, b: Option<f64>) -> bool {
     }
 }
 
-fn check(inputs: Vec<(Vec<(RowKey, Measures)>, Vec<usize>)>, grain: Grain) {
+fn check(inputs: Vec<Input>, grain: Grain) {
     let decl = decl();
     let mut want: BTreeMap<RowKey, Totals> = BTreeMap::new();
     let mut rows_in = 0u64;
