@@ -68,6 +68,28 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// A generated row: key `k` (account, zone, colo, product) at `ts`, with
+/// measures from `v`.
+fn gen_row(k: u64, ts_micros: i64, v: i64) -> (RowKey, Measures) {
+    (
+        RowKey {
+            dims: vec![
+                DimValue::Long((k / 8) as i64 + 1),
+                DimValue::Long(((k / 8) % 7) as i64),
+                DimValue::Str(COLOS[(k % 4) as usize].into()),
+                DimValue::Str(PRODUCTS[((k / 4) % 2) as usize].into()),
+            ],
+            ts_micros,
+        },
+        Measures(vec![
+            MeasureValue::Long(Some(1 + v % 5)),
+            MeasureValue::Long(Some(v * 1000)),
+            MeasureValue::Long(Some(v)),
+            MeasureValue::Long(Some(v % 700)),
+        ]),
+    )
+}
+
 /// Write one week of minute rows, one sorted file per hour partition.
 async fn generate(dir: &Path, rows: u64) -> Vec<String> {
     let config = config(dir);
@@ -91,26 +113,10 @@ async fn generate(dir: &Path, rows: u64) -> Vec<String> {
             let start = week_start() + Duration::hours(day * 24 + hour);
             let mut batch = Vec::with_capacity((keys * 60) as usize);
             for k in 0..keys {
-                let dims = vec![
-                    DimValue::Long((k / 8) as i64 + 1),
-                    DimValue::Long(((k / 8) % 7) as i64),
-                    DimValue::Str(COLOS[(k % 4) as usize].into()),
-                    DimValue::Str(PRODUCTS[((k / 4) % 2) as usize].into()),
-                ];
                 for m in 0..60 {
                     let v = ((k * 31 + m * 7 + hour as u64) % 1000) as i64;
-                    batch.push((
-                        RowKey {
-                            dims: dims.clone(),
-                            ts_micros: (start + Duration::minutes(m as i64)).timestamp_micros(),
-                        },
-                        Measures(vec![
-                            MeasureValue::Long(Some(1 + v % 5)),
-                            MeasureValue::Long(Some(v * 1000)),
-                            MeasureValue::Long(Some(v)),
-                            MeasureValue::Long(Some(v % 700)),
-                        ]),
-                    ));
+                    let ts = (start + Duration::minutes(m as i64)).timestamp_micros();
+                    batch.push(gen_row(k, ts, v));
                 }
             }
             // Sorted by dimensions then ts, as every firn file is.
@@ -146,30 +152,13 @@ async fn generate_compaction(dir: &Path, keys: u64) -> Vec<String> {
         let mut files = Vec::new();
         for f in chunk * 120..(chunk + 1) * 120 {
             let minute = hour + Duration::minutes(f / 24);
-            let batch: Vec<_> = (0..keys)
+            let mut batch: Vec<_> = (0..keys)
                 .map(|k| {
                     let v = ((k * 31 + f as u64 * 7) % 1000) as i64;
-                    (
-                        RowKey {
-                            dims: vec![
-                                DimValue::Long((k / 8) as i64 + 1),
-                                DimValue::Long(((k / 8) % 7) as i64),
-                                DimValue::Str(COLOS[(k % 4) as usize].into()),
-                                DimValue::Str(PRODUCTS[((k / 4) % 2) as usize].into()),
-                            ],
-                            ts_micros: minute.timestamp_micros(),
-                        },
-                        Measures(vec![
-                            MeasureValue::Long(Some(1 + v % 5)),
-                            MeasureValue::Long(Some(v * 1000)),
-                            MeasureValue::Long(Some(v)),
-                            MeasureValue::Long(Some(v % 700)),
-                        ]),
-                    )
+                    gen_row(k, minute.timestamp_micros(), v)
                 })
                 .collect();
             // Sorted by dimensions then ts, as every firn file is.
-            let mut batch = batch;
             batch.sort_by(|a, b| a.0.cmp(&b.0));
             let written = write::write_rows(&table, &decl, Grain::Minute, batch, 1 << 30)
                 .await
