@@ -38,10 +38,16 @@ pub struct Totals {
     measures: Vec<(String, Agg)>,
     /// The totals.
     pub values: Vec<Total>,
+    /// Per measure, the sum of the magnitudes of the values a double sum
+    /// added: how far its rounding can reach.
+    magnitudes: Vec<f64>,
 }
 
 /// How far apart two double sums of the same values, added in another
-/// order, may be (relative to the larger).
+/// order, may be, relative to the sum of the values' magnitudes (the bound
+/// of a floating-point sum's rounding error, whatever the order, is a
+/// small multiple of it: with cancellation the sums themselves may be far
+/// smaller).
 const DOUBLE_SUM_TOLERANCE: f64 = 1e-9;
 
 impl Totals {
@@ -64,6 +70,7 @@ impl Totals {
                     crate::schema::decl::MeasureType::Double => Total::Double(None),
                 })
                 .collect(),
+            magnitudes: vec![0.0; decl.measures.len()],
         }
     }
 
@@ -74,7 +81,10 @@ impl Totals {
             (Total::Long(t), MeasureValue::Long(Some(v))) => {
                 *t = Some(fold_long(agg, *t, v as i128))
             }
-            (Total::Double(t), MeasureValue::Double(Some(v))) => *t = Some(fold_double(agg, *t, v)),
+            (Total::Double(t), MeasureValue::Double(Some(v))) => {
+                *t = Some(fold_double(agg, *t, v));
+                self.magnitudes[i] += v.abs();
+            }
             _ => {}
         }
     }
@@ -101,31 +111,57 @@ impl Totals {
             (Total::Double(t), DataType::Float64) => {
                 for v in array.as_primitive::<Float64Type>().iter().flatten() {
                     *t = Some(fold_double(agg, *t, v));
+                    self.magnitudes[i] += v.abs();
                 }
             }
             _ => {}
         }
     }
 
-    /// The first measure whose totals differ between `self` and `other`:
-    /// its name and both totals. Longs must be equal; double sums may
-    /// differ by rounding (the values were added in another order).
-    pub fn differs(&self, other: &Totals) -> Option<(String, Total, Total)> {
-        self.measures
+    /// Fold in `other`: the totals of more rows of the same measures.
+    pub fn absorb(&mut self, other: &Totals) {
+        for ((agg, mine), theirs) in self
+            .measures
             .iter()
-            .zip(self.values.iter().zip(&other.values))
-            .find(|(_, (a, b))| match (a, b) {
-                (Total::Double(Some(x)), Total::Double(Some(y))) => {
-                    let same = x == y
-                        || (x.is_nan() && y.is_nan())
-                        || (x.is_finite()
-                            && y.is_finite()
-                            && (x - y).abs() <= DOUBLE_SUM_TOLERANCE * x.abs().max(y.abs()));
-                    !same
-                }
-                (a, b) => a != b,
-            })
-            .map(|((name, _), (a, b))| (name.clone(), *a, *b))
+            .map(|(_, agg)| *agg)
+            .zip(&mut self.values)
+            .zip(&other.values)
+        {
+            match (mine, *theirs) {
+                (Total::Long(t), Total::Long(Some(v))) => *t = Some(fold_long(agg, *t, v)),
+                (Total::Double(t), Total::Double(Some(v))) => *t = Some(fold_double(agg, *t, v)),
+                _ => {}
+            }
+        }
+        for (mine, theirs) in self.magnitudes.iter_mut().zip(&other.magnitudes) {
+            *mine += theirs;
+        }
+    }
+
+    /// The first measure whose totals differ between `self` and `other`:
+    /// its name and both totals. Longs, mins and maxes must be equal; double
+    /// sums may differ by rounding (the values were added in another order):
+    /// by [`DOUBLE_SUM_TOLERANCE`] of the values' magnitudes, and are not
+    /// compared once those pass the double range (the order of additions
+    /// then decides whether a sum overflows).
+    pub fn differs(&self, other: &Totals) -> Option<(String, Total, Total)> {
+        (0..self.values.len())
+            .find(
+                |&i| match (self.measures[i].1, self.values[i], other.values[i]) {
+                    (Agg::Sum, Total::Double(Some(x)), Total::Double(Some(y))) => {
+                        let reach = self.magnitudes[i].max(other.magnitudes[i]);
+                        let same = x == y
+                            || !reach.is_finite()
+                            || (x - y).abs() <= DOUBLE_SUM_TOLERANCE * reach;
+                        !same
+                    }
+                    (_, Total::Double(Some(x)), Total::Double(Some(y))) => {
+                        !(x == y || (x.is_nan() && y.is_nan()))
+                    }
+                    (_, a, b) => a != b,
+                },
+            )
+            .map(|i| (self.measures[i].0.clone(), self.values[i], other.values[i]))
     }
 
     /// The totals as JSON by measure name (exact integers as strings when
@@ -229,6 +265,27 @@ mod tests {
     }
 
     #[test]
+    fn totals_of_parts_absorbed_equal_the_totals_of_the_whole() {
+        let d = decl();
+        let values = [Some(7), None, Some(i64::MAX), Some(-3), Some(i64::MIN)];
+        let mut whole = Totals::new(&d);
+        let (mut first, mut second, empty) = (Totals::new(&d), Totals::new(&d), Totals::new(&d));
+        for i in 0..4 {
+            for (k, v) in values.into_iter().enumerate() {
+                whole.add_value(i, MeasureValue::Long(v));
+                let part = if k < 2 { &mut first } else { &mut second };
+                part.add_value(i, MeasureValue::Long(v));
+            }
+        }
+        first.absorb(&second);
+        first.absorb(&empty);
+        assert_eq!(first, whole);
+        let mut none = Totals::new(&d);
+        none.absorb(&whole);
+        assert_eq!(none, whole);
+    }
+
+    #[test]
     fn double_sums_in_another_order_agree_within_rounding() {
         let d = TableDecl::parse(
             Path::new("t.toml"),
@@ -246,7 +303,32 @@ mod tests {
             b.add_value(2, MeasureValue::Double(Some(*x)));
         }
         assert_eq!(a.differs(&b), None);
-        b.add_value(2, MeasureValue::Double(Some(0.001)));
+        b.add_value(2, MeasureValue::Double(Some(0.01)));
         assert_eq!(a.differs(&b).unwrap().0, "cpu_ms");
+
+        // Cancellation: the sums are far apart relative to themselves, not
+        // to what was added; past the double range, not compared.
+        for (xs, same) in [
+            (vec![1e300, 1.0, -1e300], true),
+            (vec![1e308, 1e308, -1e308], true),
+            (vec![1e300, 1e290, -1e300], true),
+        ] {
+            let (mut a, mut b) = (Totals::new(&d), Totals::new(&d));
+            for x in &xs {
+                a.add_value(2, MeasureValue::Double(Some(*x)));
+            }
+            for x in xs.iter().rev() {
+                b.add_value(2, MeasureValue::Double(Some(*x)));
+            }
+            assert_eq!(a.differs(&b).is_none(), same, "{xs:?}");
+        }
+        let (mut a, mut b) = (Totals::new(&d), Totals::new(&d));
+        a.add_value(2, MeasureValue::Double(Some(1e300)));
+        b.add_value(2, MeasureValue::Double(Some(1e300)));
+        b.add_value(2, MeasureValue::Double(Some(1e292)));
+        assert!(
+            a.differs(&b).is_some(),
+            "a value lost is seen beside a large one"
+        );
     }
 }

@@ -361,3 +361,86 @@ async fn a_wrong_merge_is_refused_and_the_table_is_left_as_it_was() {
     assert_eq!(totals.all, expected.all);
     assert_eq!(totals.per_day, expected.per_day);
 }
+
+/// A rollup of more files than a merge opens at once (144 minute files over
+/// a day or two, at least 72 in one: merged 64 at a time into spilled runs, then the runs), after
+/// the declaration gained a measure the files were written without: every
+/// total is kept, the new measure is null in the old rows, and a wrong
+/// merge is still refused through the spilled runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollup_of_many_files_after_a_new_measure_keeps_every_total() {
+    let lake = Lake::without_broker();
+    lake.run(&["tables", "sync"]);
+    let catalog = lake.catalog().await;
+    let ident = tables::ident(&lake.decl()).unwrap();
+    let expected = seed_minute_files(catalog.as_ref(), &lake.decl(), 1, 9, 6).await;
+    let mut per_day = std::collections::BTreeMap::<i32, usize>::new();
+    for f in state::load(&catalog.load(&ident).await.unwrap())
+        .await
+        .unwrap()
+        .files
+    {
+        let day = f.partition_bounds().0.div_euclid(86_400_000_000) as i32;
+        *per_day.entry(day).or_default() += 1;
+    }
+    let most = per_day.values().max().copied().unwrap_or(0);
+    assert!(
+        most > 64,
+        "{most} files in a day: more than one merge's fan-in"
+    );
+
+    let schema = lake.path().join("schemas/usage.http_requests.toml");
+    let text = std::fs::read_to_string(&schema).unwrap().replace(
+        "[policy]",
+        "[[measure]]\nname = \"errors\"\nagg = \"sum\"\nfield = \"errors\"\ntype = \"long\"\n\
+         optional = true\n\n[policy]",
+    );
+    std::fs::write(&schema, text).unwrap();
+    lake.run(&["tables", "sync"]);
+    let decl = lake.decl();
+    assert_eq!(decl.measures.len(), 5);
+
+    let plan = lake.path().join("faults.toml");
+    std::fs::write(
+        &plan,
+        "seed = 1\n[[rule]]\nop = \"merge\"\nfault = \"drop_row\"\nprobability = 1.0\n",
+    )
+    .unwrap();
+    let before = catalog.load(&ident).await.unwrap();
+    let out = lake
+        .firn()
+        .args(["rollup", "usage.http_requests"])
+        .env("FIRN_FAULTS", &plan)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && log.contains("refusing to commit the rollup"),
+        "a wrong merge of spilled runs was committed:\n{log}"
+    );
+    assert_eq!(
+        catalog
+            .load(&ident)
+            .await
+            .unwrap()
+            .metadata
+            .current_snapshot_id(),
+        before.metadata.current_snapshot_id()
+    );
+
+    lake.run(&["rollup", "usage.http_requests"]);
+    let table = catalog.load(&ident).await.unwrap();
+    let st = state::load(&table).await.unwrap();
+    assert!(st.files.iter().all(|f| f.grain == Grain::Hour), "rolled up");
+    assert_eq!(st.files.len(), per_day.len(), "one file a day");
+    let totals = read::totals(&table, &decl).await.unwrap();
+    assert_eq!(totals.all.0[..4], expected.all.0[..]);
+    assert_eq!(
+        totals.all.0[4],
+        MeasureValue::Long(Some(0)),
+        "the new measure: no value in any row (a sum of none)"
+    );
+    for (day, m) in &expected.per_day {
+        assert_eq!(totals.per_day[day].0[..4], m.0[..], "{day}");
+    }
+}

@@ -6,9 +6,13 @@
 //! keys ([`runs`]); the runs' heads are merged across inputs by their keys
 //! in arrow's row format (byte order is key order), as DataFusion's
 //! `SortPreservingMergeExec` merges cursors; output batches are gathered
-//! with arrow's `interleave`.
+//! with arrow's `interleave`. A merge of more files than [`spill::FAN_IN`]
+//! merges them a group at a time into runs in temporary files, then the
+//! runs.
 
+mod files;
 mod runs;
+mod spill;
 #[cfg(test)]
 mod tests;
 
@@ -19,9 +23,7 @@ use arrow_row::{RowConverter, SortField};
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use iceberg::arrow::ArrowReaderBuilder;
-use iceberg::scan::{ArrowRecordBatchStream, FileScanTask};
-use iceberg::spec::DataFileFormat;
+use iceberg::scan::ArrowRecordBatchStream;
 
 use self::runs::RunBatch;
 use super::state::LiveFile;
@@ -64,7 +66,7 @@ enum Source {
 }
 
 /// The columns a merge reads and writes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Layout {
     /// The output schema: the table's current schema, in arrow.
     schema: SchemaRef,
@@ -239,7 +241,11 @@ pub struct MergeReader {
     last_key: Vec<u8>,
     scratch: Vec<MeasureValue>,
     /// Rows read from the inputs so far.
-    pub rows_read: u64,
+    rows_read: u64,
+    /// For a merge of merged runs: the totals and the number of rows of the
+    /// files the runs were merged from, which conservation is checked
+    /// against.
+    upstream: Option<(Totals, u64)>,
     /// Totals of the rows read so far, as stored.
     read: Totals,
     /// Totals of the rows merged so far.
@@ -279,7 +285,7 @@ pub fn read_file(
         records,
         bytes,
     };
-    read_columns(table, &file, field_ids, READ_BATCH)
+    files::iceberg_stream(table, &file, field_ids, READ_BATCH)
 }
 
 impl MergeReader {
@@ -303,20 +309,63 @@ impl MergeReader {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let batch_rows = (READ_ROWS / files.len().max(1)).clamp(256, READ_BATCH);
+        let batch_rows = batch_rows(files.len().min(spill::FAN_IN));
         let mut inputs = Vec::with_capacity(files.len());
         for f in files {
-            let path = f.path.clone();
-            let stream = read_columns(table, f, field_ids.clone(), batch_rows)?
-                .map(move |b| b.map_err(|e| Error::iceberg(format!("reading data file {path}"), e)))
-                .boxed();
+            let stream = files::read(table, f, field_ids.clone(), batch_rows)?;
             inputs.push((f.path.clone(), stream));
         }
         Self::from_streams(layout, inputs).await
     }
 
     /// Merge `inputs` (each named, for errors), every one sorted by key.
+    /// More inputs than [`spill::FAN_IN`] are merged a group at a time into
+    /// runs in temporary files, and the runs then merged (see [`spill`]):
+    /// the inputs' streams are only read when their group is merged.
     pub async fn from_streams(layout: Layout, inputs: Vec<(String, BatchStream)>) -> Result<Self> {
+        Self::merge_with_fan_in(layout, inputs, spill::FAN_IN).await
+    }
+
+    async fn merge_with_fan_in(
+        layout: Layout,
+        mut inputs: Vec<(String, BatchStream)>,
+        fan_in: usize,
+    ) -> Result<Self> {
+        let fan_in = fan_in.max(2);
+        if inputs.len() <= fan_in {
+            return Self::merge_at_once(layout, inputs).await;
+        }
+        let total = inputs.len();
+        let groups = total.div_ceil(fan_in);
+        let run_rows = batch_rows(groups.min(fan_in));
+        let mut upstream = (layout.totals.clone(), 0);
+        let mut runs = Vec::with_capacity(groups);
+        for g in 0..groups {
+            let group: Vec<_> = inputs.drain(..fan_in.min(inputs.len())).collect();
+            let first = g * fan_in;
+            let name = format!(
+                "merged run {} of {groups} (inputs {} to {} of {total}, from {})",
+                g + 1,
+                first + 1,
+                first + group.len(),
+                group[0].0
+            );
+            let mut merge = Self::merge_at_once(layout.clone(), group).await?;
+            let mut run = spill::RunWriter::new(&layout.schema, run_rows)?;
+            while let Some(batch) = merge.next_batch().await? {
+                run.write(&batch)?;
+            }
+            upstream.0.absorb(&merge.read);
+            upstream.1 += merge.rows_read;
+            runs.push((name, run.finish()?));
+        }
+        let mut merge = Box::pin(Self::merge_with_fan_in(layout, runs, fan_in)).await?;
+        merge.upstream = Some(upstream);
+        Ok(merge)
+    }
+
+    /// Merge `inputs` in one heap.
+    async fn merge_at_once(layout: Layout, inputs: Vec<(String, BatchStream)>) -> Result<Self> {
         let totals = layout.totals.clone();
         let mut merge = Self {
             inputs: inputs
@@ -334,6 +383,7 @@ impl MergeReader {
             last_key: Vec::new(),
             scratch: Vec::new(),
             rows_read: 0,
+            upstream: None,
             read: totals.clone(),
             written: totals,
             faults: None,
@@ -516,7 +566,13 @@ impl MergeReader {
     /// Checked before a merge's output is committed, so that no bug in the
     /// merge (or a file read wrong) can change a total.
     pub fn unconserved(&self) -> Option<(String, Total, Total)> {
-        self.read.differs(&self.written)
+        let read = self.upstream.as_ref().map_or(&self.read, |(t, _)| t);
+        read.differs(&self.written)
+    }
+
+    /// Rows read from the files merged, so far.
+    pub fn rows_read(&self) -> u64 {
+        self.upstream.as_ref().map_or(self.rows_read, |(_, n)| *n)
     }
 
     fn build(&mut self, chunk: &Chunk) -> Result<RecordBatch> {
@@ -550,6 +606,11 @@ impl MergeReader {
     }
 }
 
+/// Rows per read batch of each of `inputs` inputs.
+fn batch_rows(inputs: usize) -> usize {
+    (READ_ROWS / inputs.max(1)).clamp(256, READ_BATCH)
+}
+
 /// The next non-empty batch of `stream`.
 async fn next_batch(stream: &mut BatchStream) -> Result<Option<RecordBatch>> {
     while let Some(batch) = stream.next().await {
@@ -559,40 +620,6 @@ async fn next_batch(stream: &mut BatchStream) -> Result<Option<RecordBatch>> {
         }
     }
     Ok(None)
-}
-
-/// Read columns `field_ids` of one data file of `table`, in batches.
-fn read_columns(
-    table: &TableHandle,
-    file: &LiveFile,
-    field_ids: Vec<i32>,
-    batch_rows: usize,
-) -> Result<ArrowRecordBatchStream> {
-    let (path, bytes, records) = (file.path.as_str(), file.bytes, file.records);
-    let task = FileScanTask {
-        file_size_in_bytes: bytes,
-        start: 0,
-        length: bytes,
-        record_count: Some(records),
-        data_file_path: path.to_string(),
-        data_file_format: DataFileFormat::Parquet,
-        schema: table.metadata.current_schema().clone(),
-        project_field_ids: field_ids,
-        predicate: None,
-        deletes: Vec::new(),
-        partition: None,
-        partition_spec: None,
-        name_mapping: None,
-        case_sensitive: true,
-    };
-    let reader = ArrowReaderBuilder::new(table.file_io.clone(), iceberg::Runtime::current())
-        .with_data_file_concurrency_limit(1)
-        .with_batch_size(batch_rows)
-        .build();
-    Ok(reader
-        .read(futures::stream::iter([Ok(task)]).boxed())
-        .map_err(|e| Error::iceberg(format!("opening data file {path}"), e))?
-        .stream())
 }
 
 /// An arrow schema handle for writers of merged rows.

@@ -310,7 +310,9 @@ fn close(a: Option<f64>, b: Option<f64>) -> bool {
     }
 }
 
-fn check(inputs: Vec<Input>, grain: Grain) {
+/// Merge `inputs` into `grain` (`fan_in` inputs at once, more through
+/// merged runs) and compare with a reference aggregation.
+fn check(inputs: Vec<Input>, grain: Grain, fan_in: usize) {
     let decl = decl();
     let mut want: BTreeMap<RowKey, Totals> = BTreeMap::new();
     let mut rows_in = 0u64;
@@ -329,7 +331,7 @@ fn check(inputs: Vec<Input>, grain: Grain) {
         .unwrap();
     let (out, rows_read) = rt.block_on(async {
         let layout = Layout::new(arrow_schema(&decl), &decl, grain).unwrap();
-        let mut merge = MergeReader::from_streams(layout, streams(&decl, &inputs))
+        let mut merge = MergeReader::merge_with_fan_in(layout, streams(&decl, &inputs), fan_in)
             .await
             .unwrap();
         let mut out = Vec::new();
@@ -337,7 +339,8 @@ fn check(inputs: Vec<Input>, grain: Grain) {
             assert!(b.num_rows() > 0);
             out.extend(rows_of(&b, grain));
         }
-        (out, merge.rows_read)
+        assert_eq!(merge.unconserved(), None, "fan-in {fan_in}");
+        (out, merge.rows_read())
     });
     assert_eq!(rows_read, rows_in);
     // Sorted; a key in two rows only when its sums reach past the exact
@@ -412,8 +415,9 @@ proptest! {
     fn the_columnar_merge_agrees_with_a_reference_aggregation(
         inputs in inputs(),
         grain in prop::sample::select(vec![Grain::Minute, Grain::Hour, Grain::Day]),
+        fan_in in prop::sample::select(vec![2, 3, super::spill::FAN_IN]),
     ) {
-        check(inputs, grain);
+        check(inputs, grain, fan_in);
     }
 }
 
@@ -438,6 +442,12 @@ fn a_sum_past_the_long_range_splits_and_totals_stay_exact() {
     // would overflow an hour's sum alone.
     let one: Vec<_> = (0..60).map(|i| (key(i), m(i64::MAX / 30))).collect();
     let two = vec![(key(5), m(i64::MAX)), (key(6), m(-5))];
-    check(vec![(one.clone(), vec![7]), (two, vec![1])], Grain::Hour);
-    check(vec![(one, vec![60])], Grain::Day);
+    for fan_in in [2, super::spill::FAN_IN] {
+        check(
+            vec![(one.clone(), vec![7]), (two.clone(), vec![1])],
+            Grain::Hour,
+            fan_in,
+        );
+        check(vec![(one.clone(), vec![60])], Grain::Day, fan_in);
+    }
 }

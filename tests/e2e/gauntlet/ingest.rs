@@ -6,12 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use firn::produce::{ProduceOptions, ProduceReport};
 use firn::{read, tables};
 
-use super::{Plan, Point, assert_sound, foreign_append, judge, rule, run_with, text};
-use crate::common::{Broker, Lake};
+use super::{Plan, Point, Tally, assert_sound, foreign_append, judge, rule, text, with_plan};
+use crate::common::{Broker, Lake, output_within};
 
 const TABLE: &str = "usage.http_requests";
 const REJECTS: &str = "usage.http_requests_rejects";
@@ -57,6 +58,46 @@ fn ingest(lake: &Lake, group: &str, extra: &[&str]) -> Command {
         ])
         .args(extra);
     c
+}
+
+/// How long an ingest run that stops when idle may take, and how many times
+/// one the broker never assigns partitions to is started.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+const ATTEMPTS: usize = 3;
+
+/// Run an ingest that stops when idle (`command` builds it), bounded. tansu
+/// 0.6 now and then never completes the rebalance that follows a killed
+/// member, and the new member waits for partitions forever; a run that ends
+/// its time without partitions is stopped (it holds nothing) and started
+/// again, counted in `tally`. A run that holds partitions and does not stop
+/// fails the test.
+fn bounded(command: impl Fn() -> Command, what: &str, tally: &mut Tally) -> Output {
+    for attempt in 1..=ATTEMPTS {
+        match output_within(command(), RUN_LIMIT) {
+            Ok(out) => return out,
+            Err(out) => {
+                let log = String::from_utf8_lossy(&out.stderr);
+                let assigned = log.matches("assigned; positioned").count();
+                let revoked = log.matches("revoked; flushing").count();
+                assert!(
+                    assigned <= revoked,
+                    "{what}: holding partitions, yet not stopped within {RUN_LIMIT:?}\n{}",
+                    text(&out)
+                );
+                assert!(
+                    out.status.code().is_some(),
+                    "{what}: unassigned, and it did not stop on SIGTERM\n{}",
+                    text(&out)
+                );
+                tally.stalled += 1;
+                eprintln!(
+                    "{what}: no partitions assigned within {RUN_LIMIT:?} (attempt {attempt} of \
+                     {ATTEMPTS}); stopped cleanly on SIGTERM, starting it again"
+                );
+            }
+        }
+    }
+    panic!("{what}: the broker assigned no partitions in {ATTEMPTS} attempts")
 }
 
 fn ok(o: &Output, what: &str) {
@@ -145,25 +186,29 @@ fn flush_cases() -> Vec<(Point, &'static str, &'static str)> {
 async fn ingest_flushes_survive_a_fault_at_every_step() {
     let broker = Broker::start();
     let cases = flush_cases();
-    let mut tally = super::Tally::default();
+    let mut tally = Tally::default();
     for (i, (point, fault, table)) in cases.iter().enumerate() {
         let what = format!("ingest: {fault} at {point:?} of {table}");
         let lake = lake_on_own_topic(&broker, &format!("flush-{i}")).await;
+        // Each case its own group: whatever a kill leaves in one group does
+        // not reach the next case.
+        let group = format!("g{i}");
+        let run = || ingest(&lake, &group, &[]);
         // A first batch committed undisturbed: the faulted run resumes from
         // the table's offsets, and the other engine writes to a firn table.
         let first = produce(&lake, 500, 1_000 + i as u64).await;
-        ok(&ingest(&lake, "g", &[]).output().unwrap(), &what);
+        ok(&bounded(run, &what, &mut tally), &what);
         let produced = produce(&lake, 2_000, i as u64).await;
 
         let plan = Plan::new(lake.path(), "case", &rule(point, fault, table));
-        let out = run_with(ingest(&lake, "g", &[]), &plan);
+        let out = bounded(|| with_plan(run(), &plan), &what, &mut tally);
         judge_ingest(&out, &plan, point, fault, &what);
         tally.run(&plan, &out);
 
         let catalog = lake.catalog().await;
         let at = chrono::Utc::now() - chrono::Duration::minutes(10);
         foreign_append(&lake, catalog.as_ref(), i, at, &mut BTreeMap::new()).await;
-        ok(&ingest(&lake, "g", &[]).output().unwrap(), &what);
+        ok(&bounded(run, &what, &mut tally), &what);
 
         let (sums_now, rejects) = table_state(&lake, &what).await;
         assert_eq!(
@@ -210,27 +255,38 @@ async fn a_reset_of_offsets_survives_a_fault_at_every_step() {
         (p("swap", None), "kill"),
         (p("swap", None), "kill_after"),
     ];
-    let mut tally = super::Tally::default();
+    let mut tally = Tally::default();
     for (i, (point, fault)) in cases.iter().enumerate() {
         let what = format!("reset: {fault} at {point:?}");
         let lake = lake_on_own_topic(&broker, &format!("reset-{i}")).await;
+        let (a, b) = (format!("a{i}"), format!("b{i}"));
         let first = produce(&lake, 1_000, 100 + i as u64).await;
-        ok(&ingest(&lake, "a", &[]).output().unwrap(), &what);
+        ok(
+            &bounded(|| ingest(&lake, &a, &[]), &what, &mut tally),
+            &what,
+        );
         let skipped = produce(&lake, 500, 200 + i as u64).await;
 
         // Group b starts at the end of the topic, skipping what a read.
         let reset = ["--reset-offsets", "latest"];
         let plan = Plan::new(lake.path(), "case", &rule(point, fault, TABLE));
-        let out = run_with(ingest(&lake, "b", &reset), &plan);
+        let faulted = || with_plan(ingest(&lake, &b, &reset), &plan);
+        let out = bounded(faulted, &what, &mut tally);
         judge(&out, &plan, point, fault, &what);
         tally.run(&plan, &out);
 
         let catalog = lake.catalog().await;
         let at = chrono::Utc::now() - chrono::Duration::minutes(10);
         foreign_append(&lake, catalog.as_ref(), i, at, &mut BTreeMap::new()).await;
-        ok(&ingest(&lake, "b", &reset).output().unwrap(), &what);
+        ok(
+            &bounded(|| ingest(&lake, &b, &reset), &what, &mut tally),
+            &what,
+        );
         let last = produce(&lake, 300, 300 + i as u64).await;
-        ok(&ingest(&lake, "b", &[]).output().unwrap(), &what);
+        ok(
+            &bounded(|| ingest(&lake, &b, &[]), &what, &mut tally),
+            &what,
+        );
 
         let (sums_now, _) = table_state(&lake, &what).await;
         assert_eq!(

@@ -177,8 +177,14 @@ pub(crate) fn rule(point: &Point, fault: &str, table: &str) -> String {
 }
 
 /// `command` with `plan` (and the lake's settings).
-pub(crate) fn run_with(mut command: Command, plan: &Plan) -> Output {
-    command.env("FIRN_FAULTS", &plan.file).output().unwrap()
+pub(crate) fn run_with(command: Command, plan: &Plan) -> Output {
+    with_plan(command, plan).output().unwrap()
+}
+
+/// `command`, its faults as `plan` says.
+pub(crate) fn with_plan(mut command: Command, plan: &Plan) -> Command {
+    command.env("FIRN_FAULTS", &plan.file);
+    command
 }
 
 pub(crate) fn text(o: &Output) -> String {
@@ -353,6 +359,9 @@ pub(crate) struct Tally {
     pub landed: usize,
     pub not_landed: usize,
     pub leaked: usize,
+    /// Ingest runs started again because the broker never assigned them
+    /// partitions (see `ingest::bounded`).
+    pub stalled: usize,
 }
 
 impl Tally {
@@ -370,8 +379,9 @@ impl Tally {
     pub(crate) fn report(&self, what: &str) {
         eprintln!(
             "MEASURE gauntlet {what}: faults fired {:?}; unknown outcomes resolved: {} landed, \
-             {} not landed; {} files left behind, all deleted by orphan removal (0 after)",
-            self.fired, self.landed, self.not_landed, self.leaked
+             {} not landed; {} files left behind, all deleted by orphan removal (0 after); \
+             {} ingest runs restarted, never assigned partitions by the broker",
+            self.fired, self.landed, self.not_landed, self.leaked, self.stalled
         );
     }
 }
