@@ -1,17 +1,26 @@
-//! Decode + aggregate + Parquet encode throughput, on generated events.
+//! The ingest CPU path on one core, on generated events: decode → aggregate
+//! into minute rows → sort → encode a zstd Parquet file in memory, as a
+//! flush does; beside it firn's decode alone, and a bare typed serde_json
+//! decode of the same payloads into a borrowed struct (the ceiling a JSON
+//! decoder is measured against).
 //!
-//! The fixture (JSON payloads from the same generator as `firn produce`) is
-//! built outside the timed region. One iteration decodes every payload,
-//! aggregates into minute rows, sorts them and encodes them as a zstd Parquet
-//! file in memory, as a flush does. Run: `cargo bench --bench ingest_pipeline`.
+//! Two fixtures (JSON payloads from the same generator as `firn produce`,
+//! built outside the measured part), each printed with its events per
+//! minute row: `high-cardinality` (1,000 accounts over two hours: about one
+//! event per row, the worst case) and `realistic` (one account over two
+//! minutes: tens of events per row, as per-account, per-zone, per-colo
+//! traffic aggregates). Each figure is the best of `FIRN_BENCH_RUNS` runs
+//! (default 5) over `FIRN_BENCH_EVENTS` events (default 200,000). Prints a
+//! line per figure and one JSON line per fixture.
+//!
+//! Run: `cargo bench --bench ingest_pipeline`.
 
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use firn::events::{Decoder, TimeWindow};
 use firn::produce::{EventGenerator, ProduceOptions};
 use firn::rows::{MeasureSpec, RowMap};
@@ -20,48 +29,123 @@ use firn::schema::layout::{self, Grain};
 use firn::write;
 use parquet::arrow::ArrowWriter;
 
-const EVENTS: usize = 200_000;
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
-fn fixture() -> (TableDecl, Vec<Vec<u8>>, i64) {
-    let decl = TableDecl::parse(
+fn decl() -> TableDecl {
+    TableDecl::parse(
         Path::new("schemas/usage.http_requests.toml"),
         include_str!("../schemas/usage.http_requests.toml"),
     )
-    .unwrap();
-    let now_ms = 1_795_771_230_123;
+    .unwrap()
+}
+
+const NOW_MS: i64 = 1_795_771_230_123;
+
+fn payloads(decl: &TableDecl, events: usize, accounts: i64, spread: Duration) -> Vec<Vec<u8>> {
     let mut generator = EventGenerator::new(
-        &decl,
+        decl,
         &ProduceOptions {
             seed: 42,
+            accounts,
+            spread,
             ..Default::default()
         },
     );
-    let payloads = (0..EVENTS).map(|_| generator.next(now_ms).1).collect();
-    (decl, payloads, now_ms)
+    (0..events).map(|_| generator.next(NOW_MS).1).collect()
 }
 
-fn pipeline(c: &mut Criterion) {
-    let (decl, payloads, now_ms) = fixture();
+/// An event time as sent: integer milliseconds or a string, borrowed.
+#[allow(dead_code)]
+enum Ts<'a> {
+    Millis(i64),
+    Text(&'a str),
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Ts<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Ts<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("milliseconds or a string")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Ts<'de>, E> {
+                Ok(Ts::Millis(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Ts<'de>, E> {
+                i64::try_from(v).map(Ts::Millis).map_err(E::custom)
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Ts<'de>, E> {
+                Ok(Ts::Text(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The fields of a generated event, borrowed: what a typed decode with no
+/// validation reads (the event time left as it was sent).
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct Bare<'a> {
+    #[serde(borrow)]
+    ts: Ts<'a>,
+    account_id: i64,
+    zone_id: i64,
+    colo: &'a str,
+    product: &'a str,
+    bytes: Option<i64>,
+    cpu_ms: Option<i64>,
+    ttfb_ms: Option<i64>,
+}
+
+/// Events per second of the best of `runs` runs of `f` over `events`.
+fn best(runs: usize, events: usize, mut f: impl FnMut() -> usize) -> f64 {
+    let mut fastest = f64::INFINITY;
+    for _ in 0..runs {
+        let started = Instant::now();
+        black_box(f());
+        fastest = fastest.min(started.elapsed().as_secs_f64());
+    }
+    events as f64 / fastest
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is taken.
+    let events = env("FIRN_BENCH_EVENTS", 200_000);
+    let runs = env("FIRN_BENCH_RUNS", 5);
+    let decl = decl();
     let decoder = Decoder::new(decl.clone());
     let spec = MeasureSpec::new(&decl);
     let schema = layout::initial_schema(&decl).unwrap();
     let arrow: SchemaRef = Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema).unwrap());
-    let now = chrono::DateTime::from_timestamp_millis(now_ms).unwrap();
+    let now = chrono::DateTime::from_timestamp_millis(NOW_MS).unwrap();
     let window = TimeWindow::new(now, &decl, Duration::from_secs(3600));
-    let bytes: usize = payloads.iter().map(Vec::len).sum();
 
-    let mut group = c.benchmark_group("ingest");
-    group.sample_size(10);
-    group.throughput(Throughput::Elements(EVENTS as u64));
-    group.bench_function("decode_aggregate_encode", |b| {
-        b.iter(|| {
+    let fixtures = [
+        ("high-cardinality", 1000, Duration::from_secs(2 * 3600)),
+        ("realistic", 1, Duration::from_secs(120)),
+    ];
+    for (name, accounts, spread) in fixtures {
+        let payloads = payloads(&decl, events, accounts, spread);
+        let bytes: usize = payloads.iter().map(Vec::len).sum();
+        let aggregate = || {
             let mut rows = RowMap::default();
             for p in &payloads {
-                if let Ok(ev) = decoder.decode(p, window) {
-                    rows.add_event(&spec, ev.key, &ev.values);
+                if let Ok(ev) = decoder.decode_ref(p, window) {
+                    rows.add_event_ref(&spec, &ev.dims, ev.ts_micros, &ev.values);
                 }
             }
-            let sorted = rows.into_sorted();
+            rows
+        };
+        let rows = aggregate().len();
+        let pipeline = best(runs, events, || {
+            let sorted = aggregate().into_sorted();
             let batches = write::to_batches(&arrow, &decl, Grain::Minute, &sorted).unwrap();
             let mut out = Vec::with_capacity(bytes / 4);
             let mut w =
@@ -71,20 +155,54 @@ fn pipeline(c: &mut Criterion) {
                 w.write(batch).unwrap();
             }
             w.close().unwrap();
-            black_box(out.len())
-        })
-    });
-    group.bench_function("decode_only", |b| {
-        b.iter(|| {
-            let mut ok = 0usize;
-            for p in &payloads {
-                ok += decoder.decode(p, window).is_ok() as usize;
-            }
-            black_box(ok)
-        })
-    });
-    group.finish();
+            out.len()
+        });
+        let decode = best(runs, events, || {
+            payloads
+                .iter()
+                .filter(|p| decoder.decode_ref(p, window).is_ok())
+                .count()
+        });
+        let bare = best(runs, events, || {
+            payloads
+                .iter()
+                .filter(|p| serde_json::from_slice::<Bare>(p).is_ok())
+                .count()
+        });
+        let per_row = events as f64 / rows as f64;
+        println!(
+            "{name}: {events} events ({:.0} bytes each), {rows} minute rows ({per_row:.1} events per row)",
+            bytes as f64 / events as f64
+        );
+        println!(
+            "  decode → aggregate → sort → encode: {:>10.0} events/s",
+            pipeline
+        );
+        println!(
+            "  firn decode alone:                  {:>10.0} events/s",
+            decode
+        );
+        println!(
+            "  bare typed serde_json decode:       {:>10.0} events/s",
+            bare
+        );
+        println!(
+            "  pipeline / bare decode: {:.2}; decode / bare decode: {:.2}",
+            pipeline / bare,
+            decode / bare
+        );
+        println!(
+            "{}",
+            serde_json::json!({
+                "fixture": name,
+                "events": events,
+                "rows": rows,
+                "events_per_row": per_row,
+                "pipeline_events_per_s": pipeline.round(),
+                "decode_events_per_s": decode.round(),
+                "bare_decode_events_per_s": bare.round(),
+                "pipeline_over_bare": pipeline / bare,
+            })
+        );
+    }
 }
-
-criterion_group!(benches, pipeline);
-criterion_main!(benches);

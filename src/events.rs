@@ -8,7 +8,9 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 
-use crate::rows::{DimValue, MeasureValue, RowKey};
+use smallvec::SmallVec;
+
+use crate::rows::{DimRef, MeasureValue, RowKey};
 use crate::schema::decl::{Agg, DimType, MeasureType, TableDecl};
 
 /// Why a record was rejected. The label (`as_label`) is a bounded metric label.
@@ -116,6 +118,31 @@ pub struct DecodedEvent {
     pub values: Vec<Option<MeasureValue>>,
 }
 
+/// A decoded event whose strings borrow from its payload: what ingest and
+/// backfill aggregate (see [`crate::rows::RowMap::add_event_ref`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRef<'p> {
+    /// Dimension values, in declaration order.
+    pub dims: SmallVec<[DimRef<'p>; 8]>,
+    /// The minute bucket, microseconds since the epoch.
+    pub ts_micros: i64,
+    /// Per-measure values (`None`: missing optional field, or a count).
+    pub values: SmallVec<[Option<MeasureValue>; 8]>,
+}
+
+impl EventRef<'_> {
+    /// The event, owning its values.
+    pub fn to_owned_event(&self) -> DecodedEvent {
+        DecodedEvent {
+            key: RowKey {
+                dims: self.dims.iter().map(DimRef::to_owned_value).collect(),
+                ts_micros: self.ts_micros,
+            },
+            values: self.values.to_vec(),
+        }
+    }
+}
+
 /// How far in the future an event may be, unless configured otherwise.
 pub const DEFAULT_FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -190,6 +217,15 @@ impl Decoder {
 
     /// Decode one record payload.
     pub fn decode(&self, payload: &[u8], window: TimeWindow) -> Result<DecodedEvent, RejectReason> {
+        self.decode_ref(payload, window).map(|e| e.to_owned_event())
+    }
+
+    /// Decode one record payload, borrowing its strings.
+    pub fn decode_ref<'p>(
+        &self,
+        payload: &'p [u8],
+        window: TimeWindow,
+    ) -> Result<EventRef<'p>, RejectReason> {
         let values = self.fields(payload)?;
         let get = |slot: usize| values[slot].as_ref().filter(|v| !matches!(v, Scalar::Null));
 
@@ -205,15 +241,15 @@ impl Decoder {
             return Err(RejectReason::TooFarInFuture(format_ms(ts_ms)));
         }
 
-        let mut dims = Vec::with_capacity(self.decl.dimensions.len());
+        let mut dims = SmallVec::with_capacity(self.decl.dimensions.len());
         for (d, &slot) in self.decl.dimensions.iter().zip(&self.dim_slots) {
             let dv = match get(slot) {
-                None if d.optional => DimValue::Null,
+                None if d.optional => DimRef::Null,
                 None => return Err(RejectReason::MissingField(d.field.clone())),
                 Some(v) => match (d.ty, v) {
-                    (DimType::Long, Scalar::Number(n)) => DimValue::Long(long(&d.field, n)?),
-                    (DimType::String, Scalar::Str(s)) => DimValue::Str(s.as_ref().into()),
-                    (DimType::Boolean, Scalar::Bool(b)) => DimValue::Bool(*b),
+                    (DimType::Long, Scalar::Number(n)) => DimRef::Long(long(&d.field, n)?),
+                    (DimType::String, Scalar::Str(s)) => DimRef::Str(s.clone()),
+                    (DimType::Boolean, Scalar::Bool(b)) => DimRef::Bool(*b),
                     (ty, _) => {
                         return Err(RejectReason::WrongType {
                             field: d.field.clone(),
@@ -229,7 +265,7 @@ impl Decoder {
             dims.push(dv);
         }
 
-        let mut out = Vec::with_capacity(self.decl.measures.len());
+        let mut out = SmallVec::with_capacity(self.decl.measures.len());
         for (m, slot) in self.decl.measures.iter().zip(&self.measure_slots) {
             let Some(slot) = *slot else {
                 out.push(None);
@@ -259,11 +295,9 @@ impl Decoder {
         }
 
         let minute_ms = ts_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
-        Ok(DecodedEvent {
-            key: RowKey {
-                dims,
-                ts_micros: minute_ms * 1000,
-            },
+        Ok(EventRef {
+            dims,
+            ts_micros: minute_ms * 1000,
             values: out,
         })
     }
@@ -273,15 +307,17 @@ impl Decoder {
     /// counts, so no choice would be exact). Every other field is parsed as
     /// strictly (nesting depth, number range, UTF-8) but not kept: what is
     /// accepted and rejected is exactly what a full parse accepts.
-    fn fields<'p>(&self, payload: &'p [u8]) -> Result<Vec<Option<Scalar<'p>>>, RejectReason> {
+    fn fields<'p>(&self, payload: &'p [u8]) -> Result<Slots<'p>, RejectReason> {
         let seed = ObjectSeed { decoder: self };
         let mut de = serde_json::Deserializer::from_slice(payload);
         let parsed = serde::de::DeserializeSeed::deserialize(seed, &mut de)
             .and_then(|fields| de.end().map(|()| fields))
             .map_err(|e| RejectReason::NotJson(e.to_string()))?;
         match parsed {
-            Object::Fields(values) => Ok(values),
-            Object::Duplicate(k) => Err(RejectReason::DuplicateField(k)),
+            Object {
+                duplicate: Some(k), ..
+            } => Err(RejectReason::DuplicateField(k)),
+            Object { fields, .. } => Ok(fields),
         }
     }
 }
@@ -297,11 +333,14 @@ enum Scalar<'p> {
     Object,
 }
 
-/// The top-level object: the declared fields' values, or the first field
+/// The declared fields' values, by slot.
+type Slots<'p> = SmallVec<[Option<Scalar<'p>>; 16]>;
+
+/// The top-level object: the declared fields' values, and the first field
 /// given twice.
-enum Object<'p> {
-    Fields(Vec<Option<Scalar<'p>>>),
-    Duplicate(String),
+struct Object<'p> {
+    fields: Slots<'p>,
+    duplicate: Option<String>,
 }
 
 struct ObjectSeed<'a> {
@@ -325,10 +364,10 @@ impl<'de> serde::de::Visitor<'de> for ObjectSeed<'_> {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Object<'de>, A::Error> {
         let fields = &self.decoder.fields;
-        let mut values: Vec<Option<Scalar<'de>>> = (0..fields.len()).map(|_| None).collect();
+        let mut values: Slots<'de> = (0..fields.len()).map(|_| None).collect();
         // Keys seen: a few are searched in a list, many in a set (an event
         // of a million keys must not take a million squared comparisons).
-        let mut seen: Vec<Cow<'de, str>> = Vec::with_capacity(16);
+        let mut seen: SmallVec<[Cow<'de, str>; 16]> = SmallVec::new();
         let mut many: Option<std::collections::HashSet<Cow<'de, str>>> = None;
         let mut duplicate = None;
         while let Some(Key(key)) = map.next_key()? {
@@ -355,9 +394,9 @@ impl<'de> serde::de::Visitor<'de> for ObjectSeed<'_> {
                 }
             }
         }
-        Ok(match duplicate {
-            Some(k) => Object::Duplicate(k),
-            None => Object::Fields(values),
+        Ok(Object {
+            fields: values,
+            duplicate,
         })
     }
 }
@@ -560,6 +599,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+    use crate::rows::DimValue;
 
     fn decoder() -> Decoder {
         Decoder::new(
@@ -742,6 +782,7 @@ mod tests {
         use serde_json::Value;
 
         use super::super::*;
+        use crate::rows::DimValue;
 
         pub fn decode(
             decl: &TableDecl,

@@ -6,7 +6,12 @@
 //! a sum would leave its type's exact range, when they stay apart: no row
 //! ever stores a wrapped value.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 
 use crate::schema::decl::{Agg, MeasureType, TableDecl};
 
@@ -21,6 +26,88 @@ pub enum DimValue {
     Long(i64),
     /// String dimension.
     Str(Box<str>),
+}
+
+/// A dimension value borrowed from an event's payload (a string without
+/// escapes is not copied): what an event is aggregated by before its key is
+/// known to be new.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DimRef<'p> {
+    /// Missing optional dimension.
+    Null,
+    /// Boolean dimension.
+    Bool(bool),
+    /// Integer dimension.
+    Long(i64),
+    /// String dimension.
+    Str(Cow<'p, str>),
+}
+
+impl DimRef<'_> {
+    /// The value, owned.
+    pub fn to_owned_value(&self) -> DimValue {
+        match self {
+            DimRef::Null => DimValue::Null,
+            DimRef::Bool(b) => DimValue::Bool(*b),
+            DimRef::Long(v) => DimValue::Long(*v),
+            DimRef::Str(s) => DimValue::Str(s.as_ref().into()),
+        }
+    }
+
+    /// The same value, borrowing from `self`.
+    fn reborrow(&self) -> DimRef<'_> {
+        match self {
+            DimRef::Str(s) => DimRef::Str(Cow::Borrowed(s.as_ref())),
+            DimRef::Null => DimRef::Null,
+            DimRef::Bool(b) => DimRef::Bool(*b),
+            DimRef::Long(v) => DimRef::Long(*v),
+        }
+    }
+}
+
+impl<'a> From<&'a DimValue> for DimRef<'a> {
+    fn from(v: &'a DimValue) -> Self {
+        match v {
+            DimValue::Null => DimRef::Null,
+            DimValue::Bool(b) => DimRef::Bool(*b),
+            DimValue::Long(v) => DimRef::Long(*v),
+            DimValue::Str(s) => DimRef::Str(Cow::Borrowed(s)),
+        }
+    }
+}
+
+impl Hash for DimRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self {
+            DimRef::Null => state.write_u8(0),
+            DimRef::Bool(b) => {
+                state.write_u8(1);
+                state.write_u8(*b as u8);
+            }
+            DimRef::Long(v) => {
+                state.write_u8(2);
+                state.write_i64(*v);
+            }
+            DimRef::Str(s) => {
+                state.write_u8(3);
+                state.write(s.as_bytes());
+                state.write_u8(0xff);
+            }
+        }
+    }
+}
+
+impl DimValue {
+    /// Whether `r` is this value.
+    fn is(&self, r: &DimRef<'_>) -> bool {
+        match (self, r) {
+            (DimValue::Null, DimRef::Null) => true,
+            (DimValue::Bool(a), DimRef::Bool(b)) => a == b,
+            (DimValue::Long(a), DimRef::Long(b)) => a == b,
+            (DimValue::Str(a), DimRef::Str(b)) => **a == **b,
+            _ => false,
+        }
+    }
 }
 
 /// The grouping key of a row: dimension values in declaration order, then
@@ -233,12 +320,33 @@ fn combine(agg: Agg, slot: MeasureValue, v: MeasureValue, fold: Fold) -> Option<
 }
 
 /// An in-memory aggregation of rows by key: what a flush or a merge holds.
+/// Events are looked up by their borrowed key ([`RowMap::add_event_ref`]):
+/// only a key not seen before is copied.
 #[derive(Debug, Default)]
 pub struct RowMap {
-    rows: HashMap<RowKey, Measures>,
+    rows: HashTable<(RowKey, Measures)>,
+    hasher: hashbrown::DefaultHashBuilder,
     /// Rows closed because adding to them would have overflowed a sum; a
     /// new row with the same key took their place.
     full: Vec<(RowKey, Measures)>,
+}
+
+/// The hash of a key, whether borrowed or owned.
+fn key_hash<'a>(
+    hasher: &impl BuildHasher,
+    dims: impl Iterator<Item = DimRef<'a>>,
+    ts_micros: i64,
+) -> u64 {
+    let mut h = hasher.build_hasher();
+    for d in dims {
+        d.hash(&mut h);
+    }
+    h.write_i64(ts_micros);
+    h.finish()
+}
+
+fn owned_hash(hasher: &impl BuildHasher, key: &RowKey) -> u64 {
+    key_hash(hasher, key.dims.iter().map(DimRef::from), key.ts_micros)
 }
 
 impl RowMap {
@@ -255,44 +363,74 @@ impl RowMap {
     /// Add one event to the row for `key` (to a new row of that key when a
     /// sum of the current one would overflow).
     pub fn add_event(&mut self, spec: &MeasureSpec, key: RowKey, values: &[Option<MeasureValue>]) {
-        // The key is looked up before it is moved in, so the common case
-        // (an existing row with room) neither clones nor allocates it.
+        let dims: Vec<DimRef<'_>> = key.dims.iter().map(DimRef::from).collect();
+        self.add_event_ref(spec, &dims, key.ts_micros, values);
+    }
+
+    /// Add one event, keyed by `dims` (borrowed) and `ts_micros`, to its
+    /// row: the common case, an existing row with room, neither copies nor
+    /// allocates.
+    pub fn add_event_ref(
+        &mut self,
+        spec: &MeasureSpec,
+        dims: &[DimRef<'_>],
+        ts_micros: i64,
+        values: &[Option<MeasureValue>],
+    ) {
         let fresh = || {
             let mut row = spec.empty();
             // A single event fits an empty row: its values are in range.
             let _ = spec.add_event(&mut row, values);
             row
         };
-        match self.rows.get_mut(&key) {
-            Some(acc) => {
+        let hash = key_hash(&self.hasher, dims.iter().map(DimRef::reborrow), ts_micros);
+        let hasher = &self.hasher;
+        let same = |(k, _): &(RowKey, Measures)| {
+            k.ts_micros == ts_micros && k.dims.iter().zip(dims).all(|(a, b)| a.is(b))
+        };
+        match self.rows.entry(hash, same, |(k, _)| owned_hash(hasher, k)) {
+            Entry::Occupied(mut o) => {
+                let (key, acc) = o.get_mut();
                 if !spec.add_event(acc, values) {
                     let closed = std::mem::replace(acc, fresh());
-                    self.full.push((key, closed));
+                    self.full.push((key.clone(), closed));
                 }
             }
-            None => {
-                self.rows.insert(key, fresh());
+            Entry::Vacant(v) => {
+                let key = RowKey {
+                    dims: dims.iter().map(DimRef::to_owned_value).collect(),
+                    ts_micros,
+                };
+                v.insert((key, fresh()));
             }
         }
     }
 
     /// Merge a whole row (kept apart when a sum would overflow).
     pub fn add_row(&mut self, spec: &MeasureSpec, key: RowKey, measures: &Measures) {
-        match self.rows.get_mut(&key) {
-            Some(acc) => {
-                if !spec.merge(acc, measures) {
+        let hash = owned_hash(&self.hasher, &key);
+        let hasher = &self.hasher;
+        match self
+            .rows
+            .entry(hash, |(k, _)| *k == key, |(k, _)| owned_hash(hasher, k))
+        {
+            Entry::Occupied(mut o) => {
+                if !spec.merge(&mut o.get_mut().1, measures) {
                     self.full.push((key, measures.clone()));
                 }
             }
-            None => {
-                self.rows.insert(key, measures.clone());
+            Entry::Vacant(v) => {
+                v.insert((key, measures.clone()));
             }
         }
     }
 
     /// The keys, in no particular order (a key twice when its row was split).
     pub fn keys(&self) -> impl Iterator<Item = &RowKey> {
-        self.rows.keys().chain(self.full.iter().map(|(k, _)| k))
+        self.rows
+            .iter()
+            .map(|(k, _)| k)
+            .chain(self.full.iter().map(|(k, _)| k))
     }
 
     /// Merge all of `other` into this map.
@@ -416,6 +554,53 @@ mod tests {
                 MeasureValue::Long(Some(4)),
                 MeasureValue::Long(Some(9)),
             ])
+        );
+    }
+
+    /// Borrowed and owned keys of the same values find the same row; keys
+    /// that differ only in a value's type or in null against empty do not.
+    #[test]
+    fn borrowed_keys_find_the_rows_of_their_values() {
+        let s = spec();
+        let ev = [None, Some(MeasureValue::Long(Some(2))), None, None];
+        let mut m = RowMap::default();
+        let owned = String::from("AMS");
+        let keys: [Vec<DimRef<'_>>; 6] = [
+            vec![DimRef::Long(1), DimRef::Str(Cow::Borrowed("AMS"))],
+            vec![DimRef::Long(1), DimRef::Str(Cow::Owned(owned.clone()))],
+            vec![DimRef::Bool(true), DimRef::Str(Cow::Borrowed("AMS"))],
+            vec![DimRef::Long(1), DimRef::Str(Cow::Borrowed(""))],
+            vec![DimRef::Long(1), DimRef::Null],
+            vec![DimRef::Long(1), DimRef::Str(Cow::Borrowed("AMS\0"))],
+        ];
+        for k in &keys {
+            m.add_event_ref(&s, k, 60, &ev);
+        }
+        m.add_event(
+            &s,
+            RowKey {
+                dims: vec![DimValue::Long(1), DimValue::Str(owned.into())],
+                ts_micros: 60,
+            },
+            &ev,
+        );
+        m.add_event_ref(&s, &keys[0], 120, &ev);
+        let rows = m.into_sorted();
+        let counts: Vec<_> = rows
+            .iter()
+            .map(|(k, m)| (k.dims.clone(), k.ts_micros, m.0[0]))
+            .collect();
+        assert_eq!(counts.len(), 6, "{counts:?}");
+        let ams = counts
+            .iter()
+            .find(|(d, t, _)| {
+                *t == 60 && d[1] == DimValue::Str("AMS".into()) && d[0] == DimValue::Long(1)
+            })
+            .unwrap();
+        assert_eq!(
+            ams.2,
+            MeasureValue::Long(Some(3)),
+            "three events of one key"
         );
     }
 

@@ -4,13 +4,18 @@
 //! rollup must leave them as they were: what it removed and what it added
 //! have the same totals ([`Totals::differs`]).
 
+use std::collections::BTreeMap;
+
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
 
-use crate::rows::MeasureValue;
+#[cfg(doc)]
+use crate::commit::summary;
+use crate::rows::{MeasureValue, Measures};
 use crate::schema::decl::{Agg, TableDecl};
+use crate::schema::layout::Grain;
 
 /// One measure's total (`None`: no value yet).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,6 +76,22 @@ impl Totals {
                 })
                 .collect(),
             magnitudes: vec![0.0; decl.measures.len()],
+        }
+    }
+
+    /// Empty totals of the same measures.
+    pub fn emptied(&self) -> Self {
+        Self {
+            measures: self.measures.clone(),
+            values: self
+                .values
+                .iter()
+                .map(|t| match t {
+                    Total::Long(_) => Total::Long(None),
+                    Total::Double(_) => Total::Double(None),
+                })
+                .collect(),
+            magnitudes: vec![0.0; self.magnitudes.len()],
         }
     }
 
@@ -182,6 +203,63 @@ impl Totals {
                 (name.clone(), v)
             })
             .collect()
+    }
+}
+
+/// Totals of rows by grain: what one commit added or removed, as its
+/// snapshot summary records them ([`summary::TOTALS_ADDED`],
+/// [`summary::TOTALS_REMOVED`]), computed from
+/// the rows themselves as they were written or read, never from file
+/// statistics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GrainTotals(pub BTreeMap<Grain, Totals>);
+
+impl GrainTotals {
+    /// Fold `totals` of rows of `grain` in.
+    pub fn add(&mut self, grain: Grain, totals: &Totals) {
+        self.0
+            .entry(grain)
+            .or_insert_with(|| totals.emptied())
+            .absorb(totals);
+    }
+
+    /// Fold all of `other` in.
+    pub fn absorb(&mut self, other: &GrainTotals) {
+        for (grain, totals) in &other.0 {
+            self.add(*grain, totals);
+        }
+    }
+
+    /// Whether no rows were counted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The summary value: `{"minute": {"requests": 12, ...}, ...}` (exact
+    /// integers as strings past what a JSON number holds exactly).
+    pub fn to_json(&self) -> String {
+        let by_grain: serde_json::Map<String, serde_json::Value> = self
+            .0
+            .iter()
+            .map(|(g, t)| {
+                (
+                    g.as_str().to_string(),
+                    serde_json::Value::Object(t.by_name()),
+                )
+            })
+            .collect();
+        serde_json::Value::Object(by_grain).to_string()
+    }
+}
+
+impl Totals {
+    /// Fold the measures of rows (in declaration order) in.
+    pub fn add_rows<'a>(&mut self, rows: impl IntoIterator<Item = &'a Measures>) {
+        for row in rows {
+            for (i, v) in row.0.iter().enumerate() {
+                self.add_value(i, *v);
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::source::{Source, SourceRecord};
 use super::{BackfillOptions, BackfillReport, Progress};
 use crate::error::Result;
-use crate::events::{DecodedEvent, Decoder, Origin, RejectReason, TimeWindow};
+use crate::events::{Decoder, EventRef, Origin, RejectReason, TimeWindow};
 use crate::maintain::plan::due_grain;
 use crate::rejects::RejectRecord;
 use crate::rows::{MeasureSpec, Measures, RowMap};
@@ -122,9 +122,9 @@ impl<'a> Loader<'a> {
     fn take(&mut self, chunk: &mut Chunk, record: &SourceRecord<'_>) {
         let decoded = self
             .decoder
-            .decode(record.payload, self.window)
+            .decode_ref(record.payload, self.window)
             .and_then(|ev| {
-                let ts = ev.key.ts_micros;
+                let ts = ev.ts_micros;
                 match self.replaced {
                     Some((from, to)) if ts < from || ts >= to => {
                         Err(RejectReason::OutsideReplacedRange)
@@ -147,20 +147,20 @@ impl<'a> Loader<'a> {
     }
 
     /// Add an event at the grain the table's policy gives its age.
-    fn add(&mut self, chunk: &mut Chunk, mut ev: DecodedEvent) {
-        let minute = Grain::Minute.partition_ordinal(ev.key.ts_micros);
+    fn add(&mut self, chunk: &mut Chunk, ev: EventRef<'_>) {
+        let minute = Grain::Minute.partition_ordinal(ev.ts_micros);
         let grain = due_grain(&self.decl.policy, self.now_micros, Grain::Minute, minute);
-        ev.key.ts_micros = grain.truncate(ev.key.ts_micros);
+        let ts_micros = grain.truncate(ev.ts_micros);
         self.partitions
             .entry(grain)
             .or_default()
-            .insert(grain.partition_ordinal(ev.key.ts_micros));
+            .insert(grain.partition_ordinal(ts_micros));
         self.spec.add_event_saturating(&mut self.totals, &ev.values);
         chunk
             .rows
             .entry(grain)
             .or_default()
-            .add_event(&self.spec, ev.key, &ev.values);
+            .add_event_ref(&self.spec, &ev.dims, ts_micros, &ev.values);
     }
 
     /// The partitions and totals of everything read, into `report`.

@@ -39,6 +39,7 @@ use crate::rejects::{self, RejectRecord};
 use crate::rows::RowMap;
 use crate::schema::decl::TableDecl;
 use crate::schema::layout::Grain;
+use crate::totals::{GrainTotals, Totals};
 use crate::{tables, write};
 
 /// What to backfill.
@@ -477,12 +478,15 @@ async fn commit_chunk(
     }
     let table = catalog.load(ident).await?;
     let written = std::time::Instant::now();
-    let files = write_grains(&table, target.decl, chunk.rows, opts.target_file_size).await?;
-    let change = Change::append(FirnOperation::Backfill, files).with_claim(Claim {
-        key: key.to_string(),
-        expect: committed.clone(),
-        set: set.clone(),
-    });
+    let (files, added) =
+        write_grains(&table, target.decl, chunk.rows, opts.target_file_size).await?;
+    let change = Change::append(FirnOperation::Backfill, files)
+        .with_claim(Claim {
+            key: key.to_string(),
+            expect: committed.clone(),
+            set: set.clone(),
+        })
+        .with_totals(&added, &GrainTotals::default());
     let _permit = opts.budget.acquire(ident).await;
     if written.elapsed() > crate::maintain::orphans::MAX_UNCOMMITTED {
         return Err(Error::new(
@@ -532,18 +536,21 @@ async fn commit_rejects(target: &Target<'_>, rejects: &[RejectRecord], set: Stri
     Ok(())
 }
 
-/// Rows of each grain as data files of `table`.
+/// Rows of each grain as data files of `table`, and their totals.
 async fn write_grains(
     table: &TableHandle,
     decl: &TableDecl,
     rows: BTreeMap<Grain, RowMap>,
     target_file_size: usize,
-) -> Result<Vec<crate::commit::NewFile>> {
+) -> Result<(Vec<crate::commit::NewFile>, GrainTotals)> {
     let mut files = Vec::new();
+    let mut totals = GrainTotals::default();
     for (grain, rows) in rows {
-        files.extend(
-            write::write_rows(table, decl, grain, rows.into_sorted(), target_file_size).await?,
-        );
+        let rows = rows.into_sorted();
+        let mut t = Totals::new(decl);
+        t.add_rows(rows.iter().map(|(_, m)| m));
+        totals.add(grain, &t);
+        files.extend(write::write_rows(table, decl, grain, rows, target_file_size).await?);
     }
-    Ok(files)
+    Ok((files, totals))
 }

@@ -20,6 +20,7 @@ use crate::commit::{self, Change, Claim, FirnOperation, RemovedFile};
 use crate::error::{Error, ErrorKind, Result};
 use crate::offsets;
 use crate::schema::layout::Grain;
+use crate::totals::GrainTotals;
 
 fn show(micros: i64) -> String {
     DateTime::from_timestamp_micros(micros)
@@ -188,9 +189,10 @@ pub(super) async fn commit(
         let rejects: Vec<_> = chunk.rejects.into_iter().map(|(_, r)| r).collect();
         super::commit_rejects(target, &rejects, record.clone()).await?;
     }
-    let files =
+    let (files, added) =
         super::write_grains(&plan.table, target.decl, chunk.rows, opts.target_file_size).await?;
     let change = Change::overwrite(FirnOperation::BackfillReplace, plan.removed, files)
+        .with_totals(&added, &GrainTotals::default())
         .with_no_conflicting_data(NoConflictingData {
             from_snapshot: plan.table.metadata.current_snapshot_id(),
             range: plan.range,

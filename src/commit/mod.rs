@@ -154,6 +154,24 @@ impl Change {
         self
     }
 
+    /// Record the totals of the rows the change adds and removes (each when
+    /// known: not empty) in the snapshot summary.
+    pub fn with_totals(
+        mut self,
+        added: &crate::totals::GrainTotals,
+        removed: &crate::totals::GrainTotals,
+    ) -> Self {
+        for (key, totals) in [
+            (summary::TOTALS_ADDED, added),
+            (summary::TOTALS_REMOVED, removed),
+        ] {
+            if !totals.is_empty() {
+                self.properties.insert(key.to_string(), totals.to_json());
+            }
+        }
+        self
+    }
+
     /// Record `key = value` in the snapshot summary.
     pub fn with_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.insert(key.into(), value.into());

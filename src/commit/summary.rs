@@ -20,6 +20,11 @@ use crate::offsets;
 pub const OPERATION: &str = "firn.operation";
 /// Kafka records an ingest batch covered (rejects included).
 pub const RECORDS: &str = "firn.records";
+/// The totals of the rows a commit added, by grain and measure
+/// ([`crate::totals::GrainTotals`], as JSON).
+pub const TOTALS_ADDED: &str = "firn.totals.added";
+/// The totals of the rows a commit removed, by grain and measure.
+pub const TOTALS_REMOVED: &str = "firn.totals.removed";
 /// Ledger: prefix of a consumer group's offsets ([`offsets_key`]).
 pub const OFFSETS_PREFIX: &str = "firn.offsets.";
 /// Ledger: prefix of a backfill's progress record ([`backfill_key`]).

@@ -101,18 +101,42 @@ impl TableSink {
         window: TimeWindow,
         now_micros: i64,
     ) -> Consumed {
+        if let Some(skipped) = self.admit(partition, offset, payload.len()) {
+            return skipped;
+        }
+        self.aggregate(partition, offset, payload, window, now_micros)
+    }
+
+    /// Count one record into the batch's range, unless it is a re-delivery
+    /// or from a partition not held (then what it is). Its rows are
+    /// aggregated by [`TableSink::aggregate`], here or on a shard thread.
+    pub fn admit(&mut self, partition: i32, offset: i64, bytes: usize) -> Option<Consumed> {
         let Some(expected) = self.expected(partition) else {
-            return Consumed::NotAssigned;
+            return Some(Consumed::NotAssigned);
         };
         if expected.is_some_and(|e| offset < e) {
-            return Consumed::Duplicate;
+            return Some(Consumed::Duplicate);
         }
         self.batch.to.insert(partition, offset + 1);
         self.batch.records += 1;
-        self.batch.bytes += payload.len() as u64;
-        match self.decoder.decode(payload, window) {
+        self.batch.bytes += bytes as u64;
+        None
+    }
+
+    /// Decode an admitted record into the batch: a row, or a reject.
+    fn aggregate(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+        window: TimeWindow,
+        now_micros: i64,
+    ) -> Consumed {
+        match self.decoder.decode_ref(payload, window) {
             Ok(ev) => {
-                self.batch.rows.add_event(&self.spec, ev.key, &ev.values);
+                self.batch
+                    .rows
+                    .add_event_ref(&self.spec, &ev.dims, ev.ts_micros, &ev.values);
                 Consumed::Accepted
             }
             Err(reason) => {
@@ -155,7 +179,7 @@ impl TableSink {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
 
     use chrono::{TimeZone, Utc};
@@ -163,7 +187,7 @@ mod tests {
     use super::*;
     use crate::tables;
 
-    pub(super) fn sink() -> TableSink {
+    pub(crate) fn sink() -> TableSink {
         let decl = TableDecl::parse(
             Path::new("t.toml"),
             include_str!("../../schemas/usage.http_requests.toml"),

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod flush;
 pub mod reset;
+pub mod shards;
 pub mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -59,6 +60,9 @@ pub struct IngestOptions {
     /// Where to start when the table holds no offsets for the group (or, with
     /// explicit offsets, to move it); see [`reset`].
     pub reset_offsets: Option<ResetOffsets>,
+    /// Threads decoding and aggregating records ([`shards`]); 1 does it on
+    /// the consumer thread.
+    pub threads: usize,
 }
 
 impl std::fmt::Debug for IngestOptions {
@@ -77,6 +81,7 @@ impl std::fmt::Debug for IngestOptions {
             .field("retry", &self.retry)
             .field("metrics_addr", &self.metrics_addr)
             .field("reset_offsets", &self.reset_offsets)
+            .field("threads", &self.threads)
             .finish_non_exhaustive()
     }
 }
@@ -97,6 +102,7 @@ impl Default for IngestOptions {
             retry: RetryPolicy::default(),
             metrics_addr: None,
             reset_offsets: None,
+            threads: shards::default_threads(),
         }
     }
 }

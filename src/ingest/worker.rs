@@ -26,6 +26,7 @@ use tokio::runtime::Handle;
 use super::IngestOptions;
 use super::batch::{Consumed, TableSink};
 use super::flush::{self, FlushOutcome};
+use super::shards::{Shards, TopicDecoding};
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
@@ -63,6 +64,8 @@ pub(super) struct Core {
     watermarks: HashMap<String, BTreeMap<i32, (i64, i64)>>,
     fatal: Option<Error>,
     report: IngestReport,
+    /// Shard threads decoding and aggregating (`--threads` above 1).
+    shards: Option<Shards>,
 }
 
 pub(super) struct IngestContext {
@@ -170,9 +173,12 @@ impl Core {
     }
 
     fn drop_all_positions(&mut self) {
-        for sink in self.sinks.values_mut() {
+        for (topic, sink) in self.sinks.iter_mut() {
             if !sink.batch.is_empty() {
                 self.report.dropped_batches += 1;
+            }
+            if let Some(shards) = &mut self.shards {
+                shards.collect(topic, &sink.spec);
             }
             sink.discard();
             sink.positions.clear();
@@ -180,10 +186,13 @@ impl Core {
     }
 
     fn buffered_rows(&self) -> usize {
-        self.sinks
-            .values()
-            .map(|s| s.batch.rows.len() + s.batch.rejects.len())
-            .sum()
+        let sharded = self.shards.as_ref().map_or(0, Shards::buffered);
+        sharded
+            + self
+                .sinks
+                .values()
+                .map(|s| s.batch.rows.len() + s.batch.rejects.len())
+                .sum::<usize>()
     }
 
     fn buffered_bytes(&self) -> u64 {
@@ -203,11 +212,21 @@ impl Core {
 
     fn consume(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
         self.last_activity = Instant::now();
-        let now = self.clock.now();
         let skew = self.opts.future_skew;
         let Some(sink) = self.sinks.get_mut(topic) else {
             return;
         };
+        if let Some(shards) = &mut self.shards {
+            if sink.admit(partition, offset, payload.len()).is_none() {
+                let (clock, decl) = (&self.clock, sink.decl());
+                shards.push(topic, partition, offset, payload, || {
+                    let now = clock.now();
+                    (TimeWindow::new(now, decl, skew), now.timestamp_micros())
+                });
+            }
+            return;
+        }
+        let now = self.clock.now();
         let window = TimeWindow::new(now, sink.decl(), skew);
         let table = sink.decl().qualified_name();
         match sink.consume(partition, offset, payload, window, now.timestamp_micros()) {
@@ -231,6 +250,13 @@ impl Core {
             }
             let started = Instant::now();
             let sink = self.sinks.get_mut(&topic).expect("listed above");
+            if let Some(shards) = &mut self.shards {
+                let (rows, rejects) = shards.collect(&topic, &sink.spec);
+                let mine = std::mem::take(&mut sink.batch.rows);
+                sink.batch.rows = rows;
+                sink.batch.rows.absorb(&sink.spec, mine);
+                sink.batch.rejects.extend(rejects);
+            }
             let table = sink.decl().qualified_name();
             let covered: BTreeMap<i32, i64> = sink.batch.to.clone();
             let result = self.handle.block_on(flush::flush(
@@ -417,6 +443,20 @@ pub(super) fn run_blocking(
 ) -> Result<IngestReport> {
     let config = consumer_config(&opts);
     let topics: Vec<String> = sinks.keys().cloned().collect();
+    let shards = if opts.threads > 1 {
+        let decoding = sinks
+            .iter()
+            .map(|(topic, sink)| TopicDecoding {
+                topic: topic.clone(),
+                table: sink.decl().qualified_name(),
+                decoder: sink.decoder.clone(),
+                spec: sink.spec.clone(),
+            })
+            .collect();
+        Some(Shards::start(opts.threads, decoding, metrics.clone())?)
+    } else {
+        None
+    };
     let now = Instant::now();
     let context = IngestContext {
         core: Mutex::new(Core {
@@ -432,6 +472,7 @@ pub(super) fn run_blocking(
             watermarks: HashMap::new(),
             fatal: None,
             report: IngestReport::default(),
+            shards,
         }),
     };
     let consumer: BaseConsumer<IngestContext> = config.create_with_context(context)?;
@@ -446,7 +487,11 @@ pub(super) fn run_blocking(
     let mut unassigned = Unassigned::new(&opts.group, &topics);
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
-            None => {}
+            None => {
+                if let Some(shards) = &mut consumer.context().core().shards {
+                    shards.send_pending();
+                }
+            }
             Some(Ok(msg)) => {
                 let payload = msg.payload().unwrap_or_default();
                 consumer.context().core().consume(

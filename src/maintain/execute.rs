@@ -22,6 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::faults::Faults;
 use crate::schema::decl::TableDecl;
 use crate::tables;
+use crate::totals::GrainTotals;
 use crate::write::{self, PartitionWriter};
 
 /// What one task did.
@@ -77,6 +78,8 @@ struct Prepared {
     outcome: TaskOutcome,
     removed: Vec<RemovedFile>,
     added: Vec<NewFile>,
+    /// The totals of the rows added and of the rows removed (when read).
+    totals: (GrainTotals, GrainTotals),
 }
 
 /// Execute one task on `decl`'s table, in a commit of its own.
@@ -133,6 +136,7 @@ async fn prepare(
         bytes_out: 0,
         attempts: 0,
     };
+    let mut totals = (GrainTotals::default(), GrainTotals::default());
     let added = match task.target {
         None => Vec::new(),
         Some((grain, partition)) => {
@@ -161,6 +165,10 @@ async fn prepare(
                     ),
                 ));
             }
+            totals.0.add(grain, reader.written());
+            for (file, read) in task.inputs.iter().zip(reader.read_by_input()) {
+                totals.1.add(file.grain, read);
+            }
             let files = writer.close().await?;
             outcome.files_out = files.len();
             outcome.bytes_out = files.iter().map(|f| f.file.file_size_in_bytes()).sum();
@@ -171,6 +179,7 @@ async fn prepare(
         outcome,
         removed,
         added,
+        totals,
     })
 }
 
@@ -187,11 +196,17 @@ async fn commit_group(
 ) -> Result<()> {
     let added: Vec<NewFile> = group.iter().flat_map(|p| p.added.clone()).collect();
     let removed = group.iter().flat_map(|p| p.removed.clone()).collect();
+    let (mut totals_added, mut totals_removed) = (GrainTotals::default(), GrainTotals::default());
+    for p in group.iter() {
+        totals_added.absorb(&p.totals.0);
+        totals_removed.absorb(&p.totals.1);
+    }
     let change = if added.is_empty() {
         Change::delete(kind.operation(), removed)
     } else {
         Change::replace(kind.operation(), removed, added)
-    };
+    }
+    .with_totals(&totals_added, &totals_removed);
     match commit::commit(catalog, ident, &change, retry).await {
         Ok(c) => {
             for p in group.iter_mut() {

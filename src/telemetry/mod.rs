@@ -358,6 +358,20 @@ impl IngestMetrics {
             .inc();
     }
 
+    /// `n` records were consumed.
+    pub fn consumed_many(&self, table: &str, topic: &str, n: u64) {
+        self.events_consumed
+            .with_label_values(&[table, topic])
+            .inc_by(n);
+    }
+
+    /// `n` records were rejected for `reason`.
+    pub fn rejected_many(&self, table: &str, reason: &str, n: u64) {
+        self.events_rejected
+            .with_label_values(&[table, reason])
+            .inc_by(n);
+    }
+
     /// A record was rejected.
     pub fn rejected(&self, table: &str, reason: &str) {
         self.events_rejected

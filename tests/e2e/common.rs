@@ -377,6 +377,37 @@ pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
     child.wait().unwrap()
 }
 
+/// The totals firn's commits of `operation` recorded in their snapshot
+/// summaries (`key`: `firn.totals.added` or `firn.totals.removed`) for rows
+/// of `grain`, summed over every snapshot the table holds, by measure.
+pub fn summary_totals(
+    table: &firn::catalog::TableHandle,
+    operation: &str,
+    key: &str,
+    grain: &str,
+) -> std::collections::BTreeMap<String, i128> {
+    let mut out = std::collections::BTreeMap::new();
+    for s in table.metadata.snapshots() {
+        let props = &s.summary().additional_properties;
+        if props.get("firn.operation").map(String::as_str) != Some(operation) {
+            continue;
+        }
+        let Some(json) = props.get(key) else { continue };
+        let by_grain: serde_json::Value = serde_json::from_str(json).unwrap();
+        let Some(measures) = by_grain.get(grain).and_then(|m| m.as_object()) else {
+            continue;
+        };
+        for (name, v) in measures {
+            let v: i128 = match v {
+                serde_json::Value::String(s) => s.parse().unwrap(),
+                v => v.as_i64().map(i128::from).unwrap_or(0),
+            };
+            *out.entry(name.clone()).or_default() += v;
+        }
+    }
+    out
+}
+
 /// Run `command` for at most `limit`: `Ok` with its output when it ended,
 /// `Err` with what it wrote when it did not (it is then stopped: SIGTERM,
 /// and SIGKILL if it is still there 30 s later).

@@ -74,6 +74,16 @@ async fn exact_totals_and_every_malformed_record_rejected() {
     let decl = lake.decl();
     let totals = table_totals(&lake).await;
     assert_totals_match(&decl, &totals, &[&report]);
+    // Each flush's snapshot states the totals of the rows it added.
+    let table = catalog.load(&tables::ident(&decl).unwrap()).await.unwrap();
+    let stated = crate::common::summary_totals(&table, "ingest", "firn.totals.added", "minute");
+    for m in ["requests", "bytes", "cpu_ms"] {
+        assert_eq!(
+            stated[m],
+            report.totals[m].as_i64().unwrap() as i128,
+            "{m} as the flushes' summaries state it"
+        );
+    }
 
     // Every malformed record is in the rejects table, once, with its reason.
     let rejects_table = catalog
@@ -155,13 +165,14 @@ async fn two_workers_with_partitions_moving_keep_totals_exact() {
         seed: 13,
         ..Default::default()
     });
-    let mut a = lake.spawn_ingest("a", &[]);
-    let mut b = lake.spawn_ingest("b1", &[]);
+    // a decodes on its consumer thread, b on three shard threads.
+    let mut a = lake.spawn_ingest("a", &["--threads", "1"]);
+    let mut b = lake.spawn_ingest("b1", &["--threads", "3"]);
     tokio::time::sleep(Duration::from_secs(8)).await;
     // Stop b mid-stream: its partitions move to a; then restart it: they move back.
     assert!(terminate(&mut b).success(), "{}", lake.log("b1"));
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let mut b = lake.spawn_ingest("b2", &[]);
+    let mut b = lake.spawn_ingest("b2", &["--threads", "3"]);
 
     let report = producing.await.unwrap();
     let catalog = lake.catalog().await;

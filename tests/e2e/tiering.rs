@@ -360,6 +360,13 @@ async fn a_wrong_merge_is_refused_and_the_table_is_left_as_it_was() {
     let totals = read::totals_at(&table, &decl, None).await.unwrap();
     assert_eq!(totals.all, expected.all);
     assert_eq!(totals.per_day, expected.per_day);
+    // The rollup's snapshots state what they added and removed: the same.
+    let added = crate::common::summary_totals(&table, "rollup", "firn.totals.added", "hour");
+    let removed = crate::common::summary_totals(&table, "rollup", "firn.totals.removed", "minute");
+    assert_eq!(added, removed);
+    for m in ["requests", "bytes", "cpu_ms"] {
+        assert_eq!(added[m], totals.long(&decl, m) as i128, "{m}");
+    }
 }
 
 /// A rollup of more files than a merge opens at once (144 minute files over

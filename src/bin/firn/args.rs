@@ -37,6 +37,12 @@ pub(crate) struct IngestArgs {
     /// move only once session.timeout.ms has passed).
     #[arg(long, env = "FIRN_INSTANCE_ID")]
     pub(crate) instance_id: Option<String>,
+    /// Threads decoding and aggregating records (default: the cores
+    /// available); the consumer thread keeps the offsets and the commits,
+    /// so exactly-once does not depend on it. 1 decodes on the consumer
+    /// thread.
+    #[arg(long, env = "FIRN_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) threads: Option<u16>,
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address,
     /// e.g. 0.0.0.0:9464.
     #[arg(long, env = "FIRN_METRICS_ADDR")]

@@ -265,6 +265,9 @@ async fn run(cli: Cli) -> Result<Outcome> {
             }
             opts.stop_when_idle = args.stop_when_idle;
             opts.instance_id = args.instance_id;
+            if let Some(n) = args.threads {
+                opts.threads = usize::from(n);
+            }
             opts.metrics_addr = args.metrics_addr;
             opts.reset_offsets = args.reset_offsets;
             opts.kafka.extend(args.kafka_property);

@@ -242,12 +242,12 @@ pub struct MergeReader {
     scratch: Vec<MeasureValue>,
     /// Rows read from the inputs so far.
     rows_read: u64,
-    /// For a merge of merged runs: the totals and the number of rows of the
-    /// files the runs were merged from, which conservation is checked
-    /// against.
-    upstream: Option<(Totals, u64)>,
-    /// Totals of the rows read so far, as stored.
-    read: Totals,
+    /// For a merge of merged runs: per file the runs were merged from, the
+    /// totals of its rows (which conservation is checked against), and the
+    /// number of rows.
+    upstream: Option<(Vec<Totals>, u64)>,
+    /// Per input, the totals of the rows read from it so far, as stored.
+    read: Vec<Totals>,
     /// Totals of the rows merged so far.
     written: Totals,
     /// Injected faults (the gauntlet's `drop_row`), and the table location
@@ -338,7 +338,7 @@ impl MergeReader {
         let total = inputs.len();
         let groups = total.div_ceil(fan_in);
         let run_rows = batch_rows(groups.min(fan_in));
-        let mut upstream = (layout.totals.clone(), 0);
+        let mut upstream = (Vec::with_capacity(total), 0);
         let mut runs = Vec::with_capacity(groups);
         for g in 0..groups {
             let group: Vec<_> = inputs.drain(..fan_in.min(inputs.len())).collect();
@@ -355,7 +355,7 @@ impl MergeReader {
             while let Some(batch) = merge.next_batch().await? {
                 run.write(&batch)?;
             }
-            upstream.0.absorb(&merge.read);
+            upstream.0.append(&mut merge.read);
             upstream.1 += merge.rows_read;
             runs.push((name, run.finish()?));
         }
@@ -367,6 +367,7 @@ impl MergeReader {
     /// Merge `inputs` in one heap.
     async fn merge_at_once(layout: Layout, inputs: Vec<(String, BatchStream)>) -> Result<Self> {
         let totals = layout.totals.clone();
+        let read = vec![totals.clone(); inputs.len()];
         let mut merge = Self {
             inputs: inputs
                 .into_iter()
@@ -384,7 +385,7 @@ impl MergeReader {
             scratch: Vec::new(),
             rows_read: 0,
             upstream: None,
-            read: totals.clone(),
+            read,
             written: totals,
             faults: None,
         };
@@ -437,7 +438,7 @@ impl MergeReader {
             &self.layout,
             &self.converter,
             &input.name,
-            &mut self.read,
+            &mut self.read[i],
         )?;
         input.batch = Some(Arc::new(runs));
         input.pos = 0;
@@ -566,8 +567,22 @@ impl MergeReader {
     /// Checked before a merge's output is committed, so that no bug in the
     /// merge (or a file read wrong) can change a total.
     pub fn unconserved(&self) -> Option<(String, Total, Total)> {
-        let read = self.upstream.as_ref().map_or(&self.read, |(t, _)| t);
+        let mut read = self.written.emptied();
+        for t in self.read_by_input() {
+            read.absorb(t);
+        }
         read.differs(&self.written)
+    }
+
+    /// Per input (each file of a merge that spilled runs), the totals of
+    /// the rows read from it so far.
+    pub fn read_by_input(&self) -> &[Totals] {
+        self.upstream.as_ref().map_or(&self.read, |(t, _)| t)
+    }
+
+    /// The totals of the rows merged so far.
+    pub fn written(&self) -> &Totals {
+        &self.written
     }
 
     /// Rows read from the files merged, so far.
