@@ -98,6 +98,7 @@ pub async fn execute(
             task.clone(),
             target_file_size,
             ctx.faults.clone(),
+            ctx.jobs,
         )
         .await?,
     ];
@@ -106,13 +107,15 @@ pub async fn execute(
 }
 
 /// Merge and write a task's output, ready for [`commit_group`]. Owns what
-/// it reads, so that tasks run in parallel on the runtime's threads.
+/// it reads, so that tasks run in parallel on the runtime's threads; a
+/// merge of many files merges up to `jobs` groups of them at once.
 async fn prepare(
     table: TableHandle,
     decl: TableDecl,
     task: Task,
     target_file_size: usize,
     faults: Option<Arc<Faults>>,
+    jobs: usize,
 ) -> Result<Prepared> {
     let removed = task.inputs.iter().map(|f| f.removed()).collect();
     let mut outcome = TaskOutcome {
@@ -140,7 +143,7 @@ async fn prepare(
     let added = match task.target {
         None => Vec::new(),
         Some((grain, partition)) => {
-            let mut reader = MergeReader::open(&table, &decl, &task.inputs, grain)
+            let mut reader = MergeReader::open(&table, &decl, &task.inputs, grain, jobs)
                 .await?
                 .with_faults(faults, table.metadata.location());
             let key = write::partition_key(&table, grain, partition)?;
@@ -304,6 +307,7 @@ pub async fn run(
                 task,
                 target_file_size,
                 ctx.faults.clone(),
+                ctx.jobs,
             ));
             async move {
                 let done = work.await.unwrap_or_else(|e| {

@@ -191,19 +191,24 @@ impl Input {
     fn key(&self) -> arrow_row::Row<'_> {
         self.batch
             .as_ref()
-            .expect("an input in the heap has a batch")
+            .expect("a live input has a batch")
             .rows
             .row(self.pos)
     }
 }
 
 /// Whether input `a`'s current key sorts before `b`'s (equal keys by input
-/// order, so rows fold in the order the inputs were given).
+/// order, so rows fold in the order the inputs were given); an input with
+/// no current row sorts after every other.
 fn before(inputs: &[Input], a: usize, b: usize) -> bool {
-    match inputs[a].key().cmp(&inputs[b].key()) {
-        std::cmp::Ordering::Less => true,
-        std::cmp::Ordering::Greater => false,
-        std::cmp::Ordering::Equal => a < b,
+    match (inputs[a].batch.is_some(), inputs[b].batch.is_some()) {
+        (_, false) => true,
+        (false, true) => false,
+        (true, true) => match inputs[a].key().cmp(&inputs[b].key()) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => a < b,
+        },
     }
 }
 
@@ -232,8 +237,11 @@ enum Step {
 /// Merges sorted inputs into rows of one grain, in output batches.
 pub struct MergeReader {
     inputs: Vec<Input>,
-    /// A binary min-heap of the inputs with a current row (see [`before`]).
-    heap: Vec<usize>,
+    /// A loser tree over the inputs (see [`before`]): `tree[0]` is the input
+    /// with the smallest current key, `tree[n]` the loser of the match at
+    /// node `n`; input `i` is the leaf `inputs.len() + i`. Replacing the
+    /// winner's key costs one comparison per level, half a binary heap's.
+    tree: Vec<usize>,
     layout: Layout,
     converter: RowConverter,
     /// The key of the last row merged: a row with the same key folds into
@@ -289,12 +297,15 @@ pub fn read_file(
 }
 
 impl MergeReader {
-    /// Open `files` of `table` for a merge into rows of `grain`.
+    /// Open `files` of `table` for a merge into rows of `grain`; a merge of
+    /// more files than [`spill::FAN_IN`] merges up to `parallel` groups at
+    /// once (see [`MergeReader::from_streams`]).
     pub async fn open(
         table: &TableHandle,
         decl: &TableDecl,
         files: &[LiveFile],
         grain: Grain,
+        parallel: usize,
     ) -> Result<Self> {
         let layout = Layout::new(arrow_schema(table)?, decl, grain)?;
         let schema = table.metadata.current_schema();
@@ -315,7 +326,7 @@ impl MergeReader {
             let stream = files::read(table, f, field_ids.clone(), batch_rows)?;
             inputs.push((f.path.clone(), stream));
         }
-        Self::from_streams(layout, inputs).await
+        Self::merge_with_fan_in(layout, inputs, spill::FAN_IN, parallel).await
     }
 
     /// Merge `inputs` (each named, for errors), every one sorted by key.
@@ -323,13 +334,17 @@ impl MergeReader {
     /// runs in temporary files, and the runs then merged (see [`spill`]):
     /// the inputs' streams are only read when their group is merged.
     pub async fn from_streams(layout: Layout, inputs: Vec<(String, BatchStream)>) -> Result<Self> {
-        Self::merge_with_fan_in(layout, inputs, spill::FAN_IN).await
+        Self::merge_with_fan_in(layout, inputs, spill::FAN_IN, 1).await
     }
 
+    /// Merge `inputs`, `fan_in` at a time: more are merged a group at a
+    /// time into spilled runs, up to `parallel` groups at once (each on a
+    /// task of its own), and the runs merged in turn.
     async fn merge_with_fan_in(
         layout: Layout,
         mut inputs: Vec<(String, BatchStream)>,
         fan_in: usize,
+        parallel: usize,
     ) -> Result<Self> {
         let fan_in = fan_in.max(2);
         if inputs.len() <= fan_in {
@@ -338,8 +353,7 @@ impl MergeReader {
         let total = inputs.len();
         let groups = total.div_ceil(fan_in);
         let run_rows = batch_rows(groups.min(fan_in));
-        let mut upstream = (Vec::with_capacity(total), 0);
-        let mut runs = Vec::with_capacity(groups);
+        let mut work = Vec::with_capacity(groups);
         for g in 0..groups {
             let group: Vec<_> = inputs.drain(..fan_in.min(inputs.len())).collect();
             let first = g * fan_in;
@@ -350,21 +364,38 @@ impl MergeReader {
                 first + group.len(),
                 group[0].0
             );
-            let mut merge = Self::merge_at_once(layout.clone(), group).await?;
-            let mut run = spill::RunWriter::new(&layout.schema, run_rows)?;
-            while let Some(batch) = merge.next_batch().await? {
-                run.write(&batch)?;
-            }
-            upstream.0.append(&mut merge.read);
-            upstream.1 += merge.rows_read;
-            runs.push((name, run.finish()?));
+            let layout = layout.clone();
+            work.push(async move {
+                let spilled = tokio::spawn(async move {
+                    let schema = layout.schema.clone();
+                    let mut merge = Self::merge_at_once(layout, group).await?;
+                    let mut run = spill::RunWriter::new(&schema, run_rows)?;
+                    while let Some(batch) = merge.next_batch().await? {
+                        run.write(&batch)?;
+                    }
+                    Ok::<_, Error>((run.finish()?, merge.read, merge.rows_read))
+                });
+                let (run, read, rows) = spilled.await.map_err(|e| {
+                    Error::new(ErrorKind::Internal, format!("merging {name} stopped: {e}"))
+                })??;
+                Ok::<_, Error>((name, run, read, rows))
+            });
         }
-        let mut merge = Box::pin(Self::merge_with_fan_in(layout, runs, fan_in)).await?;
+        let mut upstream = (Vec::with_capacity(total), 0);
+        let mut runs = Vec::with_capacity(groups);
+        let mut done = futures::stream::iter(work).buffered(parallel.max(1));
+        while let Some(group) = done.next().await {
+            let (name, run, mut read, rows) = group?;
+            upstream.0.append(&mut read);
+            upstream.1 += rows;
+            runs.push((name, run));
+        }
+        let mut merge = Box::pin(Self::merge_with_fan_in(layout, runs, fan_in, parallel)).await?;
         merge.upstream = Some(upstream);
         Ok(merge)
     }
 
-    /// Merge `inputs` in one heap.
+    /// Merge `inputs` in one loser tree.
     async fn merge_at_once(layout: Layout, inputs: Vec<(String, BatchStream)>) -> Result<Self> {
         let totals = layout.totals.clone();
         let read = vec![totals.clone(); inputs.len()];
@@ -378,7 +409,7 @@ impl MergeReader {
                     pos: 0,
                 })
                 .collect(),
-            heap: Vec::new(),
+            tree: Vec::new(),
             converter: layout.converter()?,
             layout,
             last_key: Vec::new(),
@@ -402,8 +433,11 @@ impl MergeReader {
         for (i, first) in firsts.into_iter().enumerate() {
             if let Some(batch) = first? {
                 merge.runs_of(i, &batch)?;
-                merge.push(i);
             }
+        }
+        merge.tree = vec![0; merge.inputs.len().max(1)];
+        if !merge.inputs.is_empty() {
+            merge.tree[0] = merge.play(1);
         }
         Ok(merge)
     }
@@ -445,37 +479,34 @@ impl MergeReader {
         Ok(())
     }
 
-    fn push(&mut self, i: usize) {
-        self.heap.push(i);
-        let mut c = self.heap.len() - 1;
-        while c > 0 {
-            let p = (c - 1) / 2;
-            if !before(&self.inputs, self.heap[c], self.heap[p]) {
-                break;
-            }
-            self.heap.swap(c, p);
-            c = p;
+    /// The winner of the matches below `node`, recording each match's
+    /// loser (building the tree).
+    fn play(&mut self, node: usize) -> usize {
+        let k = self.inputs.len();
+        if node >= k {
+            return node - k;
         }
+        let (a, b) = (self.play(2 * node), self.play(2 * node + 1));
+        let (winner, loser) = if before(&self.inputs, a, b) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        self.tree[node] = loser;
+        winner
     }
 
-    fn sift_down(&mut self) {
-        let n = self.heap.len();
-        let mut p = 0;
-        loop {
-            let (l, r) = (2 * p + 1, 2 * p + 2);
-            let mut m = p;
-            if l < n && before(&self.inputs, self.heap[l], self.heap[m]) {
-                m = l;
+    /// Input `i`'s key changed (it is the winner): play its way up again.
+    fn replay(&mut self, i: usize) {
+        let mut winner = i;
+        let mut node = (self.inputs.len() + i) / 2;
+        while node > 0 {
+            if before(&self.inputs, self.tree[node], winner) {
+                std::mem::swap(&mut self.tree[node], &mut winner);
             }
-            if r < n && before(&self.inputs, self.heap[r], self.heap[m]) {
-                m = r;
-            }
-            if m == p {
-                return;
-            }
-            self.heap.swap(p, m);
-            p = m;
+            node /= 2;
         }
+        self.tree[0] = winner;
     }
 
     /// Merge rows into `chunk` until it is full, an input needs its next
@@ -485,14 +516,12 @@ impl MergeReader {
         let m = self.layout.measures.len();
         let max_batches = 2 * self.inputs.len().max(8);
         loop {
-            let Some(&i) = self.heap.first() else {
+            let i = self.tree[0];
+            if self.inputs.get(i).is_none_or(|input| input.batch.is_none()) {
                 return Step::Done;
-            };
+            }
             let input = &mut self.inputs[i];
-            let batch = input
-                .batch
-                .as_ref()
-                .expect("an input in the heap has a batch");
+            let batch = input.batch.as_ref().expect("the winner has a batch");
             let key = batch.rows.row(input.pos);
             let same = !chunk.picks.is_empty() && key.as_ref() == self.last_key.as_slice();
             // Full at a batch's worth of rows, or once the chunk holds two
@@ -523,14 +552,9 @@ impl MergeReader {
             let exhausted = input.pos == batch.len();
             if exhausted {
                 chunk.slot[i] = None;
-                let last = self.heap.pop().expect("not empty");
-                if !self.heap.is_empty() {
-                    self.heap[0] = last;
-                    self.sift_down();
-                }
                 return Step::Refill(i);
             }
-            self.sift_down();
+            self.replay(i);
         }
     }
 
@@ -544,9 +568,8 @@ impl MergeReader {
             measures: Vec::with_capacity(OUT_BATCH * self.layout.measures.len()),
         };
         while let Step::Refill(i) = self.fill(&mut chunk) {
-            if self.load(i).await? {
-                self.push(i);
-            }
+            self.load(i).await?;
+            self.replay(i);
         }
         if let Some((faults, location)) = &self.faults
             && let Decision::Inject(Fault::DropRow, _) =

@@ -61,7 +61,7 @@ impl Values {
                 let out = match agg {
                     Agg::Count | Agg::Sum => {
                         let (sum, any) = if all_valid {
-                            (values.iter().map(|&v| v as i128).sum::<i128>(), true)
+                            (crate::totals::exact_sum(values).unwrap_or(0), true)
                         } else {
                             values
                                 .iter()

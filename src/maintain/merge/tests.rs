@@ -313,6 +313,12 @@ fn close(a: Option<f64>, b: Option<f64>) -> bool {
 /// Merge `inputs` into `grain` (`fan_in` inputs at once, more through
 /// merged runs) and compare with a reference aggregation.
 fn check(inputs: Vec<Input>, grain: Grain, fan_in: usize) {
+    for parallel in [1, 3] {
+        check_with(inputs.clone(), grain, fan_in, parallel);
+    }
+}
+
+fn check_with(inputs: Vec<Input>, grain: Grain, fan_in: usize, parallel: usize) {
     let decl = decl();
     let mut want: BTreeMap<RowKey, Totals> = BTreeMap::new();
     let mut rows_in = 0u64;
@@ -331,9 +337,10 @@ fn check(inputs: Vec<Input>, grain: Grain, fan_in: usize) {
         .unwrap();
     let (out, rows_read) = rt.block_on(async {
         let layout = Layout::new(arrow_schema(&decl), &decl, grain).unwrap();
-        let mut merge = MergeReader::merge_with_fan_in(layout, streams(&decl, &inputs), fan_in)
-            .await
-            .unwrap();
+        let mut merge =
+            MergeReader::merge_with_fan_in(layout, streams(&decl, &inputs), fan_in, parallel)
+                .await
+                .unwrap();
         let mut out = Vec::new();
         while let Some(b) = merge.next_batch().await.unwrap() {
             assert!(b.num_rows() > 0);
