@@ -278,6 +278,49 @@ impl EventGenerator {
     }
 }
 
+/// Write `opts.count` generated events for `decl` to `path` as NDJSON, one
+/// per line (gzip- or zstd-compressed when the name ends in `.gz` or
+/// `.zst`): a backfill input with the same events and totals `produce`
+/// would send.
+pub fn produce_to_file(
+    decl: &TableDecl,
+    opts: &ProduceOptions,
+    clock: Arc<dyn Clock>,
+    path: &std::path::Path,
+) -> Result<ProduceReport> {
+    use std::io::Write;
+    let io = |e: std::io::Error| {
+        Error::new(ErrorKind::Io, format!("writing {}", path.display())).with_source(e)
+    };
+    let file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    let name = path.to_string_lossy();
+    let mut out: Box<dyn Write> = if name.ends_with(".gz") {
+        Box::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()))
+    } else if name.ends_with(".zst") {
+        Box::new(zstd::Encoder::new(file, 3).map_err(io)?.auto_finish())
+    } else {
+        Box::new(file)
+    };
+    let mut generator = EventGenerator::new(decl, opts);
+    let started = Instant::now();
+    for _ in 0..opts.count {
+        let (_, payload) = generator.next(clock.now().timestamp_millis());
+        out.write_all(&payload).map_err(io)?;
+        out.write_all(b"\n").map_err(io)?;
+    }
+    out.flush().map_err(io)?;
+    drop(out);
+    Ok(ProduceReport {
+        topic: name.into_owned(),
+        sent: opts.count,
+        valid: generator.valid,
+        malformed: generator.malformed.values().sum(),
+        malformed_by_reason: generator.malformed.clone(),
+        totals: generator.totals_by_name(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
 /// Produce `opts.count` events for `decl` and report their exact totals.
 pub fn produce(
     decl: &TableDecl,

@@ -96,6 +96,10 @@ pub(crate) struct ProduceArgs {
     /// Create the topic with this many partitions first, if it does not exist.
     #[arg(long)]
     pub(crate) create_topic: Option<i32>,
+    /// Write the events to this file as NDJSON instead of sending them
+    /// (gzip or zstd when it ends in .gz or .zst): a backfill input.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["rate", "create_topic"])]
+    pub(crate) to_file: Option<PathBuf>,
 }
 
 /// A maintenance command: its table and how it runs, then its operation's

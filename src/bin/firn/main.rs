@@ -318,8 +318,18 @@ async fn run(cli: Cli) -> Result<Outcome> {
                 produce::create_topic(&opts.brokers, &topic, p).await?;
             }
             let d = d.clone();
-            let report =
-                tokio::task::spawn_blocking(move || produce::produce(&d, &opts, clock)).await??;
+            let report = match args.to_file {
+                Some(path) => {
+                    tokio::task::spawn_blocking(move || {
+                        produce::produce_to_file(&d, &opts, clock, &path)
+                    })
+                    .await??
+                }
+                None => {
+                    tokio::task::spawn_blocking(move || produce::produce(&d, &opts, clock))
+                        .await??
+                }
+            };
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Compact(a) => operate(a.table, a.run, Operation::Compact(a.options)).await?,

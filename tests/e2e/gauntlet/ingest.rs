@@ -51,6 +51,10 @@ fn ingest(lake: &Lake, group: &str, extra: &[&str]) -> Command {
             "1s",
             "--stop-when-idle",
             "3s",
+            // Several flushes a run, whatever the decoding speed: a fault
+            // at a step's second occurrence has one to meet.
+            "--max-buffered-rows",
+            "500",
             "--kafka-property",
             "session.timeout.ms=6000",
             "--kafka-property",
