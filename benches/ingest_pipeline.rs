@@ -4,6 +4,10 @@
 //! decode of the same payloads into a borrowed struct (the ceiling a JSON
 //! decoder is measured against).
 //!
+//! Then the shard threads (`--threads N`): decode and aggregate of the same
+//! payloads handed to N shards as ingest's consumer thread hands them, N
+//! from 1 to the cores, against one core doing it inline.
+//!
 //! Two fixtures (JSON payloads from the same generator as `firn produce`,
 //! built outside the measured part), each printed with its events per
 //! minute row: `high-cardinality` (1,000 accounts over two hours: about one
@@ -22,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
 use firn::events::{Decoder, TimeWindow};
+use firn::ingest::shards::{Shards, TopicDecoding};
+use firn::telemetry::IngestMetrics;
 use firn::produce::{EventGenerator, ProduceOptions};
 use firn::rows::{MeasureSpec, RowMap};
 use firn::schema::decl::TableDecl;
@@ -191,6 +197,28 @@ fn main() {
             pipeline / bare,
             decode / bare
         );
+        let inline = best(runs, events, || aggregate().len());
+        let mut scaling = Vec::new();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for threads in 1..=cores {
+            let decoding = TopicDecoding {
+                topic: decl.topic.clone(),
+                table: decl.qualified_name(),
+                decoder: decoder.clone(),
+                spec: spec.clone(),
+            };
+            let mut shards =
+                Shards::start(threads, vec![decoding], IngestMetrics::default()).unwrap();
+            let rate = best(runs, events, || {
+                for (i, p) in payloads.iter().enumerate() {
+                    shards.push(&decl.topic, (i % 4) as i32, i as i64, p, || {
+                        (window, NOW_MS * 1000)
+                    });
+                }
+                shards.collect(&decl.topic, &spec).0.len()
+            });
+            scaling.push((threads, rate));
+        }
         println!(
             "{}",
             serde_json::json!({
@@ -202,7 +230,16 @@ fn main() {
                 "decode_events_per_s": decode.round(),
                 "bare_decode_events_per_s": bare.round(),
                 "pipeline_over_bare": pipeline / bare,
+                "decode_aggregate_inline_events_per_s": inline.round(),
+                "shards_events_per_s": scaling.iter().map(|(n, r)| (n.to_string(), r.round())).collect::<std::collections::BTreeMap<_, _>>(),
             })
         );
+        println!("  decode + aggregate, one core inline: {inline:>10.0} events/s");
+        for (n, rate) in &scaling {
+            println!(
+                "  on {n} shard thread(s):              {rate:>10.0} events/s = {:.2} × {n} × inline",
+                rate / inline / *n as f64
+            );
+        }
     }
 }
