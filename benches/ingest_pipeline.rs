@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 use arrow_schema::SchemaRef;
 use firn::events::{Decoder, TimeWindow};
 use firn::ingest::shards::{Shards, TopicDecoding};
-use firn::telemetry::IngestMetrics;
 use firn::produce::{EventGenerator, ProduceOptions};
 use firn::rows::{MeasureSpec, RowMap};
 use firn::schema::decl::TableDecl;
 use firn::schema::layout::{self, Grain};
+use firn::telemetry::IngestMetrics;
 use firn::write;
 use parquet::arrow::ArrowWriter;
 

@@ -272,6 +272,20 @@ impl EventGenerator {
         }
     }
 
+    /// The report of `sent` events generated since `started`, sent to
+    /// `topic` (or written to that file).
+    fn report(&self, topic: String, sent: u64, started: Instant) -> ProduceReport {
+        ProduceReport {
+            topic,
+            sent,
+            valid: self.valid,
+            malformed: self.malformed.values().sum(),
+            malformed_by_reason: self.malformed.clone(),
+            totals: self.totals_by_name(),
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
     /// Totals by measure name.
     pub fn totals_by_name(&self) -> BTreeMap<String, Value> {
         self.totals.by_name(&self.decl)
@@ -295,7 +309,10 @@ pub fn produce_to_file(
     let file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     let name = path.to_string_lossy();
     let mut out: Box<dyn Write> = if name.ends_with(".gz") {
-        Box::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()))
+        Box::new(flate2::write::GzEncoder::new(
+            file,
+            flate2::Compression::fast(),
+        ))
     } else if name.ends_with(".zst") {
         Box::new(zstd::Encoder::new(file, 3).map_err(io)?.auto_finish())
     } else {
@@ -310,15 +327,7 @@ pub fn produce_to_file(
     }
     out.flush().map_err(io)?;
     drop(out);
-    Ok(ProduceReport {
-        topic: name.into_owned(),
-        sent: opts.count,
-        valid: generator.valid,
-        malformed: generator.malformed.values().sum(),
-        malformed_by_reason: generator.malformed.clone(),
-        totals: generator.totals_by_name(),
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(generator.report(name.into_owned(), opts.count, started))
 }
 
 /// Produce `opts.count` events for `decl` and report their exact totals.
@@ -377,13 +386,5 @@ pub fn produce(
             ),
         ));
     }
-    Ok(ProduceReport {
-        topic,
-        sent: opts.count,
-        valid: generator.valid,
-        malformed: generator.malformed.values().sum(),
-        malformed_by_reason: generator.malformed.clone(),
-        totals: generator.totals_by_name(),
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(generator.report(topic, opts.count, started))
 }

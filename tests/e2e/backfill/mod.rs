@@ -687,3 +687,49 @@ async fn kafka_replay_by_time_range() {
         middle.totals["bytes"]
     );
 }
+
+/// `firn produce --to-file` writes a backfill input holding the totals it
+/// reports: a backfill of it adds exactly those, and rejects the malformed
+/// lines it counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produced_file_backfills_to_the_totals_it_reports() {
+    let lake = Lake::without_broker();
+    lake.run(&["tables", "sync"]);
+    let mut want: std::collections::BTreeMap<String, i64> = Default::default();
+    for (i, name) in ["events.ndjson.gz", "events.ndjson.zst"].iter().enumerate() {
+        let file = lake.path().join(name);
+        let produced: Value = serde_json::from_str(&lake.run(&[
+            "produce",
+            "--count",
+            "3000",
+            "--seed",
+            &i.to_string(),
+            "--bad-ratio",
+            "0.02",
+            "--spread",
+            "30d",
+            "--to-file",
+            file.to_str().unwrap(),
+        ]))
+        .unwrap();
+        assert!(produced["malformed"].as_u64().unwrap() > 20, "{produced}");
+        for m in ["requests", "bytes", "cpu_ms"] {
+            *want.entry(m.to_string()).or_default() += produced["totals"][m].as_i64().unwrap();
+        }
+        let out = succeeded(
+            &lake
+                .firn()
+                .args(["backfill", "usage.http_requests", "--input"])
+                .arg(&file)
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(out["rejected"], produced["malformed"], "{out}");
+        assert_eq!(out["events"], produced["sent"], "{out}");
+    }
+    let decl = lake.decl();
+    let t = totals(&lake).await;
+    for (m, v) in want {
+        assert_eq!(t.long(&decl, &m), v, "{m}");
+    }
+}
