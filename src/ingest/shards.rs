@@ -62,6 +62,8 @@ struct Shard {
     tx: mpsc::SyncSender<Msg>,
     /// Rows and rejects the shard holds, over all topics.
     buffered: Arc<AtomicUsize>,
+    /// Records it has decoded.
+    processed: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -71,6 +73,8 @@ pub struct Shards {
     topics: HashMap<String, usize>,
     pending: Vec<Option<Chunk>>,
     next: usize,
+    /// Records handed out (pending or sent).
+    pushed: usize,
 }
 
 impl std::fmt::Debug for Shards {
@@ -98,10 +102,12 @@ impl Shards {
         for n in 0..threads.max(1) {
             let (tx, rx) = mpsc::sync_channel(QUEUE);
             let buffered = Arc::new(AtomicUsize::new(0));
+            let processed = Arc::new(AtomicUsize::new(0));
             let state = ShardState {
                 topics: topics.clone(),
                 held: topics.iter().map(|_| Share::default()).collect(),
                 buffered: buffered.clone(),
+                processed: processed.clone(),
                 metrics: metrics.clone(),
             };
             let thread = std::thread::Builder::new()
@@ -113,6 +119,7 @@ impl Shards {
             shards.push(Shard {
                 tx,
                 buffered,
+                processed,
                 thread: Some(thread),
             });
         }
@@ -121,6 +128,7 @@ impl Shards {
             pending: topics.iter().map(|_| None).collect(),
             topics: index,
             next: 0,
+            pushed: 0,
         })
     }
 
@@ -151,6 +159,7 @@ impl Shards {
         chunk
             .records
             .push((partition, offset, chunk.payloads.len()));
+        self.pushed += 1;
         if chunk.records.len() >= CHUNK_RECORDS {
             self.send(t);
         }
@@ -172,12 +181,16 @@ impl Shards {
         }
     }
 
-    /// Rows and rejects the shards hold, over all topics.
+    /// Rows and rejects the shards hold, over all topics, counting each
+    /// record not decoded yet as one (at most what it adds): a limit on
+    /// buffered rows holds as on one thread.
     pub fn buffered(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.buffered.load(Ordering::Relaxed))
-            .sum()
+        let (mut held, mut processed) = (0, 0);
+        for s in &self.shards {
+            processed += s.processed.load(Ordering::Acquire);
+            held += s.buffered.load(Ordering::Relaxed);
+        }
+        held + self.pushed.saturating_sub(processed)
     }
 
     /// Take every row and reject of `topic` the shards hold, once each has
@@ -230,6 +243,7 @@ struct ShardState {
     /// Per topic, what the shard aggregated since the last collect.
     held: Vec<Share>,
     buffered: Arc<AtomicUsize>,
+    processed: Arc<AtomicUsize>,
     metrics: IngestMetrics,
 }
 
@@ -238,8 +252,10 @@ impl ShardState {
         while let Ok(msg) = rx.recv() {
             match msg {
                 Msg::Records(chunk) => {
+                    let records = chunk.records.len();
                     self.take(chunk);
                     self.count();
+                    self.processed.fetch_add(records, Ordering::Release);
                 }
                 Msg::Collect(t, reply) => {
                     let share = std::mem::take(&mut self.held[t]);
@@ -329,12 +345,16 @@ mod tests {
             },
         );
         let mut flushed = Vec::new();
+        assert_eq!(shards.buffered(), 0);
         for offset in 0..5000i64 {
             let payload = generator.next(now.timestamp_millis()).1;
             one.consume(0, offset, &payload, window, now.timestamp_micros());
             shards.push(&topic, 0, offset, &payload, || {
                 (window, now.timestamp_micros())
             });
+            if offset == 10 {
+                assert_eq!(shards.buffered(), 11, "records not decoded yet count");
+            }
             if offset == 2999 {
                 flushed.push(shards.collect(&topic, &one.spec));
             }
