@@ -93,7 +93,7 @@ impl Default for IngestOptions {
             group: "firn-ingest".into(),
             kafka: BTreeMap::new(),
             commit_interval: Duration::from_secs(60),
-            max_buffered_rows: 1_000_000,
+            max_buffered_rows: 200_000,
             max_buffered_bytes: 256 * 1024 * 1024,
             future_skew: crate::events::DEFAULT_FUTURE_SKEW,
             target_file_size: crate::write::DEFAULT_TARGET_FILE_SIZE,
