@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod flush;
+mod membership;
 pub mod reset;
 pub mod shards;
 pub mod worker;
