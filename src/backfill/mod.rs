@@ -14,6 +14,7 @@ pub mod kafka;
 mod record;
 mod replace;
 pub mod source;
+pub mod stage;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -39,7 +40,7 @@ use crate::rejects::{self, RejectRecord};
 use crate::rows::RowMap;
 use crate::schema::decl::TableDecl;
 use crate::schema::layout::Grain;
-use crate::totals::{GrainTotals, Totals};
+use crate::totals::{ChangeTotals, DayTotals, Totals};
 use crate::{tables, write};
 
 /// What to backfill.
@@ -73,6 +74,8 @@ pub struct BackfillOptions {
     pub budget: CommitBudget,
     /// How commits are retried.
     pub retry: RetryPolicy,
+    /// Commit to the branch `backfill/<id>` instead of main (see [`stage`]).
+    pub stage: bool,
 }
 
 impl Default for BackfillOptions {
@@ -92,6 +95,7 @@ impl Default for BackfillOptions {
             kafka: None,
             budget: CommitBudget::unlimited(),
             retry: RetryPolicy::default(),
+            stage: false,
         }
     }
 }
@@ -136,6 +140,9 @@ pub struct BackfillReport {
     pub replaced_files: usize,
     /// With `--replace`: rows removed (or, dry, to remove).
     pub replaced_rows: u64,
+    /// With `--stage`: the branch, and how it differs from main.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staged: Option<stage::Staged>,
 }
 
 /// Where a run resumed: the input, and how far into it an earlier run
@@ -234,6 +241,8 @@ struct Target<'a> {
     resumed: Option<(Record, String)>,
     /// A replay's partition ranges, once resolved (what every record keeps).
     ranges: Vec<(i32, i64, i64)>,
+    /// Staged: the branch it commits to.
+    branch: Option<String>,
 }
 
 impl<'a> Target<'a> {
@@ -251,14 +260,25 @@ impl<'a> Target<'a> {
         let table = catalog.load(&ident).await?;
         tables::check_matches(decl, &table.metadata)?;
         let base = identity(decl, opts, files);
-        let ledger = Ledger::of(&table.metadata);
+        // Staged, a run's progress is on its branch (main's until the
+        // branch exists: a backfill published before is finished).
+        let seen = |id: &str| -> Result<TableHandle> {
+            match opts.stage {
+                true => table.on_branch(&stage::branch_name(id)),
+                false => Ok(table.clone()),
+            }
+        };
         let standing = record::standing(&base, opts.force, |id| {
-            ledger.get(&backfill_key(id)).cloned()
+            let t = seen(id).ok()?;
+            Ledger::of(&t.metadata).get(&backfill_key(id)).cloned()
         });
         let (id, resumed) = match standing {
             Ok(Run::Start(id)) => (id, None),
             Ok(Run::Resume { id, record, raw }) => (id, Some((record, raw))),
-            Err(refused) => return Err(refusal(&table, decl, refused)),
+            Err(refused) => {
+                let id = refused.id().to_string();
+                return Err(refusal(&seen(&id)?, decl, refused));
+            }
         };
         Ok(Self {
             catalog,
@@ -267,10 +287,28 @@ impl<'a> Target<'a> {
             rejects_ident,
             opts,
             key: backfill_key(&id),
+            branch: opts.stage.then(|| stage::branch_name(&id)),
             id,
             resumed,
             ranges: Vec::new(),
         })
+    }
+
+    /// The table as this run writes it: main, or its branch.
+    async fn load(&self) -> Result<TableHandle> {
+        let table = self.catalog.load(&self.ident).await?;
+        match &self.branch {
+            Some(b) => table.on_branch(b),
+            None => Ok(table),
+        }
+    }
+
+    /// `change` to the table this run writes (main, or its branch).
+    fn aimed(&self, change: Change) -> Change {
+        match &self.branch {
+            Some(b) => change.on_branch(b.clone()),
+            None => change,
+        }
     }
 
     /// Where this run starts reading.
@@ -389,6 +427,9 @@ pub async fn run(
         None => {}
     }
     loader.summarize(&mut report);
+    if let Some(branch) = target.branch.as_ref().filter(|_| !opts.dry_run) {
+        report.staged = Some(stage::diff(catalog, decl, branch).await?);
+    }
     Ok(report)
 }
 
@@ -476,17 +517,19 @@ async fn commit_chunk(
             commit_rejects(target, &fresh, set.clone()).await?;
         }
     }
-    let table = catalog.load(ident).await?;
+    let table = target.load().await?;
     let written = std::time::Instant::now();
     let (files, added) =
         write_grains(&table, target.decl, chunk.rows, opts.target_file_size).await?;
-    let change = Change::append(FirnOperation::Backfill, files)
+    let change = Change::append(FirnOperation::Backfill, files);
+    let change = target
+        .aimed(change)
         .with_claim(Claim {
             key: key.to_string(),
             expect: committed.clone(),
             set: set.clone(),
         })
-        .with_totals(&added, &GrainTotals::default());
+        .with_totals(&added, &ChangeTotals::default());
     let _permit = opts.budget.acquire(ident).await;
     if written.elapsed() > crate::maintain::orphans::MAX_UNCOMMITTED {
         return Err(Error::new(
@@ -542,13 +585,15 @@ async fn write_grains(
     decl: &TableDecl,
     rows: BTreeMap<Grain, RowMap>,
     target_file_size: usize,
-) -> Result<(Vec<crate::commit::NewFile>, GrainTotals)> {
+) -> Result<(Vec<crate::commit::NewFile>, ChangeTotals)> {
     let mut files = Vec::new();
-    let mut totals = GrainTotals::default();
+    let mut totals = ChangeTotals::default();
     for (grain, rows) in rows {
         let rows = rows.into_sorted();
-        let mut t = Totals::new(decl);
-        t.add_rows(rows.iter().map(|(_, m)| m));
+        let mut t = DayTotals::new(&Totals::new(decl));
+        for (key, measures) in &rows {
+            t.add_row(key.ts_micros, measures);
+        }
         totals.add(grain, &t);
         files.extend(write::write_rows(table, decl, grain, rows, target_file_size).await?);
     }

@@ -163,6 +163,17 @@ pub(super) enum Refused {
     },
 }
 
+impl Refused {
+    /// The run it names.
+    pub(super) fn id(&self) -> &str {
+        match self {
+            Refused::Finished { id, .. }
+            | Refused::LegacyUnfinished { id, .. }
+            | Refused::Unreadable { id, .. } => id,
+        }
+    }
+}
+
 /// Where the backfill `base` stands, from the ledger values of its runs:
 /// an unfinished run resumes (with or without `force`); a finished one is
 /// refused, or with `force` followed by the next run, which is resumed in

@@ -16,11 +16,13 @@ use super::record::{Held, Position};
 use super::{BackfillReport, Target};
 use crate::catalog::TableHandle;
 use crate::commit::validate::NoConflictingData;
-use crate::commit::{self, Change, Claim, FirnOperation, RemovedFile};
+use crate::commit::{self, Change, Claim, FirnOperation, summary};
 use crate::error::{Error, ErrorKind, Result};
 use crate::offsets;
 use crate::schema::layout::Grain;
-use crate::totals::GrainTotals;
+use crate::maintain::state::LiveFile;
+use crate::maintain::tally;
+use crate::totals::ChangeTotals;
 
 fn show(micros: i64) -> String {
     DateTime::from_timestamp_micros(micros)
@@ -36,7 +38,7 @@ pub(super) struct Plan {
     /// The table as planned on.
     table: TableHandle,
     /// Live files in the range.
-    removed: Vec<RemovedFile>,
+    removed: Vec<LiveFile>,
     /// Rows they hold.
     removed_rows: u64,
     /// Replaying a topic: per partition, the offset ingest committed to the
@@ -118,7 +120,7 @@ pub(super) async fn plan(
             ),
         ));
     }
-    let table = target.catalog.load(&target.ident).await?;
+    let table = target.load().await?;
     let state = crate::maintain::state::load_plannable(&table).await?;
     let mut removed = Vec::new();
     let mut removed_rows = 0;
@@ -127,7 +129,7 @@ pub(super) async fn plan(
         if s < hi && e > lo {
             check_aligned(range, f.grain, f.partition)?;
             removed_rows += f.records;
-            removed.push(f.removed());
+            removed.push(f.clone());
         }
     }
     // Ingest's appends after the plan come from past the offsets the table
@@ -191,8 +193,17 @@ pub(super) async fn commit(
     }
     let (files, added) =
         super::write_grains(&plan.table, target.decl, chunk.rows, opts.target_file_size).await?;
-    let change = Change::overwrite(FirnOperation::BackfillReplace, plan.removed, files)
-        .with_totals(&added, &GrainTotals::default())
+    let mut removed = ChangeTotals::default();
+    let read = tally::tally(&plan.table, target.decl, &plan.removed, 4).await?;
+    for (file, days) in plan.removed.iter().zip(&read) {
+        removed.add(file.grain, days);
+    }
+    let plan_removed = plan.removed.iter().map(LiveFile::removed).collect();
+    let change = Change::overwrite(FirnOperation::BackfillReplace, plan_removed, files);
+    let change = target
+        .aimed(change)
+        .with_totals(&added, &removed)
+        .with_property(summary::REPLACE_RANGE, format!("{lo}..{hi}"))
         .with_no_conflicting_data(NoConflictingData {
             from_snapshot: plan.table.metadata.current_snapshot_id(),
             range: plan.range,

@@ -56,6 +56,53 @@ impl TableHandle {
         ManifestList::parse_with_version(&bytes, self.metadata.format_version())
             .map_err(|e| Error::iceberg(format!("parsing manifest list {path}"), e))
     }
+
+    /// The head of branch `name` (`None`: no such branch); an error when
+    /// `name` is a tag.
+    pub fn branch_head(&self, name: &str) -> Result<Option<i64>> {
+        match crate::maintain::refs::refs(&self.metadata)?.get(name) {
+            None => Ok(None),
+            Some(r) if r.is_branch() => Ok(Some(r.snapshot_id)),
+            Some(_) => Err(Error::new(
+                crate::error::ErrorKind::InvalidInput,
+                format!("{name} in {} is a tag, not a branch", self.ident),
+            )),
+        }
+    }
+
+    /// The table as branch `name` sees it: the same metadata with main's
+    /// current snapshot moved to the branch's head, so that everything
+    /// that reads "the current snapshot" reads the branch. A branch that
+    /// does not exist yet is main as it is (its first commit starts it
+    /// there). A view is for reading and building on, never swapped in.
+    pub fn on_branch(&self, name: &str) -> Result<TableHandle> {
+        match self.branch_head(name)? {
+            Some(head) => self.at_snapshot(head),
+            None => Ok(self.clone()),
+        }
+    }
+
+    /// The table as of snapshot `head` (a view, as [`TableHandle::on_branch`]).
+    pub fn at_snapshot(&self, head: i64) -> Result<TableHandle> {
+        let ice = |e| Error::iceberg(format!("reading snapshot {head} of {}", self.ident), e);
+        let view = (*self.metadata)
+            .clone()
+            .into_builder(None)
+            .set_ref(
+                iceberg::spec::MAIN_BRANCH,
+                iceberg::spec::SnapshotReference::new(
+                    head,
+                    iceberg::spec::SnapshotRetention::branch(None, None, None),
+                ),
+            )
+            .map_err(ice)?
+            .build()
+            .map_err(ice)?;
+        Ok(TableHandle {
+            metadata: std::sync::Arc::new(view.metadata),
+            ..self.clone()
+        })
+    }
 }
 
 /// New metadata to swap in, with the updates that produced it (what a REST
@@ -66,6 +113,10 @@ pub struct StagedMetadata {
     pub metadata: TableMetadata,
     /// The updates from the base metadata to `metadata`.
     pub changes: Vec<TableUpdate>,
+    /// The branch a snapshot is committed to, other than main, and the head
+    /// it must still have (`None`: it must not exist yet). A REST catalog
+    /// asserts it instead of main's snapshot.
+    pub branch: Option<(String, Option<i64>)>,
 }
 
 /// The catalog operations firn needs. Every backend passes the same

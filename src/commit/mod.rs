@@ -89,6 +89,12 @@ pub struct Change {
     no_conflicting_data: Option<validate::NoConflictingData>,
     /// Extra snapshot summary properties.
     properties: HashMap<String, String>,
+    /// The branch the snapshot goes to (`None`: main). Its base, fences
+    /// and validation are the branch's head (main's current snapshot when
+    /// the branch does not exist yet: the commit starts it there).
+    branch: Option<String>,
+    /// A branch the same metadata swap removes (a staged change published).
+    drop_branch: Option<String>,
 }
 
 impl Change {
@@ -108,7 +114,21 @@ impl Change {
             claim: None,
             no_conflicting_data: None,
             properties: HashMap::new(),
+            branch: None,
+            drop_branch: None,
         }
+    }
+
+    /// Commit to branch `name` instead of main.
+    pub fn on_branch(mut self, name: impl Into<String>) -> Self {
+        self.branch = Some(name.into());
+        self
+    }
+
+    /// Remove branch `name` in the same swap.
+    pub fn dropping_branch(mut self, name: impl Into<String>) -> Self {
+        self.drop_branch = Some(name.into());
+        self
     }
 
     /// Add `added` (Iceberg's `append`, as `AppendFiles`).
@@ -155,18 +175,21 @@ impl Change {
     }
 
     /// Record the totals of the rows the change adds and removes (each when
-    /// known: not empty) in the snapshot summary.
+    /// known: not empty), by grain and by day, in the snapshot summary.
     pub fn with_totals(
         mut self,
-        added: &crate::totals::GrainTotals,
-        removed: &crate::totals::GrainTotals,
+        added: &crate::totals::ChangeTotals,
+        removed: &crate::totals::ChangeTotals,
     ) -> Self {
-        for (key, totals) in [
-            (summary::TOTALS_ADDED, added),
-            (summary::TOTALS_REMOVED, removed),
+        for (by_grain, by_day, totals) in [
+            (summary::TOTALS_ADDED, summary::TOTALS_ADDED_BY_DAY, added),
+            (summary::TOTALS_REMOVED, summary::TOTALS_REMOVED_BY_DAY, removed),
         ] {
             if !totals.is_empty() {
-                self.properties.insert(key.to_string(), totals.to_json());
+                self.properties
+                    .insert(by_grain.to_string(), totals.by_grain_json());
+                self.properties
+                    .insert(by_day.to_string(), totals.by_day_json());
             }
         }
         self
@@ -274,7 +297,11 @@ async fn attempt(
     attempt: u32,
     swapped: &std::sync::Mutex<Vec<Swapped>>,
 ) -> Result<Committed> {
-    let base = catalog.load(ident).await?;
+    let real = catalog.load(ident).await?;
+    let base = match &change.branch {
+        Some(branch) => real.on_branch(branch)?,
+        None => real.clone(),
+    };
     // An earlier attempt whose outcome looked lost (a retried request, a
     // conflict answered to a commit that had applied) may be in the table.
     let earlier: Vec<Swapped> = swapped.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -311,7 +338,7 @@ async fn attempt(
     if let Some(rule) = &change.no_conflicting_data {
         rule.check(&base, &change.added).await?;
     }
-    let (staged, built) = snapshot::build(&base, change, attempt).await?;
+    let (staged, built) = snapshot::build(&base, &real, change, attempt).await?;
     swapped
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -321,7 +348,7 @@ async fn attempt(
             added_records: built.added_records,
             removed_files: built.removed_files,
         });
-    let table = match catalog.swap(&base, staged).await {
+    let table = match catalog.swap(&real, staged).await {
         Ok(table) => table,
         Err(e) if e.kind() == ErrorKind::CommitConflict => return Err(e),
         Err(e) => resolve_unknown(catalog, ident, built.snapshot_id, e).await?,
@@ -444,6 +471,7 @@ where
         let staged = StagedMetadata {
             metadata: built.metadata,
             changes: built.changes,
+            branch: None,
         };
         catalog.swap(&base, staged).await.map(Some)
     })

@@ -49,10 +49,12 @@ pub struct BuiltSnapshot {
     pub removed_records: u64,
 }
 
-/// Build the staged metadata for `change` on `base`: the steps the module
-/// docs list, in order.
+/// Build the staged metadata for `change` on `base` (the table as `real`
+/// holds it, or, for a change to a branch, as that branch sees it): the
+/// steps the module docs list, in order.
 pub async fn build(
     base: &TableHandle,
+    real: &TableHandle,
     change: &Change,
     attempt: u32,
 ) -> Result<(StagedMetadata, BuiltSnapshot)> {
@@ -74,7 +76,7 @@ pub async fn build(
     let manifest_list = writer.write_manifest_list(manifests).await?;
 
     let summary = summary::build(&base.metadata, change, collector)?;
-    let staged = writer.stage(manifest_list, summary)?;
+    let staged = writer.stage(manifest_list, summary, real, change)?;
     Ok((
         staged,
         BuiltSnapshot {
@@ -414,11 +416,24 @@ impl<'a> SnapshotWriter<'a> {
         Ok(path)
     }
 
-    /// Step 5: the new metadata: the snapshot on main, and the ledger its
-    /// summary holds mirrored in the table properties.
-    fn stage(&self, manifest_list: String, summary: Summary) -> Result<StagedMetadata> {
+    /// Step 5: the new metadata (from `real`'s): the snapshot on main, and
+    /// the ledger its summary holds mirrored in the table properties; or,
+    /// for a change to a branch, the snapshot on that branch (main's ledger
+    /// mirror left as it is).
+    fn stage(
+        &self,
+        manifest_list: String,
+        summary: Summary,
+        real: &TableHandle,
+        change: &Change,
+    ) -> Result<StagedMetadata> {
         let meta = self.meta();
-        let mirror = ledger::mirror_updates(meta, &summary.additional_properties, self.snapshot_id);
+        let mirror = match &change.branch {
+            None => {
+                ledger::mirror_updates(meta, &summary.additional_properties, self.snapshot_id)
+            }
+            Some(_) => HashMap::new(),
+        };
         // A snapshot's time is the table's own clock, not a plan's: iceberg's
         // metadata builder stamps `last-updated-ms` from the system clock, and
         // a snapshot may not be older than the metadata it lands in.
@@ -435,18 +450,28 @@ impl<'a> SnapshotWriter<'a> {
             .with_schema_id(meta.current_schema_id())
             .with_summary(summary)
             .build();
-        let result = meta
+        let branch = change.branch.as_deref().unwrap_or(MAIN_BRANCH);
+        let mut builder = (*real.metadata)
             .clone()
-            .into_builder(Some(self.base.metadata_location.clone()))
-            .set_branch_snapshot(snapshot, MAIN_BRANCH)
-            .map_err(self.ice("adding snapshot"))?
-            .set_properties(mirror)
-            .map_err(self.ice("mirroring the ledger in table properties"))?
-            .build()
-            .map_err(self.ice("building metadata"))?;
+            .into_builder(Some(real.metadata_location.clone()))
+            .set_branch_snapshot(snapshot, branch)
+            .map_err(self.ice("adding snapshot"))?;
+        if !mirror.is_empty() {
+            builder = builder
+                .set_properties(mirror)
+                .map_err(self.ice("mirroring the ledger in table properties"))?;
+        }
+        if let Some(dropped) = &change.drop_branch {
+            builder = builder.remove_ref(dropped);
+        }
+        let result = builder.build().map_err(self.ice("building metadata"))?;
         Ok(StagedMetadata {
             metadata: result.metadata,
             changes: result.changes,
+            branch: match &change.branch {
+                Some(b) => Some((b.clone(), real.branch_head(b)?)),
+                None => None,
+            },
         })
     }
 }

@@ -21,16 +21,31 @@ pub const OPERATION: &str = "firn.operation";
 /// Kafka records an ingest batch covered (rejects included).
 pub const RECORDS: &str = "firn.records";
 /// The totals of the rows a commit added, by grain and measure
-/// ([`crate::totals::GrainTotals`], as JSON).
+/// ([`crate::totals::ChangeTotals::by_grain_json`]).
 pub const TOTALS_ADDED: &str = "firn.totals.added";
 /// The totals of the rows a commit removed, by grain and measure.
 pub const TOTALS_REMOVED: &str = "firn.totals.removed";
+/// The totals of the rows a commit added, by UTC day of `ts` and measure
+/// ([`crate::totals::ChangeTotals::by_day_json`]): what `firn audit`
+/// accounts with.
+pub const TOTALS_ADDED_BY_DAY: &str = "firn.totals.added-by-day";
+/// The totals of the rows a commit removed, by day and measure.
+pub const TOTALS_REMOVED_BY_DAY: &str = "firn.totals.removed-by-day";
+/// The range a backfill's replace swapped (`lo..hi`, microseconds), which
+/// publishing a staged replace validates main against.
+pub const REPLACE_RANGE: &str = "firn.replace.range";
+/// The staged backfill's branch a publish applied to main.
+pub const PUBLISHED_FROM: &str = "firn.published-from";
 /// Ledger: prefix of a consumer group's offsets ([`offsets_key`]).
 pub const OFFSETS_PREFIX: &str = "firn.offsets.";
 /// Ledger: prefix of a backfill's progress record ([`backfill_key`]).
 pub const BACKFILL_PREFIX: &str = "firn.backfill.";
 /// Ledger: prefix of the last offset reset applied to a group ([`reset_key`]).
 pub const RESET_PREFIX: &str = "firn.reset.";
+/// Table property, not a summary key: the last audit's result
+/// ([`crate::maintain::audit::LastAudit`], as JSON), which `firn status`
+/// shows.
+pub const LAST_AUDIT: &str = "firn.audit.last";
 /// Table property, not a summary key: the snapshot whose summary the
 /// ledger's mirror in the table properties copies.
 pub const MIRROR_SNAPSHOT: &str = "firn.ledger.snapshot-id";

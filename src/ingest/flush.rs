@@ -13,7 +13,7 @@ use crate::error::{ErrorKind, Result};
 use crate::offsets::{self, OffsetAdvance};
 use crate::rejects::{self, RejectRecord};
 use crate::schema::layout::Grain;
-use crate::totals::{GrainTotals, Totals};
+use crate::totals::{ChangeTotals, DayTotals, Totals};
 use crate::write;
 
 /// What a flush did.
@@ -76,9 +76,11 @@ pub async fn flush(
     let table = catalog.load(&sink.ident).await?;
     let rows = std::mem::take(&mut sink.batch.rows).into_sorted();
     let row_count = rows.len() as u64;
-    let mut added = Totals::new(sink.decl());
-    added.add_rows(rows.iter().map(|(_, m)| m));
-    let mut added_by_grain = GrainTotals::default();
+    let mut added = DayTotals::new(&Totals::new(sink.decl()));
+    for (key, measures) in &rows {
+        added.add_row(key.ts_micros, measures);
+    }
+    let mut added_by_grain = ChangeTotals::default();
     added_by_grain.add(Grain::Minute, &added);
     let files =
         write::write_rows(&table, sink.decl(), Grain::Minute, rows, target_file_size).await?;
@@ -93,7 +95,7 @@ pub async fn flush(
             to: sink.batch.to.clone(),
         })
         .with_property(summary::RECORDS, sink.batch.records.to_string())
-        .with_totals(&added_by_grain, &GrainTotals::default());
+        .with_totals(&added_by_grain, &ChangeTotals::default());
     let committing = std::time::Instant::now();
     let committed = commit::commit(catalog, &sink.ident, &change, retry).await?;
     let commit_seconds = committing.elapsed().as_secs_f64();

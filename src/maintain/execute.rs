@@ -22,7 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::faults::Faults;
 use crate::schema::decl::TableDecl;
 use crate::tables;
-use crate::totals::GrainTotals;
+use crate::totals::{ChangeTotals, date_of};
 use crate::write::{self, PartitionWriter};
 
 /// What one task did.
@@ -79,7 +79,7 @@ struct Prepared {
     removed: Vec<RemovedFile>,
     added: Vec<NewFile>,
     /// The totals of the rows added and of the rows removed (when read).
-    totals: (GrainTotals, GrainTotals),
+    totals: (ChangeTotals, ChangeTotals),
 }
 
 /// Execute one task on `decl`'s table, in a commit of its own.
@@ -139,9 +139,16 @@ async fn prepare(
         bytes_out: 0,
         attempts: 0,
     };
-    let mut totals = (GrainTotals::default(), GrainTotals::default());
+    let mut totals = (ChangeTotals::default(), ChangeTotals::default());
     let added = match task.target {
-        None => Vec::new(),
+        None => {
+            // A drop: what it removes is read, so the commit records it.
+            let read = super::tally::tally(&table, &decl, &task.inputs, jobs).await?;
+            for (file, days) in task.inputs.iter().zip(&read) {
+                totals.1.add(file.grain, days);
+            }
+            Vec::new()
+        }
         Some((grain, partition)) => {
             let mut reader = MergeReader::open(&table, &decl, &task.inputs, grain, jobs)
                 .await?
@@ -153,17 +160,18 @@ async fn prepare(
                 outcome.rows_out += batch.num_rows() as u64;
                 writer.write(batch).await?;
             }
-            if let Some((measure, read, merged)) = reader.unconserved() {
+            if let Some((day, measure, read, merged)) = reader.unconserved() {
                 return Err(Error::new(
                     ErrorKind::Internal,
                     format!(
-                        "refusing to commit the {} of table {} into {}: measure `{measure}` \
-                         totals {read} in the {} files read but {merged} in the rows merged; \
-                         the table is left as it was (the files written are left to orphan \
-                         removal)",
+                        "refusing to commit the {} of table {} into {}: on {}, measure \
+                         `{measure}` totals {read} in the {} files read but {merged} in the \
+                         rows merged; the table is left as it was (the files written are \
+                         left to orphan removal)",
                         task.kind.as_str(),
                         table.ident,
                         plan::partition_name(grain, partition),
+                        date_of(day),
                         task.inputs.len(),
                     ),
                 ));
@@ -199,7 +207,8 @@ async fn commit_group(
 ) -> Result<()> {
     let added: Vec<NewFile> = group.iter().flat_map(|p| p.added.clone()).collect();
     let removed = group.iter().flat_map(|p| p.removed.clone()).collect();
-    let (mut totals_added, mut totals_removed) = (GrainTotals::default(), GrainTotals::default());
+    let (mut totals_added, mut totals_removed) =
+        (ChangeTotals::default(), ChangeTotals::default());
     for p in group.iter() {
         totals_added.absorb(&p.totals.0);
         totals_removed.absorb(&p.totals.1);

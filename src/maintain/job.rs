@@ -173,6 +173,9 @@ impl JobReport {
                 if let Some(bytes) = s.report.as_ref().and_then(Report::orphan_bytes) {
                     run.orphans(&t.table, bytes);
                 }
+                if let Some(days) = s.report.as_ref().and_then(Report::inconsistent_days) {
+                    run.audit(&t.table, days);
+                }
             }
             if let Some(f) = &t.error {
                 run.step(
@@ -208,7 +211,19 @@ pub async fn run(ctx: &Context<'_>, decls: &[TableDecl], job: &Job) -> JobReport
         };
         for op in &job.tasks {
             match run_step(&ctx, decl, op).await {
-                Ok(s) => t.steps.push(s),
+                Ok(s) => {
+                    // An inconsistent audit is reported (its metric too)
+                    // and fails the table's run.
+                    let failure = s.report.as_ref().and_then(Report::failure);
+                    t.steps.push(s);
+                    if let Some(why) = failure {
+                        t.error = Some(StepFailure {
+                            task: op.kind(),
+                            error: why,
+                        });
+                        break;
+                    }
+                }
                 Err(e) => {
                     tracing::error!(table = %t.table, task = op.kind().as_str(), error = %e, "maintenance step failed");
                     t.error = Some(StepFailure {
@@ -238,7 +253,9 @@ async fn run_step(ctx: &Context<'_>, decl: &TableDecl, op: &Operation) -> Result
         });
     }
     let report = op.run(ctx, decl).await?;
-    if let Some(why) = report.failure() {
+    if kind != OperationKind::Audit
+        && let Some(why) = report.failure()
+    {
         return Err(Error::new(ErrorKind::Iceberg, why));
     }
     Ok(StepReport {
@@ -277,7 +294,8 @@ mod tests {
                 "retention",
                 "rewrite-manifests",
                 "expire-snapshots",
-                "remove-orphans"
+                "remove-orphans",
+                "audit"
             ]
         );
     }

@@ -5,6 +5,7 @@
 //! merge ([`merge`]) and the one commit layer; they differ only in their
 //! planner.
 
+pub mod audit;
 pub mod execute;
 pub mod expire;
 pub mod job;
@@ -18,6 +19,7 @@ pub mod reach;
 pub mod refs;
 pub mod rejects;
 pub mod state;
+pub mod tally;
 pub mod tier;
 
 pub use execute::{RunReport, TaskOutcome};

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::audit::{self, AuditOptions, AuditReport};
 use super::expire::{self, ExpireReport, ExpireSnapshotsOptions};
 use super::manifests::{self, RewriteManifestsOptions, RewriteReport};
 use super::orphans::{self, OrphanReport, RemoveOrphansOptions};
@@ -140,6 +141,8 @@ pub enum Operation {
     ExpireSnapshots(ExpireSnapshotsOptions),
     /// Delete files nothing references (`firn remove-orphans`).
     RemoveOrphans(RemoveOrphansOptions),
+    /// Check the table's totals against its history (`firn audit`).
+    Audit(AuditOptions),
 }
 
 /// The operations by name, for reports, metrics and job files.
@@ -158,6 +161,8 @@ pub enum OperationKind {
     ExpireSnapshots,
     /// `remove-orphans`.
     RemoveOrphans,
+    /// `audit`.
+    Audit,
 }
 
 impl OperationKind {
@@ -170,6 +175,7 @@ impl OperationKind {
             OperationKind::RewriteManifests => "rewrite-manifests",
             OperationKind::ExpireSnapshots => "expire-snapshots",
             OperationKind::RemoveOrphans => "remove-orphans",
+            OperationKind::Audit => "audit",
         }
     }
 
@@ -194,6 +200,7 @@ impl Operation {
             Operation::RewriteManifests(_) => OperationKind::RewriteManifests,
             Operation::ExpireSnapshots(_) => OperationKind::ExpireSnapshots,
             Operation::RemoveOrphans(_) => OperationKind::RemoveOrphans,
+            Operation::Audit(_) => OperationKind::Audit,
         }
     }
 
@@ -220,6 +227,7 @@ impl Operation {
                 Report::ExpireSnapshots(expire::run(ctx, decl, o).await?)
             }
             Operation::RemoveOrphans(o) => Report::RemoveOrphans(orphans::run(ctx, decl, o).await?),
+            Operation::Audit(o) => Report::Audit(audit::run(ctx, decl, o).await?),
         })
     }
 }
@@ -240,6 +248,8 @@ pub enum Report {
     ExpireSnapshots(ExpireReport),
     /// `remove-orphans`.
     RemoveOrphans(OrphanReport),
+    /// `audit`.
+    Audit(AuditReport),
 }
 
 impl Report {
@@ -252,6 +262,7 @@ impl Report {
             Report::RewriteManifests(_) => OperationKind::RewriteManifests,
             Report::ExpireSnapshots(_) => OperationKind::ExpireSnapshots,
             Report::RemoveOrphans(_) => OperationKind::RemoveOrphans,
+            Report::Audit(_) => OperationKind::Audit,
         }
     }
 
@@ -266,7 +277,7 @@ impl Report {
                 .parts()
                 .filter(|p| !p.dry_run && !p.expired_snapshots.is_empty())
                 .count(),
-            Report::RemoveOrphans(_) => 0,
+            Report::RemoveOrphans(_) | Report::Audit(_) => 0,
         }
     }
 
@@ -284,7 +295,7 @@ impl Report {
                 }
                 t
             }
-            Report::RewriteManifests(_) => StepTotals {
+            Report::RewriteManifests(_) | Report::Audit(_) => StepTotals {
                 commits,
                 ..Default::default()
             },
@@ -318,8 +329,17 @@ impl Report {
         }
     }
 
+    /// Days the audit found inconsistent (`audit` only).
+    pub fn inconsistent_days(&self) -> Option<usize> {
+        match self {
+            Report::Audit(r) => Some(r.inconsistent_days),
+            _ => None,
+        }
+    }
+
     /// Why the run must count as failed although the operation finished:
-    /// tasks that failed, files that could not be deleted.
+    /// tasks that failed, files that could not be deleted, an audit that
+    /// found the totals inconsistent.
     pub fn failure(&self) -> Option<String> {
         match self {
             Report::Compact(r) | Report::Rollup(r) | Report::Retention(r) => (r.run.failed > 0)
@@ -341,6 +361,15 @@ impl Report {
                 let failed: usize = r.parts().map(|p| p.failed_deletes).sum();
                 (failed > 0).then(|| format!("{failed} orphans could not be deleted"))
             }
+            Report::Audit(r) => r.findings.first().map(|f| {
+                format!(
+                    "audit of {}: inconsistent ({} finding(s) over {} day(s)); first: {}",
+                    r.table,
+                    r.findings.len(),
+                    r.inconsistent_days,
+                    f.message
+                )
+            }),
         }
     }
 
@@ -397,6 +426,18 @@ impl Report {
                 "remove-orphans: ",
                 r.parts()
                     .map(|p| format!("{} orphans, {} bytes", p.orphans.len(), p.orphan_bytes)),
+            ),
+            Report::Audit(r) => format!(
+                "{} over {} snapshots, {} data files read, {} days: {}",
+                r.mode,
+                r.snapshots,
+                r.files_read,
+                r.days.len(),
+                if r.consistent {
+                    "consistent".to_string()
+                } else {
+                    format!("{} finding(s), inconsistent", r.findings.len())
+                }
             ),
         }
     }

@@ -19,6 +19,7 @@ use crate::catalog::{Catalog, TableHandle};
 use crate::commit::FirnOperation;
 use crate::commit::summary::TOTAL_RECORDS;
 use crate::error::Result;
+use crate::maintain::audit::LastAudit;
 use crate::maintain::orphans;
 use crate::maintain::plan::{self, PlanOptions, Task};
 use crate::maintain::state::{self, TableState};
@@ -131,6 +132,10 @@ pub struct TableStatus {
     pub orphans: Option<OrphanEstimate>,
     /// Records in the rejects table.
     pub rejects: u64,
+    /// The last `firn audit` (`None`: never audited).
+    pub audit: Option<LastAudit>,
+    /// Staged backfills' branches, waiting for `publish` or `discard`.
+    pub staged_backfills: Vec<String>,
     /// Against the declared thresholds.
     pub health: Health,
 }
@@ -211,6 +216,8 @@ pub async fn table_status(
         lag_error,
         orphans,
         rejects: total_records(&rejects),
+        audit: LastAudit::of(meta),
+        staged_backfills: crate::backfill::stage::staged_branches(&table),
         health: Health::default(),
     };
     status.health = judge(&status, decl, &opts.group);
@@ -390,6 +397,14 @@ fn judge(s: &TableStatus, decl: &TableDecl, group: &str) -> Health {
             _ => {}
         }
     }
+    if let Some(a) = s.audit.as_ref().filter(|a| !a.consistent) {
+        problems.push(format!(
+            "the last audit ({}) found {} inconsistent day(s): {}",
+            a.at.to_rfc3339(),
+            a.inconsistent_days,
+            a.first_finding.as_deref().unwrap_or("see `firn audit`")
+        ));
+    }
     Health {
         healthy: problems.is_empty(),
         problems,
@@ -452,6 +467,8 @@ mod tests {
                 retention: vec![part; 3],
             },
             offsets: BTreeMap::new(),
+            audit: None,
+            staged_backfills: Vec::new(),
             lag: Some(vec![GroupLag {
                 group: "firn".into(),
                 records: 100,

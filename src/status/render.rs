@@ -121,6 +121,34 @@ pub fn render(statuses: &[TableStatus]) -> String {
             );
         }
         let _ = writeln!(out, "  rejects {}", s.rejects);
+        if !s.staged_backfills.is_empty() {
+            let _ = writeln!(
+                out,
+                "  staged backfills (firn publish|discard): {}",
+                s.staged_backfills.join(", ")
+            );
+        }
+        match &s.audit {
+            None => {
+                let _ = writeln!(out, "  audit: never run (firn audit {})", s.table);
+            }
+            Some(a) => {
+                let at = a
+                    .snapshot_id
+                    .map_or(String::new(), |id| format!(" at snapshot {id}"));
+                let verdict = if a.consistent {
+                    "consistent".to_string()
+                } else {
+                    format!("INCONSISTENT, {} day(s)", a.inconsistent_days)
+                };
+                let _ = writeln!(
+                    out,
+                    "  audit: {verdict} ({}, {}{at})",
+                    a.at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    a.mode
+                );
+            }
+        }
     }
     out
 }

@@ -197,6 +197,12 @@ pub const RUN_METRICS: &[MetricInfo] = &[
         &["table"],
         "Bytes of files under the table's location that nothing references, as found by the last orphan removal (before deleting).",
     ),
+    metric(
+        "firn_audit_inconsistent_days",
+        "gauge",
+        &["table"],
+        "Days the last `firn audit` of the table found inconsistent (0: every commit accounted for, every day's totals as its history says).",
+    ),
 ];
 
 /// Every metric firn exports.

@@ -79,6 +79,7 @@ pub struct Run {
     clock: Arc<dyn Clock>,
     steps: Vec<(String, String, StepTotals)>,
     orphan_bytes: Vec<(String, u64)>,
+    audits: Vec<(String, usize)>,
 }
 
 const LAST_SUCCESS: &str = "firn_job_last_success_timestamp_seconds";
@@ -94,6 +95,7 @@ impl Run {
             clock,
             steps: Vec::new(),
             orphan_bytes: Vec::new(),
+            audits: Vec::new(),
         }
     }
 
@@ -106,6 +108,11 @@ impl Run {
     pub fn step(&mut self, table: &str, step: &str, totals: StepTotals) {
         self.steps
             .push((table.to_string(), step.to_string(), totals));
+    }
+
+    /// Record the days an audit of `table` found inconsistent.
+    pub fn audit(&mut self, table: &str, inconsistent_days: usize) {
+        self.audits.push((table.to_string(), inconsistent_days));
     }
 
     /// Record the orphan bytes found under `table`'s location.
@@ -177,6 +184,12 @@ impl Run {
             let orphans = metric("firn_table_orphan_bytes");
             for (table, bytes) in &self.orphan_bytes {
                 orphans.with_label_values(&[table]).set(*bytes as f64);
+            }
+        }
+        if !self.audits.is_empty() {
+            let audits = metric("firn_audit_inconsistent_days");
+            for (table, days) in &self.audits {
+                audits.with_label_values(&[table]).set(*days as f64);
             }
         }
         let mut out = String::new();

@@ -2,6 +2,7 @@
 //! stack helpers compile once.
 
 mod adversarial;
+mod audit;
 mod backfill;
 mod commit;
 mod common;

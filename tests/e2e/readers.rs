@@ -49,12 +49,12 @@ fn firn_json(decl: &TableDecl, t: &read::Totals) -> Value {
 }
 
 /// How the Python readers reach the table.
-struct ReaderArgs {
-    args: Vec<String>,
-    envs: Vec<(String, String)>,
+pub(crate) struct ReaderArgs {
+    pub(crate) args: Vec<String>,
+    pub(crate) envs: Vec<(String, String)>,
 }
 
-fn readers(r: &ReaderArgs, decl: &TableDecl) -> Value {
+pub(crate) fn readers(r: &ReaderArgs, decl: &TableDecl) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/readers/totals.py");
     let mut cmd = Command::new(python());
     cmd.arg(script)

@@ -62,13 +62,13 @@ fn warehouse_url(lake: &Lake) -> String {
 }
 
 /// How tests/readers/foreign.py reaches the table.
-struct Target {
+pub(crate) struct Target {
     args: Vec<String>,
     envs: Vec<(String, String)>,
 }
 
 /// The lake's SQLite catalog and local warehouse.
-fn sql_target(lake: &Lake) -> Target {
+pub(crate) fn sql_target(lake: &Lake) -> Target {
     Target {
         args: vec![
             "--catalog-uri".into(),
@@ -100,7 +100,7 @@ fn foreign_at(target: &Target, command: &str, arg: Option<&str>) -> BTreeMap<Str
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn foreign(lake: &Lake, command: &str, arg: Option<&str>) -> BTreeMap<String, Value> {
+pub(crate) fn foreign(lake: &Lake, command: &str, arg: Option<&str>) -> BTreeMap<String, Value> {
     foreign_at(&sql_target(lake), command, arg)
 }
 
@@ -805,6 +805,7 @@ async fn commit_position_delete(catalog: &dyn Catalog, ident: &iceberg::TableIde
             firn::catalog::StagedMetadata {
                 metadata: built.metadata,
                 changes: built.changes,
+                branch: None,
             },
         )
         .await

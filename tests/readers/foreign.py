@@ -9,9 +9,13 @@ usage: foreign.py --catalog-uri URI --warehouse W [--catalog-type rest --s3-endp
   rewrite-all            read every row and overwrite the table with them (a
                          compaction: every file replaced, same totals)
   delete-hour TS_ISO     delete the rows of the hour starting at TS_ISO
+  double-hour TS_ISO     overwrite the rows of the hour starting at TS_ISO with
+                         the same rows, their requests doubled
   expire-all-but-current expire every snapshot but the current one
   tag NAME               tag the current snapshot
   sums                   (no commit) the table's sums and rows as PyIceberg reads them
+  day-sums [REF]         (no commit) per-day sums as PyIceberg reads main or the
+                         branch or tag REF: {"YYYY-MM-DD": {"requests": n, ...}}
 """
 import argparse
 import json
@@ -66,6 +70,16 @@ elif a.command == "delete-hour":
     gone = table.scan(row_filter=where).to_arrow()
     table.delete(delete_filter=where)
     print(json.dumps(sums(gone, -1)))
+elif a.command == "double-hour":
+    start = ts(a.arg)
+    where = And(GreaterThanOrEqual("ts", start.isoformat()),
+                LessThan("ts", (start + timedelta(hours=1)).isoformat()))
+    rows = table.scan(row_filter=where).to_arrow()
+    doubled = rows.set_column(rows.schema.get_field_index("requests"), "requests",
+                              pc.multiply(rows["requests"], 2))
+    table.overwrite(doubled.cast(rows.schema), overwrite_filter=where)
+    print(json.dumps({"requests": int(pc.sum(rows["requests"]).as_py() or 0),
+                      "bytes": 0, "cpu_ms": 0}))
 elif a.command == "expire-all-but-current":
     current = table.metadata.current_snapshot_id
     others = [s.snapshot_id for s in table.metadata.snapshots if s.snapshot_id != current]
@@ -77,5 +91,17 @@ elif a.command == "tag":
 elif a.command == "sums":
     everything = table.scan().to_arrow()
     print(json.dumps(dict(sums(everything), rows=everything.num_rows)))
+elif a.command == "day-sums":
+    snapshot = table.metadata.snapshot_by_name(a.arg) if a.arg else table.current_snapshot()
+    if snapshot is None:
+        raise SystemExit(f"no snapshot named {a.arg}")
+    rows = table.scan(snapshot_id=snapshot.snapshot_id).to_arrow()
+    days = pc.strftime(pc.cast(rows["ts"], pa.timestamp("us", tz="UTC")), format="%Y-%m-%d")
+    grouped = pa.table({"d": days, **{m: rows[m] for m in SUMS}}).group_by("d").aggregate(
+        [(m, "sum") for m in SUMS])
+    out = {}
+    for row in grouped.to_pylist():
+        out[row["d"]] = {m: int(row[f"{m}_sum"] or 0) for m in SUMS}
+    print(json.dumps(out))
 else:
     raise SystemExit(f"unknown command {a.command}")

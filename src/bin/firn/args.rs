@@ -185,6 +185,11 @@ pub(crate) struct BackfillArgs {
     /// Print what would be written (rows per grain, totals, rejects); write nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+    /// Commit to the branch backfill/<id> instead of main, and print how it
+    /// differs from main per day and measure; main is untouched until
+    /// `firn publish TABLE backfill/<id>` (or `firn discard`).
+    #[arg(long)]
+    pub(crate) stage: bool,
     /// Replace everything the table holds in [--from, --to) with the
     /// backfilled data, in one overwrite commit (for re-computing a bad day).
     #[arg(long, requires_all = ["from", "to"])]
@@ -210,6 +215,18 @@ pub(crate) struct BackfillArgs {
     pub(crate) budget: BudgetArgs,
     #[command(flatten)]
     pub(crate) publish: PublishArgs,
+}
+
+/// A staged backfill's branch of a table.
+#[derive(Debug, Args)]
+pub(crate) struct StagedArgs {
+    /// Declared table (namespace.name).
+    pub(crate) table: String,
+    /// The branch (backfill/<id>, as `backfill --stage` printed it).
+    pub(crate) branch: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,18 @@ use firn::maintain::{Context, Operation, Shard, default_jobs};
 use firn::schema::decl::TableDecl;
 use firn::telemetry::run::{Publish, Run, StepTotals};
 
+/// An audit that found the totals inconsistent (exit status 3).
+#[derive(Debug)]
+pub(crate) struct Inconsistent(pub(crate) String);
+
+impl std::fmt::Display for Inconsistent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Inconsistent {}
+
 /// Run `body`, then publish the run's metrics (a failure to publish is
 /// logged; the command's own outcome decides the exit code).
 async fn published(
@@ -70,6 +82,18 @@ pub(crate) async fn operate(
             run.step(&d.qualified_name(), kind.as_str(), report.totals());
             if let Some(bytes) = report.orphan_bytes() {
                 run.orphans(&d.qualified_name(), bytes);
+            }
+            if let firn::maintain::Report::Audit(audit) = &report {
+                run.audit(&d.qualified_name(), audit.inconsistent_days);
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", firn::maintain::audit::render(audit));
+                }
+                if let Some(why) = report.failure() {
+                    return Err(Inconsistent(why).into());
+                }
+                return Ok(());
             }
             if args.json || !kind.per_partition() {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -215,6 +239,7 @@ pub(crate) async fn backfill(
                 config.commits_per_minute(args.budget.max_commits_per_minute),
             ),
             retry: config.retry,
+            stage: args.stage,
         };
         let progress = crate::progress::ProgressDisplay::new();
         let report =

@@ -116,6 +116,15 @@ enum Command {
     /// Delete files under the table's location that no snapshot or metadata
     /// file references and that are older than --older-than.
     RemoveOrphans(OperationArgs<RemoveOrphansOptions>),
+    /// Check the table's totals against its history: every firn compaction
+    /// and rollup conserved each day's totals, every firn commit's summary
+    /// states what its files hold, every other engine's commit either
+    /// conserved totals or is reported, and each day's totals now equal
+    /// the running sum of ingest and backfill additions less retention and
+    /// replace removals. Reads the rows (ts and measures), not statistics.
+    /// Exits 0 when consistent, 3 naming the first inconsistent snapshot,
+    /// day and measure (1 on error).
+    Audit(OperationArgs<firn::maintain::audit::AuditOptions>),
     /// Run a maintenance job file (tables and tasks in order), e.g. from cron.
     Maintain(MaintainJobArgs),
     /// Load events from files (NDJSON plain/.gz/.zst or Parquet; paths,
@@ -124,6 +133,14 @@ enum Command {
     /// --replace. A finished backfill of the same inputs is refused unless
     /// --force.
     Backfill(BackfillArgs),
+    /// Apply a staged backfill (`backfill --stage`) to main in one commit:
+    /// a fast-forward when main has not moved since it was staged,
+    /// otherwise its files re-applied on main's current files (refused,
+    /// main unchanged, when main changed what it replaces). The branch is
+    /// removed.
+    Publish(StagedArgs),
+    /// Drop a staged backfill's branch and delete the files only it holds.
+    Discard(StagedArgs),
     /// The operator's view of each table: last commit age, snapshots,
     /// manifests, files per grain, small files, partitions waiting for
     /// compaction, rollup or retention, consumer lag, orphan bytes. Exits 2
@@ -190,6 +207,10 @@ async fn main() -> ExitCode {
         Ok(Outcome::Unhealthy(tables)) => {
             eprintln!("unhealthy: {tables}");
             ExitCode::from(2)
+        }
+        Err(e) if e.downcast_ref::<batch::Inconsistent>().is_some() => {
+            eprintln!("inconsistent: {e}");
+            ExitCode::from(3)
         }
         Err(e) => {
             // The chain holds other libraries' messages too: mask them alike.
@@ -344,8 +365,48 @@ async fn run(cli: Cli) -> Result<Outcome> {
         Command::RemoveOrphans(a) => {
             operate(a.table, a.run, Operation::RemoveOrphans(a.options)).await?
         }
+        Command::Audit(a) => operate(a.table, a.run, Operation::Audit(a.options)).await?,
         Command::Maintain(args) => batch::maintain_job(&config, &decls, args, clock).await?,
         Command::Backfill(args) => batch::backfill(&config, &decls, args, clock).await?,
+        Command::Publish(args) => {
+            let d = select(&decls, &args.table)?;
+            let catalog = config.open_catalog().await?;
+            let done =
+                firn::backfill::stage::publish(catalog.as_ref(), d, &args.branch, config.retry)
+                    .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+            } else {
+                println!(
+                    "published {} to {} ({}): main is at snapshot {}, {} data files added, {} removed",
+                    done.branch,
+                    d.qualified_name(),
+                    done.how,
+                    done.snapshot_id,
+                    done.files_added,
+                    done.files_removed
+                );
+            }
+        }
+        Command::Discard(args) => {
+            let d = select(&decls, &args.table)?;
+            let catalog = config.open_catalog().await?;
+            let done =
+                firn::backfill::stage::discard(catalog.as_ref(), d, &args.branch, config.retry)
+                    .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+            } else {
+                println!(
+                    "discarded {} of {}: {} snapshots, {} files deleted ({} left to orphan removal)",
+                    done.branch,
+                    d.qualified_name(),
+                    done.snapshots.len(),
+                    done.deleted_files,
+                    done.failed_deletes
+                );
+            }
+        }
         Command::Metrics(args) => {
             let metrics = firn::telemetry::exported_metrics();
             if args.json {

@@ -18,6 +18,7 @@ mod tests;
 
 use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
 use arrow_row::{RowConverter, SortField};
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
@@ -33,7 +34,7 @@ use crate::faults::{self, Decision, Fault, Faults, Op};
 use crate::rows::{MeasureSpec, MeasureValue};
 use crate::schema::decl::{Agg, TableDecl};
 use crate::schema::layout::Grain;
-use crate::totals::{Total, Totals};
+use crate::totals::{DayTotals, Total, Totals};
 
 /// Rows read per batch from each input, at most.
 const READ_BATCH: usize = 8192;
@@ -253,11 +254,11 @@ pub struct MergeReader {
     /// For a merge of merged runs: per file the runs were merged from, the
     /// totals of its rows (which conservation is checked against), and the
     /// number of rows.
-    upstream: Option<(Vec<Totals>, u64)>,
+    upstream: Option<(Vec<DayTotals>, u64)>,
     /// Per input, the totals of the rows read from it so far, as stored.
-    read: Vec<Totals>,
+    read: Vec<DayTotals>,
     /// Totals of the rows merged so far.
-    written: Totals,
+    written: DayTotals,
     /// Injected faults (the gauntlet's `drop_row`), and the table location
     /// rules match.
     faults: Option<(Arc<Faults>, String)>,
@@ -397,7 +398,7 @@ impl MergeReader {
 
     /// Merge `inputs` in one loser tree.
     async fn merge_at_once(layout: Layout, inputs: Vec<(String, BatchStream)>) -> Result<Self> {
-        let totals = layout.totals.clone();
+        let totals = DayTotals::new(&layout.totals);
         let read = vec![totals.clone(); inputs.len()];
         let mut merge = Self {
             inputs: inputs
@@ -585,11 +586,12 @@ impl MergeReader {
         self.build(&chunk).map(Some)
     }
 
-    /// Whether the rows merged so far hold the totals of the rows read: the
-    /// first measure that differs, with what was read and what was merged.
-    /// Checked before a merge's output is committed, so that no bug in the
-    /// merge (or a file read wrong) can change a total.
-    pub fn unconserved(&self) -> Option<(String, Total, Total)> {
+    /// Whether the rows merged so far hold the totals of the rows read,
+    /// day by day: the first day and measure that differ, with what was
+    /// read and what was merged. Checked before a merge's output is
+    /// committed, so that no bug in the merge (or a file read wrong) can
+    /// change a total.
+    pub fn unconserved(&self) -> Option<(i32, String, Total, Total)> {
         let mut read = self.written.emptied();
         for t in self.read_by_input() {
             read.absorb(t);
@@ -599,12 +601,12 @@ impl MergeReader {
 
     /// Per input (each file of a merge that spilled runs), the totals of
     /// the rows read from it so far.
-    pub fn read_by_input(&self) -> &[Totals] {
+    pub fn read_by_input(&self) -> &[DayTotals] {
         self.upstream.as_ref().map_or(&self.read, |(t, _)| t)
     }
 
     /// The totals of the rows merged so far.
-    pub fn written(&self) -> &Totals {
+    pub fn written(&self) -> &DayTotals {
         &self.written
     }
 
@@ -618,18 +620,24 @@ impl MergeReader {
         let n = chunk.picks.len();
         let m = layout.measures.len();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(layout.sources.len());
+        let mut measures: Vec<Option<ArrayRef>> = vec![None; m];
+        let mut ts = None;
         for (field, source) in layout.schema.fields().iter().zip(&layout.sources) {
             columns.push(match *source {
                 Source::Key(k) => {
                     let arrays: Vec<&dyn Array> =
                         chunk.batches.iter().map(|b| b.keys[k].as_ref()).collect();
-                    arrow_select::interleave::interleave(&arrays, &chunk.picks)?
+                    let key = arrow_select::interleave::interleave(&arrays, &chunk.picks)?;
+                    if k == layout.dims.len() {
+                        ts = Some(key.clone());
+                    }
+                    key
                 }
                 Source::Measure(j) => {
                     let like = &chunk.batches[0].measures[j];
                     let values = chunk.measures.iter().skip(j).step_by(m).copied();
                     let array = runs::values_array(like, values).array();
-                    self.written.add_array(j, &array);
+                    measures[j] = Some(array.clone());
                     array
                 }
                 Source::Grain => {
@@ -640,8 +648,30 @@ impl MergeReader {
                 Source::Null => new_null_array(field.data_type(), n),
             });
         }
+        let ts = ts.expect("the layout writes `ts`");
+        let measures: Vec<ArrayRef> = measures
+            .into_iter()
+            .map(|a| a.expect("the layout writes every measure"))
+            .collect();
+        self.written.add_batch(
+            ts.as_primitive::<arrow_array::types::TimestampMicrosecondType>()
+                .values(),
+            &measures,
+        );
         Ok(RecordBatch::try_new(layout.schema.clone(), columns)?)
     }
+}
+
+/// Columns `field_ids` of data file `file` of `table` (named as its current
+/// schema names them), in batches of `batch_rows`: small files whole in
+/// one request, others streamed.
+pub fn read_columns(
+    table: &TableHandle,
+    file: &LiveFile,
+    field_ids: Vec<i32>,
+    batch_rows: usize,
+) -> Result<BatchStream> {
+    files::read(table, file, field_ids, batch_rows)
 }
 
 /// Rows per read batch of each of `inputs` inputs.

@@ -21,7 +21,7 @@ use super::Layout;
 use crate::error::{Error, ErrorKind, Result};
 use crate::rows::{MeasureSpec, MeasureValue};
 use crate::schema::decl::Agg;
-use crate::totals::Totals;
+use crate::totals::DayTotals;
 
 /// A measure column of a batch.
 #[derive(Debug)]
@@ -149,7 +149,7 @@ pub(super) fn collapse(
     layout: &Layout,
     converter: &RowConverter,
     name: &str,
-    read: &mut Totals,
+    read: &mut DayTotals,
 ) -> Result<RunBatch> {
     let column = |col: &str, ty: &DataType| -> Result<ArrayRef> {
         let array = batch.column_by_name(col).ok_or_else(|| {
@@ -184,9 +184,8 @@ pub(super) fn collapse(
         .iter()
         .map(|(m, ty)| column(m, ty).map(|a| Values::of(&a)))
         .collect::<Result<_>>()?;
-    for (i, m) in measures.iter().enumerate() {
-        read.add_array(i, &m.array());
-    }
+    let arrays: Vec<ArrayRef> = measures.iter().map(Values::array).collect();
+    read.add_batch(ts.values(), &arrays);
 
     let n = batch.num_rows();
     let starts = run_starts(&keys, n)?;

@@ -5,6 +5,7 @@
 
 mod replace;
 mod resume;
+mod stage;
 mod time_range;
 
 use std::io::Write;
@@ -305,7 +306,7 @@ pub(super) async fn rejects(lake: &Lake) -> Vec<firn::rejects::RejectRecord> {
 }
 
 /// A file of `n` valid events all on the UTC day `day`, and their totals.
-pub(super) fn day_file(
+pub(crate) fn day_file(
     path: &Path,
     decl: &TableDecl,
     day: chrono::NaiveDate,

@@ -4,18 +4,17 @@
 //! rollup must leave them as they were: what it removed and what it added
 //! have the same totals ([`Totals::differs`]).
 
-use std::collections::BTreeMap;
+mod days;
+
+pub use days::{ChangeTotals, DayTotals, date_of, day_of, day_of_date};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
 
-#[cfg(doc)]
-use crate::commit::summary;
 use crate::rows::{MeasureValue, Measures};
 use crate::schema::decl::{Agg, TableDecl};
-use crate::schema::layout::Grain;
 
 /// One measure's total (`None`: no value yet).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -142,6 +141,63 @@ impl Totals {
         }
     }
 
+    /// Each measure's name and fold (a count's rows fold as a sum).
+    pub fn measures(&self) -> &[(String, Agg)] {
+        &self.measures
+    }
+
+    /// Take `other`'s rows out (they were removed): sums exactly (a sum
+    /// with every row taken out is 0, not none); a min or a max cannot be
+    /// taken out, so the measures whose min or max is unknown from here
+    /// are returned.
+    pub fn remove(&mut self, other: &Totals) -> Vec<usize> {
+        let mut unknown = Vec::new();
+        for (i, ((agg, mine), theirs)) in self
+            .measures
+            .iter()
+            .map(|(_, agg)| *agg)
+            .zip(&mut self.values)
+            .zip(&other.values)
+            .enumerate()
+        {
+            match (agg, mine, *theirs) {
+                (_, _, Total::Long(None) | Total::Double(None)) => {}
+                (Agg::Min | Agg::Max, _, _) => unknown.push(i),
+                (_, Total::Long(t), Total::Long(Some(v))) => *t = Some(t.unwrap_or(0) - v),
+                (_, Total::Double(t), Total::Double(Some(v))) => {
+                    *t = Some(t.unwrap_or(0.0) - v);
+                    self.magnitudes[i] += other.magnitudes[i];
+                }
+                _ => {}
+            }
+        }
+        unknown
+    }
+
+    /// Whether measure `i`'s totals in `self` and `other` agree, counting a
+    /// sum of 0 as no rows (rows added and taken out again); double sums
+    /// within rounding of their values' magnitudes.
+    pub fn agrees(&self, other: &Totals, i: usize) -> bool {
+        let zero = |t: Total| match t {
+            Total::Long(None) => Total::Long(Some(0)),
+            Total::Double(None) => Total::Double(Some(0.0)),
+            t => t,
+        };
+        match (self.measures[i].1, self.values[i], other.values[i]) {
+            (Agg::Sum | Agg::Count, a, b) => match (zero(a), zero(b)) {
+                (Total::Double(Some(x)), Total::Double(Some(y))) => {
+                    let reach = self.magnitudes[i].max(other.magnitudes[i]);
+                    x == y || !reach.is_finite() || (x - y).abs() <= DOUBLE_SUM_TOLERANCE * reach
+                }
+                (a, b) => a == b,
+            },
+            (_, Total::Double(Some(x)), Total::Double(Some(y))) => {
+                x == y || (x.is_nan() && y.is_nan())
+            }
+            (_, a, b) => a == b,
+        }
+    }
+
     /// Fold in `other`: the totals of more rows of the same measures.
     pub fn absorb(&mut self, other: &Totals) {
         for ((agg, mine), theirs) in self
@@ -206,52 +262,6 @@ impl Totals {
                 (name.clone(), v)
             })
             .collect()
-    }
-}
-
-/// Totals of rows by grain: what one commit added or removed, as its
-/// snapshot summary records them ([`summary::TOTALS_ADDED`],
-/// [`summary::TOTALS_REMOVED`]), computed from
-/// the rows themselves as they were written or read, never from file
-/// statistics.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GrainTotals(pub BTreeMap<Grain, Totals>);
-
-impl GrainTotals {
-    /// Fold `totals` of rows of `grain` in.
-    pub fn add(&mut self, grain: Grain, totals: &Totals) {
-        self.0
-            .entry(grain)
-            .or_insert_with(|| totals.emptied())
-            .absorb(totals);
-    }
-
-    /// Fold all of `other` in.
-    pub fn absorb(&mut self, other: &GrainTotals) {
-        for (grain, totals) in &other.0 {
-            self.add(*grain, totals);
-        }
-    }
-
-    /// Whether no rows were counted.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The summary value: `{"minute": {"requests": 12, ...}, ...}` (exact
-    /// integers as strings past what a JSON number holds exactly).
-    pub fn to_json(&self) -> String {
-        let by_grain: serde_json::Map<String, serde_json::Value> = self
-            .0
-            .iter()
-            .map(|(g, t)| {
-                (
-                    g.as_str().to_string(),
-                    serde_json::Value::Object(t.by_name()),
-                )
-            })
-            .collect();
-        serde_json::Value::Object(by_grain).to_string()
     }
 }
 
@@ -328,7 +338,7 @@ mod tests {
     fn decl() -> TableDecl {
         TableDecl::parse(
             Path::new("t.toml"),
-            include_str!("../schemas/usage.http_requests.toml"),
+            include_str!("../../schemas/usage.http_requests.toml"),
         )
         .unwrap()
     }
@@ -406,7 +416,7 @@ mod tests {
     fn double_sums_in_another_order_agree_within_rounding() {
         let d = TableDecl::parse(
             Path::new("t.toml"),
-            &include_str!("../schemas/usage.http_requests.toml").replace(
+            &include_str!("../../schemas/usage.http_requests.toml").replace(
                 "field = \"cpu_ms\"\ntype = \"long\"",
                 "field = \"cpu_ms\"\ntype = \"double\"",
             ),
