@@ -105,6 +105,8 @@ pub struct AuditReport {
     pub files_read: usize,
     /// Run time.
     pub seconds: f64,
+    /// The measures, in declaration order.
+    pub measures: Vec<String>,
     /// Per snapshot, what it did and whether that was consistent.
     pub commits: Vec<CommitAudit>,
     /// Foreign commits that changed totals.
@@ -345,6 +347,7 @@ pub async fn run(ctx: &Context<'_>, decl: &TableDecl, opts: &AuditOptions) -> Re
         baseline_snapshot_id: history.baseline.as_ref().map(|(id, _)| *id),
         files_read: files.len(),
         seconds: started.elapsed().as_secs_f64(),
+        measures: decl.measures.iter().map(|m| m.name.clone()).collect(),
         commits: audit.commits,
         foreign_changes: audit.foreign,
         findings: audit.findings,

@@ -79,17 +79,17 @@ pub fn render(report: &AuditReport) -> String {
         }
     }
 
-    if let Some(first) = report.days.first() {
-        let measures: Vec<&String> = first.totals.keys().collect();
+    if !report.days.is_empty() {
+        let measures = &report.measures;
         let _ = write!(out, "\n  {:<10}", "day");
-        for m in &measures {
+        for m in measures {
             let _ = write!(out, " {:>20}", m);
         }
         out.push('\n');
         for d in report.days.iter().take(DAYS_SHOWN) {
             let _ = write!(out, "  {:<10}", d.day);
-            for m in &measures {
-                let v = match d.totals.get(*m) {
+            for m in measures {
+                let v = match d.totals.get(m.as_str()) {
                     Some(serde_json::Value::Null) | None => "-".to_string(),
                     Some(serde_json::Value::String(s)) => s.clone(),
                     Some(v) => v.to_string(),
