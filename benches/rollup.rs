@@ -27,6 +27,7 @@ use firn::maintain::{self, PlanOptions};
 use firn::rows::{DimValue, MeasureValue, Measures, RowKey};
 use firn::schema::decl::TableDecl;
 use firn::schema::layout::Grain;
+use firn::totals::{ChangeTotals, DayTotals, Totals};
 use firn::{tables, write};
 
 const COLOS: [&str; 4] = ["AMS", "FRA", "SJC", "東京-1"];
@@ -108,6 +109,8 @@ async fn generate(dir: &Path, rows: u64) -> Vec<String> {
     let mut paths = Vec::new();
     for day in 0..7 {
         let mut files = Vec::new();
+        // What the day's rows hold, stated in the commit as ingest states it.
+        let mut totals = DayTotals::new(&Totals::new(&decl));
         for hour in 0..24 {
             let table = catalog.load(&ident).await.unwrap();
             let start = week_start() + Duration::hours(day * 24 + hour);
@@ -121,16 +124,22 @@ async fn generate(dir: &Path, rows: u64) -> Vec<String> {
             }
             // Sorted by dimensions then ts, as every firn file is.
             batch.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, measures) in &batch {
+                totals.add_row(key.ts_micros, measures);
+            }
             let written = write::write_rows(&table, &decl, Grain::Minute, batch, 1 << 30)
                 .await
                 .unwrap();
             paths.extend(written.iter().map(|f| f.file.file_path().to_string()));
             files.extend(written);
         }
+        let mut added = ChangeTotals::default();
+        added.add(Grain::Minute, &totals);
         commit::commit(
             catalog.as_ref(),
             &ident,
-            &Change::append(FirnOperation::Backfill, files),
+            &Change::append(FirnOperation::Backfill, files)
+                .with_totals(&added, &ChangeTotals::default()),
             RetryPolicy::default(),
         )
         .await

@@ -18,10 +18,10 @@ use crate::catalog::TableHandle;
 use crate::commit::validate::NoConflictingData;
 use crate::commit::{self, Change, Claim, FirnOperation, summary};
 use crate::error::{Error, ErrorKind, Result};
-use crate::offsets;
-use crate::schema::layout::Grain;
 use crate::maintain::state::LiveFile;
 use crate::maintain::tally;
+use crate::offsets;
+use crate::schema::layout::Grain;
 use crate::totals::ChangeTotals;
 
 fn show(micros: i64) -> String {

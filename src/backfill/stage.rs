@@ -149,7 +149,11 @@ pub async fn diff(catalog: &dyn Catalog, decl: &TableDecl, branch: &str) -> Resu
 }
 
 /// The totals by day of `files` together.
-async fn day_totals(table: &TableHandle, decl: &TableDecl, files: &[LiveFile]) -> Result<DayTotals> {
+async fn day_totals(
+    table: &TableHandle,
+    decl: &TableDecl,
+    files: &[LiveFile],
+) -> Result<DayTotals> {
     let mut days = DayTotals::new(&Totals::new(decl));
     for t in tally::tally(table, decl, files, 4).await? {
         days.absorb(&t);
@@ -267,9 +271,7 @@ async fn fast_forward(
 ) -> Result<Option<Published>> {
     let moved = std::sync::atomic::AtomicBool::new(false);
     let done = commit::update_metadata(catalog, ident, retry, |base| {
-        if base.metadata.current_snapshot_id() != point
-            || base.branch_head(branch)? != Some(head)
-        {
+        if base.metadata.current_snapshot_id() != point || base.branch_head(branch)? != Some(head) {
             moved.store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(None);
         }
@@ -362,7 +364,11 @@ async fn reapply(
     let key = backfill_key(id);
     let staged_record = Ledger::of(&view.metadata).get(&key).cloned();
     let range = own.iter().find_map(|s| {
-        let props = &real.metadata.snapshot_by_id(*s)?.summary().additional_properties;
+        let props = &real
+            .metadata
+            .snapshot_by_id(*s)?
+            .summary()
+            .additional_properties;
         parse_range(props.get(summary::REPLACE_RANGE)?)
     });
     let operation = if removed.is_empty() {
@@ -508,7 +514,10 @@ pub async fn discard(
     let after = catalog.load(&ident).await?;
     let reached = reach::reach(&before, &before.metadata, Some(&doomed)).await?;
     let kept = reach::reach(&after, &after.metadata, None).await?;
-    let kept: BTreeSet<String> = kept.all().filter_map(|(l, _)| paths::normalize(l)).collect();
+    let kept: BTreeSet<String> = kept
+        .all()
+        .filter_map(|(l, _)| paths::normalize(l))
+        .collect();
     let delete: Vec<String> = reached
         .all()
         .filter(|(l, _)| paths::normalize(l).is_some_and(|n| !kept.contains(&n)))

@@ -559,20 +559,15 @@ impl Catalog for RestCatalog {
     }
 
     async fn swap(&self, base: &TableHandle, staged: StagedMetadata) -> Result<TableHandle> {
-        let (r#ref, snapshot_id) = staged.branch.clone().unwrap_or_else(|| {
-            (
-                MAIN_BRANCH.to_string(),
-                base.metadata.current_snapshot_id(),
-            )
-        });
+        let (r#ref, snapshot_id) = staged
+            .branch
+            .clone()
+            .unwrap_or_else(|| (MAIN_BRANCH.to_string(), base.metadata.current_snapshot_id()));
         let requirements = vec![
             TableRequirement::UuidMatch {
                 uuid: base.metadata.uuid(),
             },
-            TableRequirement::RefSnapshotIdMatch {
-                r#ref,
-                snapshot_id,
-            },
+            TableRequirement::RefSnapshotIdMatch { r#ref, snapshot_id },
         ];
         self.commit_updates(&base.ident, requirements, staged.changes)
             .await

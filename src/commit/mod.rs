@@ -183,7 +183,11 @@ impl Change {
     ) -> Self {
         for (by_grain, by_day, totals) in [
             (summary::TOTALS_ADDED, summary::TOTALS_ADDED_BY_DAY, added),
-            (summary::TOTALS_REMOVED, summary::TOTALS_REMOVED_BY_DAY, removed),
+            (
+                summary::TOTALS_REMOVED,
+                summary::TOTALS_REMOVED_BY_DAY,
+                removed,
+            ),
         ] {
             if !totals.is_empty() {
                 self.properties

@@ -429,9 +429,7 @@ impl<'a> SnapshotWriter<'a> {
     ) -> Result<StagedMetadata> {
         let meta = self.meta();
         let mirror = match &change.branch {
-            None => {
-                ledger::mirror_updates(meta, &summary.additional_properties, self.snapshot_id)
-            }
+            None => ledger::mirror_updates(meta, &summary.additional_properties, self.snapshot_id),
             Some(_) => HashMap::new(),
         };
         // A snapshot's time is the table's own clock, not a plan's: iceberg's

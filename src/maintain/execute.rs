@@ -207,8 +207,7 @@ async fn commit_group(
 ) -> Result<()> {
     let added: Vec<NewFile> = group.iter().flat_map(|p| p.added.clone()).collect();
     let removed = group.iter().flat_map(|p| p.removed.clone()).collect();
-    let (mut totals_added, mut totals_removed) =
-        (ChangeTotals::default(), ChangeTotals::default());
+    let (mut totals_added, mut totals_removed) = (ChangeTotals::default(), ChangeTotals::default());
     for p in group.iter() {
         totals_added.absorb(&p.totals.0);
         totals_removed.absorb(&p.totals.1);

@@ -112,7 +112,11 @@ fn add_batch(
         .zip(days.kinds())
         .map(|(m, long)| {
             let array = column(m)?;
-            let to = if long { DataType::Int64 } else { DataType::Float64 };
+            let to = if long {
+                DataType::Int64
+            } else {
+                DataType::Float64
+            };
             arrow_cast::cast(array, &to).map_err(|e| {
                 Error::new(
                     ErrorKind::Iceberg,

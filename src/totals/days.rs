@@ -274,10 +274,11 @@ impl Totals {
                         .or_else(|| n.as_u64().map(i128::from))
                         .ok_or_else(|| format!("measure `{name}`: {n} is not an integer"))?,
                 )),
-                (Total::Long(_), serde_json::Value::String(s)) => Total::Long(Some(
-                    s.parse()
-                        .map_err(|_| format!("measure `{name}`: `{s}` is not an integer"))?,
-                )),
+                (Total::Long(_), serde_json::Value::String(s)) => {
+                    Total::Long(Some(s.parse().map_err(|_| {
+                        format!("measure `{name}`: `{s}` is not an integer")
+                    })?))
+                }
                 (Total::Double(_), serde_json::Value::Number(n)) => {
                     let v = n
                         .as_f64()
@@ -341,7 +342,14 @@ mod tests {
             2 * MICROS_PER_DAY,
             MICROS_PER_DAY,
         ];
-        let vals = [Some(1), Some(i64::MAX), None, Some(-3), Some(9), Some(i64::MAX)];
+        let vals = [
+            Some(1),
+            Some(i64::MAX),
+            None,
+            Some(-3),
+            Some(9),
+            Some(i64::MAX),
+        ];
         let col: ArrayRef = Arc::new(Int64Array::from(vals.to_vec()));
         let mut by_batch = DayTotals::new(&e);
         by_batch.add_batch(&ts, &[col.clone(), col.clone(), col.clone(), col]);

@@ -89,8 +89,13 @@ async fn the_audit_accounts_for_every_commit_and_names_a_tampered_day() {
         })
         .await;
     let mut worker = lake.spawn_ingest("audit", &[]);
-    lake.drain_and_stop(&mut worker, "audit", first.sent as i64, Duration::from_secs(300))
-        .await;
+    lake.drain_and_stop(
+        &mut worker,
+        "audit",
+        first.sent as i64,
+        Duration::from_secs(300),
+    )
+    .await;
     lake.run(&["maintain", "--job", &job("hourly.toml")]);
     let daily = lake.run(&["maintain", "--job", &job("daily.toml")]);
     assert!(daily.contains("audit"), "{daily}");
@@ -128,7 +133,12 @@ async fn the_audit_accounts_for_every_commit_and_names_a_tampered_day() {
         "--to-file",
         file.to_str().unwrap(),
     ]);
-    lake.run(&["backfill", "usage.http_requests", "--input", file.to_str().unwrap()]);
+    lake.run(&[
+        "backfill",
+        "usage.http_requests",
+        "--input",
+        file.to_str().unwrap(),
+    ]);
     let day = chrono::Utc::now().date_naive() - chrono::Duration::days(3);
     let fixed = data.path().join("fixed.ndjson");
     crate::backfill::day_file(&fixed, &decl, day, 800, 44);
@@ -250,7 +260,10 @@ async fn the_audit_accounts_for_every_commit_and_names_a_tampered_day() {
     assert_eq!(finding["delta"]["day"], from, "{finding}");
     assert_eq!(finding["delta"]["measure"], "requests", "{finding}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&tampered.to_string()) && err.contains(&from), "{err}");
+    assert!(
+        err.contains(&tampered.to_string()) && err.contains(&from),
+        "{err}"
+    );
     assert!(report["inconsistent_days"].as_u64().unwrap() >= 1);
     // Only that day differs from what the history accounts for.
     for f in report["findings"].as_array().unwrap() {
@@ -266,13 +279,19 @@ async fn the_audit_accounts_for_every_commit_and_names_a_tampered_day() {
         .unwrap();
     assert_eq!(text.status.code(), Some(3));
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("INCONSISTENT") && text.contains(&from), "{text}");
+    assert!(
+        text.contains("INCONSISTENT") && text.contains(&from),
+        "{text}"
+    );
 
     // Allowed, the change is listed and accounted: consistent.
     let (code, allowed, _) = audit(&lake, &["--allow-foreign-changes"]);
     assert_eq!(code, 0, "{allowed:#}");
     assert_eq!(allowed["foreign_changes"][0]["snapshot_id"], tampered);
-    assert_eq!(per_day(&allowed), readers(&reader, &decl)["duckdb"]["per_day"]);
+    assert_eq!(
+        per_day(&allowed),
+        readers(&reader, &decl)["duckdb"]["per_day"]
+    );
 
     // `firn status` shows the last audit (the allowed one: consistent).
     let status: Value = serde_json::from_str(&lake.run(&[
@@ -298,7 +317,11 @@ async fn the_audit_accounts_for_every_commit_and_names_a_tampered_day() {
         .args(["status", "usage.http_requests", "--no-lag", "--no-orphans"])
         .output()
         .unwrap();
-    assert_eq!(status.status.code(), Some(2), "an inconsistent audit is unhealthy");
+    assert_eq!(
+        status.status.code(),
+        Some(2),
+        "an inconsistent audit is unhealthy"
+    );
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("audit: INCONSISTENT"), "{text}");
 }

@@ -234,7 +234,8 @@ impl Manifests {
                 })
                 .collect();
             out.extend(entries.iter().cloned());
-            self.read.insert(mf.manifest_path.clone(), Arc::new(entries));
+            self.read
+                .insert(mf.manifest_path.clone(), Arc::new(entries));
         }
         Ok(out)
     }

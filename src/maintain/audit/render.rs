@@ -124,7 +124,11 @@ pub fn render(report: &AuditReport) -> String {
             let _ = writeln!(out, "  - {}", f.message);
         }
         if report.findings.len() > 20 {
-            let _ = writeln!(out, "  ... {} more (--json lists all)", report.findings.len() - 20);
+            let _ = writeln!(
+                out,
+                "  ... {} more (--json lists all)",
+                report.findings.len() - 20
+            );
         }
     }
     out

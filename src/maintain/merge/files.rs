@@ -1,22 +1,25 @@
-//! Reading the data files a merge folds. A small file — most of what a
-//! compaction reads: minute files — is fetched whole in one request and
-//! decoded in memory, its columns found by Iceberg field id (one GET per
-//! file instead of a footer, a metadata and a column-chunk read). A large
-//! one, or one this path cannot read as it stands (no field ids, a column
-//! the file lacks), is read through iceberg's Arrow reader, which streams
-//! row groups and fills missing columns.
+//! Reading the data files a merge folds, columns found by Iceberg field
+//! id and string columns read as dictionaries. A small file — most of what
+//! a compaction reads: minute files — is fetched whole in one request and
+//! decoded in memory (one GET per file instead of a footer, a metadata and
+//! a column-chunk read); a large one is streamed by row group. A file this
+//! path cannot read as it stands (no field ids, a column the file lacks) is
+//! read through iceberg's Arrow reader, which fills missing columns.
 
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use arrow_schema::{Field, Schema};
-use bytes::Bytes;
+use arrow_schema::{DataType, Field, Schema};
 use futures::{StreamExt, TryStreamExt};
-use iceberg::arrow::ArrowReaderBuilder;
+use iceberg::arrow::{ArrowFileReader, ArrowReaderBuilder};
+use iceberg::io::FileMetadata;
 use iceberg::scan::{ArrowRecordBatchStream, FileScanTask};
 use iceberg::spec::{DataFileFormat, SchemaRef as IcebergSchemaRef};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use parquet::arrow::{PARQUET_FIELD_ID_META_KEY, ProjectionMask};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
+};
+use parquet::arrow::{PARQUET_FIELD_ID_META_KEY, ParquetRecordBatchStreamBuilder, ProjectionMask};
 
 use super::super::state::LiveFile;
 use super::BatchStream;
@@ -28,91 +31,157 @@ use crate::error::{Error, ErrorKind, Result};
 pub(super) const WHOLE_FILE_BYTES: u64 = 1 << 20;
 
 /// Columns `field_ids` of `file` (named as the table's current schema names
-/// them), in batches of `batch_rows`.
+/// them, string columns as dictionaries when the file holds them so), in
+/// batches of `batch_rows`.
 pub(super) fn read(
     table: &TableHandle,
     file: &LiveFile,
     field_ids: Vec<i32>,
     batch_rows: usize,
 ) -> Result<BatchStream> {
-    if file.bytes > WHOLE_FILE_BYTES {
-        return streamed(table, file, field_ids, batch_rows);
-    }
     let table = table.clone();
     let file = file.clone();
-    let whole = async move {
+    let opened = async move {
         let path = file.path.as_str();
-        let bytes = table
+        let input = table
             .file_io
             .new_input(path)
-            .map_err(|e| Error::iceberg(format!("opening data file {path}"), e))?
-            .read()
-            .await
-            .map_err(|e| Error::iceberg(format!("reading data file {path}"), e))?;
+            .map_err(|e| Error::iceberg(format!("opening data file {path}"), e))?;
         let schema = table.metadata.current_schema();
-        let stream = match in_memory(bytes, schema, &field_ids, batch_rows, path)? {
-            Some(batches) => futures::stream::iter(batches).boxed(),
-            None => streamed(&table, &file, field_ids, batch_rows)?,
+        let parquet_error = |e: parquet::errors::ParquetError| {
+            Error::new(ErrorKind::Iceberg, format!("reading data file {path}")).with_source(e)
         };
-        Ok::<_, Error>(stream)
+        if file.bytes <= WHOLE_FILE_BYTES {
+            let bytes = input
+                .read()
+                .await
+                .map_err(|e| Error::iceberg(format!("reading data file {path}"), e))?;
+            let found = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new())
+                .map_err(parquet_error)?;
+            if let Some(plan) = Plan::new(found, schema, &field_ids).map_err(parquet_error)? {
+                let reader: ParquetRecordBatchReader =
+                    ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, plan.metadata)
+                        .with_projection(plan.mask)
+                        .with_batch_size(batch_rows)
+                        .build()
+                        .map_err(parquet_error)?;
+                let (out, path) = (plan.out, path.to_string());
+                return Ok(
+                    futures::stream::iter(reader.map(move |b| renamed(&out, b, &path))).boxed(),
+                );
+            }
+        } else {
+            let reader = input
+                .reader()
+                .await
+                .map_err(|e| Error::iceberg(format!("opening data file {path}"), e))?;
+            let mut reader = ArrowFileReader::new(FileMetadata { size: file.bytes }, reader);
+            let found = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+                .await
+                .map_err(parquet_error)?;
+            if let Some(plan) = Plan::new(found, schema, &field_ids).map_err(parquet_error)? {
+                let stream =
+                    ParquetRecordBatchStreamBuilder::new_with_metadata(reader, plan.metadata)
+                        .with_projection(plan.mask)
+                        .with_batch_size(batch_rows)
+                        .build()
+                        .map_err(parquet_error)?;
+                let (out, path) = (plan.out, path.to_string());
+                return Ok(stream.map(move |b| renamed(&out, b, &path)).boxed());
+            }
+        }
+        streamed(&table, &file, field_ids, batch_rows)
     };
-    Ok(futures::stream::once(whole).try_flatten().boxed())
+    Ok(futures::stream::once(opened).try_flatten().boxed())
 }
 
-/// Decode a whole file held in memory: `None` when a column is not found by
-/// field id (the streamed reader handles that).
-fn in_memory(
-    bytes: Bytes,
-    schema: &IcebergSchemaRef,
-    field_ids: &[i32],
-    batch_rows: usize,
-    path: &str,
-) -> Result<Option<impl Iterator<Item = Result<RecordBatch>> + Send + 'static>> {
-    let parquet_error = |e: parquet::errors::ParquetError| {
-        Error::new(ErrorKind::Iceberg, format!("reading data file {path}")).with_source(e)
-    };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_error)?;
-    let file_schema = builder.schema().clone();
-    let id_of = |f: &Field| {
-        f.metadata()
-            .get(PARQUET_FIELD_ID_META_KEY)
-            .and_then(|id| id.parse::<i32>().ok())
-    };
-    let mut roots = Vec::with_capacity(field_ids.len());
-    for id in field_ids {
-        match file_schema
+/// How a file whose columns are all found by field id is read.
+struct Plan {
+    /// Its metadata, string columns read as dictionaries (no string is
+    /// copied out of a dictionary-encoded column chunk: a merge compares
+    /// and folds the keys, and copies strings only for the rows it keeps).
+    metadata: ArrowReaderMetadata,
+    /// The columns read.
+    mask: ProjectionMask,
+    /// The batches' schema: the columns as read (in file order), named as
+    /// the table names them now.
+    out: Arc<Schema>,
+}
+
+impl Plan {
+    /// `None` when a column is not found by field id (iceberg's reader
+    /// handles that).
+    fn new(
+        found: ArrowReaderMetadata,
+        schema: &IcebergSchemaRef,
+        field_ids: &[i32],
+    ) -> parquet::errors::Result<Option<Self>> {
+        let file_schema = found.schema().clone();
+        let id_of = |f: &Field| {
+            f.metadata()
+                .get(PARQUET_FIELD_ID_META_KEY)
+                .and_then(|id| id.parse::<i32>().ok())
+        };
+        let mut roots = Vec::with_capacity(field_ids.len());
+        for id in field_ids {
+            match file_schema
+                .fields()
+                .iter()
+                .position(|f| id_of(f) == Some(*id))
+            {
+                Some(root) => roots.push(root),
+                None => return Ok(None),
+            }
+        }
+        roots.sort_unstable();
+        let hinted: Vec<Field> = file_schema
             .fields()
             .iter()
-            .position(|f| id_of(f) == Some(*id))
-        {
-            Some(root) => roots.push(root),
-            None => return Ok(None),
+            .map(|f| match f.data_type() {
+                DataType::Utf8 => Field::new(
+                    f.name(),
+                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                    f.is_nullable(),
+                )
+                .with_metadata(f.metadata().clone()),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        let hint = Arc::new(Schema::new_with_metadata(
+            hinted,
+            file_schema.metadata().clone(),
+        ));
+        let metadata = ArrowReaderMetadata::try_new(
+            found.metadata().clone(),
+            ArrowReaderOptions::new().with_schema(hint),
+        )?;
+        let mut fields = Vec::with_capacity(roots.len());
+        for &root in &roots {
+            let f = &metadata.schema().fields()[root];
+            let Some(current) = id_of(f).and_then(|id| schema.name_by_field_id(id)) else {
+                return Ok(None);
+            };
+            fields.push(Field::new(current, f.data_type().clone(), true));
         }
+        let mask = ProjectionMask::roots(metadata.parquet_schema(), roots);
+        Ok(Some(Self {
+            metadata,
+            mask,
+            out: Arc::new(Schema::new(fields)),
+        }))
     }
-    roots.sort_unstable();
-    // The columns as read (in file order), named as the table names them now.
-    let mut fields = Vec::with_capacity(roots.len());
-    for &root in &roots {
-        let f = &file_schema.fields()[root];
-        let Some(current) = id_of(f).and_then(|id| schema.name_by_field_id(id)) else {
-            return Ok(None);
-        };
-        fields.push(Field::new(current, f.data_type().clone(), true));
-    }
-    let out = Arc::new(Schema::new(fields));
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let reader: ParquetRecordBatchReader = builder
-        .with_projection(mask)
-        .with_batch_size(batch_rows)
-        .build()
-        .map_err(parquet_error)?;
-    let path = path.to_string();
-    Ok(Some(reader.map(move |batch| {
-        let batch = batch.map_err(|e| {
-            Error::new(ErrorKind::Iceberg, format!("reading data file {path}")).with_source(e)
-        })?;
-        Ok(RecordBatch::try_new(out.clone(), batch.columns().to_vec())?)
-    })))
+}
+
+/// `batch` under the table's current names.
+fn renamed<E: std::error::Error + Send + Sync + 'static>(
+    out: &Arc<Schema>,
+    batch: std::result::Result<RecordBatch, E>,
+    path: &str,
+) -> Result<RecordBatch> {
+    let batch = batch.map_err(|e| {
+        Error::new(ErrorKind::Iceberg, format!("reading data file {path}")).with_source(e)
+    })?;
+    Ok(RecordBatch::try_new(out.clone(), batch.columns().to_vec())?)
 }
 
 /// Read columns `field_ids` of `file` through iceberg's Arrow reader.

@@ -151,13 +151,7 @@ pub(super) fn collapse(
     name: &str,
     read: &mut DayTotals,
 ) -> Result<RunBatch> {
-    let column = |col: &str, ty: &DataType| -> Result<ArrayRef> {
-        let array = batch.column_by_name(col).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Iceberg,
-                format!("data file {name} has no column `{col}`"),
-            )
-        })?;
+    let cast = |col: &str, array: &ArrayRef, ty: &DataType| -> Result<ArrayRef> {
         arrow_cast::cast(array, ty).map_err(|e| {
             Error::new(
                 ErrorKind::Iceberg,
@@ -168,9 +162,24 @@ pub(super) fn collapse(
             )
         })
     };
+    let raw = |col: &str| -> Result<&ArrayRef> {
+        batch.column_by_name(col).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Iceberg,
+                format!("data file {name} has no column `{col}`"),
+            )
+        })
+    };
+    let column = |col: &str, ty: &DataType| -> Result<ArrayRef> { cast(col, raw(col)?, ty) };
+    // A dimension read as a dictionary of its type stays one until the
+    // runs are found: only the run heads' strings are copied out.
     let mut keys = Vec::with_capacity(layout.dims.len() + 1);
     for (dim, ty) in &layout.dims {
-        keys.push(column(dim, ty)?);
+        let array = raw(dim)?;
+        keys.push(match array.data_type() {
+            DataType::Dictionary(_, values) if values.as_ref() == ty => array.clone(),
+            _ => cast(dim, array, ty)?,
+        });
     }
     let ts = column("ts", &layout.ts_type)?;
     let ts = ts.as_primitive::<TimestampMicrosecondType>();
@@ -189,20 +198,26 @@ pub(super) fn collapse(
 
     let n = batch.num_rows();
     let starts = run_starts(&keys, n)?;
-    if starts.len() == n {
-        let rows = converter.convert_columns(&keys)?;
-        return Ok(RunBatch {
-            keys,
-            rows,
-            measures,
-        });
-    }
-    let (heads, measures) = fold_runs(&starts, n, &measures, &layout.aggs, &layout.spec);
-    let heads = UInt32Array::from(heads);
+    let types = layout.dims.iter().map(|(d, t)| (d.as_str(), t));
+    let (keys, measures) = if starts.len() == n {
+        (keys, measures)
+    } else {
+        let (heads, measures) = fold_runs(&starts, n, &measures, &layout.aggs, &layout.spec);
+        let heads = UInt32Array::from(heads);
+        let keys = keys
+            .iter()
+            .map(|k| arrow_select::take::take(k.as_ref(), &heads, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        (keys, measures)
+    };
     let keys = keys
         .iter()
-        .map(|k| arrow_select::take::take(k.as_ref(), &heads, None))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+        .zip(types.chain([("ts", &layout.ts_type)]))
+        .map(|(k, (col, ty))| match k.data_type() == ty {
+            true => Ok(k.clone()),
+            false => cast(col, k, ty),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let rows = converter.convert_columns(&keys)?;
     Ok(RunBatch {
         keys,
@@ -218,6 +233,13 @@ fn run_starts(keys: &[ArrayRef], n: usize) -> Result<Vec<u32>> {
     }
     let mut changed: Option<BooleanBuffer> = None;
     for k in keys {
+        // A dictionary's neighbours are compared by key: equal keys are
+        // equal values, and a run split where a dictionary repeats a value
+        // is folded again by the merge (rows of one key always fold).
+        let k = match k.as_any_dictionary_opt() {
+            Some(dict) => dict.keys().slice(0, n),
+            None => k.clone(),
+        };
         let d = arrow_ord::cmp::distinct(&k.slice(0, n - 1), &k.slice(1, n - 1))?;
         changed = Some(match changed {
             None => d.values().clone(),

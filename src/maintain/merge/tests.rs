@@ -187,7 +187,53 @@ fn inputs() -> impl Strategy<Value = Vec<Input>> {
     })
 }
 
-fn streams(decl: &TableDecl, inputs: &[Input]) -> Vec<(String, BatchStream)> {
+/// How an input's string dimension is read: as strings, as a dictionary
+/// (as a Parquet reader gives one), or as a dictionary that repeats values
+/// (each row its own entry: neighbours with equal strings, unequal keys).
+#[derive(Debug, Clone, Copy)]
+enum Strings {
+    Plain,
+    Dictionary,
+    Repeating,
+}
+
+/// `batch` with its string columns as `strings` says.
+fn with_strings(batch: RecordBatch, strings: Strings) -> RecordBatch {
+    use arrow_array::types::Int32Type;
+    use arrow_array::{DictionaryArray, Int32Array};
+    use arrow_schema::{DataType, Field, Schema};
+    let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        let (field, column) = match (strings, f.data_type()) {
+            (Strings::Dictionary, DataType::Utf8) => (
+                Field::new(f.name(), dict.clone(), true),
+                arrow_cast::cast(c, &dict).unwrap(),
+            ),
+            (Strings::Repeating, DataType::Utf8) => {
+                let keys: Int32Array = (0..c.len())
+                    .map(|i| c.is_valid(i).then_some(i as i32))
+                    .collect();
+                let array = DictionaryArray::<Int32Type>::try_new(keys, c.clone()).unwrap();
+                (
+                    Field::new(f.name(), dict.clone(), true),
+                    Arc::new(array) as ArrayRef,
+                )
+            }
+            _ => (f.as_ref().clone(), c.clone()),
+        };
+        fields.push(field);
+        columns.push(column);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+}
+
+fn streams_with(
+    decl: &TableDecl,
+    inputs: &[Input],
+    strings: Strings,
+) -> Vec<(String, BatchStream)> {
     let schema = arrow_schema(decl);
     inputs
         .iter()
@@ -204,7 +250,11 @@ fn streams(decl: &TableDecl, inputs: &[Input]) -> Vec<(String, BatchStream)> {
                 );
                 rest = &rest[take..];
             }
-            let stream: BatchStream = futures::stream::iter(batches.into_iter().map(Ok)).boxed();
+            let batches: Vec<_> = batches
+                .into_iter()
+                .map(|b| Ok(with_strings(b, strings)))
+                .collect();
+            let stream: BatchStream = futures::stream::iter(batches).boxed();
             (format!("input-{i}"), stream)
         })
         .collect()
@@ -313,12 +363,16 @@ fn close(a: Option<f64>, b: Option<f64>) -> bool {
 /// Merge `inputs` into `grain` (`fan_in` inputs at once, more through
 /// merged runs) and compare with a reference aggregation.
 fn check(inputs: Vec<Input>, grain: Grain, fan_in: usize) {
-    for parallel in [1, 3] {
-        check_with(inputs.clone(), grain, fan_in, parallel);
+    for (parallel, strings) in [
+        (1, Strings::Plain),
+        (3, Strings::Dictionary),
+        (1, Strings::Repeating),
+    ] {
+        check_with(inputs.clone(), grain, fan_in, parallel, strings);
     }
 }
 
-fn check_with(inputs: Vec<Input>, grain: Grain, fan_in: usize, parallel: usize) {
+fn check_with(inputs: Vec<Input>, grain: Grain, fan_in: usize, parallel: usize, strings: Strings) {
     let decl = decl();
     let mut want: BTreeMap<RowKey, Totals> = BTreeMap::new();
     let mut rows_in = 0u64;
@@ -337,10 +391,14 @@ fn check_with(inputs: Vec<Input>, grain: Grain, fan_in: usize, parallel: usize) 
         .unwrap();
     let (out, rows_read) = rt.block_on(async {
         let layout = Layout::new(arrow_schema(&decl), &decl, grain).unwrap();
-        let mut merge =
-            MergeReader::merge_with_fan_in(layout, streams(&decl, &inputs), fan_in, parallel)
-                .await
-                .unwrap();
+        let mut merge = MergeReader::merge_with_fan_in(
+            layout,
+            streams_with(&decl, &inputs, strings),
+            fan_in,
+            parallel,
+        )
+        .await
+        .unwrap();
         let mut out = Vec::new();
         while let Some(b) = merge.next_batch().await.unwrap() {
             assert!(b.num_rows() > 0);

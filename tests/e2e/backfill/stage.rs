@@ -93,7 +93,11 @@ async fn a_staged_replace_is_read_on_its_branch_then_published_or_discarded() {
         .unwrap();
     assert_eq!(req["main"], requests(&before.per_day[&day(3)]).to_string());
     assert_eq!(req["branch"], requests(&fixed).to_string());
-    assert_eq!(totals(&lake).await, before, "a staged backfill changed main");
+    assert_eq!(
+        totals(&lake).await,
+        before,
+        "a staged backfill changed main"
+    );
     let on_branch = pyiceberg_requests(&lake, Some(&branch));
     assert_eq!(on_branch[&day(3).to_string()], requests(&fixed));
     for n in [5, 4, 2] {
@@ -147,7 +151,13 @@ async fn a_staged_replace_is_read_on_its_branch_then_published_or_discarded() {
     // The same backfill is finished on main: staging it again is refused.
     let again = lake
         .firn()
-        .args(["backfill", "usage.http_requests", "--replace", "--stage", "--input"])
+        .args([
+            "backfill",
+            "usage.http_requests",
+            "--replace",
+            "--stage",
+            "--input",
+        ])
         .arg(data.path().join("fixed3.ndjson"))
         .args(["--from", &day(3).to_string(), "--to", &day(2).to_string()])
         .output()
@@ -173,8 +183,13 @@ async fn a_staged_replace_is_read_on_its_branch_then_published_or_discarded() {
         })
         .await;
     let mut worker = lake.spawn_ingest("stage", &["--reset-offsets", "earliest"]);
-    lake.drain_and_stop(&mut worker, "stage", live.sent as i64, Duration::from_secs(300))
-        .await;
+    lake.drain_and_stop(
+        &mut worker,
+        "stage",
+        live.sent as i64,
+        Duration::from_secs(300),
+    )
+    .await;
     let ingested = totals(&lake).await;
     let out = lake.run(&["publish", "usage.http_requests", &branch]);
     assert!(out.contains("re-applied"), "{out}");
@@ -187,8 +202,7 @@ async fn a_staged_replace_is_read_on_its_branch_then_published_or_discarded() {
     }
     assert_eq!(
         after.long(&decl, "requests"),
-        ingested.long(&decl, "requests") - requests(&ingested.per_day[&day(4)])
-            + requests(&fixed4),
+        ingested.long(&decl, "requests") - requests(&ingested.per_day[&day(4)]) + requests(&fixed4),
         "the ingest's rows are kept"
     );
     assert_eq!(refs(&catalog.load(&ident).await.unwrap()), ["main"]);

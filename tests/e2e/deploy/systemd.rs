@@ -320,10 +320,22 @@ fn systemd_commands_run_and_write_the_textfile() {
             .args(["check", "metrics"])
             .stdin(std::fs::File::open(&textfile).unwrap());
         let out = check.output().unwrap();
+        // firn_audit_inconsistent_days counts days (a number of days found
+        // inconsistent, not a duration), which promtool's unit lint cannot
+        // tell; every other finding fails.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let findings: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter(|l| {
+                !l.starts_with(
+                    "firn_audit_inconsistent_days use base unit \"seconds\" instead of \"days\"",
+                )
+            })
+            .collect();
         assert!(
-            out.status.success(),
-            "promtool check metrics: {}",
-            String::from_utf8_lossy(&out.stderr)
+            out.status.success() || findings.is_empty(),
+            "promtool check metrics: {stderr}"
         );
     }
 }
