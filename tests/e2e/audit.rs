@@ -97,8 +97,25 @@ async fn the_audit_accounts_for_every_commit_and_names_a_tampered_day() {
     )
     .await;
     lake.run(&["maintain", "--job", &job("hourly.toml")]);
-    let daily = lake.run(&["maintain", "--job", &job("daily.toml")]);
+    let first_metrics = lake.path().join("firn-daily-first.prom");
+    let daily = lake.run(&[
+        "maintain",
+        "--job",
+        &job("daily.toml"),
+        "--metrics-file",
+        first_metrics.to_str().unwrap(),
+    ]);
     assert!(daily.contains("audit"), "{daily}");
+    let metrics = std::fs::read_to_string(&first_metrics).unwrap();
+    assert_eq!(
+        crate::operate::sample(
+            &metrics,
+            "firn_audit_inconsistent_days",
+            &[("table", "usage.http_requests")]
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
 
     // Late data into compacted and rolled-up days, and the hourly job again.
     let late = lake
@@ -324,4 +341,30 @@ async fn the_audit_accounts_for_every_commit_and_names_a_tampered_day() {
     );
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("audit: INCONSISTENT"), "{text}");
+
+    // The daily job audits last: its run fails and its metrics say how many
+    // days are inconsistent.
+    let textfile = lake.path().join("firn-daily.prom");
+    let out = lake
+        .firn()
+        .args(["maintain", "--job", &job("daily.toml"), "--metrics-file"])
+        .arg(&textfile)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the daily job passed an inconsistent table"
+    );
+    let metrics = std::fs::read_to_string(&textfile).unwrap();
+    let days = crate::operate::sample(
+        &metrics,
+        "firn_audit_inconsistent_days",
+        &[("table", "usage.http_requests")],
+    );
+    assert!(days.is_some_and(|d| d >= 1.0), "{metrics}");
+    assert_eq!(
+        crate::operate::sample(&metrics, "firn_job_success", &[]),
+        Some(0.0),
+        "{metrics}"
+    );
 }
