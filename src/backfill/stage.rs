@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 
-use iceberg::spec::{MAIN_BRANCH, ManifestContentType, SnapshotReference, SnapshotRetention};
+use iceberg::spec::{MAIN_BRANCH, SnapshotReference, SnapshotRetention};
 use serde::Serialize;
 
 use crate::catalog::{Catalog, TableHandle};
@@ -433,29 +433,13 @@ fn parse_range(value: &str) -> Option<(i64, i64)> {
 /// to add elsewhere.
 async fn data_files(table: &TableHandle, files: &[LiveFile]) -> Result<Vec<NewFile>> {
     let wanted: BTreeSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
-    let mut out = Vec::with_capacity(files.len());
-    let Some(snapshot) = table.metadata.current_snapshot() else {
-        return Ok(out);
-    };
-    let list = table.manifest_list(snapshot).await?;
-    for mf in list.entries() {
-        if mf.content != ManifestContentType::Data {
-            continue;
-        }
-        let manifest = mf
-            .load_manifest(&table.file_io)
-            .await
-            .map_err(|e| Error::iceberg(format!("reading manifest {}", mf.manifest_path), e))?;
-        for e in manifest.entries() {
-            if e.is_alive() && wanted.contains(e.file_path()) {
-                out.push(NewFile {
-                    spec_id: mf.partition_spec_id,
-                    file: e.data_file().clone(),
-                });
-            }
-        }
-    }
-    Ok(out)
+    Ok(table
+        .live_data_files()
+        .await?
+        .into_iter()
+        .filter(|(_, f)| wanted.contains(f.file_path()))
+        .map(|(spec_id, file)| NewFile { spec_id, file })
+        .collect())
 }
 
 /// What `discard` did.

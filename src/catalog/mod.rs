@@ -57,6 +57,32 @@ impl TableHandle {
             .map_err(|e| Error::iceberg(format!("parsing manifest list {path}"), e))
     }
 
+    /// The live data files of the current snapshot (not delete files),
+    /// each with the partition spec it was written with.
+    pub async fn live_data_files(&self) -> Result<Vec<(i32, iceberg::spec::DataFile)>> {
+        let Some(snapshot) = self.metadata.current_snapshot() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for mf in self.manifest_list(snapshot).await?.entries() {
+            if mf.content != iceberg::spec::ManifestContentType::Data {
+                continue;
+            }
+            let manifest = mf
+                .load_manifest(&self.file_io)
+                .await
+                .map_err(|e| Error::iceberg(format!("reading manifest {}", mf.manifest_path), e))?;
+            out.extend(
+                manifest
+                    .entries()
+                    .iter()
+                    .filter(|e| e.is_alive())
+                    .map(|e| (mf.partition_spec_id, e.data_file().clone())),
+            );
+        }
+        Ok(out)
+    }
+
     /// The head of branch `name` (`None`: no such branch); an error when
     /// `name` is a tag.
     pub fn branch_head(&self, name: &str) -> Result<Option<i64>> {

@@ -10,7 +10,7 @@
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use iceberg::spec::{Datum, ManifestContentType, PrimitiveLiteral};
+use iceberg::spec::{Datum, PrimitiveLiteral};
 use serde::Serialize;
 
 use super::operation::Context;
@@ -134,33 +134,21 @@ impl RejectsUpkeep {
 
 /// The live data files of a rejects table.
 async fn files(table: &TableHandle) -> Result<Vec<RejectsFile>> {
-    let Some(snapshot) = table.metadata.current_snapshot() else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for mf in table.manifest_list(snapshot).await?.entries() {
-        if mf.content != ManifestContentType::Data {
-            continue;
-        }
-        let manifest = mf
-            .load_manifest(&table.file_io)
-            .await
-            .map_err(|e| Error::iceberg(format!("reading manifest {}", mf.manifest_path), e))?;
-        for e in manifest.entries().iter().filter(|e| e.is_alive()) {
-            let f = e.data_file();
-            out.push(RejectsFile {
-                removed: RemovedFile {
-                    path: f.file_path().to_string(),
-                    spec_id: mf.partition_spec_id,
-                    partition: 0,
-                },
-                newest: f.upper_bounds().get(&REJECTED_AT).and_then(micros),
-                records: f.record_count(),
-                bytes: f.file_size_in_bytes(),
-            });
-        }
-    }
-    Ok(out)
+    Ok(table
+        .live_data_files()
+        .await?
+        .into_iter()
+        .map(|(spec_id, f)| RejectsFile {
+            removed: RemovedFile {
+                path: f.file_path().to_string(),
+                spec_id,
+                partition: 0,
+            },
+            newest: f.upper_bounds().get(&REJECTED_AT).and_then(micros),
+            records: f.record_count(),
+            bytes: f.file_size_in_bytes(),
+        })
+        .collect())
 }
 
 /// Rewrite the small files of `decl`'s rejects table: the files whose every

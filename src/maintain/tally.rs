@@ -29,24 +29,10 @@ pub async fn tally(
     files: &[LiveFile],
     parallel: usize,
 ) -> Result<Vec<DayTotals>> {
-    let schema = table.metadata.current_schema();
     let names: Vec<&str> = std::iter::once("ts")
         .chain(decl.measures.iter().map(|m| m.name.as_str()))
         .collect();
-    let field_ids = names
-        .iter()
-        .map(|c| {
-            schema.field_by_name(c).map(|f| f.id).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Iceberg,
-                    format!(
-                        "table {} has no column `{c}`; run `firn tables sync`",
-                        table.ident
-                    ),
-                )
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let field_ids = merge::field_ids(table, names.iter().copied())?;
     let names: Vec<String> = names.into_iter().map(String::from).collect();
     let empty = Totals::new(decl);
     // Each read owns what it uses (a merge task runs this on the runtime).

@@ -4,7 +4,6 @@
 //! another engine changes one day's totals, it exits 3 naming that snapshot
 //! and that day, also once the history before it has expired.
 
-use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
@@ -12,17 +11,9 @@ use firn::produce::ProduceOptions;
 use firn::tables;
 use serde_json::Value;
 
-use crate::common::{Broker, Lake};
+use crate::common::{Broker, Lake, job};
 use crate::readers::{ReaderArgs, readers};
 use crate::shared_lake::foreign;
-
-fn job(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("jobs")
-        .join(name)
-        .display()
-        .to_string()
-}
 
 /// `firn audit usage.http_requests --json EXTRA...`: its exit code and report.
 fn audit(lake: &Lake, extra: &[&str]) -> (i32, Value, Output) {

@@ -767,3 +767,12 @@ pub async fn append_minute_rows(
     .unwrap()
     .snapshot_id
 }
+
+/// The path of a shipped job file (`jobs/NAME`).
+pub fn job(name: &str) -> String {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("jobs")
+        .join(name)
+        .display()
+        .to_string()
+}

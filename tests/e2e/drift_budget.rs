@@ -5,7 +5,7 @@
 //! budget by grouping partitions.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -25,7 +25,7 @@ use firn::schema::layout::Grain;
 use firn::{read, tables};
 use serde_json::Value;
 
-use crate::common::{Broker, Lake, Seaweed, append_minute_rows, local_lake};
+use crate::common::{Broker, Lake, Seaweed, append_minute_rows, job, local_lake};
 
 const DECLARATION: &str = "schemas/usage.http_requests.toml";
 
@@ -77,14 +77,6 @@ fn output(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn job(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("jobs")
-        .join(name)
-        .display()
-        .to_string()
 }
 
 /// `count` events over the last `days` days as an NDJSON file; their totals.

@@ -309,18 +309,7 @@ impl MergeReader {
         parallel: usize,
     ) -> Result<Self> {
         let layout = Layout::new(arrow_schema(table)?, decl, grain)?;
-        let schema = table.metadata.current_schema();
-        let field_ids = layout
-            .read_columns()
-            .map(|c| {
-                schema.field_by_name(c).map(|f| f.id).ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Iceberg,
-                        format!("table {} has no column `{c}`", table.ident),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let field_ids = field_ids(table, layout.read_columns())?;
         let batch_rows = batch_rows(files.len().min(spill::FAN_IN));
         let mut inputs = Vec::with_capacity(files.len());
         for f in files {
@@ -660,6 +649,28 @@ impl MergeReader {
         );
         Ok(RecordBatch::try_new(layout.schema.clone(), columns)?)
     }
+}
+
+/// The field ids of `table`'s columns `names`, in order.
+pub fn field_ids<'a>(
+    table: &TableHandle,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<i32>> {
+    let schema = table.metadata.current_schema();
+    names
+        .into_iter()
+        .map(|c| {
+            schema.field_by_name(c).map(|f| f.id).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Iceberg,
+                    format!(
+                        "table {} has no column `{c}`; run `firn tables sync`",
+                        table.ident
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Columns `field_ids` of data file `file` of `table` (named as its current
