@@ -34,7 +34,19 @@ def files(what, name):
     return "[" + ", ".join(f"'{f}'" for f in text) + "]"
 
 
+REPEAT = int(os.environ.get("FIRN_BENCH_REPEAT", "3"))
+
+
 def duck(what, unit, grain, threads):
+    """The fastest of REPEAT runs, as firn's side keeps its fastest."""
+    best = None
+    for _ in range(max(REPEAT, 1)):
+        out, seconds = duck_once(what, unit, grain, threads)
+        best = seconds if best is None else min(best, seconds)
+    return out, best
+
+
+def duck_once(what, unit, grain, threads):
     out = os.path.join(bench_dir, what, f"duckdb-{threads}.parquet")
     con = duckdb.connect()
     con.execute(f"SET threads TO {threads}")

@@ -3,7 +3,8 @@
 # rollup bench (which keeps its generated files and firn's output), then
 # DuckDB doing the same aggregation (GROUP BY the dimensions and the
 # truncated ts, ORDER BY them, to zstd Parquet) on one thread and on two;
-# prints both times, their ratio, firn's peak RSS, and whether the two
+# prints both times (each the fastest of FIRN_BENCH_REPEAT runs, default 3),
+# their ratio, firn's peak RSS, and whether the two
 # outputs hold the same rows (exits non-zero when they do not). DuckDB
 # comes from PyPI into the project's venv.
 #
