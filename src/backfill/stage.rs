@@ -306,7 +306,14 @@ async fn fast_forward(
     })
     .await?;
     if done.is_none() || moved.load(std::sync::atomic::Ordering::Relaxed) {
-        return Ok(None);
+        // An attempt whose reply was lost may have landed: main at the
+        // branch head, the branch gone, is this publish done.
+        let now = catalog.load(ident).await?;
+        let landed =
+            now.metadata.current_snapshot_id() == Some(head) && now.branch_head(branch)?.is_none();
+        if !landed {
+            return Ok(None);
+        }
     }
     tracing::info!(table = %ident, branch, snapshot_id = head, "staged backfill published (fast-forward)");
     Ok(Some(Published {

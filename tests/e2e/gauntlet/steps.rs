@@ -1,7 +1,8 @@
 //! Compaction, rollup (one commit per partition and grouped under a commit
 //! budget), retention, manifest rewrites, expiry with a tag to keep, orphan
-//! removal, backfill chunks and a backfill `--replace`, each failed at every
-//! step of its commits (see the module above).
+//! removal, backfill chunks, a backfill `--replace`, and publishing (a
+//! fast-forward, a re-apply) or discarding a staged backfill, each failed at
+//! every step of its commits (see the module above).
 
 use std::path::Path;
 use std::process::Command;
@@ -33,6 +34,11 @@ enum Prep {
     Empty,
     /// The inputs backfilled once (a replace's).
     Backfilled,
+    /// `Backfilled`, then a replace of two months of it staged on a branch
+    /// (its name in `branch.txt`).
+    Staged,
+    /// `Staged`, then rows appended to main (a publish re-applies).
+    StagedThenMoved,
 }
 
 struct Scenario {
@@ -67,8 +73,12 @@ fn command(lake: &Lake, sc: &Scenario, anchor: DateTime<Utc>, inputs: &Path) -> 
     let mut c = lake.firn();
     let now = anchor + ChronoDuration::days(sc.days_ahead);
     c.env("FIRN_NOW", now.to_rfc3339());
+    let branch = std::fs::read_to_string(lake.path().join("branch.txt")).unwrap_or_default();
     for a in &sc.args {
-        c.arg(a.replace("{inputs}", &inputs.display().to_string()));
+        c.arg(
+            a.replace("{inputs}", &inputs.display().to_string())
+                .replace("{branch}", branch.trim()),
+        );
     }
     c
 }
@@ -86,7 +96,7 @@ async fn prepared(
         |at, seed, n, hours| crate::upkeep::append(catalog.as_ref(), &decl, at, seed, n, hours);
     match prep {
         Prep::Empty => {}
-        Prep::Backfilled => {
+        Prep::Backfilled | Prep::Staged | Prep::StagedThenMoved => {
             let out = lake
                 .firn()
                 .env("FIRN_NOW", anchor.to_rfc3339())
@@ -95,6 +105,24 @@ async fn prepared(
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{}", text(&out));
+            if matches!(prep, Prep::Staged | Prep::StagedThenMoved) {
+                let (from, to) = replaced_months();
+                let out = lake
+                    .firn()
+                    .env("FIRN_NOW", anchor.to_rfc3339())
+                    .args(["backfill", TABLE, "--stage", "--replace", "--input"])
+                    .arg(format!("{}/*.ndjson*", inputs.display()))
+                    .args(["--from", &from, "--to", &to])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", text(&out));
+                let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                let branch = report["staged"]["branch"].as_str().unwrap();
+                std::fs::write(lake.path().join("branch.txt"), branch).unwrap();
+            }
+            if prep == Prep::StagedThenMoved {
+                append(anchor - ChronoDuration::hours(2), 9, 50, 1).await;
+            }
         }
         Prep::Busy | Prep::CompactedAndTagged | Prep::WithOrphans => {
             append(anchor - ChronoDuration::hours(2), 1, 300, 3).await;
@@ -166,7 +194,10 @@ fn tag_current(lake: &Lake, name: &str) {
 async fn gauntlet(sc: Scenario) {
     let anchor = anchor();
     let inputs = tempfile::tempdir().unwrap();
-    if matches!(sc.prep, Prep::Empty | Prep::Backfilled) {
+    if matches!(
+        sc.prep,
+        Prep::Empty | Prep::Backfilled | Prep::Staged | Prep::StagedThenMoved
+    ) {
         let lake = Lake::without_broker();
         crate::backfill::write_inputs(inputs.path(), &lake.decl(), 300);
     }
@@ -220,11 +251,15 @@ async fn gauntlet(sc: Scenario) {
         foreign_append(&lake, catalog.as_ref(), i, foreign_at, &mut expected).await;
 
         let rerun = command(&lake, &sc, anchor, inputs.path()).output().unwrap();
-        // A backfill the faulted run finished is refused when run again.
-        let finished =
-            String::from_utf8_lossy(&rerun.stderr).contains("already committed (snapshot ");
+        // A backfill the faulted run finished is refused when run again; a
+        // branch the faulted run published or discarded is gone.
+        let stderr = String::from_utf8_lossy(&rerun.stderr);
+        let finished = stderr.contains("already committed (snapshot ");
+        let gone = stderr.contains("has no branch");
         assert!(
-            rerun.status.success() || (finished && sc.name.starts_with("backfill")),
+            rerun.status.success()
+                || (finished && sc.name.starts_with("backfill"))
+                || (gone && matches!(sc.prep, Prep::Staged | Prep::StagedThenMoved)),
             "{what}: the rerun failed\n{}",
             text(&rerun)
         );
@@ -372,9 +407,9 @@ async fn a_backfill_survives_a_fault_at_every_step() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backfill_replace_survives_a_fault_at_every_step() {
-    // Month boundaries: a replace must not cut the month partitions of day rows.
+/// Two whole months of the backfilled inputs (a replace must not cut the
+/// month partitions of day rows).
+fn replaced_months() -> (String, String) {
     let month = |days: i64| {
         use chrono::Datelike;
         (Utc::now() - ChronoDuration::days(days))
@@ -383,7 +418,48 @@ async fn a_backfill_replace_survives_a_fault_at_every_step() {
             .unwrap()
             .to_string()
     };
-    let (from, to) = (month(150), month(100));
+    (month(150), month(100))
+}
+
+/// Publishing a staged replace, whatever step it fails at and whatever
+/// another engine appends before the rerun (then a re-apply on main's
+/// files instead of a fast-forward).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_a_staged_backfill_survives_a_fault_at_every_step() {
+    gauntlet(Scenario::new(
+        "publish",
+        Prep::Staged,
+        args(&["publish", TABLE, "{branch}"]),
+    ))
+    .await;
+}
+
+/// Publishing a staged replace after main moved: its files re-applied on
+/// main's in one commit, whatever step that commit fails at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_applying_a_staged_backfill_survives_a_fault_at_every_step() {
+    gauntlet(Scenario::new(
+        "publish-re-applied",
+        Prep::StagedThenMoved,
+        args(&["publish", TABLE, "{branch}"]),
+    ))
+    .await;
+}
+
+/// Discarding a staged replace, whatever step it fails at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discarding_a_staged_backfill_survives_a_fault_at_every_step() {
+    gauntlet(Scenario::new(
+        "discard",
+        Prep::Staged,
+        args(&["discard", TABLE, "{branch}"]),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_replace_survives_a_fault_at_every_step() {
+    let (from, to) = replaced_months();
     gauntlet(Scenario::new(
         "backfill-replace",
         Prep::Backfilled,
