@@ -10,7 +10,7 @@ use arrow_array::{ArrayRef, UInt32Array};
 use chrono::NaiveDate;
 
 use super::{Total, Totals};
-use crate::rows::{MeasureValue, Measures};
+use crate::rows::Measures;
 use crate::schema::layout::Grain;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -46,6 +46,11 @@ impl DayTotals {
             empty: empty.emptied(),
             days: BTreeMap::new(),
         }
+    }
+
+    /// Empty totals of one day, of the same measures.
+    pub fn empty(&self) -> &Totals {
+        &self.empty
     }
 
     /// Empty totals of the same measures.
@@ -293,13 +298,6 @@ impl Totals {
         }
         Ok(out)
     }
-
-    /// Fold a measure value in by position, as [`Totals::add_value`].
-    pub fn add_values(&mut self, values: &[MeasureValue]) {
-        for (i, v) in values.iter().enumerate() {
-            self.add_value(i, *v);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -310,6 +308,7 @@ mod tests {
     use arrow_array::Int64Array;
 
     use super::*;
+    use crate::rows::MeasureValue;
     use crate::schema::decl::TableDecl;
 
     fn empty() -> Totals {

@@ -477,7 +477,7 @@ impl Audit<'_> {
             .chain(self.running.days.keys())
             .copied()
             .collect();
-        let empty = now.emptied().all();
+        let empty = now.empty().clone();
         for day in days {
             let read = now.days.get(&day).unwrap_or(&empty);
             let accounted = self.running.days.get(&day).unwrap_or(&empty);
@@ -510,7 +510,7 @@ impl Audit<'_> {
     /// whose rows were all taken out is left out).
     fn running_days(&self) -> Vec<DayRow> {
         let mut running = self.running.clone();
-        let empty = running.emptied().all();
+        let empty = running.empty().clone();
         let sums: Vec<usize> = (0..empty.values.len())
             .filter(|&i| matches!(empty.measures()[i].1, Agg::Sum | Agg::Count))
             .collect();
@@ -552,7 +552,7 @@ fn all_differences(expected: &DayTotals, found: &DayTotals) -> Vec<Delta> {
         .chain(found.days.keys())
         .copied()
         .collect();
-    let empty = expected.emptied().all();
+    let empty = expected.empty().clone();
     let mut out = Vec::new();
     for day in days {
         let e = expected.days.get(&day).unwrap_or(&empty);

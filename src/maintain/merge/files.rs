@@ -25,6 +25,7 @@ use super::super::state::LiveFile;
 use super::BatchStream;
 use crate::catalog::TableHandle;
 use crate::error::{Error, ErrorKind, Result};
+use crate::schema::layout::Grain;
 
 /// Files up to this size are fetched whole (a merge holds at most
 /// [`super::spill::FAN_IN`] of them at once).
@@ -33,7 +34,7 @@ pub(super) const WHOLE_FILE_BYTES: u64 = 1 << 20;
 /// Columns `field_ids` of `file` (named as the table's current schema names
 /// them, string columns as dictionaries when the file holds them so), in
 /// batches of `batch_rows`.
-pub(super) fn read(
+pub fn read(
     table: &TableHandle,
     file: &LiveFile,
     field_ids: Vec<i32>,
@@ -229,4 +230,47 @@ pub(super) fn iceberg_stream(
         .read(futures::stream::iter([Ok(task)]).boxed())
         .map_err(|e| Error::iceberg(format!("opening data file {path}"), e))?
         .stream())
+}
+
+/// The field ids of `table`'s columns `names`, in order.
+pub fn field_ids<'a>(
+    table: &TableHandle,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<i32>> {
+    let schema = table.metadata.current_schema();
+    names
+        .into_iter()
+        .map(|c| {
+            schema.field_by_name(c).map(|f| f.id).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Iceberg,
+                    format!(
+                        "table {} has no column `{c}`; run `firn tables sync`",
+                        table.ident
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Read one data file of `table` (every column of the current schema), in
+/// batches.
+pub fn read_file(
+    table: &TableHandle,
+    path: &str,
+    bytes: u64,
+    records: u64,
+) -> Result<ArrowRecordBatchStream> {
+    let schema = table.metadata.current_schema();
+    let field_ids = schema.as_struct().fields().iter().map(|f| f.id).collect();
+    let file = LiveFile {
+        path: path.to_string(),
+        grain: Grain::Minute,
+        spec_id: 0,
+        partition: 0,
+        records,
+        bytes,
+    };
+    iceberg_stream(table, &file, field_ids, super::READ_BATCH)
 }

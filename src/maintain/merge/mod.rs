@@ -24,8 +24,8 @@ use arrow_row::{RowConverter, SortField};
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use iceberg::scan::ArrowRecordBatchStream;
 
+pub use self::files::{field_ids, read as read_columns, read_file};
 use self::runs::RunBatch;
 use super::state::LiveFile;
 use crate::catalog::TableHandle;
@@ -274,27 +274,6 @@ impl std::fmt::Debug for MergeReader {
             .field("grain", &self.layout.grain)
             .finish_non_exhaustive()
     }
-}
-
-/// Read one data file of `table` (every column of the current schema), in
-/// batches.
-pub fn read_file(
-    table: &TableHandle,
-    path: &str,
-    bytes: u64,
-    records: u64,
-) -> Result<ArrowRecordBatchStream> {
-    let schema = table.metadata.current_schema();
-    let field_ids = schema.as_struct().fields().iter().map(|f| f.id).collect();
-    let file = LiveFile {
-        path: path.to_string(),
-        grain: Grain::Minute,
-        spec_id: 0,
-        partition: 0,
-        records,
-        bytes,
-    };
-    files::iceberg_stream(table, &file, field_ids, READ_BATCH)
 }
 
 impl MergeReader {
@@ -649,40 +628,6 @@ impl MergeReader {
         );
         Ok(RecordBatch::try_new(layout.schema.clone(), columns)?)
     }
-}
-
-/// The field ids of `table`'s columns `names`, in order.
-pub fn field_ids<'a>(
-    table: &TableHandle,
-    names: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<i32>> {
-    let schema = table.metadata.current_schema();
-    names
-        .into_iter()
-        .map(|c| {
-            schema.field_by_name(c).map(|f| f.id).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Iceberg,
-                    format!(
-                        "table {} has no column `{c}`; run `firn tables sync`",
-                        table.ident
-                    ),
-                )
-            })
-        })
-        .collect()
-}
-
-/// Columns `field_ids` of data file `file` of `table` (named as its current
-/// schema names them), in batches of `batch_rows`: small files whole in
-/// one request, others streamed.
-pub fn read_columns(
-    table: &TableHandle,
-    file: &LiveFile,
-    field_ids: Vec<i32>,
-    batch_rows: usize,
-) -> Result<BatchStream> {
-    files::read(table, file, field_ids, batch_rows)
 }
 
 /// Rows per read batch of each of `inputs` inputs.
