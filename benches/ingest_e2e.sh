@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End to end from a broker: `firn ingest` drains a topic of generated events
-# (1,000,000 by default) from offset 0 into a fresh table, beside a bare
-# librdkafka consumer (examples/bare_consumer.rs) draining the same topic
-# with no processing; prints both rates and their ratio. Then `firn
+# (2,000,000 by default: firn commits once a second, so a drain of a few
+# seconds is measured to within one commit) from offset 0 into a fresh
+# table, beside a bare librdkafka consumer (examples/bare_consumer.rs)
+# draining the same topic with no processing; prints both rates and their
+# ratio. Then `firn
 # backfill` of the same number of generated events from a local gzip NDJSON
 # file into another fresh table: events/s and peak RSS.
 #
@@ -21,7 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-events=${FIRN_BENCH_EVENTS:-1000000}
+events=${FIRN_BENCH_EVENTS:-2000000}
 partitions=${FIRN_BENCH_PARTITIONS:-4}
 accounts=${FIRN_BENCH_ACCOUNTS:-1000}
 spread=${FIRN_BENCH_SPREAD:-2h}

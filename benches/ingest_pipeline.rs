@@ -35,6 +35,10 @@ use firn::telemetry::IngestMetrics;
 use firn::write;
 use parquet::arrow::ArrowWriter;
 
+// As the binary allocates.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -151,7 +155,7 @@ fn main() {
         };
         let rows = aggregate().len();
         let pipeline = best(runs, events, || {
-            let sorted = aggregate().into_sorted();
+            let sorted = aggregate().into_sorted(&spec);
             let batches = write::to_batches(&arrow, &decl, Grain::Minute, &sorted).unwrap();
             let mut out = Vec::with_capacity(bytes / 4);
             let mut w =
@@ -215,7 +219,7 @@ fn main() {
                         (window, NOW_MS * 1000)
                     });
                 }
-                shards.collect(&decl.topic, &spec).0.len()
+                shards.collect(&decl.topic).0.len()
             });
             scaling.push((threads, rate));
         }

@@ -47,7 +47,14 @@ fn main() {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .expect("partition");
     }
-    consumer.assign(&tpl).expect("assign");
+    // `BARE_SUBSCRIBE=1`: join the group as a member, as `firn ingest`
+    // does, rather than assign the partitions.
+    let subscribed = std::env::var_os("BARE_SUBSCRIBE").is_some_and(|v| v == "1");
+    if subscribed {
+        consumer.subscribe(&[topic]).expect("subscribe");
+    } else {
+        consumer.assign(&tpl).expect("assign");
+    }
     let (mut records, mut bytes) = (0i64, 0u64);
     let mut started = None;
     while records < want {
@@ -58,6 +65,8 @@ fn main() {
                 bytes += m.payload().map_or(0, |p| p.len() as u64);
             }
             Some(Err(e)) => eprintln!("kafka: {e}"),
+            // A group member's first records wait for the group to form.
+            None if started.is_none() && subscribed => {}
             None => {
                 eprintln!("no record for 5 s; {records} of {want} read");
                 break;

@@ -324,7 +324,9 @@ fn combine(agg: Agg, slot: MeasureValue, v: MeasureValue, fold: Fold) -> Option<
 /// only a key not seen before is copied.
 #[derive(Debug, Default)]
 pub struct RowMap {
-    rows: HashTable<(RowKey, Measures)>,
+    /// Rows by key, each with its key's hash (a table that grows does not
+    /// hash its keys again).
+    rows: HashTable<(u64, RowKey, Measures)>,
     hasher: hashbrown::DefaultHashBuilder,
     /// Rows closed because adding to them would have overflowed a sum; a
     /// new row with the same key took their place.
@@ -384,13 +386,12 @@ impl RowMap {
             row
         };
         let hash = key_hash(&self.hasher, dims.iter().map(DimRef::reborrow), ts_micros);
-        let hasher = &self.hasher;
-        let same = |(k, _): &(RowKey, Measures)| {
+        let same = |(_, k, _): &(u64, RowKey, Measures)| {
             k.ts_micros == ts_micros && k.dims.iter().zip(dims).all(|(a, b)| a.is(b))
         };
-        match self.rows.entry(hash, same, |(k, _)| owned_hash(hasher, k)) {
+        match self.rows.entry(hash, same, |(h, _, _)| *h) {
             Entry::Occupied(mut o) => {
-                let (key, acc) = o.get_mut();
+                let (_, key, acc) = o.get_mut();
                 if !spec.add_event(acc, values) {
                     let closed = std::mem::replace(acc, fresh());
                     self.full.push((key.clone(), closed));
@@ -401,7 +402,7 @@ impl RowMap {
                     dims: dims.iter().map(DimRef::to_owned_value).collect(),
                     ts_micros,
                 };
-                v.insert((key, fresh()));
+                v.insert((hash, key, fresh()));
             }
         }
     }
@@ -409,18 +410,14 @@ impl RowMap {
     /// Merge a whole row (kept apart when a sum would overflow).
     pub fn add_row(&mut self, spec: &MeasureSpec, key: RowKey, measures: &Measures) {
         let hash = owned_hash(&self.hasher, &key);
-        let hasher = &self.hasher;
-        match self
-            .rows
-            .entry(hash, |(k, _)| *k == key, |(k, _)| owned_hash(hasher, k))
-        {
+        match self.rows.entry(hash, |(_, k, _)| *k == key, |(h, _, _)| *h) {
             Entry::Occupied(mut o) => {
-                if !spec.merge(&mut o.get_mut().1, measures) {
+                if !spec.merge(&mut o.get_mut().2, measures) {
                     self.full.push((key, measures.clone()));
                 }
             }
             Entry::Vacant(v) => {
-                v.insert((key, measures.clone()));
+                v.insert((hash, key, measures.clone()));
             }
         }
     }
@@ -429,22 +426,49 @@ impl RowMap {
     pub fn keys(&self) -> impl Iterator<Item = &RowKey> {
         self.rows
             .iter()
-            .map(|(k, _)| k)
+            .map(|(_, k, _)| k)
             .chain(self.full.iter().map(|(k, _)| k))
     }
 
     /// Merge all of `other` into this map.
     pub fn absorb(&mut self, spec: &MeasureSpec, other: RowMap) {
-        for (key, measures) in other.rows.into_iter().chain(other.full) {
+        let rows = other.rows.into_iter().map(|(_, k, m)| (k, m));
+        for (key, measures) in rows.chain(other.full) {
             self.add_row(spec, key, &measures);
         }
     }
 
-    /// The rows sorted as the table's sort order says: dimensions, then `ts`.
-    pub fn into_sorted(self) -> Vec<(RowKey, Measures)> {
-        let mut rows: Vec<_> = self.rows.into_iter().chain(self.full).collect();
+    /// Take all of `other`'s rows without looking them up: rows of the
+    /// same key are merged when the map is sorted ([`RowMap::into_sorted`]),
+    /// and until then count twice in [`RowMap::len`]. For a map taken whole
+    /// to be written, as a flush takes the shards' maps.
+    pub fn append(&mut self, other: RowMap) {
+        if self.is_empty() {
+            *self = other;
+            return;
+        }
+        self.full.reserve(other.len());
+        self.full
+            .extend(other.rows.into_iter().map(|(_, k, m)| (k, m)).chain(other.full));
+    }
+
+    /// The rows sorted as the table's sort order says: dimensions, then
+    /// `ts`; rows of one key merged, unless a sum would overflow.
+    pub fn into_sorted(self, spec: &MeasureSpec) -> Vec<(RowKey, Measures)> {
+        let mut rows: Vec<_> = Vec::with_capacity(self.len());
+        rows.extend(self.rows.into_iter().map(|(_, k, m)| (k, m)).chain(self.full));
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        rows
+        let mut out: Vec<(RowKey, Measures)> = Vec::with_capacity(rows.len());
+        for (key, measures) in rows {
+            if let Some((k, acc)) = out.last_mut()
+                && *k == key
+                && spec.merge_values(&mut acc.0, &measures.0)
+            {
+                continue;
+            }
+            out.push((key, measures));
+        }
+        out
     }
 }
 
@@ -482,7 +506,7 @@ mod tests {
         for _ in 0..3 {
             map.add_event(&s, key.clone(), &ev(1 << 62));
         }
-        let rows = map.into_sorted();
+        let rows = map.into_sorted(&s);
         assert_eq!(rows.len(), 3);
         for (_, m) in &rows {
             assert_eq!(m.0[0], MeasureValue::Long(Some(1)));
@@ -532,7 +556,7 @@ mod tests {
         m.add_event(&s, key(0), &ev(10, 1, Some(MeasureValue::Long(Some(5)))));
         m.add_event(&s, key(0), &ev(20, 2, None));
         m.add_event(&s, key(60), &ev(1, 1, Some(MeasureValue::Long(Some(9)))));
-        let rows = m.into_sorted();
+        let rows = m.into_sorted(&s);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].0.ts_micros, 0);
         assert_eq!(
@@ -555,6 +579,61 @@ mod tests {
                 MeasureValue::Long(Some(9)),
             ])
         );
+    }
+
+    /// Maps appended without lookups sort to the same rows as maps merged
+    /// key by key: rows of one key merged, a sum that would overflow kept
+    /// apart, every total the same.
+    #[test]
+    fn appended_maps_sort_to_the_rows_of_merged_maps() {
+        let s = spec();
+        let key = |account, t| RowKey {
+            dims: vec![DimValue::Long(account), DimValue::Str("cdn".into())],
+            ts_micros: t,
+        };
+        let ev = |b: i64| [None, Some(MeasureValue::Long(Some(b))), None, None];
+        let parts = |n: i64| {
+            let mut m = RowMap::default();
+            for i in 0..40 {
+                m.add_event(&s, key(i % 7, (i % 3) * 60), &ev(n * 100 + i));
+            }
+            m.add_event(&s, key(99, 0), &ev(i64::MAX / 2 + n));
+            m
+        };
+        let mut appended = RowMap::default();
+        let mut merged = RowMap::default();
+        for n in 0..3 {
+            appended.append(parts(n));
+            merged.absorb(&s, parts(n));
+        }
+        assert_eq!(appended.len(), 3 * 22, "appended rows count until sorted");
+        let (a, m) = (appended.into_sorted(&s), merged.into_sorted(&s));
+        assert!(a.windows(2).all(|w| w[0].0 <= w[1].0), "sorted by key");
+        // Per key: the rows and the exact sums of every measure.
+        let by_key = |rows: &[(RowKey, Measures)]| {
+            let mut out: BTreeMap<RowKey, (usize, Vec<i128>)> = BTreeMap::new();
+            for (k, m) in rows {
+                let e = out.entry(k.clone()).or_insert((0, vec![0; m.0.len()]));
+                e.0 += 1;
+                for (i, v) in m.0.iter().enumerate() {
+                    if let MeasureValue::Long(Some(v)) = v {
+                        e.1[i] += i128::from(*v);
+                    }
+                }
+            }
+            out
+        };
+        let (a, m) = (by_key(&a), by_key(&m));
+        assert_eq!(a.len(), 7 * 3 + 1);
+        for (k, (rows, sums)) in &a {
+            assert_eq!(sums, &m[k].1, "the totals of {k:?}");
+            if k.dims[0] == DimValue::Long(99) {
+                // Three sums of which no three fit: two or three rows.
+                assert!((2..=3).contains(rows), "{rows}");
+            } else {
+                assert_eq!(*rows, 1, "one row for {k:?}");
+            }
+        }
     }
 
     /// Borrowed and owned keys of the same values find the same row; keys
@@ -585,7 +664,7 @@ mod tests {
             &ev,
         );
         m.add_event_ref(&s, &keys[0], 120, &ev);
-        let rows = m.into_sorted();
+        let rows = m.into_sorted(&s);
         let counts: Vec<_> = rows
             .iter()
             .map(|(k, m)| (k.dims.clone(), k.ts_micros, m.0[0]))

@@ -589,7 +589,7 @@ async fn write_grains(
     let mut files = Vec::new();
     let mut totals = ChangeTotals::default();
     for (grain, rows) in rows {
-        let rows = rows.into_sorted();
+        let rows = rows.into_sorted(&crate::rows::MeasureSpec::new(decl));
         let mut t = DayTotals::new(&Totals::new(decl));
         for (key, measures) in &rows {
             t.add_row(key.ts_micros, measures);

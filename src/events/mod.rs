@@ -5,6 +5,7 @@
 mod object;
 #[cfg(test)]
 mod tests;
+mod time;
 
 use std::fmt;
 
@@ -12,6 +13,7 @@ use chrono::{DateTime, Utc};
 use smallvec::SmallVec;
 
 use self::object::{Object, ObjectSeed, Scalar, Slots};
+use self::time::parse_time;
 use crate::rows::{DimRef, MeasureValue, RowKey};
 use crate::schema::decl::{Agg, DimType, MeasureType, TableDecl};
 
@@ -342,21 +344,6 @@ fn long(field: &str, n: &serde_json::Number) -> Result<i64, RejectReason> {
             field: field.to_string(),
             value: n.to_string(),
         }),
-    }
-}
-
-fn parse_time(field: &str, v: &Scalar<'_>) -> Result<i64, RejectReason> {
-    match v {
-        Scalar::Number(n) => n.as_i64().ok_or_else(|| {
-            RejectReason::BadTime(format!("`{field}` = {n} is not integer milliseconds"))
-        }),
-        Scalar::Str(s) => DateTime::parse_from_rfc3339(s)
-            .map(|t| t.timestamp_millis())
-            .map_err(|e| RejectReason::BadTime(format!("`{field}` = {s:?}: {e}"))),
-        other => Err(RejectReason::BadTime(format!(
-            "`{field}` is {}, expected epoch milliseconds or an RFC 3339 string",
-            json_type(other)
-        ))),
     }
 }
 

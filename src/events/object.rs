@@ -53,18 +53,22 @@ impl<'de> serde::de::Visitor<'de> for ObjectSeed<'_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Object<'de>, A::Error> {
         let fields = &self.decoder.fields;
         let mut values: Slots<'de> = (0..fields.len()).map(|_| None).collect();
-        // Keys seen: a few are searched in a list, many in a set (an event
-        // of a million keys must not take a million squared comparisons).
+        // Undeclared keys seen: a few are searched in a list, many in a set
+        // (an event of a million keys must not take a million squared
+        // comparisons).
         let mut seen: SmallVec<[Cow<'de, str>; 16]> = SmallVec::new();
         let mut many: Option<std::collections::HashSet<Cow<'de, str>>> = None;
         let mut duplicate = None;
         while let Some(Key(key)) = map.next_key()? {
-            match fields.iter().position(|f| **f == *key) {
-                Some(slot) => values[slot] = Some(map.next_value()?),
-                None => {
-                    map.next_value::<Skip>()?;
+            if let Some(slot) = fields.iter().position(|f| **f == *key) {
+                // A declared field given twice is the slot filled before.
+                if values[slot].is_some() && duplicate.is_none() {
+                    duplicate = Some(key.into_owned());
                 }
+                values[slot] = Some(map.next_value()?);
+                continue;
             }
+            map.next_value::<Skip>()?;
             if duplicate.is_none() {
                 let repeated = match &mut many {
                     Some(set) => !set.insert(key.clone()),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use iceberg::TableIdent;
 
+use super::flush::FlushJob;
 use crate::events::{Decoder, Origin, TimeWindow};
 use crate::rejects::RejectRecord;
 use crate::rows::{MeasureSpec, RowMap};
@@ -161,14 +162,27 @@ impl TableSink {
             .collect()
     }
 
-    /// After a successful commit: the batch's end is the new start.
-    pub fn committed(&mut self) {
+    /// Take the batch out to be committed (`None` when it is empty): the
+    /// next batch starts where it ends. If its commit fails, the caller
+    /// discards what came after and re-reads from the table's offsets.
+    pub fn take_flush(&mut self) -> Option<FlushJob> {
+        if self.batch.is_empty() {
+            return None;
+        }
+        let from = self.batch_from();
         let batch = std::mem::take(&mut self.batch);
-        for (p, to) in batch.to {
-            if let Some(pos) = self.positions.get_mut(&p) {
-                *pos = Some(to);
+        for (p, to) in &batch.to {
+            if let Some(pos) = self.positions.get_mut(p) {
+                *pos = Some(*to);
             }
         }
+        Some(FlushJob {
+            ident: self.ident.clone(),
+            rejects_ident: self.rejects_ident.clone(),
+            decl: self.decl().clone(),
+            batch,
+            from,
+        })
     }
 
     /// After a fence: drop the batch; positions are reset by the caller from
@@ -218,9 +232,16 @@ pub(crate) mod tests {
         assert_eq!(s.batch.to, BTreeMap::from([(0, 13), (1, 1)]));
         assert_eq!(s.batch.rows.len(), 1);
         assert_eq!(s.batch.rejects[0].offset, 0);
-        s.committed();
+        let job = s.take_flush().expect("a batch");
+        assert_eq!(job.from, BTreeMap::from([(0, Some(10)), (1, None)]));
+        assert_eq!(job.batch.to, BTreeMap::from([(0, 13), (1, 1)]));
         assert!(s.batch.is_empty());
+        assert!(s.take_flush().is_none());
         assert_eq!(s.positions, BTreeMap::from([(0, Some(13)), (1, Some(1))]));
+        // The next batch starts where the one being committed ends.
+        assert_eq!(s.consume(0, 12, good, w, 0), Consumed::Duplicate);
+        assert_eq!(s.consume(0, 13, good, w, 0), Consumed::Accepted);
+        assert_eq!(s.batch_from(), BTreeMap::from([(0, Some(13))]));
     }
 }
 
@@ -347,7 +368,7 @@ mod fuzz {
                 iceberg::arrow::schema_to_arrow_schema(&layout::initial_schema(&decl).unwrap()).unwrap(),
             );
             let batch = s.discard();
-            let rows = batch.rows.into_sorted();
+            let rows = batch.rows.into_sorted(&s.spec);
             let stored: i128 = rows
                 .iter()
                 .map(|(_, m)| long_sum(&m.0.iter().map(|v| Some(*v)).collect::<Vec<_>>(), 1))

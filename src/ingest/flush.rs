@@ -2,16 +2,19 @@
 //! as one Iceberg append whose summary carries the group's offsets (fenced
 //! per partition). Kafka offsets are committed by the caller, after.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use iceberg::TableIdent;
 
-use super::batch::TableSink;
+use super::batch::Batch;
 use crate::catalog::Catalog;
 use crate::commit::{self, Change, FirnOperation, RetryPolicy, summary};
 use crate::error::{ErrorKind, Result};
 use crate::offsets::{self, OffsetAdvance};
 use crate::rejects::{self, RejectRecord};
+use crate::rows::MeasureSpec;
+use crate::schema::decl::TableDecl;
 use crate::schema::layout::Grain;
 use crate::totals::{ChangeTotals, DayTotals, Totals};
 use crate::write;
@@ -44,46 +47,61 @@ pub enum FlushOutcome {
     },
 }
 
-/// Flush `sink`'s batch. On success the sink's positions advance. On any
-/// error the batch is left in place for the caller to discard and re-read
-/// (`Fenced` means another worker committed the range).
+/// One table's batch taken out of its sink to be committed, with where
+/// each of its partitions started (the fence).
+#[derive(Debug)]
+pub struct FlushJob {
+    /// The table.
+    pub ident: TableIdent,
+    /// Its rejects table.
+    pub rejects_ident: TableIdent,
+    /// Its declaration.
+    pub decl: TableDecl,
+    /// The batch.
+    pub batch: Batch,
+    /// Where each partition of the batch started: the offsets the table must
+    /// still hold for the commit to land.
+    pub from: BTreeMap<i32, Option<i64>>,
+}
+
+/// Commit `job`'s batch. On any error nothing of the batch's rows is in the
+/// table (`Fenced` means another worker committed the range); the caller
+/// re-reads from the table's offsets.
 pub async fn flush(
     catalog: &dyn Catalog,
     group: &str,
-    sink: &mut TableSink,
+    job: FlushJob,
     target_file_size: usize,
     retry: RetryPolicy,
 ) -> Result<FlushOutcome> {
-    if sink.batch.is_empty() {
+    let FlushJob {
+        ident,
+        rejects_ident,
+        decl,
+        batch,
+        from,
+    } = job;
+    if batch.is_empty() {
         return Ok(FlushOutcome::Empty);
     }
     let started = std::time::Instant::now();
-    let topic = sink.decl().topic.clone();
-    let rejects = if sink.batch.rejects.is_empty() {
+    let topic = decl.topic.clone();
+    let rejects = if batch.rejects.is_empty() {
         0
     } else {
-        commit_rejects(
-            catalog,
-            group,
-            &sink.rejects_ident,
-            &topic,
-            &sink.batch.rejects,
-            retry,
-        )
-        .await?
+        commit_rejects(catalog, group, &rejects_ident, &topic, &batch.rejects, retry).await?
     };
 
-    let table = catalog.load(&sink.ident).await?;
-    let rows = std::mem::take(&mut sink.batch.rows).into_sorted();
+    let table = catalog.load(&ident).await?;
+    let rows = batch.rows.into_sorted(&MeasureSpec::new(&decl));
     let row_count = rows.len() as u64;
-    let mut added = DayTotals::new(&Totals::new(sink.decl()));
+    let mut added = DayTotals::new(&Totals::new(&decl));
     for (key, measures) in &rows {
         added.add_row(key.ts_micros, measures);
     }
     let mut added_by_grain = ChangeTotals::default();
     added_by_grain.add(Grain::Minute, &added);
-    let files =
-        write::write_rows(&table, sink.decl(), Grain::Minute, rows, target_file_size).await?;
+    let files = write::write_rows(&table, &decl, Grain::Minute, rows, target_file_size).await?;
     let file_count = files.len();
     let bytes = files.iter().map(|f| f.file.file_size_in_bytes()).sum();
     let write_seconds = started.elapsed().as_secs_f64();
@@ -91,19 +109,17 @@ pub async fn flush(
         .with_offsets(OffsetAdvance {
             group: group.to_string(),
             topic,
-            from: sink.batch_from(),
-            to: sink.batch.to.clone(),
+            from,
+            to: batch.to,
         })
-        .with_property(summary::RECORDS, sink.batch.records.to_string())
+        .with_property(summary::RECORDS, batch.records.to_string())
         .with_totals(&added_by_grain, &ChangeTotals::default());
     let committing = std::time::Instant::now();
-    let committed = commit::commit(catalog, &sink.ident, &change, retry).await?;
+    let committed = commit::commit(catalog, &ident, &change, retry).await?;
     let commit_seconds = committing.elapsed().as_secs_f64();
-    let records = sink.batch.records;
-    sink.committed();
     Ok(FlushOutcome::Committed {
         snapshot_id: committed.snapshot_id,
-        records,
+        records: batch.records,
         rows: row_count,
         files: file_count,
         rejects,

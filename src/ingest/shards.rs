@@ -195,7 +195,7 @@ impl Shards {
 
     /// Take every row and reject of `topic` the shards hold, once each has
     /// done every chunk sent before.
-    pub fn collect(&mut self, topic: &str, spec: &MeasureSpec) -> Share {
+    pub fn collect(&mut self, topic: &str) -> Share {
         let Some(&t) = self.topics.get(topic) else {
             return Share::default();
         };
@@ -212,11 +212,7 @@ impl Shards {
         let mut out = Share::default();
         for rx in replies {
             if let Ok((rows, rejects)) = rx.recv() {
-                if out.0.is_empty() {
-                    out.0 = rows;
-                } else {
-                    out.0.absorb(spec, rows);
-                }
+                out.0.append(rows);
                 out.1.extend(rejects);
             }
         }
@@ -356,15 +352,15 @@ mod tests {
                 assert_eq!(shards.buffered(), 11, "records not decoded yet count");
             }
             if offset == 2999 {
-                flushed.push(shards.collect(&topic, &one.spec));
+                flushed.push(shards.collect(&topic));
             }
         }
-        flushed.push(shards.collect(&topic, &one.spec));
+        flushed.push(shards.collect(&topic));
         assert_eq!(shards.buffered(), 0);
         let mut rows = RowMap::default();
         let mut rejects = Vec::new();
         for (r, j) in flushed {
-            rows.absorb(&one.spec, r);
+            rows.append(r);
             rejects.extend(j);
         }
         let batch = one.discard();
@@ -376,6 +372,9 @@ mod tests {
         a.sort_unstable();
         b.sort_unstable();
         assert_eq!(a, b, "every reject once");
-        assert_eq!(rows.into_sorted(), batch.rows.into_sorted());
+        assert_eq!(
+            rows.into_sorted(&one.spec),
+            batch.rows.into_sorted(&one.spec)
+        );
     }
 }

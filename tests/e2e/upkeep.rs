@@ -227,7 +227,7 @@ async fn orphans_of_failed_commits_go_and_fresh_writes_stay() {
             None,
         ],
     );
-    let failed_files = write::write_rows(&table, &decl, Grain::Minute, rows.into_sorted(), 1 << 20)
+    let failed_files = write::write_rows(&table, &decl, Grain::Minute, rows.into_sorted(&firn::rows::MeasureSpec::new(&decl)), 1 << 20)
         .await
         .unwrap();
     let change = Change::append(FirnOperation::Ingest, failed_files.clone()).with_offsets(

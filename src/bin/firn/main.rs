@@ -13,6 +13,10 @@ mod batch;
 mod progress;
 
 use args::*;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use firn::clock::{Clock, SystemClock};
 use firn::config::{Config, Overrides};
 use firn::maintain::Operation;

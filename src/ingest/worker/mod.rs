@@ -16,24 +16,26 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use tokio::runtime::Handle;
 
+mod pipeline;
+
+use self::pipeline::InFlight;
 use super::IngestOptions;
 use super::batch::{Consumed, TableSink};
-use super::flush::{self, FlushOutcome};
 use super::membership::{CLOSE_LIMIT, Unassigned, close_within};
 use super::shards::{Shards, TopicDecoding};
 use crate::catalog::Catalog;
 use crate::clock::Clock;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::events::TimeWindow;
 use crate::retry::retry;
-use crate::telemetry::{FlushStats, IngestMetrics};
+use crate::telemetry::IngestMetrics;
 use crate::{kafka, offsets};
 
 /// Totals of one worker run.
@@ -67,6 +69,8 @@ pub(super) struct Core {
     report: IngestReport,
     /// Shard threads decoding and aggregating (`--threads` above 1).
     shards: Option<Shards>,
+    /// The flush being committed, if any.
+    in_flight: Option<InFlight>,
 }
 
 pub(super) struct IngestContext {
@@ -111,7 +115,7 @@ impl ConsumerContext for IngestContext {
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error; releasing partitions");
-                core.drop_all_positions();
+                core.drop_all_positions(consumer);
                 let _ = consumer.unassign();
             }
         }
@@ -169,20 +173,20 @@ impl Core {
     fn on_revoke(&mut self, consumer: &BaseConsumer<IngestContext>, tpl: &TopicPartitionList) {
         tracing::info!(partitions = %describe(tpl), "revoked; flushing before release");
         self.flush_all(consumer, false);
-        self.drop_all_positions();
+        self.drop_all_positions(consumer);
         self.health.set_assigned(0);
     }
 
-    fn drop_all_positions(&mut self) {
-        for (topic, sink) in self.sinks.iter_mut() {
-            if !sink.batch.is_empty() {
-                self.report.dropped_batches += 1;
+    /// Drop every batch and position (a rebalance error), after the flush in
+    /// flight is done.
+    fn drop_all_positions(&mut self, consumer: &BaseConsumer<IngestContext>) {
+        self.finish_flush(consumer, false, true);
+        let topics: Vec<String> = self.sinks.keys().cloned().collect();
+        for topic in topics {
+            self.drop_batch(&topic);
+            if let Some(sink) = self.sinks.get_mut(&topic) {
+                sink.positions.clear();
             }
-            if let Some(shards) = &mut self.shards {
-                shards.collect(topic, &sink.spec);
-            }
-            sink.discard();
-            sink.positions.clear();
         }
     }
 
@@ -204,11 +208,15 @@ impl Core {
         self.sinks.values().any(|s| !s.batch.is_empty())
     }
 
+    /// Whether the buffered rows or bytes reached their limit.
+    fn buffer_full(&self) -> bool {
+        self.buffered_rows() >= self.opts.max_buffered_rows
+            || self.buffered_bytes() >= self.opts.max_buffered_bytes
+    }
+
     fn flush_due(&self) -> bool {
         self.anything_buffered()
-            && (self.last_flush.elapsed() >= self.opts.commit_interval
-                || self.buffered_rows() >= self.opts.max_buffered_rows
-                || self.buffered_bytes() >= self.opts.max_buffered_bytes)
+            && (self.last_flush.elapsed() >= self.opts.commit_interval || self.buffer_full())
     }
 
     fn consume(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
@@ -238,101 +246,6 @@ impl Core {
             }
             Consumed::Duplicate | Consumed::NotAssigned => {}
         }
-    }
-
-    /// Flush every table with a batch. With `reposition`, a dropped batch's
-    /// partitions are sought back to the table's offsets (they stay assigned);
-    /// on revocation they are being released anyway.
-    fn flush_all(&mut self, consumer: &BaseConsumer<IngestContext>, reposition: bool) {
-        let topics: Vec<String> = self.sinks.keys().cloned().collect();
-        for topic in topics {
-            if self.sinks[&topic].batch.is_empty() {
-                continue;
-            }
-            let started = Instant::now();
-            let sink = self.sinks.get_mut(&topic).expect("listed above");
-            if let Some(shards) = &mut self.shards {
-                let (rows, rejects) = shards.collect(&topic, &sink.spec);
-                let mine = std::mem::take(&mut sink.batch.rows);
-                sink.batch.rows = rows;
-                sink.batch.rows.absorb(&sink.spec, mine);
-                sink.batch.rejects.extend(rejects);
-            }
-            let table = sink.decl().qualified_name();
-            let covered: BTreeMap<i32, i64> = sink.batch.to.clone();
-            let result = self.handle.block_on(flush::flush(
-                self.catalog.as_ref(),
-                &self.opts.group,
-                sink,
-                self.opts.target_file_size,
-                self.opts.retry,
-            ));
-            match result {
-                Ok(FlushOutcome::Committed {
-                    snapshot_id,
-                    records,
-                    rows,
-                    files,
-                    rejects,
-                    bytes,
-                    attempts,
-                    write_seconds,
-                    commit_seconds,
-                }) => {
-                    self.report.records += records;
-                    self.report.rejected += rejects as u64;
-                    self.report.commits += 1;
-                    let secs = started.elapsed().as_secs_f64();
-                    self.metrics.flush_committed(
-                        &table,
-                        FlushStats {
-                            rows,
-                            files,
-                            bytes,
-                            attempts,
-                            write_seconds,
-                            commit_seconds,
-                        },
-                    );
-                    self.health.committed();
-                    self.publish_lag();
-                    tracing::info!(
-                        table = %table, snapshot_id, records, rows, files, rejects, attempts,
-                        seconds = secs, "flushed"
-                    );
-                    let mut tpl = TopicPartitionList::new();
-                    for (p, to) in covered {
-                        let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(to));
-                    }
-                    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                        tracing::debug!(error = %e, "group offset commit (for lag tools) failed");
-                    }
-                }
-                Ok(FlushOutcome::Empty) => {}
-                Err(e) => {
-                    let outcome = if e.kind() == ErrorKind::Fenced {
-                        "fenced"
-                    } else {
-                        "failed"
-                    };
-                    self.metrics.flush_failed(&table, outcome);
-                    tracing::warn!(table = %table, error = %e, "batch dropped; re-reading from the table's offsets");
-                    self.report.dropped_batches += 1;
-                    let sink = self.sinks.get_mut(&topic).expect("listed above");
-                    sink.discard();
-                    if reposition && let Err(e) = self.reposition(consumer, &topic) {
-                        tracing::error!(error = %e, "cannot re-position after a dropped batch");
-                        self.fatal = Some(e);
-                        return;
-                    }
-                    if outcome == "failed" {
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
-                }
-            }
-            self.metrics.buffered(&table, 0);
-        }
-        self.last_flush = Instant::now();
     }
 
     /// Keep the watermarks librdkafka's statistics report (learnt from
@@ -474,6 +387,7 @@ pub(super) fn run_blocking(
             fatal: None,
             report: IngestReport::default(),
             shards,
+            in_flight: None,
         }),
     };
     let consumer: BaseConsumer<IngestContext> = config.create_with_context(context)?;
@@ -509,16 +423,27 @@ pub(super) fn run_blocking(
         if let Some(e) = core.fatal.take() {
             return Err(e);
         }
-        let idle = !core.anything_buffered();
+        core.finish_flush(&consumer, true, false);
+        if let Some(e) = core.fatal.take() {
+            return Err(e);
+        }
+        let idle = !core.anything_buffered() && core.in_flight.is_none();
         core.health.set_idle(idle);
         unassigned.check(
             core.sinks.values().any(|s| !s.positions.is_empty()),
             Instant::now(),
         );
         if core.flush_due() {
-            core.flush_all(&consumer, true);
-            if let Some(e) = core.fatal.take() {
-                return Err(e);
+            // While a flush is in flight the next batch fills; it waits
+            // for that flush only once the buffer is full.
+            if core.in_flight.is_some() && core.buffer_full() {
+                core.finish_flush(&consumer, true, true);
+                if let Some(e) = core.fatal.take() {
+                    return Err(e);
+                }
+            }
+            if core.in_flight.is_none() && core.flush_due() {
+                core.start_flush();
             }
         }
         if let Some(idle) = opts.stop_when_idle
@@ -566,6 +491,14 @@ fn consumer_config(opts: &IngestOptions) -> rdkafka::ClientConfig {
         ("client.id", "firn-ingest"),
         // Statistics carry the high watermarks consumer lag is measured from.
         ("statistics.interval.ms", "5000"),
+        // When the prefetch queue is over its threshold (a flush or a burst
+        // kept the worker behind its fetches), fetch again 10 ms later, not
+        // librdkafka's 1 s: a worker that falls behind for a moment would
+        // otherwise sit idle for the rest of that second, every time.
+        ("fetch.queue.backoff.ms", "10"),
+        // Prefetch up to 16 MiB (librdkafka: 64 MiB): with fetches 10 ms
+        // apart that is ample, and a worker's memory stays with its batches.
+        ("queued.max.messages.kbytes", "16384"),
     ];
     if let Some(id) = &opts.instance_id {
         settings.push(("group.instance.id", id.as_str()));
@@ -604,5 +537,12 @@ mod tests {
         assert!(consumer.is_ok(), "{:?}", consumer.err());
         let dynamic = consumer_config(&IngestOptions::default());
         assert_eq!(dynamic.get("group.instance.id"), None);
+        assert_eq!(dynamic.get("fetch.queue.backoff.ms"), Some("10"));
+        // The operator's properties come last: they win.
+        let tuned = consumer_config(&IngestOptions {
+            kafka: [("fetch.queue.backoff.ms".to_string(), "100".to_string())].into(),
+            ..Default::default()
+        });
+        assert_eq!(tuned.get("fetch.queue.backoff.ms"), Some("100"));
     }
 }
