@@ -335,9 +335,25 @@ async fn metrics_and_readiness_follow_the_worker() {
     let catalog = lake.catalog().await;
     lake.wait_for_offsets(catalog.as_ref(), report.sent as i64, WAIT)
         .await;
-    let ready = scrape(port, "/readyz").unwrap();
+    // The worker learns its last commit landed a moment after the table
+    // shows it; then the metrics count exactly what the table holds.
+    let ready = ready_within(port).await;
     assert_eq!(ready.0, 200, "{ready:?}");
-    let (_, body) = scrape(port, "/metrics").unwrap();
+    let table = catalog
+        .load(&tables::ident(&lake.decl()).unwrap())
+        .await
+        .unwrap();
+    let rows = read::totals(&table, &lake.decl()).await.unwrap().rows;
+    let state = firn::maintain::state::load(&table).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (_, body) = scrape(port, "/metrics").unwrap();
+        let files = metric(&body, "firn_ingest_files_committed_total");
+        if files == state.files.len() as u64 || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(
         metric(&body, "firn_ingest_events_consumed_total"),
         report.sent,
@@ -347,13 +363,7 @@ async fn metrics_and_readiness_follow_the_worker() {
         metric(&body, "firn_ingest_events_rejected_total"),
         report.malformed
     );
-    let table = catalog
-        .load(&tables::ident(&lake.decl()).unwrap())
-        .await
-        .unwrap();
-    let rows = read::totals(&table, &lake.decl()).await.unwrap().rows;
     assert_eq!(metric(&body, "firn_ingest_rows_written_total"), rows);
-    let state = firn::maintain::state::load(&table).await.unwrap();
     let bytes: u64 = state.files.iter().map(|f| f.bytes).sum();
     assert_eq!(metric(&body, "firn_ingest_bytes_written_total"), bytes);
     assert_eq!(
@@ -402,6 +412,18 @@ async fn readyz(port: u16) -> (u16, String) {
     }
 }
 
+/// `/readyz` once it answers 200, or its last answer after 30 s.
+async fn ready_within(port: u16) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = readyz(port).await;
+        if r.0 == 200 || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_wants_an_assigned_partition_and_a_commit() {
     // One partition, two members: once the group has rebalanced, one holds
@@ -427,7 +449,8 @@ async fn readyz_wants_an_assigned_partition_and_a_commit() {
     let one = lake.produce(batch(61)).await;
     lake.wait_for_offsets(catalog.as_ref(), one.sent as i64, WAIT)
         .await;
-    assert_eq!(readyz(ports[0]).await, (200, "ready\n".into()));
+    // The worker learns its commit landed a moment after the table shows it.
+    assert_eq!(ready_within(ports[0]).await, (200, "ready\n".into()));
 
     workers.push(spawn("b", ports[1]));
     let assigned = |port| {
@@ -458,14 +481,7 @@ async fn readyz_wants_an_assigned_partition_and_a_commit() {
     let two = lake.produce(batch(62)).await;
     lake.wait_for_offsets(catalog.as_ref(), (one.sent + two.sent) as i64, WAIT)
         .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let ready = loop {
-        let r = readyz(ports[idle]).await;
-        if r.0 == 200 || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let ready = ready_within(ports[idle]).await;
     assert_eq!(ready, (200, "ready\n".into()), "{}", logs());
     assert_eq!(assigned(ports[idle]), 1);
     assert!(terminate(&mut workers[idle]).success());
