@@ -208,15 +208,23 @@ impl Core {
         self.sinks.values().any(|s| !s.batch.is_empty())
     }
 
-    /// Whether the buffered rows or bytes reached their limit.
+    /// Whether the rows or bytes held — buffered and being committed —
+    /// reached their limit: the worker reads on only after the flush in
+    /// flight is done.
     fn buffer_full(&self) -> bool {
-        self.buffered_rows() >= self.opts.max_buffered_rows
-            || self.buffered_bytes() >= self.opts.max_buffered_bytes
+        let (rows, bytes) = self.in_flight.as_ref().map_or((0, 0), InFlight::held);
+        self.buffered_rows() + rows >= self.opts.max_buffered_rows
+            || self.buffered_bytes() + bytes >= self.opts.max_buffered_bytes
     }
 
+    /// Whether to flush: every `--commit-interval`, or once half the
+    /// buffer limits are reached, so that the next half fills while it
+    /// commits and what a worker holds stays within the limits.
     fn flush_due(&self) -> bool {
         self.anything_buffered()
-            && (self.last_flush.elapsed() >= self.opts.commit_interval || self.buffer_full())
+            && (self.last_flush.elapsed() >= self.opts.commit_interval
+                || self.buffered_rows() >= self.opts.max_buffered_rows.div_ceil(2)
+                || self.buffered_bytes() >= self.opts.max_buffered_bytes.div_ceil(2))
     }
 
     fn consume(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {

@@ -19,6 +19,8 @@ use crate::telemetry::FlushStats;
 /// commits them, and the task (a result per table and its seconds).
 pub(super) struct InFlight {
     tables: Vec<Flushing>,
+    /// Rows and rejects, and payload bytes, of the batches.
+    held: (usize, u64),
     task: tokio::task::JoinHandle<Vec<(Result<FlushOutcome>, f64)>>,
 }
 
@@ -77,6 +79,10 @@ impl Core {
         if jobs.is_empty() {
             return;
         }
+        let held = jobs.iter().fold((0, 0), |(rows, bytes), j| {
+            let b = &j.batch;
+            (rows + b.rows.len() + b.rejects.len(), bytes + b.bytes)
+        });
         let (catalog, group) = (self.catalog.clone(), self.opts.group.clone());
         let (target_file_size, retry) = (self.opts.target_file_size, self.opts.retry);
         let task = self.handle.spawn(async move {
@@ -89,7 +95,7 @@ impl Core {
             }
             results
         });
-        self.in_flight = Some(InFlight { tables, task });
+        self.in_flight = Some(InFlight { tables, held, task });
     }
 
     /// Take the result of the flush in flight, if any: once it is done, or
@@ -103,7 +109,7 @@ impl Core {
             Some(f) if !wait && !f.task.is_finished() => return,
             Some(_) => {}
         }
-        let InFlight { tables, task } = self.in_flight.take().expect("checked above");
+        let InFlight { tables, task, .. } = self.in_flight.take().expect("checked above");
         let results = match self.handle.block_on(task) {
             Ok(results) => results,
             Err(e) => {
@@ -195,5 +201,12 @@ impl Core {
             self.report.dropped_batches += 1;
         }
         sink.discard();
+    }
+}
+
+impl InFlight {
+    /// Rows and rejects, and payload bytes, the flush holds.
+    pub(super) fn held(&self) -> (usize, u64) {
+        self.held
     }
 }
