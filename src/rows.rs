@@ -448,15 +448,25 @@ impl RowMap {
             return;
         }
         self.full.reserve(other.len());
-        self.full
-            .extend(other.rows.into_iter().map(|(_, k, m)| (k, m)).chain(other.full));
+        self.full.extend(
+            other
+                .rows
+                .into_iter()
+                .map(|(_, k, m)| (k, m))
+                .chain(other.full),
+        );
     }
 
     /// The rows sorted as the table's sort order says: dimensions, then
     /// `ts`; rows of one key merged, unless a sum would overflow.
     pub fn into_sorted(self, spec: &MeasureSpec) -> Vec<(RowKey, Measures)> {
         let mut rows: Vec<_> = Vec::with_capacity(self.len());
-        rows.extend(self.rows.into_iter().map(|(_, k, m)| (k, m)).chain(self.full));
+        rows.extend(
+            self.rows
+                .into_iter()
+                .map(|(_, k, m)| (k, m))
+                .chain(self.full),
+        );
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut out: Vec<(RowKey, Measures)> = Vec::with_capacity(rows.len());
         for (key, measures) in rows {

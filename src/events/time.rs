@@ -39,7 +39,8 @@ pub(super) fn utc_millis(s: &[u8]) -> Option<i64> {
             b.is_ascii_digit().then(|| acc * 10 + u32::from(b - b'0'))
         })
     };
-    let punctuated = s[4] == b'-' && s[7] == b'-' && s[10] == b'T' && s[13] == b':' && s[16] == b':';
+    let punctuated =
+        s[4] == b'-' && s[7] == b'-' && s[10] == b'T' && s[13] == b':' && s[16] == b':';
     if !punctuated {
         return None;
     }
@@ -65,7 +66,10 @@ pub(super) fn utc_millis(s: &[u8]) -> Option<i64> {
         _ => return None,
     };
     let date = NaiveDate::from_ymd_opt(year as i32, month, day)?;
-    let seconds = date.and_hms_opt(hour, minute, second)?.and_utc().timestamp();
+    let seconds = date
+        .and_hms_opt(hour, minute, second)?
+        .and_utc()
+        .timestamp();
     Some(seconds * 1000 + millis)
 }
 
@@ -83,10 +87,19 @@ mod tests {
 
     #[test]
     fn the_common_form_is_read_by_hand() {
-        assert_eq!(utc_millis(b"2026-11-30T12:34:56.789Z"), chrono_millis("2026-11-30T12:34:56.789Z"));
+        assert_eq!(
+            utc_millis(b"2026-11-30T12:34:56.789Z"),
+            chrono_millis("2026-11-30T12:34:56.789Z")
+        );
         assert_eq!(utc_millis(b"1969-12-31T23:59:59.999Z"), Some(-1));
-        assert_eq!(utc_millis(b"2024-02-29T00:00:00Z"), chrono_millis("2024-02-29T00:00:00Z"));
-        assert_eq!(utc_millis(b"2026-11-30T12:34:56.7Z"), Some(chrono_millis("2026-11-30T12:34:56.7Z").unwrap()));
+        assert_eq!(
+            utc_millis(b"2024-02-29T00:00:00Z"),
+            chrono_millis("2024-02-29T00:00:00Z")
+        );
+        assert_eq!(
+            utc_millis(b"2026-11-30T12:34:56.7Z"),
+            Some(chrono_millis("2026-11-30T12:34:56.7Z").unwrap())
+        );
         // Left to chrono: offsets, other separators, leap seconds, dates
         // that do not exist.
         for other in [
@@ -107,7 +120,9 @@ mod tests {
     fn near_rfc3339() -> impl Strategy<Value = String> {
         let piece = |choices: Vec<&'static str>| prop::sample::select(choices);
         (
-            piece(vec!["2026", "1969", "0000", "9999", "2024", "2025", "20x6", "202"]),
+            piece(vec![
+                "2026", "1969", "0000", "9999", "2024", "2025", "20x6", "202",
+            ]),
             piece(vec!["-", "/", ""]),
             piece(vec!["01", "02", "12", "13", "00", "1"]),
             piece(vec!["-"]),
@@ -116,8 +131,20 @@ mod tests {
             piece(vec!["00", "23", "24", "9"]),
             piece(vec![":00", ":59", ":60", ":5"]),
             piece(vec![":00", ":59", ":60", ":61", ""]),
-            piece(vec!["", ".", ".1", ".12", ".123", ".1234", ".999999999", ".1234567890", ".a"]),
-            piece(vec!["Z", "z", "+00:00", "-01:30", "+23:59", "+24:00", "", "ZZ"]),
+            piece(vec![
+                "",
+                ".",
+                ".1",
+                ".12",
+                ".123",
+                ".1234",
+                ".999999999",
+                ".1234567890",
+                ".a",
+            ]),
+            piece(vec![
+                "Z", "z", "+00:00", "-01:30", "+23:59", "+24:00", "", "ZZ",
+            ]),
         )
             .prop_map(|(y, s1, m, s2, d, t, h, mi, sec, f, z)| {
                 format!("{y}{s1}{m}{s2}{d}{t}{h}{mi}{sec}{f}{z}")

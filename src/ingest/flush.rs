@@ -89,7 +89,15 @@ pub async fn flush(
     let rejects = if batch.rejects.is_empty() {
         0
     } else {
-        commit_rejects(catalog, group, &rejects_ident, &topic, &batch.rejects, retry).await?
+        commit_rejects(
+            catalog,
+            group,
+            &rejects_ident,
+            &topic,
+            &batch.rejects,
+            retry,
+        )
+        .await?
     };
 
     let table = catalog.load(&ident).await?;

@@ -40,9 +40,15 @@ async fn files(catalog: &dyn Catalog, decl: &TableDecl, events: i64) -> Vec<comm
         );
     }
     let table = catalog.load(&tables::ident(decl).unwrap()).await.unwrap();
-    write::write_rows(&table, decl, Grain::Minute, rows.into_sorted(&firn::rows::MeasureSpec::new(decl)), 1 << 27)
-        .await
-        .unwrap()
+    write::write_rows(
+        &table,
+        decl,
+        Grain::Minute,
+        rows.into_sorted(&firn::rows::MeasureSpec::new(decl)),
+        1 << 27,
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

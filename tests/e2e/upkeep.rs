@@ -227,9 +227,15 @@ async fn orphans_of_failed_commits_go_and_fresh_writes_stay() {
             None,
         ],
     );
-    let failed_files = write::write_rows(&table, &decl, Grain::Minute, rows.into_sorted(&firn::rows::MeasureSpec::new(&decl)), 1 << 20)
-        .await
-        .unwrap();
+    let failed_files = write::write_rows(
+        &table,
+        &decl,
+        Grain::Minute,
+        rows.into_sorted(&firn::rows::MeasureSpec::new(&decl)),
+        1 << 20,
+    )
+    .await
+    .unwrap();
     let change = Change::append(FirnOperation::Ingest, failed_files.clone()).with_offsets(
         firn::offsets::OffsetAdvance {
             group: "g".into(),

@@ -103,7 +103,12 @@ impl Core {
     /// committed to the group too (for lag tools). A dropped batch drops what
     /// was read after it too, and its partitions are re-read from the
     /// table's offsets (sought there with `reposition`).
-    pub(super) fn finish_flush(&mut self, consumer: &BaseConsumer<IngestContext>, reposition: bool, wait: bool) {
+    pub(super) fn finish_flush(
+        &mut self,
+        consumer: &BaseConsumer<IngestContext>,
+        reposition: bool,
+        wait: bool,
+    ) {
         match &self.in_flight {
             None => return,
             Some(f) if !wait && !f.task.is_finished() => return,
@@ -122,7 +127,11 @@ impl Core {
             }
         };
         for (flushing, (result, secs)) in tables.into_iter().zip(results) {
-            let Flushing { topic, table, covered } = flushing;
+            let Flushing {
+                topic,
+                table,
+                covered,
+            } = flushing;
             match result {
                 Ok(FlushOutcome::Committed {
                     snapshot_id,
