@@ -328,8 +328,9 @@ pub struct RowMap {
     /// hash its keys again).
     rows: HashTable<(u64, RowKey, Measures)>,
     hasher: hashbrown::DefaultHashBuilder,
-    /// Rows closed because adding to them would have overflowed a sum; a
-    /// new row with the same key took their place.
+    /// Rows not looked up by key: those closed because adding to them would
+    /// have overflowed a sum (a new row with the same key took their
+    /// place), and those appended from other maps ([`RowMap::append`]).
     full: Vec<(RowKey, Measures)>,
 }
 
@@ -432,8 +433,7 @@ impl RowMap {
 
     /// Merge all of `other` into this map.
     pub fn absorb(&mut self, spec: &MeasureSpec, other: RowMap) {
-        let rows = other.rows.into_iter().map(|(_, k, m)| (k, m));
-        for (key, measures) in rows.chain(other.full) {
+        for (key, measures) in other.into_rows() {
             self.add_row(spec, key, &measures);
         }
     }
@@ -448,25 +448,20 @@ impl RowMap {
             return;
         }
         self.full.reserve(other.len());
-        self.full.extend(
-            other
-                .rows
-                .into_iter()
-                .map(|(_, k, m)| (k, m))
-                .chain(other.full),
-        );
+        self.full.extend(other.into_rows());
+    }
+
+    /// Every row, in no particular order.
+    fn into_rows(self) -> impl Iterator<Item = (RowKey, Measures)> {
+        let indexed = self.rows.into_iter().map(|(_, k, m)| (k, m));
+        indexed.chain(self.full)
     }
 
     /// The rows sorted as the table's sort order says: dimensions, then
     /// `ts`; rows of one key merged, unless a sum would overflow.
     pub fn into_sorted(self, spec: &MeasureSpec) -> Vec<(RowKey, Measures)> {
         let mut rows: Vec<_> = Vec::with_capacity(self.len());
-        rows.extend(
-            self.rows
-                .into_iter()
-                .map(|(_, k, m)| (k, m))
-                .chain(self.full),
-        );
+        rows.extend(self.into_rows());
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut out: Vec<(RowKey, Measures)> = Vec::with_capacity(rows.len());
         for (key, measures) in rows {

@@ -212,7 +212,7 @@ impl Core {
     /// reached their limit: the worker reads on only after the flush in
     /// flight is done.
     fn buffer_full(&self) -> bool {
-        let (rows, bytes) = self.in_flight.as_ref().map_or((0, 0), InFlight::held);
+        let (rows, bytes) = self.in_flight.as_ref().map_or((0, 0), |f| f.held);
         self.buffered_rows() + rows >= self.opts.max_buffered_rows
             || self.buffered_bytes() + bytes >= self.opts.max_buffered_bytes
     }

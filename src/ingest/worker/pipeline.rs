@@ -20,7 +20,7 @@ use crate::telemetry::FlushStats;
 pub(super) struct InFlight {
     tables: Vec<Flushing>,
     /// Rows and rejects, and payload bytes, of the batches.
-    held: (usize, u64),
+    pub(super) held: (usize, u64),
     task: tokio::task::JoinHandle<Vec<(Result<FlushOutcome>, f64)>>,
 }
 
@@ -118,11 +118,8 @@ impl Core {
         let results = match self.handle.block_on(task) {
             Ok(results) => results,
             Err(e) => {
-                let failed = || {
-                    let e = Error::new(ErrorKind::Internal, "a flush task ended abnormally")
-                        .with_source(std::io::Error::other(e.to_string()));
-                    (Err(e), 0.0)
-                };
+                let what = format!("a flush task ended abnormally: {e}");
+                let failed = || (Err(Error::new(ErrorKind::Internal, what.clone())), 0.0);
                 tables.iter().map(|_| failed()).collect()
             }
         };
@@ -210,12 +207,5 @@ impl Core {
             self.report.dropped_batches += 1;
         }
         sink.discard();
-    }
-}
-
-impl InFlight {
-    /// Rows and rejects, and payload bytes, the flush holds.
-    pub(super) fn held(&self) -> (usize, u64) {
-        self.held
     }
 }
