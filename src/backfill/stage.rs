@@ -251,10 +251,10 @@ pub async fn publish(
     tables::check_matches(decl, &real.metadata)?;
     let head = require_branch(&real, branch)?;
     let (point, own) = branch_point(&real, head, branch)?;
-    if point == real.metadata.current_snapshot_id() {
-        if let Some(done) = fast_forward(catalog, &ident, branch, head, point, retry).await? {
-            return Ok(done);
-        }
+    if point == real.metadata.current_snapshot_id()
+        && let Some(done) = fast_forward(catalog, &ident, branch, head, point, retry).await?
+    {
+        return Ok(done);
     }
     reapply(catalog, decl, branch, head, point, &own, retry).await
 }

@@ -20,18 +20,17 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
-use arrow_row::{RowConverter, SortField};
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
 pub use self::files::{field_ids, read as read_columns, read_file};
-use self::runs::RunBatch;
+use self::runs::{RunBatch, Values};
 use super::state::LiveFile;
 use crate::catalog::TableHandle;
 use crate::error::{Error, ErrorKind, Result};
 use crate::faults::{self, Decision, Fault, Faults, Op};
-use crate::rows::{MeasureSpec, MeasureValue};
+use crate::rows::MeasureSpec;
 use crate::schema::decl::{Agg, TableDecl};
 use crate::schema::layout::Grain;
 use crate::totals::{DayTotals, Total, Totals};
@@ -49,6 +48,10 @@ const OPEN_AT_ONCE: usize = 32;
 
 /// Rows per merged batch.
 const OUT_BATCH: usize = 64 * 1024;
+
+/// Rows read into one merged batch, at most (many fold into one row when
+/// a compaction merges the same keys from many files).
+const PICKS: usize = 4 * OUT_BATCH;
 
 /// One input's batches, in key order.
 pub type BatchStream = BoxStream<'static, Result<RecordBatch>>;
@@ -158,15 +161,9 @@ impl Layout {
         })
     }
 
-    fn converter(&self) -> Result<RowConverter> {
-        let fields = self
-            .dims
-            .iter()
-            .map(|(_, t)| t)
-            .chain([&self.ts_type])
-            .map(|t| SortField::new(t.clone()))
-            .collect();
-        Ok(RowConverter::new(fields)?)
+    /// The type of key column `k` (dimensions, then `ts`) in the output.
+    fn key_type(&self, k: usize) -> &DataType {
+        self.dims.get(k).map_or(&self.ts_type, |(_, t)| t)
     }
 
     /// The columns an input is read with: dimensions, `ts`, measures.
@@ -186,15 +183,19 @@ struct Input {
     name: String,
     batch: Option<Arc<RunBatch>>,
     pos: usize,
+    /// The encoded key of row `pos`, copied out of the batch: the loser
+    /// tree compares it a few times per row merged.
+    key: Vec<u8>,
 }
 
 impl Input {
-    fn key(&self) -> arrow_row::Row<'_> {
-        self.batch
-            .as_ref()
-            .expect("a live input has a batch")
-            .rows
-            .row(self.pos)
+    /// Make row `pos` of the current batch the head.
+    fn seek(&mut self, pos: usize) {
+        self.pos = pos;
+        self.key.clear();
+        if let Some(batch) = &self.batch {
+            self.key.extend_from_slice(batch.rows.row(pos).as_ref());
+        }
     }
 }
 
@@ -205,7 +206,7 @@ fn before(inputs: &[Input], a: usize, b: usize) -> bool {
     match (inputs[a].batch.is_some(), inputs[b].batch.is_some()) {
         (_, false) => true,
         (false, true) => false,
-        (true, true) => match inputs[a].key().cmp(&inputs[b].key()) {
+        (true, true) => match inputs[a].key.cmp(&inputs[b].key) {
             std::cmp::Ordering::Less => true,
             std::cmp::Ordering::Greater => false,
             std::cmp::Ordering::Equal => a < b,
@@ -213,16 +214,36 @@ fn before(inputs: &[Input], a: usize, b: usize) -> bool {
     }
 }
 
-/// The merged rows of one output batch, gathered before it is built.
+/// The merged rows of one output batch, gathered before it is built: where
+/// each row read comes from and where each key starts. Measures are folded
+/// column by column when the batch is built, not row by row here.
 struct Chunk {
     /// The run batches the rows come from.
     batches: Vec<Arc<RunBatch>>,
     /// Per input, the index in `batches` of its current batch.
     slot: Vec<Option<usize>>,
-    /// Per output row, the (batch, row) its key comes from.
+    /// Per row read, in merge order, the (batch, row) it comes from.
     picks: Vec<(usize, usize)>,
-    /// Per output row, its measures (row-major).
-    measures: Vec<MeasureValue>,
+    /// The index in `picks` of each key's first row.
+    starts: Vec<u32>,
+}
+
+impl Chunk {
+    fn new(inputs: usize) -> Self {
+        Self {
+            batches: Vec::new(),
+            slot: vec![None; inputs],
+            picks: Vec::with_capacity(OUT_BATCH),
+            starts: Vec::with_capacity(OUT_BATCH),
+        }
+    }
+
+    /// The encoded key of the last key started.
+    fn last_key(&self) -> Option<arrow_row::Row<'_>> {
+        let &start = self.starts.last()?;
+        let (batch, row) = self.picks[start as usize];
+        Some(self.batches[batch].rows.row(row))
+    }
 }
 
 /// What stopped [`MergeReader::fill`].
@@ -244,11 +265,7 @@ pub struct MergeReader {
     /// winner's key costs one comparison per level, half a binary heap's.
     tree: Vec<usize>,
     layout: Layout,
-    converter: RowConverter,
-    /// The key of the last row merged: a row with the same key folds into
-    /// it (unless a sum would overflow).
-    last_key: Vec<u8>,
-    scratch: Vec<MeasureValue>,
+    converters: runs::Converters,
     /// Rows read from the inputs so far.
     rows_read: u64,
     /// For a merge of merged runs: per file the runs were merged from, the
@@ -376,13 +393,12 @@ impl MergeReader {
                     name,
                     batch: None,
                     pos: 0,
+                    key: Vec::new(),
                 })
                 .collect(),
             tree: Vec::new(),
-            converter: layout.converter()?,
+            converters: runs::Converters::default(),
             layout,
-            last_key: Vec::new(),
-            scratch: Vec::new(),
             rows_read: 0,
             upstream: None,
             read,
@@ -422,7 +438,7 @@ impl MergeReader {
     async fn load(&mut self, i: usize) -> Result<bool> {
         let input = &mut self.inputs[i];
         input.batch = None;
-        input.pos = 0;
+        input.seek(0);
         match next_batch(&mut input.stream).await? {
             Some(batch) => {
                 self.runs_of(i, &batch)?;
@@ -439,12 +455,12 @@ impl MergeReader {
         let runs = runs::collapse(
             batch,
             &self.layout,
-            &self.converter,
+            &mut self.converters,
             &input.name,
             &mut self.read[i],
         )?;
         input.batch = Some(Arc::new(runs));
-        input.pos = 0;
+        input.seek(0);
         Ok(())
     }
 
@@ -482,7 +498,6 @@ impl MergeReader {
     /// batch, or every input is done. A full chunk ends only between keys,
     /// so rows of one key always fold into one output row.
     fn fill(&mut self, chunk: &mut Chunk) -> Step {
-        let m = self.layout.measures.len();
         let max_batches = 2 * self.inputs.len().max(8);
         loop {
             let i = self.tree[0];
@@ -491,38 +506,32 @@ impl MergeReader {
             }
             let input = &mut self.inputs[i];
             let batch = input.batch.as_ref().expect("the winner has a batch");
-            let key = batch.rows.row(input.pos);
-            let same = !chunk.picks.is_empty() && key.as_ref() == self.last_key.as_slice();
-            // Full at a batch's worth of rows, or once the chunk holds two
-            // batches per input (memory stays bounded by the inputs).
-            if !same && (chunk.picks.len() >= OUT_BATCH || chunk.batches.len() >= max_batches) {
+            let same = chunk
+                .last_key()
+                .is_some_and(|last| last.as_ref() == input.key.as_slice());
+            // Full at a batch's worth of keys or of rows read, or once the
+            // chunk holds two batches per input (memory stays bounded by
+            // the inputs).
+            if !same
+                && (chunk.starts.len() >= OUT_BATCH
+                    || chunk.picks.len() >= PICKS
+                    || chunk.batches.len() >= max_batches)
+            {
                 return Step::Full;
             }
             let slot = *chunk.slot[i].get_or_insert_with(|| {
                 chunk.batches.push(batch.clone());
                 chunk.batches.len() - 1
             });
-            batch.measures_at(input.pos, &mut self.scratch);
-            let folded = same && {
-                let last = chunk.measures.len() - m;
-                self.layout
-                    .spec
-                    .merge_values(&mut chunk.measures[last..], &self.scratch)
-            };
-            if !folded {
-                chunk.picks.push((slot, input.pos));
-                chunk.measures.extend_from_slice(&self.scratch);
-                if !same {
-                    self.last_key.clear();
-                    self.last_key.extend_from_slice(key.as_ref());
-                }
+            if !same {
+                chunk.starts.push(chunk.picks.len() as u32);
             }
-            input.pos += 1;
-            let exhausted = input.pos == batch.len();
-            if exhausted {
+            chunk.picks.push((slot, input.pos));
+            if input.pos + 1 == batch.len() {
                 chunk.slot[i] = None;
                 return Step::Refill(i);
             }
+            input.seek(input.pos + 1);
             self.replay(i);
         }
     }
@@ -530,12 +539,7 @@ impl MergeReader {
     /// The next batch of merged rows (in the table's current schema), or
     /// `None` when every input is done.
     pub async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        let mut chunk = Chunk {
-            batches: Vec::new(),
-            slot: vec![None; self.inputs.len()],
-            picks: Vec::with_capacity(OUT_BATCH),
-            measures: Vec::with_capacity(OUT_BATCH * self.layout.measures.len()),
-        };
+        let mut chunk = Chunk::new(self.inputs.len());
         while let Step::Refill(i) = self.fill(&mut chunk) {
             self.load(i).await?;
             self.replay(i);
@@ -543,10 +547,9 @@ impl MergeReader {
         if let Some((faults, location)) = &self.faults
             && let Decision::Inject(Fault::DropRow, _) =
                 faults.decide(Op::Merge, faults::Step::Data, location)
-            && chunk.picks.pop().is_some()
+            && let Some(start) = chunk.starts.pop()
         {
-            let m = self.layout.measures.len();
-            chunk.measures.truncate(chunk.measures.len() - m);
+            chunk.picks.truncate(start as usize);
         }
         if chunk.picks.is_empty() {
             return Ok(None);
@@ -585,29 +588,47 @@ impl MergeReader {
 
     fn build(&mut self, chunk: &Chunk) -> Result<RecordBatch> {
         let layout = &self.layout;
-        let n = chunk.picks.len();
-        let m = layout.measures.len();
+        // Each key's rows folded, measure by measure, over the rows read in
+        // merge order (a key's rows are consecutive there).
+        let read: Vec<Values> = (0..layout.measures.len())
+            .map(|j| {
+                let arrays: Vec<&dyn Array> = chunk
+                    .batches
+                    .iter()
+                    .map(|b| b.measures[j].as_array())
+                    .collect();
+                Ok(Values::of(&arrow_select::interleave::interleave(
+                    &arrays,
+                    &chunk.picks,
+                )?))
+            })
+            .collect::<Result<_>>()?;
+        let (heads, measures) = if chunk.starts.len() == chunk.picks.len() {
+            (chunk.picks.clone(), read)
+        } else {
+            let (heads, folded) = runs::fold_runs(
+                &chunk.starts,
+                chunk.picks.len(),
+                &read,
+                &layout.aggs,
+                &layout.spec,
+            );
+            let heads = heads.iter().map(|&h| chunk.picks[h as usize]).collect();
+            (heads, folded)
+        };
+        let n = heads.len();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(layout.sources.len());
-        let mut measures: Vec<Option<ArrayRef>> = vec![None; m];
         let mut ts = None;
         for (field, source) in layout.schema.fields().iter().zip(&layout.sources) {
             columns.push(match *source {
                 Source::Key(k) => {
-                    let arrays: Vec<&dyn Array> =
-                        chunk.batches.iter().map(|b| b.keys[k].as_ref()).collect();
-                    let key = arrow_select::interleave::interleave(&arrays, &chunk.picks)?;
+                    let key = self.key_column(chunk, k, &heads)?;
                     if k == layout.dims.len() {
                         ts = Some(key.clone());
                     }
                     key
                 }
-                Source::Measure(j) => {
-                    let like = &chunk.batches[0].measures[j];
-                    let values = chunk.measures.iter().skip(j).step_by(m).copied();
-                    let array = runs::values_array(like, values).array();
-                    measures[j] = Some(array.clone());
-                    array
-                }
+                Source::Measure(j) => measures[j].array(),
                 Source::Grain => {
                     let grain: ArrayRef =
                         Arc::new(StringArray::from(vec![layout.grain.as_str(); n]));
@@ -617,16 +638,40 @@ impl MergeReader {
             });
         }
         let ts = ts.expect("the layout writes `ts`");
-        let measures: Vec<ArrayRef> = measures
-            .into_iter()
-            .map(|a| a.expect("the layout writes every measure"))
-            .collect();
+        let measures: Vec<ArrayRef> = measures.iter().map(Values::array).collect();
         self.written.add_batch(
             ts.as_primitive::<arrow_array::types::TimestampMicrosecondType>()
                 .values(),
             &measures,
         );
         Ok(RecordBatch::try_new(layout.schema.clone(), columns)?)
+    }
+}
+
+impl MergeReader {
+    /// Key column `k` of the rows `heads` of `chunk`'s batches, in the
+    /// output's type. A dictionary is gathered as one (its values merged
+    /// when the batches' differ) and hydrated for the rows kept only.
+    fn key_column(&self, chunk: &Chunk, k: usize, heads: &[(usize, usize)]) -> Result<ArrayRef> {
+        let ty = self.layout.key_type(k);
+        let arrays: Vec<&dyn Array> = chunk.batches.iter().map(|b| b.keys[k].as_ref()).collect();
+        let same = arrays
+            .windows(2)
+            .all(|w| w[0].data_type() == w[1].data_type());
+        let key = if same {
+            arrow_select::interleave::interleave(&arrays, heads)?
+        } else {
+            let cast = arrays
+                .iter()
+                .map(|a| arrow_cast::cast(*a, ty))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let arrays: Vec<&dyn Array> = cast.iter().map(|a| a.as_ref()).collect();
+            arrow_select::interleave::interleave(&arrays, heads)?
+        };
+        Ok(match key.data_type() == ty {
+            true => key,
+            false => arrow_cast::cast(&key, ty)?,
+        })
     }
 }
 

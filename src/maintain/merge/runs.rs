@@ -14,7 +14,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, UInt32Array};
 use arrow_buffer::BooleanBuffer;
-use arrow_row::{RowConverter, Rows};
+use arrow_row::{RowConverter, Rows, SortField};
 use arrow_schema::DataType;
 
 use super::Layout;
@@ -33,7 +33,7 @@ pub(super) enum Values {
 }
 
 impl Values {
-    fn of(array: &ArrayRef) -> Self {
+    pub(super) fn of(array: &ArrayRef) -> Self {
         match array.data_type() {
             DataType::Float64 => Self::Double(array.as_primitive::<Float64Type>().clone()),
             _ => Self::Long(array.as_primitive::<Int64Type>().clone()),
@@ -134,11 +134,31 @@ impl RunBatch {
     pub(super) fn len(&self) -> usize {
         self.rows.num_rows()
     }
+}
 
-    /// The measures of `row` into `out`.
-    pub(super) fn measures_at(&self, row: usize, out: &mut Vec<MeasureValue>) {
-        out.clear();
-        out.extend(self.measures.iter().map(|m| m.get(row)));
+/// Row converters by the types of the key columns they encode: a
+/// dictionary column is encoded from its values (the bytes are those of
+/// the values themselves, so rows of any two converters compare).
+#[derive(Debug, Default)]
+pub(super) struct Converters(Vec<(Vec<DataType>, RowConverter)>);
+
+impl Converters {
+    /// `keys` encoded: byte order is key order.
+    fn convert(&mut self, keys: &[ArrayRef]) -> Result<Rows> {
+        let at = match self
+            .0
+            .iter()
+            .position(|(types, _)| types.iter().eq(keys.iter().map(|k| k.data_type())))
+        {
+            Some(at) => at,
+            None => {
+                let types: Vec<DataType> = keys.iter().map(|k| k.data_type().clone()).collect();
+                let fields = types.iter().map(|t| SortField::new(t.clone())).collect();
+                self.0.push((types, RowConverter::new(fields)?));
+                self.0.len() - 1
+            }
+        };
+        Ok(self.0[at].1.convert_columns(keys)?)
     }
 }
 
@@ -147,7 +167,7 @@ impl RunBatch {
 pub(super) fn collapse(
     batch: &RecordBatch,
     layout: &Layout,
-    converter: &RowConverter,
+    converters: &mut Converters,
     name: &str,
     read: &mut DayTotals,
 ) -> Result<RunBatch> {
@@ -188,7 +208,7 @@ pub(super) fn collapse(
         ts.unary::<_, TimestampMicrosecondType>(|t| grain.truncate(t))
             .with_timezone_opt(ts.timezone().map(Arc::<str>::from)),
     ));
-    let measures: Vec<Values> = layout
+    let mut measures: Vec<Values> = layout
         .measures
         .iter()
         .map(|(m, ty)| column(m, ty).map(|a| Values::of(&a)))
@@ -198,27 +218,19 @@ pub(super) fn collapse(
 
     let n = batch.num_rows();
     let starts = run_starts(&keys, n)?;
-    let types = layout.dims.iter().map(|(d, t)| (d.as_str(), t));
-    let (keys, measures) = if starts.len() == n {
-        (keys, measures)
+    let keys = if starts.len() == n {
+        keys
     } else {
-        let (heads, measures) = fold_runs(&starts, n, &measures, &layout.aggs, &layout.spec);
+        let (heads, folded) = fold_runs(&starts, n, &measures, &layout.aggs, &layout.spec);
+        measures = folded;
         let heads = UInt32Array::from(heads);
-        let keys = keys
-            .iter()
+        keys.iter()
             .map(|k| arrow_select::take::take(k.as_ref(), &heads, None))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        (keys, measures)
+            .collect::<std::result::Result<Vec<_>, _>>()?
     };
-    let keys = keys
-        .iter()
-        .zip(types.chain([("ts", &layout.ts_type)]))
-        .map(|(k, (col, ty))| match k.data_type() == ty {
-            true => Ok(k.clone()),
-            false => cast(col, k, ty),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let rows = converter.convert_columns(&keys)?;
+    // Dictionaries stay dictionaries: their values are encoded once, and
+    // only the rows a merge keeps are hydrated (see `MergeReader::build`).
+    let rows = converters.convert(&keys)?;
     Ok(RunBatch {
         keys,
         rows,
@@ -257,7 +269,7 @@ fn run_starts(keys: &[ArrayRef], n: usize) -> Result<Vec<u32>> {
 /// Fold each run's measures: by slice, or row by row (splitting it) when a
 /// slice's total would leave the exact range. Returns each output row's
 /// source row (for its key) and the folded columns.
-fn fold_runs(
+pub(super) fn fold_runs(
     starts: &[u32],
     n: usize,
     measures: &[Values],
@@ -310,10 +322,7 @@ fn fold_runs(
 }
 
 /// A measure column from folded values, of `like`'s type.
-pub(super) fn values_array(
-    like: &Values,
-    values: impl IntoIterator<Item = MeasureValue>,
-) -> Values {
+fn values_array(like: &Values, values: impl IntoIterator<Item = MeasureValue>) -> Values {
     match like {
         Values::Long(_) => Values::Long(
             values
@@ -342,6 +351,14 @@ impl Values {
         match self {
             Self::Long(a) => Arc::new(a.clone()),
             Self::Double(a) => Arc::new(a.clone()),
+        }
+    }
+
+    /// Borrowed as an arrow array.
+    pub(super) fn as_array(&self) -> &dyn Array {
+        match self {
+            Self::Long(a) => a,
+            Self::Double(a) => a,
         }
     }
 }

@@ -195,6 +195,9 @@ enum Strings {
     Plain,
     Dictionary,
     Repeating,
+    /// Each batch one of the above in turn, so that one merge compares
+    /// and gathers keys read plain with keys read as dictionaries.
+    Mixed,
 }
 
 /// `batch` with its string columns as `strings` says.
@@ -250,9 +253,14 @@ fn streams_with(
                 );
                 rest = &rest[take..];
             }
+            let turns = [Strings::Plain, Strings::Dictionary, Strings::Repeating];
             let batches: Vec<_> = batches
                 .into_iter()
-                .map(|b| Ok(with_strings(b, strings)))
+                .enumerate()
+                .map(|(j, b)| match strings {
+                    Strings::Mixed => Ok(with_strings(b, turns[(i + j) % 3])),
+                    _ => Ok(with_strings(b, strings)),
+                })
                 .collect();
             let stream: BatchStream = futures::stream::iter(batches).boxed();
             (format!("input-{i}"), stream)
@@ -367,6 +375,7 @@ fn check(inputs: Vec<Input>, grain: Grain, fan_in: usize) {
         (1, Strings::Plain),
         (3, Strings::Dictionary),
         (1, Strings::Repeating),
+        (2, Strings::Mixed),
     ] {
         check_with(inputs.clone(), grain, fan_in, parallel, strings);
     }
