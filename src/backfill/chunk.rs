@@ -30,6 +30,11 @@ pub(super) struct Chunk {
 }
 
 impl Chunk {
+    /// Rows held, over every grain.
+    pub fn rows(&self) -> usize {
+        self.rows.values().map(RowMap::len).sum()
+    }
+
     /// Add `other` to this chunk.
     pub fn absorb(&mut self, spec: &MeasureSpec, other: Chunk) {
         self.events += other.events;
@@ -41,7 +46,11 @@ impl Chunk {
     }
 }
 
-/// Turns input records into chunks of at most `chunk_events` events.
+/// Events between two counts of a chunk's rows.
+const ROWS_CHECKED_EVERY: u64 = 256;
+
+/// Turns input records into chunks of at most `chunk_events` events and
+/// about `chunk_rows` rows.
 pub(super) struct Loader<'a> {
     decl: &'a TableDecl,
     pub spec: MeasureSpec,
@@ -52,6 +61,7 @@ pub(super) struct Loader<'a> {
     /// With `--replace`: `[from, to)`, microseconds.
     replaced: Option<(i64, i64)>,
     chunk_events: u64,
+    chunk_rows: usize,
     /// Per-measure totals of the accepted events.
     totals: Measures,
     /// Partitions written, per grain.
@@ -79,6 +89,7 @@ impl<'a> Loader<'a> {
                 .replace
                 .map(|(from, to)| (from.timestamp_micros(), to.timestamp_micros())),
             chunk_events: opts.chunk_events.max(1) as u64,
+            chunk_rows: opts.chunk_rows.max(1),
             totals: spec.empty(),
             spec,
             partitions: BTreeMap::new(),
@@ -110,6 +121,11 @@ impl<'a> Loader<'a> {
             }
             chunk.events += 1;
             self.take(&mut chunk, &record);
+            // Rows are counted every so many events (a chunk passes its
+            // bound by at most that many rows).
+            if chunk.events % ROWS_CHECKED_EVERY == 0 && chunk.rows() >= self.chunk_rows {
+                break;
+            }
         }
         self.progress.events = events_before + chunk.events;
         Ok((chunk, eof))

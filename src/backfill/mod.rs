@@ -55,6 +55,11 @@ pub struct BackfillOptions {
     pub future_skew: Duration,
     /// Events per chunk (one commit each). Any size resumes any run.
     pub chunk_events: usize,
+    /// Rows a chunk holds at most, over every grain: a chunk closes early
+    /// when its events make this many rows (high-cardinality input), so
+    /// memory is bounded by rows, as ingest's `max_buffered_rows` bounds
+    /// a worker's. Any size resumes any run.
+    pub chunk_rows: usize,
     /// Add the data again even if this backfill was committed before (and,
     /// with `replace`, replace a range that is not sealed yet).
     pub force: bool,
@@ -87,6 +92,7 @@ impl Default for BackfillOptions {
             now: SystemClock.now(),
             future_skew: DEFAULT_FUTURE_SKEW,
             chunk_events: 1_000_000,
+            chunk_rows: 200_000,
             force: false,
             dry_run: false,
             target_file_size: write::DEFAULT_TARGET_FILE_SIZE,

@@ -204,6 +204,11 @@ pub(crate) struct BackfillArgs {
     /// event, whatever the chunk size of either run.
     #[arg(long, default_value_t = firn::backfill::BackfillOptions::default().chunk_events)]
     pub(crate) chunk_events: usize,
+    /// Rows a commit holds at most (over every grain): a chunk closes early
+    /// when its events make this many rows, which bounds memory on
+    /// high-cardinality input; resumes as --chunk-events does.
+    #[arg(long, env = "FIRN_CHUNK_ROWS", default_value_t = firn::backfill::BackfillOptions::default().chunk_rows)]
+    pub(crate) chunk_rows: usize,
     /// With --replace: the range must have ended this long ago (sealed: no
     /// more ingest appends expected), unless --force.
     #[arg(long, env = "FIRN_SEAL_DELAY", default_value_t = Span(firn::backfill::BackfillOptions::default().seal_delay))]

@@ -207,6 +207,7 @@ pub(crate) async fn backfill(
             now: args.now.unwrap_or_else(|| clock.now()),
             future_skew: config.ingest.future_skew,
             chunk_events: args.chunk_events,
+            chunk_rows: args.chunk_rows,
             force: args.force,
             dry_run: args.dry_run,
             target_file_size: config.ingest.target_file_size,

@@ -157,3 +157,28 @@ async fn a_killed_forced_backfill_resumes() {
         "each run records its rejects once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_close_at_their_row_bound_and_count_every_event_once() {
+    let (lake, data, inputs) = lake_with_inputs(3_000);
+    let report = succeeded(&backfill(&lake, data.path(), &["--chunk-rows", "400"]));
+    let rows: u64 = report["rows_by_grain"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    let chunks = report["chunks_committed"].as_u64().unwrap();
+    eprintln!("MEASURE --chunk-rows 400: {rows} rows in {chunks} chunks ({report})");
+    // A chunk closes within a check's worth of events past its bound.
+    assert!(
+        rows > 2_000,
+        "the inputs make too few rows to test the bound: {report}"
+    );
+    assert!(
+        chunks >= rows.div_ceil(400 + 256),
+        "{chunks} chunks for {rows} rows with --chunk-rows 400: {report}"
+    );
+    assert_holds(&lake, &inputs).await;
+    assert_eq!(rejects(&lake).await.len() as u64, inputs.malformed);
+}
