@@ -238,6 +238,30 @@ impl Chunk {
         }
     }
 
+    /// Key column `k` of the rows `heads` of the batches, in the output's
+    /// type `ty`. A dictionary is gathered as one (its values merged
+    /// when the batches' differ) and hydrated for the rows kept only.
+    fn key_column(&self, k: usize, ty: &DataType, heads: &[(usize, usize)]) -> Result<ArrayRef> {
+        let arrays: Vec<&dyn Array> = self.batches.iter().map(|b| b.keys[k].as_ref()).collect();
+        let same = arrays
+            .windows(2)
+            .all(|w| w[0].data_type() == w[1].data_type());
+        let key = if same {
+            arrow_select::interleave::interleave(&arrays, heads)?
+        } else {
+            let cast = arrays
+                .iter()
+                .map(|a| arrow_cast::cast(*a, ty))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let arrays: Vec<&dyn Array> = cast.iter().map(|a| a.as_ref()).collect();
+            arrow_select::interleave::interleave(&arrays, heads)?
+        };
+        Ok(match key.data_type() == ty {
+            true => key,
+            false => arrow_cast::cast(&key, ty)?,
+        })
+    }
+
     /// The encoded key of the last key started.
     fn last_key(&self) -> Option<arrow_row::Row<'_>> {
         let &start = self.starts.last()?;
@@ -603,26 +627,29 @@ impl MergeReader {
                 )?))
             })
             .collect::<Result<_>>()?;
-        let (heads, measures) = if chunk.starts.len() == chunk.picks.len() {
-            (chunk.picks.clone(), read)
-        } else {
-            let (heads, folded) = runs::fold_runs(
-                &chunk.starts,
-                chunk.picks.len(),
-                &read,
-                &layout.aggs,
-                &layout.spec,
-            );
-            let heads = heads.iter().map(|&h| chunk.picks[h as usize]).collect();
-            (heads, folded)
-        };
+        // Every key one row read (nothing folds): the rows read are the
+        // output's, borrowed.
+        let (heads, measures): (std::borrow::Cow<'_, [(usize, usize)]>, _) =
+            if chunk.starts.len() == chunk.picks.len() {
+                (chunk.picks.as_slice().into(), read)
+            } else {
+                let (heads, folded) = runs::fold_runs(
+                    &chunk.starts,
+                    chunk.picks.len(),
+                    &read,
+                    &layout.aggs,
+                    &layout.spec,
+                );
+                let heads: Vec<_> = heads.iter().map(|&h| chunk.picks[h as usize]).collect();
+                (heads.into(), folded)
+            };
         let n = heads.len();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(layout.sources.len());
         let mut ts = None;
         for (field, source) in layout.schema.fields().iter().zip(&layout.sources) {
             columns.push(match *source {
                 Source::Key(k) => {
-                    let key = self.key_column(chunk, k, &heads)?;
+                    let key = chunk.key_column(k, layout.key_type(k), &heads)?;
                     if k == layout.dims.len() {
                         ts = Some(key.clone());
                     }
@@ -645,33 +672,6 @@ impl MergeReader {
             &measures,
         );
         Ok(RecordBatch::try_new(layout.schema.clone(), columns)?)
-    }
-}
-
-impl MergeReader {
-    /// Key column `k` of the rows `heads` of `chunk`'s batches, in the
-    /// output's type. A dictionary is gathered as one (its values merged
-    /// when the batches' differ) and hydrated for the rows kept only.
-    fn key_column(&self, chunk: &Chunk, k: usize, heads: &[(usize, usize)]) -> Result<ArrayRef> {
-        let ty = self.layout.key_type(k);
-        let arrays: Vec<&dyn Array> = chunk.batches.iter().map(|b| b.keys[k].as_ref()).collect();
-        let same = arrays
-            .windows(2)
-            .all(|w| w[0].data_type() == w[1].data_type());
-        let key = if same {
-            arrow_select::interleave::interleave(&arrays, heads)?
-        } else {
-            let cast = arrays
-                .iter()
-                .map(|a| arrow_cast::cast(*a, ty))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let arrays: Vec<&dyn Array> = cast.iter().map(|a| a.as_ref()).collect();
-            arrow_select::interleave::interleave(&arrays, heads)?
-        };
-        Ok(match key.data_type() == ty {
-            true => key,
-            false => arrow_cast::cast(&key, ty)?,
-        })
     }
 }
 

@@ -390,6 +390,8 @@ async fn orphan_removal_survives_a_fault_at_every_step() {
     .await;
 }
 
+/// A backfill in chunks closed by their row bound, whatever step a chunk's
+/// commit fails at and whatever another engine appends before the rerun.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_survives_a_fault_at_every_step() {
     gauntlet(Scenario::new(
@@ -402,6 +404,10 @@ async fn a_backfill_survives_a_fault_at_every_step() {
             "{inputs}/*.ndjson*",
             "--chunk-events",
             "300",
+            // Rows are counted every 256 events: a chunk that holds 100
+            // rows by then closes at its row bound, before 300 events.
+            "--chunk-rows",
+            "100",
         ]),
     ))
     .await;
