@@ -155,8 +155,9 @@ fn main() {
         };
         let rows = aggregate().len();
         let pipeline = best(runs, events, || {
-            let sorted = aggregate().into_sorted(&spec);
-            let batches = write::to_batches(&arrow, &decl, Grain::Minute, &sorted).unwrap();
+            let sorted = aggregate().sorted(&spec);
+            let rows: Vec<_> = sorted.iter().collect();
+            let batches = write::sorted_batches(&arrow, &decl, Grain::Minute, &rows).unwrap();
             let mut out = Vec::with_capacity(bytes / 4);
             let mut w =
                 ArrowWriter::try_new(&mut out, arrow.clone(), Some(write::writer_properties()))

@@ -25,7 +25,7 @@ use chrono::{Duration, TimeZone, Utc};
 use firn::commit::{self, Change, FirnOperation, RetryPolicy};
 use firn::config::{Config, Overrides};
 use firn::maintain::{self, PlanOptions};
-use firn::rows::{DimValue, MeasureValue, Measures, RowKey};
+use firn::rows::{DimValue, MeasureValue, Measures, RowKey, SortedRows};
 use firn::schema::decl::TableDecl;
 use firn::schema::layout::Grain;
 use firn::totals::{ChangeTotals, DayTotals, Totals};
@@ -131,11 +131,17 @@ async fn generate(dir: &Path, rows: u64) -> Vec<String> {
             // Sorted by dimensions then ts, as every firn file is.
             batch.sort_by(|a, b| a.0.cmp(&b.0));
             for (key, measures) in &batch {
-                totals.add_row(key.ts_micros, measures);
+                totals.add_row(key.ts_micros, &measures.0);
             }
-            let written = write::write_rows(&table, &decl, Grain::Minute, batch, 1 << 30)
-                .await
-                .unwrap();
+            let written = write::write_rows(
+                &table,
+                &decl,
+                Grain::Minute,
+                SortedRows::from_rows(&batch),
+                1 << 30,
+            )
+            .await
+            .unwrap();
             paths.extend(written.iter().map(|f| f.file.file_path().to_string()));
             files.extend(written);
         }
@@ -175,9 +181,15 @@ async fn generate_compaction(dir: &Path, keys: u64) -> Vec<String> {
                 .collect();
             // Sorted by dimensions then ts, as every firn file is.
             batch.sort_by(|a, b| a.0.cmp(&b.0));
-            let written = write::write_rows(&table, &decl, Grain::Minute, batch, 1 << 30)
-                .await
-                .unwrap();
+            let written = write::write_rows(
+                &table,
+                &decl,
+                Grain::Minute,
+                SortedRows::from_rows(&batch),
+                1 << 30,
+            )
+            .await
+            .unwrap();
             paths.extend(written.iter().map(|f| f.file.file_path().to_string()));
             files.extend(written);
         }

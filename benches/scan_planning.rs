@@ -107,7 +107,7 @@ fn main() {
                     &[None, Some(MeasureValue::Long(Some(1))), Some(MeasureValue::Long(Some(1))), Some(MeasureValue::Long(Some(1)))],
                 );
             }
-            let files = write::write_rows(&table, &decl, Grain::Minute, rows.into_sorted(&firn::rows::MeasureSpec::new(&decl)), 1 << 27).await.unwrap();
+            let files = write::write_rows(&table, &decl, Grain::Minute, rows.sorted(&firn::rows::MeasureSpec::new(&decl)), 1 << 27).await.unwrap();
             commit::commit(catalog.as_ref(), &ident, &Change::append(FirnOperation::Backfill, files), RetryPolicy::default())
                 .await
                 .unwrap();

@@ -6,8 +6,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
-use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, new_null_array};
+use arrow_array::builder::{Float64Builder, Int64Builder};
+use arrow_array::{
+    ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    new_null_array,
+};
+use arrow_buffer::{BooleanBufferBuilder, NullBufferBuilder, OffsetBuffer};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
 use iceberg::spec::{DataFileFormat, Literal, PartitionKey, Struct};
 use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
@@ -24,7 +28,8 @@ use uuid::Uuid;
 use crate::catalog::TableHandle;
 use crate::commit::NewFile;
 use crate::error::{Error, Result};
-use crate::rows::{DimValue, MeasureValue, Measures, RowKey};
+use crate::rows::key::KeyDim;
+use crate::rows::{MeasureValue, Measures, RowKey, SortedRow, SortedRows};
 use crate::schema::decl::TableDecl;
 use crate::schema::layout::Grain;
 
@@ -67,6 +72,20 @@ pub fn to_batches(
     grain: Grain,
     rows: &[(RowKey, Measures)],
 ) -> Result<Vec<RecordBatch>> {
+    let sorted = SortedRows::from_rows(rows);
+    let rows: Vec<SortedRow<'_>> = sorted.iter().collect();
+    sorted_batches(arrow_schema, decl, grain, &rows)
+}
+
+/// Build Arrow batches (in the table's current schema) from rows in the
+/// table's sort order: each key's dimensions are read once, into every
+/// dimension's column.
+pub fn sorted_batches(
+    arrow_schema: &ArrowSchemaRef,
+    decl: &TableDecl,
+    grain: Grain,
+    rows: &[SortedRow<'_>],
+) -> Result<Vec<RecordBatch>> {
     rows.chunks(BATCH_ROWS)
         .map(|chunk| to_batch(arrow_schema, decl, grain, chunk))
         .collect()
@@ -76,76 +95,136 @@ fn to_batch(
     schema: &ArrowSchemaRef,
     decl: &TableDecl,
     grain: Grain,
-    rows: &[(RowKey, Measures)],
+    rows: &[SortedRow<'_>],
 ) -> Result<RecordBatch> {
     let n = rows.len();
+    let mut dims: Vec<DimColumn> = decl
+        .dimensions
+        .iter()
+        .map(|d| DimColumn::new(schema.field_with_name(&d.name).ok(), n))
+        .collect();
+    let mut ts = Vec::with_capacity(n);
+    for row in rows {
+        let mut key = row.dims();
+        for column in &mut dims {
+            column.push(key.next_dim());
+        }
+        ts.push(row.ts_micros());
+    }
+    let mut dims: Vec<Option<ArrayRef>> = dims
+        .into_iter()
+        .map(DimColumn::finish)
+        .collect::<Result<_>>()?;
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    let mut ts = Some(ts);
     for field in schema.fields() {
         let name = field.name().as_str();
-        let column: ArrayRef = if name == "ts" {
-            let ts: TimestampMicrosecondArray =
-                rows.iter().map(|(k, _)| Some(k.ts_micros)).collect();
+        let column: Option<ArrayRef> = if name == "ts" {
             let tz = match field.data_type() {
                 arrow_schema::DataType::Timestamp(_, tz) => tz.clone(),
                 _ => None,
             };
-            Arc::new(ts.with_timezone_opt(tz))
+            ts.take().map(|ts| {
+                Arc::new(TimestampMicrosecondArray::from(ts).with_timezone_opt(tz)) as ArrayRef
+            })
         } else if name == "grain" {
-            Arc::new(StringArray::from(vec![grain.as_str(); n]))
+            Some(Arc::new(StringArray::from(vec![grain.as_str(); n])))
         } else if let Some(i) = decl.dimensions.iter().position(|d| d.name == name) {
-            dim_column(rows, i, field.data_type())
+            dims[i].take()
         } else if let Some(i) = decl.measures.iter().position(|m| m.name == name) {
-            measure_column(rows, i, field.data_type())
+            Some(measure_column(rows, i, field.data_type()))
         } else {
-            // A column the table has but the declaration no longer lists.
-            new_null_array(field.data_type(), n)
+            None
         };
-        columns.push(column);
+        // A column the table has but the declaration no longer lists.
+        columns.push(column.unwrap_or_else(|| new_null_array(field.data_type(), n)));
     }
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-fn dim_column(rows: &[(RowKey, Measures)], i: usize, ty: &arrow_schema::DataType) -> ArrayRef {
-    use arrow_schema::DataType;
-    match ty {
-        DataType::Int64 => {
-            let mut b = Int64Builder::with_capacity(rows.len());
-            for (k, _) in rows {
-                match &k.dims[i] {
-                    DimValue::Long(v) => b.append_value(*v),
-                    _ => b.append_null(),
-                }
+/// One dimension's column being built, as the table's schema types it.
+enum DimColumn {
+    Long(Vec<i64>, NullBufferBuilder),
+    Bool(BooleanBufferBuilder, NullBufferBuilder),
+    Str(Vec<i32>, Vec<u8>, NullBufferBuilder),
+    /// Not a column of the table's schema.
+    Absent,
+}
+
+impl DimColumn {
+    fn new(field: Option<&arrow_schema::Field>, n: usize) -> Self {
+        use arrow_schema::DataType;
+        let nulls = NullBufferBuilder::new(n);
+        match field.map(arrow_schema::Field::data_type) {
+            None => DimColumn::Absent,
+            Some(DataType::Int64) => DimColumn::Long(Vec::with_capacity(n), nulls),
+            Some(DataType::Boolean) => DimColumn::Bool(BooleanBufferBuilder::new(n), nulls),
+            Some(_) => {
+                let mut offsets = Vec::with_capacity(n + 1);
+                offsets.push(0);
+                DimColumn::Str(offsets, Vec::with_capacity(n * 8), nulls)
             }
-            Arc::new(b.finish())
         }
-        DataType::Boolean => {
-            let mut b = BooleanBuilder::with_capacity(rows.len());
-            for (k, _) in rows {
-                match &k.dims[i] {
-                    DimValue::Bool(v) => b.append_value(*v),
-                    _ => b.append_null(),
-                }
+    }
+
+    /// Append a row's value (a null where the key holds none of the
+    /// column's type).
+    fn push(&mut self, dim: Option<KeyDim<'_>>) {
+        match (self, dim) {
+            (DimColumn::Long(values, nulls), Some(KeyDim::Long(v))) => {
+                values.push(v);
+                nulls.append_non_null();
             }
-            Arc::new(b.finish())
-        }
-        _ => {
-            let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 8);
-            for (k, _) in rows {
-                match &k.dims[i] {
-                    DimValue::Str(v) => b.append_value(v),
-                    _ => b.append_null(),
-                }
+            (DimColumn::Bool(values, nulls), Some(KeyDim::Bool(v))) => {
+                values.append(v);
+                nulls.append_non_null();
             }
-            Arc::new(b.finish())
+            (DimColumn::Str(offsets, bytes, nulls), Some(KeyDim::Str(v))) => {
+                bytes.extend_from_slice(&v);
+                // Past 2 GiB of one batch's strings the offsets stop
+                // growing, and the array is refused when it is finished.
+                offsets.push(i32::try_from(bytes.len()).unwrap_or(i32::MAX));
+                nulls.append_non_null();
+            }
+            (DimColumn::Long(values, nulls), _) => {
+                values.push(0);
+                nulls.append_null();
+            }
+            (DimColumn::Bool(values, nulls), _) => {
+                values.append(false);
+                nulls.append_null();
+            }
+            (DimColumn::Str(offsets, bytes, nulls), _) => {
+                offsets.push(i32::try_from(bytes.len()).unwrap_or(i32::MAX));
+                nulls.append_null();
+            }
+            (DimColumn::Absent, _) => {}
         }
+    }
+
+    fn finish(self) -> Result<Option<ArrayRef>> {
+        Ok(Some(match self {
+            DimColumn::Absent => return Ok(None),
+            DimColumn::Long(values, mut nulls) => {
+                Arc::new(Int64Array::new(values.into(), nulls.finish()))
+            }
+            DimColumn::Bool(mut values, mut nulls) => {
+                Arc::new(BooleanArray::new(values.finish(), nulls.finish()))
+            }
+            DimColumn::Str(offsets, bytes, mut nulls) => Arc::new(StringArray::try_new(
+                OffsetBuffer::new(offsets.into()),
+                bytes.into(),
+                nulls.finish(),
+            )?),
+        }))
     }
 }
 
-fn measure_column(rows: &[(RowKey, Measures)], i: usize, ty: &arrow_schema::DataType) -> ArrayRef {
+fn measure_column(rows: &[SortedRow<'_>], i: usize, ty: &arrow_schema::DataType) -> ArrayRef {
     if matches!(ty, arrow_schema::DataType::Float64) {
         let mut b = Float64Builder::with_capacity(rows.len());
-        for (_, m) in rows {
-            match m.0[i] {
+        for row in rows {
+            match row.measures[i] {
                 MeasureValue::Double(v) => b.append_option(v),
                 MeasureValue::Long(v) => b.append_option(v.map(|v| v as f64)),
             }
@@ -153,8 +232,8 @@ fn measure_column(rows: &[(RowKey, Measures)], i: usize, ty: &arrow_schema::Data
         Arc::new(b.finish())
     } else {
         let mut b = Int64Builder::with_capacity(rows.len());
-        for (_, m) in rows {
-            match m.0[i] {
+        for row in rows {
+            match row.measures[i] {
                 MeasureValue::Long(v) => b.append_option(v),
                 MeasureValue::Double(v) => b.append_option(v.map(|v| v as i64)),
             }
@@ -169,7 +248,7 @@ pub async fn write_rows(
     table: &TableHandle,
     decl: &TableDecl,
     grain: Grain,
-    rows: Vec<(RowKey, Measures)>,
+    rows: SortedRows,
     target_file_size: usize,
 ) -> Result<Vec<NewFile>> {
     if rows.is_empty() {
@@ -181,10 +260,10 @@ pub async fn write_rows(
     );
 
     // Split by partition, keeping the sort order within each.
-    let mut partitions: BTreeMap<i32, Vec<(RowKey, Measures)>> = BTreeMap::new();
-    for row in rows {
+    let mut partitions: BTreeMap<i32, Vec<SortedRow<'_>>> = BTreeMap::new();
+    for row in rows.iter() {
         partitions
-            .entry(grain.partition_ordinal(row.0.ts_micros))
+            .entry(grain.partition_ordinal(row.ts_micros()))
             .or_default()
             .push(row);
     }
@@ -192,7 +271,7 @@ pub async fn write_rows(
     let mut files = Vec::new();
     for (ordinal, part_rows) in partitions {
         let key = partition_key(table, grain, ordinal)?;
-        let batches = to_batches(&arrow_schema, decl, grain, &part_rows)?;
+        let batches = sorted_batches(&arrow_schema, decl, grain, &part_rows)?;
         files.extend(
             write_batches(table, Some(key), grain.as_str(), batches, target_file_size).await?,
         );

@@ -595,10 +595,10 @@ async fn write_grains(
     let mut files = Vec::new();
     let mut totals = ChangeTotals::default();
     for (grain, rows) in rows {
-        let rows = rows.into_sorted(&crate::rows::MeasureSpec::new(decl));
+        let rows = rows.sorted(&crate::rows::MeasureSpec::new(decl));
         let mut t = DayTotals::new(&Totals::new(decl));
-        for (key, measures) in &rows {
-            t.add_row(key.ts_micros, measures);
+        for row in rows.iter() {
+            t.add_row(row.ts_micros(), row.measures);
         }
         totals.add(grain, &t);
         files.extend(write::write_rows(table, decl, grain, rows, target_file_size).await?);

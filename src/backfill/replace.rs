@@ -166,8 +166,8 @@ pub(super) async fn commit(
     let opts = target.opts;
     let (lo, hi) = plan.range;
     for (grain, rows) in &chunk.rows {
-        for k in rows.keys() {
-            check_aligned(plan.range, *grain, grain.partition_ordinal(k.ts_micros))?;
+        for ts_micros in rows.bucket_starts() {
+            check_aligned(plan.range, *grain, grain.partition_ordinal(ts_micros))?;
         }
     }
     report.replaced_files = plan.removed.len();

@@ -101,11 +101,11 @@ pub async fn flush(
     };
 
     let table = catalog.load(&ident).await?;
-    let rows = batch.rows.into_sorted(&MeasureSpec::new(&decl));
+    let rows = batch.rows.sorted(&MeasureSpec::new(&decl));
     let row_count = rows.len() as u64;
     let mut added = DayTotals::new(&Totals::new(&decl));
-    for (key, measures) in &rows {
-        added.add_row(key.ts_micros, measures);
+    for row in rows.iter() {
+        added.add_row(row.ts_micros(), row.measures);
     }
     let mut added_by_grain = ChangeTotals::default();
     added_by_grain.add(Grain::Minute, &added);

@@ -10,7 +10,7 @@ use arrow_array::{ArrayRef, UInt32Array};
 use chrono::NaiveDate;
 
 use super::{Total, Totals};
-use crate::rows::Measures;
+use crate::rows::MeasureValue;
 use crate::schema::layout::Grain;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -77,9 +77,9 @@ impl DayTotals {
     }
 
     /// Fold one row (a bucket at `ts_micros`) in.
-    pub fn add_row(&mut self, ts_micros: i64, measures: &Measures) {
+    pub fn add_row(&mut self, ts_micros: i64, measures: &[MeasureValue]) {
         let totals = self.day(day_of(ts_micros));
-        for (i, v) in measures.0.iter().enumerate() {
+        for (i, v) in measures.iter().enumerate() {
             totals.add_value(i, *v);
         }
     }
@@ -354,7 +354,7 @@ mod tests {
         by_batch.add_batch(&ts, &[col.clone(), col.clone(), col.clone(), col]);
         let mut by_row = DayTotals::new(&e);
         for (t, v) in ts.iter().zip(vals) {
-            by_row.add_row(*t, &Measures(vec![MeasureValue::Long(v); 4]));
+            by_row.add_row(*t, &[MeasureValue::Long(v); 4]);
         }
         assert_eq!(by_batch.differs(&by_row), None);
         assert_eq!(by_batch.days.len(), 4);
@@ -380,9 +380,9 @@ mod tests {
     fn change_totals_sum_grains_by_day() {
         let e = empty();
         let mut minute = DayTotals::new(&e);
-        minute.add_row(5, &Measures(vec![MeasureValue::Long(Some(2)); 4]));
+        minute.add_row(5, &[MeasureValue::Long(Some(2)); 4]);
         let mut hour = DayTotals::new(&e);
-        hour.add_row(0, &Measures(vec![MeasureValue::Long(Some(3)); 4]));
+        hour.add_row(0, &[MeasureValue::Long(Some(3)); 4]);
         let mut change = ChangeTotals::default();
         change.add(Grain::Minute, &minute);
         change.add(Grain::Hour, &hour);

@@ -44,7 +44,7 @@ async fn files(catalog: &dyn Catalog, decl: &TableDecl, events: i64) -> Vec<comm
         &table,
         decl,
         Grain::Minute,
-        rows.into_sorted(&firn::rows::MeasureSpec::new(decl)),
+        rows.sorted(&firn::rows::MeasureSpec::new(decl)),
         1 << 27,
     )
     .await

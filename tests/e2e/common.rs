@@ -752,7 +752,7 @@ pub async fn append_minute_rows(
         &table,
         decl,
         firn::schema::layout::Grain::Minute,
-        rows.into_sorted(&firn::rows::MeasureSpec::new(decl)),
+        rows.sorted(&firn::rows::MeasureSpec::new(decl)),
         128 << 20,
     )
     .await

@@ -136,7 +136,7 @@ impl World {
                     &table,
                     &self.decl,
                     Grain::Minute,
-                    rows.into_sorted(&self.spec),
+                    rows.sorted(&self.spec),
                     128 << 20,
                 )
                 .await

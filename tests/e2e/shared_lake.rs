@@ -145,7 +145,7 @@ pub(crate) async fn rust_fast_append_at(
         &handle,
         &decl,
         firn::schema::layout::Grain::Minute,
-        rows.into_sorted(&firn::rows::MeasureSpec::new(&decl)),
+        rows.sorted(&firn::rows::MeasureSpec::new(&decl)),
         128 << 20,
     )
     .await
@@ -922,7 +922,7 @@ async fn claim(
         &table,
         decl,
         firn::schema::layout::Grain::Minute,
-        rows.into_sorted(&firn::rows::MeasureSpec::new(decl)),
+        rows.sorted(&firn::rows::MeasureSpec::new(decl)),
         128 << 20,
     )
     .await

@@ -193,7 +193,7 @@ async fn seed_minute_files(
                     &table,
                     decl,
                     Grain::Minute,
-                    rows.into_sorted(&firn::rows::MeasureSpec::new(decl)),
+                    rows.sorted(&firn::rows::MeasureSpec::new(decl)),
                     TARGET as usize,
                 )
                 .await

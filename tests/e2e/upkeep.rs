@@ -231,7 +231,7 @@ async fn orphans_of_failed_commits_go_and_fresh_writes_stay() {
         &table,
         &decl,
         Grain::Minute,
-        rows.into_sorted(&firn::rows::MeasureSpec::new(&decl)),
+        rows.sorted(&firn::rows::MeasureSpec::new(&decl)),
         1 << 20,
     )
     .await

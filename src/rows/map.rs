@@ -1,0 +1,339 @@
+//! [`RowMap`]: rows aggregated by key in one arena of encoded keys
+//! ([`super::key`]) and one array of measure values, and [`SortedRows`], the
+//! same rows in the table's sort order, as a flush writes them.
+//!
+//! An event neither allocates nor copies unless its key is new (then the
+//! key's bytes are appended to the arena); sorting compares byte strings.
+
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
+
+use super::key::{self, KeyReader};
+use super::{DimRef, MeasureSpec, MeasureValue, Measures, RowKey};
+
+/// Rows in insertion order: encoded keys end to end, and `width` measure
+/// values per row.
+#[derive(Debug, Default, Clone)]
+struct Arena {
+    keys: Vec<u8>,
+    /// Each row's key, as a range of `keys`.
+    spans: Vec<(usize, usize)>,
+    values: Vec<MeasureValue>,
+    width: usize,
+}
+
+impl Arena {
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn key(&self, row: usize) -> &[u8] {
+        let (start, end) = self.spans[row];
+        &self.keys[start..end]
+    }
+
+    fn measures(&self, row: usize) -> &[MeasureValue] {
+        &self.values[row * self.width..(row + 1) * self.width]
+    }
+
+    fn measures_mut(&mut self, row: usize) -> &mut [MeasureValue] {
+        &mut self.values[row * self.width..(row + 1) * self.width]
+    }
+
+    /// A new row of `key` holding `measures`; its index.
+    fn push(&mut self, key: &[u8], measures: &[MeasureValue]) -> usize {
+        if self.spans.is_empty() {
+            self.width = measures.len();
+        }
+        let start = self.keys.len();
+        self.keys.extend_from_slice(key);
+        self.spans.push((start, self.keys.len()));
+        self.values.extend_from_slice(measures);
+        self.spans.len() - 1
+    }
+
+    /// Merge `from`'s measures into `into`'s (all or nothing; see
+    /// [`MeasureSpec::merge_values`]).
+    fn merge_rows(&mut self, spec: &MeasureSpec, into: usize, from: usize) -> bool {
+        let w = self.width;
+        let (lo, hi) = self.values.split_at_mut(into.max(from) * w);
+        let (acc, other) = if into < from {
+            (&mut lo[into * w..(into + 1) * w], &hi[..w])
+        } else {
+            (&mut hi[..w], &lo[from * w..(from + 1) * w])
+        };
+        spec.merge_values(acc, other)
+    }
+
+    /// Take all of `other`'s rows after this one's.
+    fn extend(&mut self, other: Arena) {
+        if self.spans.is_empty() {
+            *self = other;
+            return;
+        }
+        let base = self.keys.len();
+        self.keys.extend_from_slice(&other.keys);
+        self.spans
+            .extend(other.spans.iter().map(|(s, e)| (s + base, e + base)));
+        self.values.extend_from_slice(&other.values);
+    }
+}
+
+/// An in-memory aggregation of rows by key: what a flush or a merge holds.
+/// Events are looked up by their borrowed key ([`RowMap::add_event_ref`]):
+/// only a key not seen before is copied, into the map's arena.
+#[derive(Debug, Default)]
+pub struct RowMap {
+    rows: Arena,
+    /// The row that takes each key's events, with its key's hash (a table
+    /// that grows does not hash its keys again). Rows not indexed: those
+    /// closed because adding to them would have overflowed a sum (a new row
+    /// of the key took their place), and those appended from other maps
+    /// ([`RowMap::append`]).
+    index: HashTable<(u64, usize)>,
+    hasher: hashbrown::DefaultHashBuilder,
+    /// The key being looked up, encoded.
+    scratch: Vec<u8>,
+    /// A new row's measures, being built.
+    fresh: Vec<MeasureValue>,
+}
+
+impl RowMap {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.len() == 0
+    }
+
+    /// Add one event to the row for `key` (to a new row of that key when a
+    /// sum of the current one would overflow).
+    pub fn add_event(&mut self, spec: &MeasureSpec, key: RowKey, values: &[Option<MeasureValue>]) {
+        let dims: Vec<DimRef<'_>> = key.dims.iter().map(DimRef::from).collect();
+        self.add_event_ref(spec, &dims, key.ts_micros, values);
+    }
+
+    /// Add one event, keyed by `dims` (borrowed) and `ts_micros`, to its
+    /// row: the common case, an existing row with room, neither copies nor
+    /// allocates.
+    pub fn add_event_ref(
+        &mut self,
+        spec: &MeasureSpec,
+        dims: &[DimRef<'_>],
+        ts_micros: i64,
+        values: &[Option<MeasureValue>],
+    ) {
+        self.scratch.clear();
+        for d in dims {
+            key::push_dim(&mut self.scratch, d);
+        }
+        key::push_long(&mut self.scratch, ts_micros);
+        self.upsert(
+            |acc| spec.add_event_values(acc, values),
+            |row| {
+                spec.push_empty(row);
+                // A single event fits an empty row: its values are in range.
+                let _ = spec.add_event_values(row, values);
+            },
+        );
+    }
+
+    /// Fold into the row that takes the events of the key in `scratch`:
+    /// `fold` its measures, or, when there is no such row or `fold` refuses
+    /// (a sum would overflow), a new row with `init`'s measures takes the
+    /// key's events from now on.
+    fn upsert(
+        &mut self,
+        fold: impl FnOnce(&mut [MeasureValue]) -> bool,
+        init: impl FnOnce(&mut Vec<MeasureValue>),
+    ) {
+        let hash = self.hasher.hash_one(&self.scratch[..]);
+        let Self {
+            rows,
+            index,
+            scratch,
+            fresh,
+            ..
+        } = self;
+        let push = |rows: &mut Arena| {
+            fresh.clear();
+            init(fresh);
+            rows.push(scratch, fresh)
+        };
+        let entry = index.entry(
+            hash,
+            |&(h, r)| h == hash && rows.key(r) == &scratch[..],
+            |&(h, _)| h,
+        );
+        match entry {
+            Entry::Occupied(mut o) => {
+                if !fold(rows.measures_mut(o.get().1)) {
+                    o.get_mut().1 = push(rows);
+                }
+            }
+            Entry::Vacant(v) => {
+                v.insert((hash, push(rows)));
+            }
+        }
+    }
+
+    /// Merge a row's measures into the row of the key in `scratch` (kept
+    /// apart when a sum would overflow).
+    fn merge_scratch(&mut self, spec: &MeasureSpec, measures: &[MeasureValue]) {
+        self.upsert(
+            |acc| spec.merge_values(acc, measures),
+            |row| row.extend_from_slice(measures),
+        );
+    }
+
+    /// Merge a whole row (kept apart when a sum would overflow).
+    pub fn add_row(&mut self, spec: &MeasureSpec, key: RowKey, measures: &Measures) {
+        self.scratch.clear();
+        key::push_key(&mut self.scratch, &key);
+        self.merge_scratch(spec, &measures.0);
+    }
+
+    /// The bucket start of every row, in no particular order.
+    pub fn bucket_starts(&self) -> impl Iterator<Item = i64> + '_ {
+        (0..self.rows.len()).map(|r| key::bucket_start(self.rows.key(r)))
+    }
+
+    /// Merge all of `other` into this map.
+    pub fn absorb(&mut self, spec: &MeasureSpec, other: RowMap) {
+        if self.is_empty() {
+            *self = other;
+            return;
+        }
+        let from = other.rows;
+        for r in 0..from.len() {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(from.key(r));
+            self.merge_scratch(spec, from.measures(r));
+        }
+    }
+
+    /// Take all of `other`'s rows without looking them up: rows of the
+    /// same key are merged when the map is sorted ([`RowMap::sorted`]),
+    /// and until then count twice in [`RowMap::len`]. For a map taken whole
+    /// to be written, as a flush takes the shards' maps.
+    pub fn append(&mut self, other: RowMap) {
+        if self.is_empty() {
+            *self = other;
+            return;
+        }
+        self.rows.extend(other.rows);
+    }
+
+    /// The rows sorted as the table's sort order says: dimensions, then
+    /// `ts`; rows of one key merged, unless a sum would overflow.
+    pub fn sorted(self, spec: &MeasureSpec) -> SortedRows {
+        let mut rows = self.rows;
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_unstable_by(|&a, &b| rows.key(a).cmp(rows.key(b)));
+        let mut merged: Vec<usize> = Vec::with_capacity(order.len());
+        for r in order {
+            if let Some(&last) = merged.last()
+                && rows.key(last) == rows.key(r)
+                && rows.merge_rows(spec, last, r)
+            {
+                continue;
+            }
+            merged.push(r);
+        }
+        SortedRows {
+            rows,
+            order: merged,
+        }
+    }
+
+    /// The rows sorted, as owned keys and measures (see
+    /// [`RowMap::sorted`]).
+    pub fn into_sorted(self, spec: &MeasureSpec) -> Vec<(RowKey, Measures)> {
+        self.sorted(spec).to_rows()
+    }
+}
+
+/// Rows in the table's sort order (dimensions, then `ts`), each key once
+/// unless a sum would have overflowed: what a flush writes.
+#[derive(Debug, Default, Clone)]
+pub struct SortedRows {
+    rows: Arena,
+    order: Vec<usize>,
+}
+
+/// One row of [`SortedRows`]: its encoded key and measures.
+#[derive(Debug, Clone, Copy)]
+pub struct SortedRow<'a> {
+    key: &'a [u8],
+    /// Measure values, in declaration order.
+    pub measures: &'a [MeasureValue],
+}
+
+impl<'a> SortedRow<'a> {
+    /// The bucket start, microseconds since the epoch.
+    pub fn ts_micros(&self) -> i64 {
+        key::bucket_start(self.key)
+    }
+
+    /// The dimension values, in declaration order.
+    pub(crate) fn dims(&self) -> KeyReader<'a> {
+        KeyReader::new(self.key)
+    }
+}
+
+impl SortedRows {
+    /// Sorted rows of owned keys and measures, as given (already sorted by
+    /// key).
+    pub fn from_rows(rows: &[(RowKey, Measures)]) -> Self {
+        let mut arena = Arena::default();
+        let mut scratch = Vec::new();
+        for (k, m) in rows {
+            scratch.clear();
+            key::push_key(&mut scratch, k);
+            arena.push(&scratch, &m.0);
+        }
+        Self {
+            order: (0..arena.len()).collect(),
+            rows: arena,
+        }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Row `i` of the order.
+    pub fn get(&self, i: usize) -> SortedRow<'_> {
+        let r = self.order[i];
+        SortedRow {
+            key: self.rows.key(r),
+            measures: self.rows.measures(r),
+        }
+    }
+
+    /// The rows in order.
+    pub fn iter(&self) -> impl Iterator<Item = SortedRow<'_>> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// The rows as owned keys and measures.
+    pub fn to_rows(&self) -> Vec<(RowKey, Measures)> {
+        self.iter()
+            .filter_map(|r| Some((key::decode(r.key)?, Measures(r.measures.to_vec()))))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! RowMap and SortedRows against what rows mean: totals per key, order.
+
+use std::path::Path;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::rows::DimValue;
+use crate::schema::decl::TableDecl;
+
+fn spec() -> MeasureSpec {
+    let d = TableDecl::parse(
+        Path::new("t.toml"),
+        include_str!("../../../schemas/usage.http_requests.toml"),
+    )
+    .unwrap();
+    MeasureSpec::new(&d)
+}
+
+#[test]
+fn a_sum_that_would_overflow_starts_another_row_and_merges_keep_them_apart() {
+    let s = spec();
+    let key = RowKey {
+        dims: vec![DimValue::Long(1)],
+        ts_micros: 0,
+    };
+    let ev = |b: i64| {
+        [
+            None,
+            Some(MeasureValue::Long(Some(b))),
+            Some(MeasureValue::Long(Some(-5))),
+            Some(MeasureValue::Long(Some(b))),
+        ]
+    };
+    let mut map = RowMap::default();
+    for _ in 0..3 {
+        map.add_event(&s, key.clone(), &ev(1 << 62));
+    }
+    let rows = map.into_sorted(&s);
+    assert_eq!(rows.len(), 3);
+    for (_, m) in &rows {
+        assert_eq!(m.0[0], MeasureValue::Long(Some(1)));
+        assert_eq!(m.0[1], MeasureValue::Long(Some(1 << 62)));
+        assert_eq!(
+            m.0[2],
+            MeasureValue::Long(Some(-5)),
+            "negative values add up"
+        );
+    }
+    // Two rows that fit: merged. A third that would overflow: refused,
+    // the accumulator unchanged.
+    let mut acc = s.empty();
+    assert!(s.add_event(&mut acc, &ev(1 << 61)));
+    let mut other = s.empty();
+    assert!(s.add_event(&mut other, &ev(1 << 61)));
+    assert!(s.merge(&mut acc, &other));
+    assert_eq!(acc.0[1], MeasureValue::Long(Some(1 << 62)));
+    let before = acc.clone();
+    assert!(!s.merge(&mut acc, &rows[2].1));
+    assert_eq!(acc, before);
+    // Report totals stay at the bound rather than wrap.
+    s.merge_saturating(&mut acc, &rows[2].1);
+    assert_eq!(acc.0[1], MeasureValue::Long(Some(i64::MAX)));
+    // The low end too.
+    let mut low = s.empty();
+    assert!(s.add_event(&mut low, &ev(i64::MIN)));
+    assert!(!s.add_event(&mut low, &ev(-1)));
+}
+
+#[test]
+fn events_and_merges_keep_totals() {
+    let s = spec();
+    let key = |t| RowKey {
+        dims: vec![DimValue::Long(1), DimValue::Null],
+        ts_micros: t,
+    };
+    let ev = |b, c, t| {
+        [
+            None,
+            Some(MeasureValue::Long(Some(b))),
+            Some(MeasureValue::Long(Some(c))),
+            t,
+        ]
+    };
+    let mut m = RowMap::default();
+    m.add_event(&s, key(0), &ev(10, 1, Some(MeasureValue::Long(Some(5)))));
+    m.add_event(&s, key(0), &ev(20, 2, None));
+    m.add_event(&s, key(60), &ev(1, 1, Some(MeasureValue::Long(Some(9)))));
+    let rows = m.into_sorted(&s);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].0.ts_micros, 0);
+    assert_eq!(
+        rows[0].1,
+        Measures(vec![
+            MeasureValue::Long(Some(2)),
+            MeasureValue::Long(Some(30)),
+            MeasureValue::Long(Some(3)),
+            MeasureValue::Long(Some(5)),
+        ])
+    );
+    let mut merged = rows[0].1.clone();
+    assert!(s.merge(&mut merged, &rows[1].1));
+    assert_eq!(
+        merged,
+        Measures(vec![
+            MeasureValue::Long(Some(3)),
+            MeasureValue::Long(Some(31)),
+            MeasureValue::Long(Some(4)),
+            MeasureValue::Long(Some(9)),
+        ])
+    );
+}
+
+/// Maps appended without lookups sort to the same rows as maps merged
+/// key by key: rows of one key merged, a sum that would overflow kept
+/// apart, every total the same.
+#[test]
+fn appended_maps_sort_to_the_rows_of_merged_maps() {
+    let s = spec();
+    let key = |account, t| RowKey {
+        dims: vec![DimValue::Long(account), DimValue::Str("cdn".into())],
+        ts_micros: t,
+    };
+    let ev = |b: i64| [None, Some(MeasureValue::Long(Some(b))), None, None];
+    let parts = |n: i64| {
+        let mut m = RowMap::default();
+        for i in 0..40 {
+            m.add_event(&s, key(i % 7, (i % 3) * 60), &ev(n * 100 + i));
+        }
+        m.add_event(&s, key(99, 0), &ev(i64::MAX / 2 + n));
+        m
+    };
+    let mut appended = RowMap::default();
+    let mut merged = RowMap::default();
+    for n in 0..3 {
+        appended.append(parts(n));
+        merged.absorb(&s, parts(n));
+    }
+    assert_eq!(appended.len(), 3 * 22, "appended rows count until sorted");
+    let (a, m) = (appended.into_sorted(&s), merged.into_sorted(&s));
+    assert!(a.windows(2).all(|w| w[0].0 <= w[1].0), "sorted by key");
+    // Per key: the rows and the exact sums of every measure.
+    let by_key = |rows: &[(RowKey, Measures)]| {
+        let mut out: BTreeMap<RowKey, (usize, Vec<i128>)> = BTreeMap::new();
+        for (k, m) in rows {
+            let e = out.entry(k.clone()).or_insert((0, vec![0; m.0.len()]));
+            e.0 += 1;
+            for (i, v) in m.0.iter().enumerate() {
+                if let MeasureValue::Long(Some(v)) = v {
+                    e.1[i] += i128::from(*v);
+                }
+            }
+        }
+        out
+    };
+    let (a, m) = (by_key(&a), by_key(&m));
+    assert_eq!(a.len(), 7 * 3 + 1);
+    for (k, (rows, sums)) in &a {
+        assert_eq!(sums, &m[k].1, "the totals of {k:?}");
+        if k.dims[0] == DimValue::Long(99) {
+            // Three sums of which no three fit: two or three rows.
+            assert!((2..=3).contains(rows), "{rows}");
+        } else {
+            assert_eq!(*rows, 1, "one row for {k:?}");
+        }
+    }
+}
+
+/// Borrowed and owned keys of the same values find the same row; keys
+/// that differ only in a value's type or in null against empty do not.
+#[test]
+fn borrowed_keys_find_the_rows_of_their_values() {
+    let s = spec();
+    let ev = [None, Some(MeasureValue::Long(Some(2))), None, None];
+    let mut m = RowMap::default();
+    let owned = String::from("AMS");
+    let keys: [Vec<DimRef<'_>>; 6] = [
+        vec![DimRef::Long(1), DimRef::Str(Cow::Borrowed("AMS"))],
+        vec![DimRef::Long(1), DimRef::Str(Cow::Owned(owned.clone()))],
+        vec![DimRef::Bool(true), DimRef::Str(Cow::Borrowed("AMS"))],
+        vec![DimRef::Long(1), DimRef::Str(Cow::Borrowed(""))],
+        vec![DimRef::Long(1), DimRef::Null],
+        vec![DimRef::Long(1), DimRef::Str(Cow::Borrowed("AMS\0"))],
+    ];
+    for k in &keys {
+        m.add_event_ref(&s, k, 60, &ev);
+    }
+    m.add_event(
+        &s,
+        RowKey {
+            dims: vec![DimValue::Long(1), DimValue::Str(owned.into())],
+            ts_micros: 60,
+        },
+        &ev,
+    );
+    m.add_event_ref(&s, &keys[0], 120, &ev);
+    let rows = m.into_sorted(&s);
+    let counts: Vec<_> = rows
+        .iter()
+        .map(|(k, m)| (k.dims.clone(), k.ts_micros, m.0[0]))
+        .collect();
+    assert_eq!(counts.len(), 6, "{counts:?}");
+    let ams = counts
+        .iter()
+        .find(|(d, t, _)| {
+            *t == 60 && d[1] == DimValue::Str("AMS".into()) && d[0] == DimValue::Long(1)
+        })
+        .unwrap();
+    assert_eq!(
+        ams.2,
+        MeasureValue::Long(Some(3)),
+        "three events of one key"
+    );
+}
