@@ -12,7 +12,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use smallvec::SmallVec;
 
-use self::object::{Object, ObjectSeed, Scalar, Slots};
+use self::object::{ObjectSeed, Scalar, Slots};
 use self::time::parse_time;
 use crate::rows::{DimRef, MeasureValue, RowKey};
 use crate::schema::decl::{Agg, DimType, MeasureType, TableDecl};
@@ -230,7 +230,8 @@ impl Decoder {
         payload: &'p [u8],
         window: TimeWindow,
     ) -> Result<EventRef<'p>, RejectReason> {
-        let values = self.fields(payload)?;
+        let mut values: Slots<'p> = (0..self.fields.len()).map(|_| None).collect();
+        self.fields(payload, &mut values)?;
         let get = |slot: usize| values[slot].as_ref().filter(|v| !matches!(v, Scalar::Null));
 
         let ts_field = &self.decl.event_time;
@@ -311,17 +312,18 @@ impl Decoder {
     /// counts, so no choice would be exact). Every other field is parsed as
     /// strictly (nesting depth, number range, UTF-8) but not kept: what is
     /// accepted and rejected is exactly what a full parse accepts.
-    fn fields<'p>(&self, payload: &'p [u8]) -> Result<Slots<'p>, RejectReason> {
-        let seed = ObjectSeed { decoder: self };
+    fn fields<'p>(&self, payload: &'p [u8], values: &mut Slots<'p>) -> Result<(), RejectReason> {
+        let seed = ObjectSeed {
+            decoder: self,
+            values,
+        };
         let mut de = serde_json::Deserializer::from_slice(payload);
-        let parsed = serde::de::DeserializeSeed::deserialize(seed, &mut de)
-            .and_then(|fields| de.end().map(|()| fields))
+        let duplicate = serde::de::DeserializeSeed::deserialize(seed, &mut de)
+            .and_then(|duplicate| de.end().map(|()| duplicate))
             .map_err(|e| RejectReason::NotJson(e.to_string()))?;
-        match parsed {
-            Object {
-                duplicate: Some(k), ..
-            } => Err(RejectReason::DuplicateField(k)),
-            Object { fields, .. } => Ok(fields),
+        match duplicate {
+            Some(k) => Err(RejectReason::DuplicateField(k)),
+            None => Ok(()),
         }
     }
 }

@@ -24,35 +24,35 @@ pub(super) enum Scalar<'p> {
 /// The declared fields' values, by slot.
 pub(super) type Slots<'p> = SmallVec<[Option<Scalar<'p>>; 16]>;
 
-/// The top-level object: the declared fields' values, and the first field
-/// given twice.
-pub(super) struct Object<'p> {
-    pub(super) fields: Slots<'p>,
-    pub(super) duplicate: Option<String>,
-}
-
-pub(super) struct ObjectSeed<'a> {
+/// Reads the top-level object into `values` (the declared fields' values,
+/// by slot, each `None` to begin with, in place: the event's values are not
+/// moved on the way out); its value is the first field given twice.
+pub(super) struct ObjectSeed<'a, 'p> {
     pub(super) decoder: &'a Decoder,
+    pub(super) values: &'a mut Slots<'p>,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for ObjectSeed<'_> {
-    type Value = Object<'de>;
+impl<'de> serde::de::DeserializeSeed<'de> for ObjectSeed<'_, 'de> {
+    type Value = Option<String>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for ObjectSeed<'_> {
-    type Value = Object<'de>;
+impl<'de> serde::de::Visitor<'de> for ObjectSeed<'_, 'de> {
+    type Value = Option<String>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Object<'de>, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<Option<String>, A::Error> {
         let fields = &self.decoder.fields;
-        let mut values: Slots<'de> = (0..fields.len()).map(|_| None).collect();
+        let values = self.values;
         // Undeclared keys seen: a few are searched in a list, many in a set
         // (an event of a million keys must not take a million squared
         // comparisons).
@@ -86,10 +86,7 @@ impl<'de> serde::de::Visitor<'de> for ObjectSeed<'_> {
                 }
             }
         }
-        Ok(Object {
-            fields: values,
-            duplicate,
-        })
+        Ok(duplicate)
     }
 }
 
