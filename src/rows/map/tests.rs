@@ -213,3 +213,113 @@ fn borrowed_keys_find_the_rows_of_their_values() {
         "three events of one key"
     );
 }
+
+mod arbitrary {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn dim_long() -> impl Strategy<Value = DimValue> {
+        prop_oneof![Just(DimValue::Null), (-1i64..3).prop_map(DimValue::Long)]
+    }
+
+    fn dim_str() -> impl Strategy<Value = DimValue> {
+        prop_oneof![
+            Just(DimValue::Null),
+            prop::sample::select(vec!["", "a", "a\0", "\0", "b\u{e9}"])
+                .prop_map(|s| DimValue::Str(s.into())),
+        ]
+    }
+
+    /// A key and one event's bytes, cpu and ttfb values (huge ones so that
+    /// some rows must stay apart).
+    fn event() -> impl Strategy<Value = (RowKey, i64, i64, Option<i64>)> {
+        let big = prop_oneof![Just(i64::MAX / 2), Just(i64::MIN / 2), Just(i64::MAX)];
+        (
+            (
+                dim_long(),
+                dim_str(),
+                prop::sample::select(vec![-60i64, 0, 60]),
+            ),
+            prop_oneof![4 => -5i64..100, 1 => big],
+            -5i64..5,
+            proptest::option::of(-100i64..100),
+        )
+            .prop_map(|((a, b, t), bytes, cpu, ttfb)| {
+                (
+                    RowKey {
+                        dims: vec![a, b],
+                        ts_micros: t * 1_000_000,
+                    },
+                    bytes,
+                    cpu,
+                    ttfb,
+                )
+            })
+    }
+
+    proptest! {
+        /// Events spread over maps that are appended or absorbed sort to
+        /// rows in key order whose exact totals per key are the events':
+        /// one row per key unless a sum would have overflowed.
+        #[test]
+        fn maps_keep_every_keys_totals_in_key_order(
+            parts in proptest::collection::vec(proptest::collection::vec(event(), 0..60), 1..4),
+            absorb in proptest::collection::vec(any::<bool>(), 4),
+        ) {
+            let s = spec();
+            let mut want: BTreeMap<RowKey, (i128, i128, i128, Option<i64>, bool)> = BTreeMap::new();
+            let mut whole = RowMap::default();
+            for (n, part) in parts.iter().enumerate() {
+                let mut map = RowMap::default();
+                for (key, bytes, cpu, ttfb) in part {
+                    let values = [
+                        None,
+                        Some(MeasureValue::Long(Some(*bytes))),
+                        Some(MeasureValue::Long(Some(*cpu))),
+                        ttfb.map(|v| MeasureValue::Long(Some(v))),
+                    ];
+                    let dims: Vec<DimRef<'_>> = key.dims.iter().map(DimRef::from).collect();
+                    map.add_event_ref(&s, &dims, key.ts_micros, &values);
+                    let w = want.entry(key.clone()).or_insert((0, 0, 0, None, false));
+                    w.0 += 1;
+                    w.1 += i128::from(*bytes);
+                    w.2 += i128::from(*cpu);
+                    w.3 = w.3.max(*ttfb).or(*ttfb);
+                    w.4 |= bytes.unsigned_abs() > 1 << 40;
+                }
+                if absorb[n] {
+                    whole.absorb(&s, map);
+                } else {
+                    whole.append(map);
+                }
+            }
+            let sorted = whole.sorted(&s);
+            let rows = sorted.to_rows();
+            prop_assert_eq!(rows.len(), sorted.len());
+            prop_assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0), "in key order");
+            let mut got: BTreeMap<RowKey, (i128, i128, i128, Option<i64>, usize)> = BTreeMap::new();
+            for ((key, m), row) in rows.iter().zip(sorted.iter()) {
+                prop_assert_eq!(row.ts_micros(), key.ts_micros);
+                let long = |v: MeasureValue| match v {
+                    MeasureValue::Long(v) => v,
+                    MeasureValue::Double(_) => None,
+                };
+                let g = got.entry(key.clone()).or_insert((0, 0, 0, None, 0));
+                g.0 += i128::from(long(m.0[0]).unwrap_or(0));
+                g.1 += i128::from(long(m.0[1]).unwrap_or(0));
+                g.2 += i128::from(long(m.0[2]).unwrap_or(0));
+                g.3 = g.3.max(long(m.0[3])).or(long(m.0[3]));
+                g.4 += 1;
+            }
+            prop_assert_eq!(got.len(), want.len());
+            for (key, w) in &want {
+                let g = &got[key];
+                prop_assert_eq!((g.0, g.1, g.2, g.3), (w.0, w.1, w.2, w.3), "totals of {:?}", key);
+                if !w.4 {
+                    prop_assert_eq!(g.4, 1, "one row for {:?}", key);
+                }
+            }
+        }
+    }
+}
