@@ -53,32 +53,6 @@ impl Arena {
         self.values.extend_from_slice(measures);
         self.spans.len() - 1
     }
-
-    /// Merge `from`'s measures into `into`'s (all or nothing; see
-    /// [`MeasureSpec::merge_values`]).
-    fn merge_rows(&mut self, spec: &MeasureSpec, into: usize, from: usize) -> bool {
-        let w = self.width;
-        let (lo, hi) = self.values.split_at_mut(into.max(from) * w);
-        let (acc, other) = if into < from {
-            (&mut lo[into * w..(into + 1) * w], &hi[..w])
-        } else {
-            (&mut hi[..w], &lo[from * w..(from + 1) * w])
-        };
-        spec.merge_values(acc, other)
-    }
-
-    /// Take all of `other`'s rows after this one's.
-    fn extend(&mut self, other: Arena) {
-        if self.spans.is_empty() {
-            *self = other;
-            return;
-        }
-        let base = self.keys.len();
-        self.keys.extend_from_slice(&other.keys);
-        self.spans
-            .extend(other.spans.iter().map(|(s, e)| (s + base, e + base)));
-        self.values.extend_from_slice(&other.values);
-    }
 }
 
 /// An in-memory aggregation of rows by key: what a flush or a merge holds.
@@ -87,6 +61,9 @@ impl Arena {
 #[derive(Debug, Default)]
 pub struct RowMap {
     rows: Arena,
+    /// Rows taken whole from other maps ([`RowMap::append`]), in their own
+    /// arenas: appending copies nothing.
+    appended: Vec<Arena>,
     /// The row that takes each key's events, with its key's hash (a table
     /// that grows does not hash its keys again). Rows not indexed: those
     /// closed because adding to them would have overflowed a sum (a new row
@@ -103,12 +80,16 @@ pub struct RowMap {
 impl RowMap {
     /// Number of rows.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.arenas().map(Arena::len).sum()
     }
 
     /// Whether there are no rows.
     pub fn is_empty(&self) -> bool {
-        self.rows.len() == 0
+        self.arenas().all(|a| a.len() == 0)
+    }
+
+    fn arenas(&self) -> impl Iterator<Item = &Arena> {
+        std::iter::once(&self.rows).chain(&self.appended)
     }
 
     /// Add one event to the row for `key` (to a new row of that key when a
@@ -200,7 +181,8 @@ impl RowMap {
 
     /// The bucket start of every row, in no particular order.
     pub fn bucket_starts(&self) -> impl Iterator<Item = i64> + '_ {
-        (0..self.rows.len()).map(|r| key::bucket_start(self.rows.key(r)))
+        self.arenas()
+            .flat_map(|a| (0..a.len()).map(|r| key::bucket_start(a.key(r))))
     }
 
     /// Merge all of `other` into this map.
@@ -209,11 +191,12 @@ impl RowMap {
             *self = other;
             return;
         }
-        let from = other.rows;
-        for r in 0..from.len() {
-            self.scratch.clear();
-            self.scratch.extend_from_slice(from.key(r));
-            self.merge_scratch(spec, from.measures(r));
+        for from in std::iter::once(other.rows).chain(other.appended) {
+            for r in 0..from.len() {
+                self.scratch.clear();
+                self.scratch.extend_from_slice(from.key(r));
+                self.merge_scratch(spec, from.measures(r));
+            }
         }
     }
 
@@ -226,27 +209,42 @@ impl RowMap {
             *self = other;
             return;
         }
-        self.rows.extend(other.rows);
+        self.appended
+            .extend(std::iter::once(other.rows).chain(other.appended));
     }
 
     /// The rows sorted as the table's sort order says: dimensions, then
     /// `ts`; rows of one key merged, unless a sum would overflow.
     pub fn sorted(self, spec: &MeasureSpec) -> SortedRows {
-        let mut rows = self.rows;
-        let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_unstable_by(|&a, &b| rows.key(a).cmp(rows.key(b)));
-        let mut merged: Vec<usize> = Vec::with_capacity(order.len());
-        for r in order {
+        let mut arenas: Vec<Arena> = std::iter::once(self.rows)
+            .chain(self.appended)
+            .filter(|a| a.len() > 0)
+            .collect();
+        let mut order: Vec<Pos> = Vec::with_capacity(arenas.iter().map(Arena::len).sum());
+        for (i, a) in arenas.iter().enumerate() {
+            order.extend((0..a.len()).map(|r| Pos::new(i, r)));
+        }
+        order.sort_unstable_by(|a, b| {
+            arenas[a.arena()]
+                .key(a.row())
+                .cmp(arenas[b.arena()].key(b.row()))
+        });
+        let mut merged: Vec<Pos> = Vec::with_capacity(order.len());
+        let mut other: Vec<MeasureValue> = Vec::new();
+        for p in order {
             if let Some(&last) = merged.last()
-                && rows.key(last) == rows.key(r)
-                && rows.merge_rows(spec, last, r)
+                && arenas[last.arena()].key(last.row()) == arenas[p.arena()].key(p.row())
             {
-                continue;
+                other.clear();
+                other.extend_from_slice(arenas[p.arena()].measures(p.row()));
+                if spec.merge_values(arenas[last.arena()].measures_mut(last.row()), &other) {
+                    continue;
+                }
             }
-            merged.push(r);
+            merged.push(p);
         }
         SortedRows {
-            rows,
+            arenas,
             order: merged,
         }
     }
@@ -262,8 +260,27 @@ impl RowMap {
 /// unless a sum would have overflowed: what a flush writes.
 #[derive(Debug, Default, Clone)]
 pub struct SortedRows {
-    rows: Arena,
-    order: Vec<usize>,
+    arenas: Vec<Arena>,
+    order: Vec<Pos>,
+}
+
+/// A row's place: its arena and its index there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pos(u32, u32);
+
+impl Pos {
+    fn new(arena: usize, row: usize) -> Self {
+        // A map holds far fewer than 2^32 rows (its buffer bounds it).
+        Pos(arena as u32, row as u32)
+    }
+
+    fn arena(self) -> usize {
+        self.0 as usize
+    }
+
+    fn row(self) -> usize {
+        self.1 as usize
+    }
 }
 
 /// One row of [`SortedRows`]: its encoded key and measures.
@@ -298,8 +315,8 @@ impl SortedRows {
             arena.push(&scratch, &m.0);
         }
         Self {
-            order: (0..arena.len()).collect(),
-            rows: arena,
+            order: (0..arena.len()).map(|r| Pos::new(0, r)).collect(),
+            arenas: vec![arena],
         }
     }
 
@@ -315,10 +332,11 @@ impl SortedRows {
 
     /// Row `i` of the order.
     pub fn get(&self, i: usize) -> SortedRow<'_> {
-        let r = self.order[i];
+        let p = self.order[i];
+        let arena = &self.arenas[p.arena()];
         SortedRow {
-            key: self.rows.key(r),
-            measures: self.rows.measures(r),
+            key: arena.key(p.row()),
+            measures: arena.measures(p.row()),
         }
     }
 
