@@ -97,6 +97,26 @@ fn gen_row(k: u64, ts_micros: i64, v: i64) -> (RowKey, Measures) {
     )
 }
 
+/// Write sorted minute rows as data files of `table`, noting their paths.
+async fn write_minutes(
+    table: &firn::catalog::TableHandle,
+    decl: &TableDecl,
+    rows: &[(RowKey, Measures)],
+    paths: &mut Vec<String>,
+) -> Vec<firn::commit::NewFile> {
+    let written = write::write_rows(
+        table,
+        decl,
+        Grain::Minute,
+        SortedRows::from_rows(rows),
+        1 << 30,
+    )
+    .await
+    .unwrap();
+    paths.extend(written.iter().map(|f| f.file.file_path().to_string()));
+    written
+}
+
 /// Write one week of minute rows, one sorted file per hour partition.
 async fn generate(dir: &Path, rows: u64) -> Vec<String> {
     let config = config(dir);
@@ -133,17 +153,7 @@ async fn generate(dir: &Path, rows: u64) -> Vec<String> {
             for (key, measures) in &batch {
                 totals.add_row(key.ts_micros, &measures.0);
             }
-            let written = write::write_rows(
-                &table,
-                &decl,
-                Grain::Minute,
-                SortedRows::from_rows(&batch),
-                1 << 30,
-            )
-            .await
-            .unwrap();
-            paths.extend(written.iter().map(|f| f.file.file_path().to_string()));
-            files.extend(written);
+            files.extend(write_minutes(&table, &decl, &batch, &mut paths).await);
         }
         let mut added = ChangeTotals::default();
         added.add(Grain::Minute, &totals);
@@ -181,17 +191,7 @@ async fn generate_compaction(dir: &Path, keys: u64) -> Vec<String> {
                 .collect();
             // Sorted by dimensions then ts, as every firn file is.
             batch.sort_by(|a, b| a.0.cmp(&b.0));
-            let written = write::write_rows(
-                &table,
-                &decl,
-                Grain::Minute,
-                SortedRows::from_rows(&batch),
-                1 << 30,
-            )
-            .await
-            .unwrap();
-            paths.extend(written.iter().map(|f| f.file.file_path().to_string()));
-            files.extend(written);
+            files.extend(write_minutes(&table, &decl, &batch, &mut paths).await);
         }
         commit::commit(
             catalog.as_ref(),

@@ -1,4 +1,3 @@
-use std::path::Path;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -8,13 +7,7 @@ use super::*;
 use crate::rows::DimValue;
 
 fn decoder() -> Decoder {
-    Decoder::new(
-        TableDecl::parse(
-            Path::new("t.toml"),
-            include_str!("../../schemas/usage.http_requests.toml"),
-        )
-        .unwrap(),
-    )
+    Decoder::new(TableDecl::example())
 }
 
 fn window() -> TimeWindow {

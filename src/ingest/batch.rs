@@ -194,7 +194,6 @@ impl TableSink {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::path::Path;
 
     use chrono::{TimeZone, Utc};
 
@@ -202,11 +201,7 @@ pub(crate) mod tests {
     use crate::tables;
 
     pub(crate) fn sink() -> TableSink {
-        let decl = TableDecl::parse(
-            Path::new("t.toml"),
-            include_str!("../../schemas/usage.http_requests.toml"),
-        )
-        .unwrap();
+        let decl = TableDecl::example();
         let (i, r) = (
             tables::ident(&decl).unwrap(),
             tables::rejects_ident(&decl).unwrap(),

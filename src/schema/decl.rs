@@ -202,6 +202,17 @@ pub struct TableDecl {
 }
 
 impl TableDecl {
+    /// The shipped example declaration (`schemas/usage.http_requests.toml`),
+    /// for tests.
+    #[cfg(test)]
+    pub(crate) fn example() -> Self {
+        Self::parse(
+            std::path::Path::new("schemas/usage.http_requests.toml"),
+            include_str!("../../schemas/usage.http_requests.toml"),
+        )
+        .expect("the shipped declaration parses")
+    }
+
     /// `namespace.name`.
     pub fn qualified_name(&self) -> String {
         format!("{}.{}", self.namespace, self.name)

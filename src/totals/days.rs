@@ -302,7 +302,6 @@ impl Totals {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::sync::Arc;
 
     use arrow_array::Int64Array;
@@ -312,12 +311,7 @@ mod tests {
     use crate::schema::decl::TableDecl;
 
     fn empty() -> Totals {
-        let decl = TableDecl::parse(
-            Path::new("t.toml"),
-            include_str!("../../schemas/usage.http_requests.toml"),
-        )
-        .unwrap();
-        Totals::new(&decl)
+        Totals::new(&TableDecl::example())
     }
 
     #[test]

@@ -336,11 +336,7 @@ mod tests {
     use super::*;
 
     fn decl() -> TableDecl {
-        TableDecl::parse(
-            Path::new("t.toml"),
-            include_str!("../../schemas/usage.http_requests.toml"),
-        )
-        .unwrap()
+        TableDecl::example()
     }
 
     #[test]

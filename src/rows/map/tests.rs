@@ -1,7 +1,5 @@
 //! RowMap and SortedRows against what rows mean: totals per key, order.
 
-use std::path::Path;
-
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -10,12 +8,7 @@ use crate::rows::DimValue;
 use crate::schema::decl::TableDecl;
 
 fn spec() -> MeasureSpec {
-    let d = TableDecl::parse(
-        Path::new("t.toml"),
-        include_str!("../../../schemas/usage.http_requests.toml"),
-    )
-    .unwrap();
-    MeasureSpec::new(&d)
+    MeasureSpec::new(&TableDecl::example())
 }
 
 #[test]
