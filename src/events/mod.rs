@@ -2,6 +2,7 @@
 //! message, or a line of a backfill input) becomes a [`DecodedEvent`] (key
 //! and measure values) or a [`RejectReason`]. Never panics on input.
 
+mod flat;
 mod object;
 #[cfg(test)]
 mod tests;
@@ -313,18 +314,31 @@ impl Decoder {
     /// strictly (nesting depth, number range, UTF-8) but not kept: what is
     /// accepted and rejected is exactly what a full parse accepts.
     fn fields<'p>(&self, payload: &'p [u8], values: &mut Slots<'p>) -> Result<(), RejectReason> {
+        let duplicate = match flat::fields(payload, &self.fields, values) {
+            Some(duplicate) => duplicate,
+            None => self.parse_fields(payload, values)?,
+        };
+        match duplicate {
+            Some(k) => Err(RejectReason::DuplicateField(k)),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Self::fields`] by serde_json, for any payload: its first key given
+    /// twice, or why it is not a JSON object.
+    fn parse_fields<'p>(
+        &self,
+        payload: &'p [u8],
+        values: &mut Slots<'p>,
+    ) -> Result<Option<String>, RejectReason> {
         let seed = ObjectSeed {
             decoder: self,
             values,
         };
         let mut de = serde_json::Deserializer::from_slice(payload);
-        let duplicate = serde::de::DeserializeSeed::deserialize(seed, &mut de)
+        serde::de::DeserializeSeed::deserialize(seed, &mut de)
             .and_then(|duplicate| de.end().map(|()| duplicate))
-            .map_err(|e| RejectReason::NotJson(e.to_string()))?;
-        match duplicate {
-            Some(k) => Err(RejectReason::DuplicateField(k)),
-            None => Ok(()),
-        }
+            .map_err(|e| RejectReason::NotJson(e.to_string()))
     }
 }
 

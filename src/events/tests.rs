@@ -470,3 +470,129 @@ proptest::proptest! {
         proptest::prop_assert_eq!(d.decode(&p, w), reference::decode(d.decl(), &p, w));
     }
 }
+
+/// Flat objects as producers write them, spaced every way JSON allows,
+/// and (`noisy`) their near misses: number tokens that are not numbers,
+/// strings and keys with escapes and control characters, nested and
+/// misspelt values, a trailing comma, bytes after the object. Keys
+/// declared, undeclared and repeated.
+fn flat_object(noisy: bool) -> impl Strategy<Value = Vec<u8>> {
+    let space = prop::sample::select(vec!["", "", " ", "\n", "\t ", "\r\n  "]);
+    let clean_key = prop::sample::select(vec![
+        "ts",
+        "account_id",
+        "zone_id",
+        "colo",
+        "product",
+        "bytes",
+        "cpu_ms",
+        "ttfb_ms",
+        "extra",
+        "x",
+        "Zürich",
+    ]);
+    let clean_value = prop_oneof![
+        2 => "-?(0|[1-9][0-9]{0,21})(\\.[0-9]{1,5})?([eE][+-]?[0-9]{1,3})?",
+        2 => "\"[a-zA-Z0-9 üé€:.-]{0,12}\"",
+        1 => prop::sample::select(vec![
+            "true", "false", "null", "1795771230123", "\"2026-11-27T09:20:30.123Z\"",
+        ])
+        .prop_map(str::to_string),
+    ];
+    let (key, value, tail, trailing_comma) = if noisy {
+        (
+            prop_oneof![
+                4 => clean_key,
+                1 => prop::sample::select(vec!["a\\u0062", "tab\there"]),
+            ]
+            .boxed(),
+            prop_oneof![
+                4 => clean_value,
+                1 => "-?[0-9]{1,22}(\\.[0-9]{0,5})?([eE][+-]?[0-9]{0,3})?",
+                1 => "[0-9.eE+-]{1,6}",
+                1 => "\"[a-z]{0,3}(\\\\[nu\"]|\t)[a-z]{0,3}\"",
+                1 => prop::sample::select(vec!["tru", "nulll", "[]", "{}", "\""])
+                    .prop_map(str::to_string),
+            ]
+            .boxed(),
+            prop::sample::select(vec!["", " \n", "x", ",", "}", "{"]).boxed(),
+            prop::bool::weighted(0.2).boxed(),
+        )
+    } else {
+        (
+            clean_key.boxed(),
+            clean_value.boxed(),
+            prop::sample::select(vec!["", " \n"]).boxed(),
+            Just(false).boxed(),
+        )
+    };
+    (
+        prop::collection::vec((key, value, space.clone(), space.clone()), 0..12),
+        space,
+        tail,
+        trailing_comma,
+    )
+        .prop_map(|(fields, end, tail, trailing_comma)| {
+            let mut p = String::from("{");
+            for (i, (k, v, before, after)) in fields.iter().enumerate() {
+                if i > 0 {
+                    p.push(',');
+                }
+                p.push_str(&format!("{before}\"{k}\"{after}:{before}{v}{after}"));
+            }
+            if trailing_comma {
+                p.push(',');
+            }
+            p.push_str(&format!("{end}}}{tail}"));
+            p.into_bytes()
+        })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+    /// Where the one-pass reader reads a payload, it reads the values and
+    /// the repeated key serde_json reads; where it does not, it leaves the
+    /// slots empty for serde_json to fill. Either way the decoder accepts
+    /// and rejects as a full parse does.
+    #[test]
+    fn the_one_pass_reader_agrees_with_serde_json(
+        p in prop_oneof![flat_object(false), flat_object(true)],
+    ) {
+        let d = decoder();
+        let empty = || -> Slots { (0..d.fields.len()).map(|_| None).collect() };
+        let (mut fast, mut slow) = (empty(), empty());
+        match flat::fields(&p, &d.fields, &mut fast) {
+            Some(duplicate) => {
+                proptest::prop_assert_eq!(Ok(duplicate), d.parse_fields(&p, &mut slow));
+                proptest::prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"));
+            }
+            None => proptest::prop_assert!(fast.iter().all(Option::is_none)),
+        }
+        let w = window();
+        proptest::prop_assert_eq!(d.decode(&p, w), reference::decode(d.decl(), &p, w));
+    }
+}
+
+/// An event as producers write it is read by the one pass, not by the
+/// serde_json fallback.
+#[test]
+fn common_events_take_the_one_pass() {
+    let d = decoder();
+    let mut values: Slots = (0..d.fields.len()).map(|_| None).collect();
+    let p = br#"{ "ts": 1795771230123, "account_id": 1, "zone_id": -2, "colo": "AMS", "product": "cdn", "bytes": 10.5, "cpu_ms": 3e2, "ttfb_ms": null, "extra": true }"#;
+    assert_eq!(flat::fields(p, &d.fields, &mut values), Some(None));
+    assert_eq!(
+        format!("{:?}", values[0]),
+        "Some(Number(Number(1795771230123)))"
+    );
+    let p = br#"{"ts":1,"colo":"a","colo":"b"}"#;
+    let mut values: Slots = (0..d.fields.len()).map(|_| None).collect();
+    assert_eq!(
+        flat::fields(p, &d.fields, &mut values),
+        Some(Some("colo".to_string()))
+    );
+    let p = br#"{"ts":1,"colo":"a\"b"}"#;
+    let mut values: Slots = (0..d.fields.len()).map(|_| None).collect();
+    assert_eq!(flat::fields(p, &d.fields, &mut values), None);
+}
