@@ -19,11 +19,13 @@ use super::object::{Scalar, Slots};
 /// the common shape.
 pub(super) fn fields<'p>(
     payload: &'p [u8],
-    fields: &[Box<str>],
+    fields: &Fields,
     values: &mut Slots<'p>,
 ) -> Option<Option<String>> {
+    let text = std::str::from_utf8(payload).ok()?;
     let read = Reader {
-        text: std::str::from_utf8(payload).ok()?,
+        text,
+        bytes: payload,
         at: 0,
     }
     .object(fields, values);
@@ -33,45 +35,98 @@ pub(super) fn fields<'p>(
     read
 }
 
+/// The names of the fields a declaration reads, each once, found by slot
+/// through a small table on a key's length and end bytes.
+#[derive(Debug, Clone)]
+pub(super) struct Fields {
+    names: Vec<Box<str>>,
+    /// Per bucket: the one slot of the names in it, [`EMPTY`] or
+    /// [`SEVERAL`].
+    table: [u8; BUCKETS],
+}
+
+const BUCKETS: usize = 64;
+const EMPTY: u8 = u8::MAX;
+const SEVERAL: u8 = u8::MAX - 1;
+
+impl Fields {
+    pub(super) fn new(names: Vec<Box<str>>) -> Self {
+        let mut table = [EMPTY; BUCKETS];
+        for (slot, name) in names.iter().enumerate() {
+            let b = &mut table[bucket(name.as_bytes())];
+            *b = match (*b, u8::try_from(slot)) {
+                (EMPTY, Ok(slot)) if slot < SEVERAL => slot,
+                _ => SEVERAL,
+            };
+        }
+        Self { names, table }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub(super) fn name(&self, slot: usize) -> &str {
+        &self.names[slot]
+    }
+
+    /// The slot of the field named `key`.
+    #[inline]
+    pub(super) fn slot(&self, key: &str) -> Option<usize> {
+        match self.table[bucket(key.as_bytes())] {
+            EMPTY => None,
+            SEVERAL => self.names.iter().position(|n| **n == *key),
+            slot => (*self.names[usize::from(slot)] == *key).then_some(usize::from(slot)),
+        }
+    }
+}
+
+/// A key's bucket: of its length, first and last bytes.
+#[inline]
+fn bucket(key: &[u8]) -> usize {
+    match key {
+        [] => 0,
+        [first, .., last] | [first @ last] => {
+            (usize::from(*first) ^ (usize::from(*last) << 1) ^ (key.len() << 3)) % BUCKETS
+        }
+    }
+}
+
+/// A cursor over the payload.
 struct Reader<'p> {
     text: &'p str,
+    bytes: &'p [u8],
     at: usize,
 }
 
 impl<'p> Reader<'p> {
-    fn bytes(&self) -> &'p [u8] {
-        self.text.as_bytes()
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.bytes().get(self.at).copied()
-    }
-
     /// The next byte after JSON whitespace, consumed.
+    #[inline]
     fn next_token(&mut self) -> Option<u8> {
-        while let Some(b) = self.peek() {
+        loop {
+            let b = *self.bytes.get(self.at)?;
             self.at += 1;
-            if !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
+            // Every byte above a space is not whitespace.
+            if b > b' ' || !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
                 return Some(b);
             }
         }
-        None
     }
 
-    fn object(mut self, fields: &[Box<str>], values: &mut Slots<'p>) -> Option<Option<String>> {
+    fn object(mut self, fields: &Fields, values: &mut Slots<'p>) -> Option<Option<String>> {
         if self.next_token()? != b'{' {
             return None;
         }
         // Undeclared keys seen, for a key given twice: a few in a list,
         // many in a set.
-        let mut seen: SmallVec<[&'p str; 16]> = SmallVec::new();
+        let mut seen: SmallVec<[&'p str; 8]> = SmallVec::new();
         let mut many: Option<std::collections::HashSet<&'p str>> = None;
         let mut duplicate: Option<&'p str> = None;
         let mut first = true;
         loop {
             match self.next_token()? {
-                b'}' if first => break,
                 b'"' => {}
+                b'}' if first => break,
                 _ => return None,
             }
             first = false;
@@ -80,11 +135,11 @@ impl<'p> Reader<'p> {
                 return None;
             }
             let value = self.scalar()?;
-            if let Some(slot) = fields.iter().position(|f| **f == *key) {
-                if values[slot].is_some() && duplicate.is_none() {
+            if let Some(slot) = fields.slot(key) {
+                let old = values[slot].replace(value);
+                if old.is_some() && duplicate.is_none() {
                     duplicate = Some(key);
                 }
-                values[slot] = Some(value);
             } else if duplicate.is_none() {
                 let repeated = match &mut many {
                     Some(set) => !set.insert(key),
@@ -116,72 +171,120 @@ impl<'p> Reader<'p> {
 
     /// A string's text, after its opening quote, if it holds no escape and
     /// no control character.
+    #[inline]
     fn string(&mut self) -> Option<&'p str> {
         let start = self.at;
-        let rest = &self.bytes()[start..];
-        let len = rest
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-        if rest[len] != b'"' {
+        let end = start + special_at(self.bytes.get(start..)?)?;
+        if self.bytes[end] != b'"' {
             return None;
         }
-        self.at = start + len + 1;
+        self.at = end + 1;
         // Quotes are ASCII, so the text between them is whole characters.
-        self.text.get(start..start + len)
+        self.text.get(start..end)
     }
 
+    #[inline]
     fn scalar(&mut self) -> Option<Scalar<'p>> {
         Some(match self.next_token()? {
             b'"' => Scalar::Str(Cow::Borrowed(self.string()?)),
-            b't' => self.literal("rue", Scalar::Bool(true))?,
-            b'f' => self.literal("alse", Scalar::Bool(false))?,
-            b'n' => self.literal("ull", Scalar::Null)?,
             b'-' | b'0'..=b'9' => Scalar::Number(self.number()?),
+            b't' => self.literal(b"rue", Scalar::Bool(true))?,
+            b'f' => self.literal(b"alse", Scalar::Bool(false))?,
+            b'n' => self.literal(b"ull", Scalar::Null)?,
             _ => return None,
         })
     }
 
-    fn literal(&mut self, rest: &str, value: Scalar<'p>) -> Option<Scalar<'p>> {
+    fn literal(&mut self, rest: &[u8], value: Scalar<'p>) -> Option<Scalar<'p>> {
         let end = self.at + rest.len();
-        (self.bytes().get(self.at..end)? == rest.as_bytes()).then(|| {
+        (self.bytes.get(self.at..end)? == rest).then(|| {
             self.at = end;
             value
         })
     }
 
-    /// A number whose first byte was just consumed. An integer of up to 18
-    /// digits is read here (as serde_json reads it: a non-negative one as
-    /// unsigned, `-0` excepted); any other number's token goes to
-    /// serde_json's own number parser, which gives the value its
-    /// deserializer would.
+    /// A number whose first byte was just consumed. An integer without
+    /// leading zeros that fits serde_json's integers (`u64` when not
+    /// negative; `i64` when negative, `-0` excepted) is read here, with the
+    /// value serde_json gives it; any other number's token goes to
+    /// serde_json's own number parser.
+    #[inline]
     fn number(&mut self) -> Option<serde_json::Number> {
         let start = self.at - 1;
-        let bytes = self.bytes();
-        let mut end = self.at;
-        while end < bytes.len()
-            && matches!(bytes[end], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
-        {
+        let negative = self.bytes[start] == b'-';
+        let digits_at = if negative { self.at } else { start };
+        let rest = self.bytes.get(digits_at..)?;
+        // Up to 19 digits fit a u64 whatever they are.
+        let mut magnitude = 0u64;
+        let mut len = 0;
+        for &b in rest.iter().take(19) {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            magnitude = magnitude * 10 + u64::from(d);
+            len += 1;
+        }
+        let end = digits_at + len;
+        let integer = len > 0
+            && (rest[0] != b'0' || (len == 1 && !negative))
+            && !matches!(
+                self.bytes.get(end),
+                Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+            );
+        if integer {
+            self.at = end;
+            return if !negative {
+                Some(serde_json::Number::from(magnitude))
+            } else {
+                // Under 10^19, so within a u64; as serde_json, one past
+                // i64::MIN is not an i64.
+                (magnitude <= 1 << 63)
+                    .then(|| serde_json::Number::from((magnitude as i64).wrapping_neg()))
+                    .or_else(|| self.fallback_number(start))
+            };
+        }
+        self.fallback_number(start)
+    }
+
+    /// The number token at `start`, read by serde_json.
+    fn fallback_number(&mut self, start: usize) -> Option<serde_json::Number> {
+        let mut end = start + 1;
+        while matches!(
+            self.bytes.get(end),
+            Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+        ) {
             end += 1;
         }
         self.at = end;
-        let token = &bytes[start..end];
-        let (negative, digits) = match token {
-            [b'-', digits @ ..] => (true, digits),
-            digits => (false, digits),
-        };
-        let plain = matches!(digits, [b'1'..=b'9', rest @ ..] if rest.len() < 18 && rest.iter().all(u8::is_ascii_digit))
-            || (digits == b"0" && !negative);
-        if !plain {
-            return self.text[start..end].parse().ok();
-        }
-        let magnitude = digits
-            .iter()
-            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-        Some(if negative {
-            // Under 10^18, so it fits.
-            serde_json::Number::from(-(magnitude as i64))
-        } else {
-            serde_json::Number::from(magnitude)
-        })
+        self.text.get(start..end)?.parse().ok()
     }
+}
+
+/// Where the first quote, backslash or control character of `s` is: eight
+/// bytes at a time, then one at a time.
+fn special_at(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    let mut at = 0;
+    for chunk in s.chunks_exact(8) {
+        let w = u64::from_le_bytes(chunk.try_into().ok()?);
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        // A byte's high bit is set where it is zero (or below 0x20), and
+        // maybe in bytes after the first such: the lowest bit set marks
+        // the first.
+        let found = ((quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (w.wrapping_sub(ONES * 0x20) & !w))
+            & HIGH;
+        if found != 0 {
+            return Some(at + found.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    s[at..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|i| at + i)
 }

@@ -177,7 +177,7 @@ pub struct Decoder {
     decl: TableDecl,
     /// The JSON fields the declaration reads, each once (the event time
     /// first); the other fields of an event are validated and skipped.
-    fields: Vec<Box<str>>,
+    fields: flat::Fields,
     /// Per dimension, then per measure with a field, its index in `fields`.
     dim_slots: Vec<usize>,
     measure_slots: Vec<Option<usize>>,
@@ -209,7 +209,7 @@ impl Decoder {
             .collect();
         Self {
             decl,
-            fields,
+            fields: flat::Fields::new(fields),
             dim_slots,
             measure_slots,
         }
@@ -277,7 +277,7 @@ impl Decoder {
                 out.push(None);
                 continue;
             };
-            let field = &*self.fields[slot];
+            let field = self.fields.name(slot);
             let mv = match get(slot) {
                 None if m.optional => None,
                 None => return Err(RejectReason::MissingField(field.to_string())),

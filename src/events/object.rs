@@ -60,7 +60,7 @@ impl<'de> serde::de::Visitor<'de> for ObjectSeed<'_, 'de> {
         let mut many: Option<std::collections::HashSet<Cow<'de, str>>> = None;
         let mut duplicate = None;
         while let Some(Key(key)) = map.next_key()? {
-            if let Some(slot) = fields.iter().position(|f| **f == *key) {
+            if let Some(slot) = fields.slot(&key) {
                 // A declared field given twice is the slot filled before.
                 if values[slot].is_some() && duplicate.is_none() {
                     duplicate = Some(key.into_owned());

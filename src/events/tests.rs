@@ -495,7 +495,18 @@ fn flat_object(noisy: bool) -> impl Strategy<Value = Vec<u8>> {
         2 => "-?(0|[1-9][0-9]{0,21})(\\.[0-9]{1,5})?([eE][+-]?[0-9]{1,3})?",
         2 => "\"[a-zA-Z0-9 üé€:.-]{0,12}\"",
         1 => prop::sample::select(vec![
-            "true", "false", "null", "1795771230123", "\"2026-11-27T09:20:30.123Z\"",
+            "true",
+            "false",
+            "null",
+            "1795771230123",
+            "\"2026-11-27T09:20:30.123Z\"",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "-18446744073709551615",
+            "-0",
         ])
         .prop_map(str::to_string),
     ];
@@ -595,4 +606,21 @@ fn common_events_take_the_one_pass() {
     let p = br#"{"ts":1,"colo":"a\"b"}"#;
     let mut values: Slots = (0..d.fields.len()).map(|_| None).collect();
     assert_eq!(flat::fields(p, &d.fields, &mut values), None);
+}
+
+/// Every declared name is found at its own slot, however many there are
+/// and however their buckets collide; no other key is found.
+#[test]
+fn field_names_are_found_by_slot() {
+    let names: Vec<Box<str>> = (0..300)
+        .map(|i| format!("f{i}").into())
+        .chain(["", "ts", "t", "zone_id", "Zürich"].map(Box::from))
+        .collect();
+    let fields = flat::Fields::new(names.clone());
+    for (slot, name) in names.iter().enumerate() {
+        assert_eq!(fields.slot(name), Some(slot), "{name:?}");
+    }
+    for other in ["f300", "f", "s", "zone_ie", "tz", "Zurich", "f1 "] {
+        assert_eq!(fields.slot(other), None, "{other:?}");
+    }
 }
