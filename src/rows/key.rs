@@ -58,6 +58,27 @@ pub(super) fn push_key(out: &mut Vec<u8>, key: &RowKey) {
     push_long(out, key.ts_micros);
 }
 
+/// How many leading bytes every one of `keys` shares with `first`.
+pub(super) fn shared_prefix<'k>(keys: impl Iterator<Item = &'k [u8]>, first: &[u8]) -> usize {
+    keys.fold(first.len(), |shared, k| {
+        first[..shared]
+            .iter()
+            .zip(k)
+            .take_while(|(a, b)| a == b)
+            .count()
+    })
+}
+
+/// The sixteen bytes of `key` from `at` (zeros past its end) as one number
+/// that orders as they do.
+pub(super) fn word_at(key: &[u8], at: usize) -> u128 {
+    let mut w = [0u8; 16];
+    let rest = key.get(at..).unwrap_or_default();
+    let n = rest.len().min(16);
+    w[..n].copy_from_slice(&rest[..n]);
+    u128::from_be_bytes(w)
+}
+
 /// The bucket start of an encoded key (its last eight bytes).
 pub(crate) fn bucket_start(key: &[u8]) -> i64 {
     let mut last = [0u8; 8];

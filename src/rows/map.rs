@@ -34,6 +34,10 @@ impl Arena {
         &self.keys[start..end]
     }
 
+    fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len()).map(|r| self.key(r))
+    }
+
     fn measures(&self, row: usize) -> &[MeasureValue] {
         &self.values[row * self.width..(row + 1) * self.width]
     }
@@ -220,19 +224,27 @@ impl RowMap {
             .chain(self.appended)
             .filter(|a| a.len() > 0)
             .collect();
-        let mut order: Vec<Pos> = Vec::with_capacity(arenas.iter().map(Arena::len).sum());
+        // Keys are sorted by the sixteen bytes after the prefix they all
+        // share, held beside each row (most comparisons end there, without
+        // reading the keys), then by the rest of the key.
+        let shared = arenas.first().map_or(0, |a| {
+            key::shared_prefix(arenas.iter().flat_map(Arena::keys), a.key(0))
+        });
+        let mut order: Vec<(u128, Pos)> = Vec::with_capacity(arenas.iter().map(Arena::len).sum());
         for (i, a) in arenas.iter().enumerate() {
-            order.extend((0..a.len()).map(|r| Pos::new(i, r)));
+            order.extend((0..a.len()).map(|r| (key::word_at(a.key(r), shared), Pos::new(i, r))));
         }
-        order.sort_unstable_by(|a, b| {
-            arenas[a.arena()]
-                .key(a.row())
-                .cmp(arenas[b.arena()].key(b.row()))
+        let key_of = |p: Pos| &arenas[p.arena()].key(p.row())[shared..];
+        order.sort_unstable_by(|(wa, a), (wb, b)| {
+            wa.cmp(wb).then_with(|| key_of(*a).cmp(key_of(*b)))
         });
         let mut merged: Vec<Pos> = Vec::with_capacity(order.len());
         let mut other: Vec<MeasureValue> = Vec::new();
-        for p in order {
-            if let Some(&last) = merged.last()
+        let mut last_word = None;
+        for (word, p) in order {
+            let same_word = last_word.replace(word) == Some(word);
+            if same_word
+                && let Some(&last) = merged.last()
                 && arenas[last.arena()].key(last.row()) == arenas[p.arena()].key(p.row())
             {
                 other.clear();
