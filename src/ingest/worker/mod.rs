@@ -38,6 +38,11 @@ use crate::retry::retry;
 use crate::telemetry::IngestMetrics;
 use crate::{kafka, offsets};
 
+/// Records between two readings of the clock in the poll loop (for the
+/// commit interval and idle time); between records there is no waiting,
+/// so a reading is late by at most this many records' work.
+const CLOCK_EVERY: u32 = 64;
+
 /// Totals of one worker run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IngestReport {
@@ -61,8 +66,11 @@ pub(super) struct Core {
     sinks: HashMap<String, TableSink>,
     last_flush: Instant,
     /// The last record consumed or assignment received: idle time (for
-    /// `stop_when_idle`) counts from whichever came last.
+    /// `stop_when_idle`) counts from whichever came last. Records move it
+    /// when the clock is next read (see [`CLOCK_EVERY`]).
     last_activity: Instant,
+    /// Records consumed since `last_activity` was last moved.
+    active: bool,
     /// `topic -> partition -> (low, high)` from the latest statistics.
     watermarks: HashMap<String, BTreeMap<i32, (i64, i64)>>,
     fatal: Option<Error>,
@@ -217,18 +225,19 @@ impl Core {
             || self.buffered_bytes() + bytes >= self.opts.max_buffered_bytes
     }
 
-    /// Whether to flush: every `--commit-interval`, or once half the
-    /// buffer limits are reached, so that the next half fills while it
-    /// commits and what a worker holds stays within the limits.
-    fn flush_due(&self) -> bool {
+    /// Whether to flush: every `--commit-interval` (looked at when
+    /// `timed`), or once half the buffer limits are reached, so that the
+    /// next half fills while it commits and what a worker holds stays
+    /// within the limits.
+    fn flush_due(&self, timed: bool) -> bool {
         self.anything_buffered()
-            && (self.last_flush.elapsed() >= self.opts.commit_interval
+            && ((timed && self.last_flush.elapsed() >= self.opts.commit_interval)
                 || self.buffered_rows() >= self.opts.max_buffered_rows.div_ceil(2)
                 || self.buffered_bytes() >= self.opts.max_buffered_bytes.div_ceil(2))
     }
 
     fn consume(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
-        self.last_activity = Instant::now();
+        self.active = true;
         let skew = self.opts.future_skew;
         let Some(sink) = self.sinks.get_mut(topic) else {
             return;
@@ -391,6 +400,7 @@ pub(super) fn run_blocking(
             sinks,
             last_flush: now,
             last_activity: now,
+            active: false,
             watermarks: HashMap::new(),
             fatal: None,
             report: IngestReport::default(),
@@ -408,8 +418,19 @@ pub(super) fn run_blocking(
 
     let mut stopped_idle = false;
     let mut unassigned = Unassigned::new(&opts.group, &topics);
+    let mut records = 0u32;
     while !stop.load(Ordering::Relaxed) {
-        match consumer.poll(Duration::from_millis(100)) {
+        let polled = consumer.poll(Duration::from_millis(100));
+        // The clock is read between records only so often: at millions of
+        // records a second, reading it at each one costs more than all
+        // the rest of the loop.
+        records = if polled.is_some() {
+            records.wrapping_add(1)
+        } else {
+            0
+        };
+        let timed = records % CLOCK_EVERY == 0;
+        match polled {
             None => {
                 if let Some(shards) = &mut consumer.context().core().shards {
                     shards.send_pending();
@@ -437,11 +458,16 @@ pub(super) fn run_blocking(
         }
         let idle = !core.anything_buffered() && core.in_flight.is_none();
         core.health.set_idle(idle);
-        unassigned.check(
-            core.sinks.values().any(|s| !s.positions.is_empty()),
-            Instant::now(),
-        );
-        if core.flush_due() {
+        if timed {
+            if std::mem::take(&mut core.active) {
+                core.last_activity = Instant::now();
+            }
+            unassigned.check(
+                core.sinks.values().any(|s| !s.positions.is_empty()),
+                Instant::now(),
+            );
+        }
+        if core.flush_due(timed) {
             // While a flush is in flight the next batch fills; it waits
             // for that flush only once the buffer is full.
             if core.in_flight.is_some() && core.buffer_full() {
@@ -450,11 +476,12 @@ pub(super) fn run_blocking(
                     return Err(e);
                 }
             }
-            if core.in_flight.is_none() && core.flush_due() {
+            if core.in_flight.is_none() && core.flush_due(timed) {
                 core.start_flush();
             }
         }
         if let Some(idle) = opts.stop_when_idle
+            && timed
             && core.idle_for(idle)
         {
             let next = core.next_offsets();
