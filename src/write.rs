@@ -104,13 +104,34 @@ fn to_batch(
         .map(|d| DimColumn::new(schema.field_with_name(&d.name).ok(), n))
         .collect();
     let mut ts = Vec::with_capacity(n);
+    // The measures the schema has, each as it types it.
+    let mut measures: Vec<(usize, MeasureColumn)> = decl
+        .measures
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            let field = schema.field_with_name(&m.name).ok()?;
+            Some((i, MeasureColumn::new(field.data_type(), n)))
+        })
+        .collect();
+    // One pass over the rows (each row's key and measures read once).
     for row in rows {
         let mut key = row.dims();
         for column in &mut dims {
             column.push(key.next_dim());
         }
         ts.push(row.ts_micros());
+        for (i, column) in &mut measures {
+            column.push(row.measures[*i]);
+        }
     }
+    let mut measures: Vec<Option<ArrayRef>> = {
+        let mut by_measure: Vec<Option<ArrayRef>> = vec![None; decl.measures.len()];
+        for (i, column) in measures {
+            by_measure[i] = Some(column.finish());
+        }
+        by_measure
+    };
     let mut dims: Vec<Option<ArrayRef>> = dims
         .into_iter()
         .map(DimColumn::finish)
@@ -132,7 +153,7 @@ fn to_batch(
         } else if let Some(i) = decl.dimensions.iter().position(|d| d.name == name) {
             dims[i].take()
         } else if let Some(i) = decl.measures.iter().position(|m| m.name == name) {
-            Some(measure_column(rows, i, field.data_type()))
+            measures[i].take()
         } else {
             None
         };
@@ -220,25 +241,39 @@ impl DimColumn {
     }
 }
 
-fn measure_column(rows: &[SortedRow<'_>], i: usize, ty: &arrow_schema::DataType) -> ArrayRef {
-    if matches!(ty, arrow_schema::DataType::Float64) {
-        let mut b = Float64Builder::with_capacity(rows.len());
-        for row in rows {
-            match row.measures[i] {
-                MeasureValue::Double(v) => b.append_option(v),
-                MeasureValue::Long(v) => b.append_option(v.map(|v| v as f64)),
+/// One measure's column being built, as the table's schema types it.
+enum MeasureColumn {
+    Double(Float64Builder),
+    Long(Int64Builder),
+}
+
+impl MeasureColumn {
+    fn new(ty: &arrow_schema::DataType, n: usize) -> Self {
+        if matches!(ty, arrow_schema::DataType::Float64) {
+            MeasureColumn::Double(Float64Builder::with_capacity(n))
+        } else {
+            MeasureColumn::Long(Int64Builder::with_capacity(n))
+        }
+    }
+
+    fn push(&mut self, value: MeasureValue) {
+        match (self, value) {
+            (MeasureColumn::Double(b), MeasureValue::Double(v)) => b.append_option(v),
+            (MeasureColumn::Double(b), MeasureValue::Long(v)) => {
+                b.append_option(v.map(|v| v as f64))
+            }
+            (MeasureColumn::Long(b), MeasureValue::Long(v)) => b.append_option(v),
+            (MeasureColumn::Long(b), MeasureValue::Double(v)) => {
+                b.append_option(v.map(|v| v as i64))
             }
         }
-        Arc::new(b.finish())
-    } else {
-        let mut b = Int64Builder::with_capacity(rows.len());
-        for row in rows {
-            match row.measures[i] {
-                MeasureValue::Long(v) => b.append_option(v),
-                MeasureValue::Double(v) => b.append_option(v.map(|v| v as i64)),
-            }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            MeasureColumn::Double(mut b) => Arc::new(b.finish()),
+            MeasureColumn::Long(mut b) => Arc::new(b.finish()),
         }
-        Arc::new(b.finish())
     }
 }
 
