@@ -429,7 +429,7 @@ pub(super) fn run_blocking(
         } else {
             0
         };
-        let timed = records % CLOCK_EVERY == 0;
+        let timed = records.is_multiple_of(CLOCK_EVERY);
         match polled {
             None => {
                 if let Some(shards) = &mut consumer.context().core().shards {
