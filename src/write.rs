@@ -105,13 +105,12 @@ fn to_batch(
         .collect();
     let mut ts = Vec::with_capacity(n);
     // The measures the schema has, each as it types it.
-    let mut measures: Vec<(usize, MeasureColumn)> = decl
+    let mut measures: Vec<Option<MeasureColumn>> = decl
         .measures
         .iter()
-        .enumerate()
-        .filter_map(|(i, m)| {
+        .map(|m| {
             let field = schema.field_with_name(&m.name).ok()?;
-            Some((i, MeasureColumn::new(field.data_type(), n)))
+            Some(MeasureColumn::new(field.data_type(), n))
         })
         .collect();
     // One pass over the rows (each row's key and measures read once).
@@ -121,17 +120,16 @@ fn to_batch(
             column.push(key.next_dim());
         }
         ts.push(row.ts_micros());
-        for (i, column) in &mut measures {
-            column.push(row.measures[*i]);
+        for (column, value) in measures.iter_mut().zip(row.measures) {
+            if let Some(column) = column {
+                column.push(*value);
+            }
         }
     }
-    let mut measures: Vec<Option<ArrayRef>> = {
-        let mut by_measure: Vec<Option<ArrayRef>> = vec![None; decl.measures.len()];
-        for (i, column) in measures {
-            by_measure[i] = Some(column.finish());
-        }
-        by_measure
-    };
+    let mut measures: Vec<Option<ArrayRef>> = measures
+        .into_iter()
+        .map(|c| c.map(MeasureColumn::finish))
+        .collect();
     let mut dims: Vec<Option<ArrayRef>> = dims
         .into_iter()
         .map(DimColumn::finish)

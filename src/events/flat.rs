@@ -9,9 +9,7 @@
 
 use std::borrow::Cow;
 
-use smallvec::SmallVec;
-
-use super::object::{Scalar, Slots};
+use super::object::{Scalar, Slots, Undeclared};
 
 /// Reads `payload` into `values` (the declared `fields`' values, by slot,
 /// each `None` to begin with) and returns `Some` with the first key given
@@ -117,10 +115,7 @@ impl<'p> Reader<'p> {
         if self.next_token()? != b'{' {
             return None;
         }
-        // Undeclared keys seen, for a key given twice: a few in a list,
-        // many in a set.
-        let mut seen: SmallVec<[&'p str; 8]> = SmallVec::new();
-        let mut many: Option<std::collections::HashSet<&'p str>> = None;
+        let mut seen = Undeclared::default();
         let mut duplicate: Option<&'p str> = None;
         let mut first = true;
         loop {
@@ -140,21 +135,8 @@ impl<'p> Reader<'p> {
                 if old.is_some() && duplicate.is_none() {
                     duplicate = Some(key);
                 }
-            } else if duplicate.is_none() {
-                let repeated = match &mut many {
-                    Some(set) => !set.insert(key),
-                    None if seen.contains(&key) => true,
-                    None => {
-                        seen.push(key);
-                        if seen.len() > 32 {
-                            many = Some(seen.drain(..).collect());
-                        }
-                        false
-                    }
-                };
-                if repeated {
-                    duplicate = Some(key);
-                }
+            } else if duplicate.is_none() && seen.repeated(&key) {
+                duplicate = Some(key);
             }
             match self.next_token()? {
                 b',' => {}

@@ -53,11 +53,7 @@ impl<'de> serde::de::Visitor<'de> for ObjectSeed<'_, 'de> {
     ) -> Result<Option<String>, A::Error> {
         let fields = &self.decoder.fields;
         let values = self.values;
-        // Undeclared keys seen: a few are searched in a list, many in a set
-        // (an event of a million keys must not take a million squared
-        // comparisons).
-        let mut seen: SmallVec<[Cow<'de, str>; 16]> = SmallVec::new();
-        let mut many: Option<std::collections::HashSet<Cow<'de, str>>> = None;
+        let mut seen = Undeclared::default();
         let mut duplicate = None;
         while let Some(Key(key)) = map.next_key()? {
             if let Some(slot) = fields.slot(&key) {
@@ -69,24 +65,45 @@ impl<'de> serde::de::Visitor<'de> for ObjectSeed<'_, 'de> {
                 continue;
             }
             map.next_value::<Skip>()?;
-            if duplicate.is_none() {
-                let repeated = match &mut many {
-                    Some(set) => !set.insert(key.clone()),
-                    None if seen.contains(&key) => true,
-                    None => {
-                        seen.push(key.clone());
-                        if seen.len() > 32 {
-                            many = Some(seen.drain(..).collect());
-                        }
-                        false
-                    }
-                };
-                if repeated {
-                    duplicate = Some(key.into_owned());
-                }
+            if duplicate.is_none() && seen.repeated(&key) {
+                duplicate = Some(key.into_owned());
             }
         }
         Ok(duplicate)
+    }
+}
+
+/// The undeclared keys of an object seen so far: a few are searched in a
+/// list, many in a set (an event of a million keys must not take a million
+/// squared comparisons).
+pub(super) struct Undeclared<K> {
+    few: SmallVec<[K; 16]>,
+    many: Option<std::collections::HashSet<K>>,
+}
+
+impl<K> Default for Undeclared<K> {
+    fn default() -> Self {
+        Self {
+            few: SmallVec::new(),
+            many: None,
+        }
+    }
+}
+
+impl<K: Clone + Eq + std::hash::Hash> Undeclared<K> {
+    /// Note `key`; whether it was seen before.
+    pub(super) fn repeated(&mut self, key: &K) -> bool {
+        match &mut self.many {
+            Some(set) => !set.insert(key.clone()),
+            None if self.few.contains(key) => true,
+            None => {
+                self.few.push(key.clone());
+                if self.few.len() > 32 {
+                    self.many = Some(self.few.drain(..).collect());
+                }
+                false
+            }
+        }
     }
 }
 

@@ -6,6 +6,18 @@ use serde_json::Value;
 use super::*;
 use crate::rows::DimValue;
 
+/// The JSON fields the example declaration reads.
+const EXAMPLE_FIELDS: [&str; 8] = [
+    "ts",
+    "account_id",
+    "zone_id",
+    "colo",
+    "product",
+    "bytes",
+    "cpu_ms",
+    "ttfb_ms",
+];
+
 fn decoder() -> Decoder {
     Decoder::new(TableDecl::example())
 }
@@ -322,19 +334,13 @@ mod reference {
 /// depth limit, numbers past every range, strings with escapes and
 /// bytes that are not UTF-8), cut short or left whole.
 fn payload() -> impl Strategy<Value = Vec<u8>> {
-    let key = prop::sample::select(vec![
-        "ts",
-        "account_id",
-        "zone_id",
-        "colo",
-        "product",
-        "bytes",
-        "cpu_ms",
-        "ttfb_ms",
-        "extra",
-        "col\\u006f",
-        "b\\\"y",
-    ]);
+    let key = prop::sample::select(
+        [
+            EXAMPLE_FIELDS.as_slice(),
+            &["extra", "col\\u006f", "b\\\"y"],
+        ]
+        .concat(),
+    );
     let leaf = prop::sample::select(vec![
         "null",
         "true",
@@ -478,19 +484,8 @@ proptest::proptest! {
 /// declared, undeclared and repeated.
 fn flat_object(noisy: bool) -> impl Strategy<Value = Vec<u8>> {
     let space = prop::sample::select(vec!["", "", " ", "\n", "\t ", "\r\n  "]);
-    let clean_key = prop::sample::select(vec![
-        "ts",
-        "account_id",
-        "zone_id",
-        "colo",
-        "product",
-        "bytes",
-        "cpu_ms",
-        "ttfb_ms",
-        "extra",
-        "x",
-        "Zürich",
-    ]);
+    let clean_key =
+        prop::sample::select([EXAMPLE_FIELDS.as_slice(), &["extra", "x", "Zürich"]].concat());
     let clean_value = prop_oneof![
         2 => "-?(0|[1-9][0-9]{0,21})(\\.[0-9]{1,5})?([eE][+-]?[0-9]{1,3})?",
         2 => "\"[a-zA-Z0-9 üé€:.-]{0,12}\"",
@@ -590,6 +585,11 @@ proptest::proptest! {
 #[test]
 fn common_events_take_the_one_pass() {
     let d = decoder();
+    let mut read: Vec<&str> = (0..d.fields.len()).map(|i| d.fields.name(i)).collect();
+    read.sort_unstable();
+    let mut listed = EXAMPLE_FIELDS;
+    listed.sort_unstable();
+    assert_eq!(read, listed, "the example declaration reads other fields");
     let mut values: Slots = (0..d.fields.len()).map(|_| None).collect();
     let p = br#"{ "ts": 1795771230123, "account_id": 1, "zone_id": -2, "colo": "AMS", "product": "cdn", "bytes": 10.5, "cpu_ms": 3e2, "ttfb_ms": null, "extra": true }"#;
     assert_eq!(flat::fields(p, &d.fields, &mut values), Some(None));
