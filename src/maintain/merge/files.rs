@@ -2,7 +2,8 @@
 //! id and string columns read as dictionaries. A small file — most of what
 //! a compaction reads: minute files — is fetched whole in one request and
 //! decoded in memory (one GET per file instead of a footer, a metadata and
-//! a column-chunk read); a large one is streamed by row group. A file this
+//! a column-chunk read) and decoded with one zstd context per thread (see
+//! [`super::pages`]); a large one is streamed by row group. A file this
 //! path cannot read as it stands (no field ids, a column the file lacks) is
 //! read through iceberg's Arrow reader, which fills missing columns.
 
@@ -17,12 +18,15 @@ use iceberg::scan::{ArrowRecordBatchStream, FileScanTask};
 use iceberg::spec::{DataFileFormat, SchemaRef as IcebergSchemaRef};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
-    ParquetRecordBatchReaderBuilder,
 };
-use parquet::arrow::{PARQUET_FIELD_ID_META_KEY, ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::arrow::{
+    PARQUET_FIELD_ID_META_KEY, ParquetRecordBatchStreamBuilder, ProjectionMask,
+    parquet_to_arrow_field_levels,
+};
 
 use super::super::state::LiveFile;
 use super::BatchStream;
+use super::pages::InMemory;
 use crate::catalog::TableHandle;
 use crate::error::{Error, ErrorKind, Result};
 use crate::schema::layout::Grain;
@@ -60,12 +64,21 @@ pub fn read(
             let found = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new())
                 .map_err(parquet_error)?;
             if let Some(plan) = Plan::new(found, schema, &field_ids).map_err(parquet_error)? {
-                let reader: ParquetRecordBatchReader =
-                    ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, plan.metadata)
-                        .with_projection(plan.mask)
-                        .with_batch_size(batch_rows)
-                        .build()
-                        .map_err(parquet_error)?;
+                let levels = parquet_to_arrow_field_levels(
+                    plan.metadata.parquet_schema(),
+                    plan.mask,
+                    Some(plan.metadata.schema().fields()),
+                )
+                .map_err(parquet_error)?;
+                let rows = plan.metadata.metadata().file_metadata().num_rows();
+                let pages = InMemory::new(bytes, plan.metadata.metadata().clone());
+                let reader = ParquetRecordBatchReader::try_new_with_row_groups(
+                    &levels,
+                    &pages,
+                    batch_rows.min(usize::try_from(rows).unwrap_or(0).max(1)),
+                    None,
+                )
+                .map_err(parquet_error)?;
                 let (out, path) = (plan.out, path.to_string());
                 return Ok(
                     futures::stream::iter(reader.map(move |b| renamed(&out, b, &path))).boxed(),

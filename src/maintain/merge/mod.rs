@@ -11,6 +11,8 @@
 //! runs.
 
 mod files;
+mod layout;
+mod pages;
 mod runs;
 mod spill;
 #[cfg(test)]
@@ -20,20 +22,21 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
-use arrow_schema::{DataType, SchemaRef, TimeUnit};
+use arrow_schema::DataType;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
 pub use self::files::{field_ids, read as read_columns, read_file};
+pub use self::layout::Layout;
+use self::layout::Source;
 use self::runs::{RunBatch, Values};
 use super::state::LiveFile;
 use crate::catalog::TableHandle;
 use crate::error::{Error, ErrorKind, Result};
 use crate::faults::{self, Decision, Fault, Faults, Op};
-use crate::rows::MeasureSpec;
-use crate::schema::decl::{Agg, TableDecl};
+use crate::schema::decl::TableDecl;
 use crate::schema::layout::Grain;
-use crate::totals::{DayTotals, Total, Totals};
+use crate::totals::{DayTotals, Total};
 
 /// Rows read per batch from each input, at most.
 const READ_BATCH: usize = 8192;
@@ -56,126 +59,6 @@ const PICKS: usize = 4 * OUT_BATCH;
 /// One input's batches, in key order.
 pub type BatchStream = BoxStream<'static, Result<RecordBatch>>;
 
-/// Where a column of the output comes from.
-#[derive(Debug, Clone, Copy)]
-enum Source {
-    /// A key column (dimensions in declaration order, then `ts`).
-    Key(usize),
-    /// A measure, in declaration order.
-    Measure(usize),
-    /// The `grain` column: the output grain.
-    Grain,
-    /// A column the table has and the declaration does not list.
-    Null,
-}
-
-/// The columns a merge reads and writes.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    /// The output schema: the table's current schema, in arrow.
-    schema: SchemaRef,
-    dims: Vec<(String, DataType)>,
-    ts_type: DataType,
-    measures: Vec<(String, DataType)>,
-    /// Each measure's fold (a count's rows fold as a sum).
-    aggs: Vec<Agg>,
-    spec: MeasureSpec,
-    sources: Vec<Source>,
-    grain: Grain,
-    /// Empty totals of the measures.
-    totals: Totals,
-}
-
-impl Layout {
-    /// The columns of `decl`'s table (its current schema, `schema`) when
-    /// merged into rows of `grain`.
-    pub fn new(schema: SchemaRef, decl: &TableDecl, grain: Grain) -> Result<Self> {
-        let ty = |name: &str| -> Result<DataType> {
-            schema
-                .field_with_name(name)
-                .map(|f| f.data_type().clone())
-                .map_err(|_| {
-                    Error::new(
-                        ErrorKind::Iceberg,
-                        format!("the table has no column `{name}`; run `firn tables sync`"),
-                    )
-                })
-        };
-        let dims = decl
-            .dimensions
-            .iter()
-            .map(|d| Ok((d.name.clone(), ty(&d.name)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let measures = decl
-            .measures
-            .iter()
-            .map(|m| Ok((m.name.clone(), ty(&m.name)?)))
-            .collect::<Result<Vec<_>>>()?;
-        for (name, t) in &measures {
-            if !matches!(t, DataType::Int64 | DataType::Float64) {
-                return Err(Error::new(
-                    ErrorKind::Iceberg,
-                    format!("measure column `{name}` is {t}, not a long or a double"),
-                ));
-            }
-        }
-        let ts_type = ty("ts")?;
-        if !matches!(ts_type, DataType::Timestamp(TimeUnit::Microsecond, _)) {
-            return Err(Error::new(
-                ErrorKind::Iceberg,
-                format!("column `ts` is {ts_type}, not a timestamp in microseconds"),
-            ));
-        }
-        let sources = schema
-            .fields()
-            .iter()
-            .map(|f| {
-                let name = f.name().as_str();
-                if name == "ts" {
-                    Source::Key(dims.len())
-                } else if name == "grain" {
-                    Source::Grain
-                } else if let Some(i) = dims.iter().position(|(d, _)| d == name) {
-                    Source::Key(i)
-                } else if let Some(i) = measures.iter().position(|(m, _)| m == name) {
-                    Source::Measure(i)
-                } else {
-                    Source::Null
-                }
-            })
-            .collect();
-        Ok(Self {
-            ts_type,
-            dims,
-            measures,
-            aggs: decl
-                .measures
-                .iter()
-                .map(|m| if m.agg == Agg::Count { Agg::Sum } else { m.agg })
-                .collect(),
-            spec: MeasureSpec::new(decl),
-            totals: Totals::new(decl),
-            sources,
-            grain,
-            schema,
-        })
-    }
-
-    /// The type of key column `k` (dimensions, then `ts`) in the output.
-    fn key_type(&self, k: usize) -> &DataType {
-        self.dims.get(k).map_or(&self.ts_type, |(_, t)| t)
-    }
-
-    /// The columns an input is read with: dimensions, `ts`, measures.
-    fn read_columns(&self) -> impl Iterator<Item = &str> {
-        self.dims
-            .iter()
-            .map(|(d, _)| d.as_str())
-            .chain(["ts"])
-            .chain(self.measures.iter().map(|(m, _)| m.as_str()))
-    }
-}
-
 /// One input: its batches, the current one as runs, and the run at the
 /// head of the merge.
 struct Input {
@@ -183,19 +66,19 @@ struct Input {
     name: String,
     batch: Option<Arc<RunBatch>>,
     pos: usize,
-    /// The encoded key of row `pos`, copied out of the batch: the loser
-    /// tree compares it a few times per row merged.
-    key: Vec<u8>,
 }
 
 impl Input {
     /// Make row `pos` of the current batch the head.
     fn seek(&mut self, pos: usize) {
         self.pos = pos;
-        self.key.clear();
-        if let Some(batch) = &self.batch {
-            self.key.extend_from_slice(batch.rows.row(pos).as_ref());
-        }
+    }
+
+    /// The encoded key of the head.
+    fn key(&self) -> &[u8] {
+        self.batch
+            .as_ref()
+            .map_or(&[], |b| b.rows.row(self.pos).data())
     }
 }
 
@@ -206,7 +89,7 @@ fn before(inputs: &[Input], a: usize, b: usize) -> bool {
     match (inputs[a].batch.is_some(), inputs[b].batch.is_some()) {
         (_, false) => true,
         (false, true) => false,
-        (true, true) => match inputs[a].key.cmp(&inputs[b].key) {
+        (true, true) => match inputs[a].key().cmp(inputs[b].key()) {
             std::cmp::Ordering::Less => true,
             std::cmp::Ordering::Greater => false,
             std::cmp::Ordering::Equal => a < b,
@@ -417,7 +300,6 @@ impl MergeReader {
                     name,
                     batch: None,
                     pos: 0,
-                    key: Vec::new(),
                 })
                 .collect(),
             tree: Vec::new(),
@@ -532,7 +414,7 @@ impl MergeReader {
             let batch = input.batch.as_ref().expect("the winner has a batch");
             let same = chunk
                 .last_key()
-                .is_some_and(|last| last.as_ref() == input.key.as_slice());
+                .is_some_and(|last| last.data() == input.key());
             // Full at a batch's worth of keys or of rows read, or once the
             // chunk holds two batches per input (memory stays bounded by
             // the inputs).
@@ -612,27 +494,40 @@ impl MergeReader {
 
     fn build(&mut self, chunk: &Chunk) -> Result<RecordBatch> {
         let layout = &self.layout;
-        // Each key's rows folded, measure by measure, over the rows read in
-        // merge order (a key's rows are consecutive there).
-        let read: Vec<Values> = (0..layout.measures.len())
-            .map(|j| {
-                let arrays: Vec<&dyn Array> = chunk
-                    .batches
-                    .iter()
-                    .map(|b| b.measures[j].as_array())
-                    .collect();
-                Ok(Values::of(&arrow_select::interleave::interleave(
-                    &arrays,
-                    &chunk.picks,
-                )?))
-            })
-            .collect::<Result<_>>()?;
+        let gathered = |j: usize| -> Result<Values> {
+            let arrays: Vec<&dyn Array> = chunk
+                .batches
+                .iter()
+                .map(|b| b.measures[j].as_array())
+                .collect();
+            Ok(Values::of(&arrow_select::interleave::interleave(
+                &arrays,
+                &chunk.picks,
+            )?))
+        };
+        let measures = 0..layout.measures.len();
         // Every key one row read (nothing folds): the rows read are the
-        // output's, borrowed.
-        let (heads, measures): (std::borrow::Cow<'_, [(usize, usize)]>, _) =
+        // output's. Otherwise each key's rows are folded straight from the
+        // batches, or, should a fold leave the exact range, gathered in
+        // merge order and folded row by row, splitting the row.
+        let direct = || -> Option<Vec<Values>> {
+            let (batches, picks, starts) = (&chunk.batches, &chunk.picks, &chunk.starts);
+            measures
+                .clone()
+                .map(|j| runs::fold_picks(batches, j, picks, starts, layout.aggs[j]))
+                .collect()
+        };
+        let (heads, measures): (Vec<(usize, usize)>, Vec<Values>) =
             if chunk.starts.len() == chunk.picks.len() {
-                (chunk.picks.as_slice().into(), read)
+                (
+                    chunk.picks.clone(),
+                    measures.map(gathered).collect::<Result<_>>()?,
+                )
+            } else if let Some(folded) = direct() {
+                let heads = chunk.starts.iter().map(|&h| chunk.picks[h as usize]);
+                (heads.collect(), folded)
             } else {
+                let read: Vec<Values> = measures.map(gathered).collect::<Result<_>>()?;
                 let (heads, folded) = runs::fold_runs(
                     &chunk.starts,
                     chunk.picks.len(),
@@ -640,8 +535,8 @@ impl MergeReader {
                     &layout.aggs,
                     &layout.spec,
                 );
-                let heads: Vec<_> = heads.iter().map(|&h| chunk.picks[h as usize]).collect();
-                (heads.into(), folded)
+                let heads = heads.iter().map(|&h| chunk.picks[h as usize]);
+                (heads.collect(), folded)
             };
         let n = heads.len();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(layout.sources.len());

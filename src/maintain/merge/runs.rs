@@ -50,70 +50,77 @@ impl Values {
 
     /// Rows `start..end` folded by `agg` (`Count` folds as `Sum`: the rows
     /// hold counts), or `None` when the exact fold would leave the type's
-    /// range — for a `long` sum, only when the slice's total does: unlike a
-    /// row-by-row fold, a slice never splits on an intermediate overflow.
+    /// range (see [`fold_longs`] and [`fold_doubles`]).
     fn fold(&self, start: usize, end: usize, agg: Agg) -> Option<MeasureValue> {
         match self {
             Self::Long(a) => {
                 let values = &a.values()[start..end];
-                let valid = |i: usize| a.is_valid(start + i);
-                let all_valid = a.null_count() == 0;
-                let out = match agg {
-                    Agg::Count | Agg::Sum => {
-                        // A run is short: a plain `i128` sum beats the
-                        // split sum `Totals` uses over whole batches.
-                        let (sum, any) = if all_valid {
-                            (values.iter().map(|&v| v as i128).sum::<i128>(), true)
-                        } else {
-                            values
-                                .iter()
-                                .enumerate()
-                                .filter(|(i, _)| valid(*i))
-                                .fold((0i128, false), |(s, _), (_, &v)| (s + v as i128, true))
-                        };
-                        if any {
-                            Some(i64::try_from(sum).ok()?)
-                        } else {
-                            None
-                        }
-                    }
-                    Agg::Min | Agg::Max => {
-                        let it = values
-                            .iter()
-                            .enumerate()
-                            .filter(|(i, _)| all_valid || valid(*i))
-                            .map(|(_, &v)| v);
-                        if agg == Agg::Min { it.min() } else { it.max() }
-                    }
-                };
-                Some(MeasureValue::Long(out))
+                if a.null_count() == 0 && matches!(agg, Agg::Count | Agg::Sum) {
+                    // A run is short: a plain `i128` sum beats the split sum
+                    // `Totals` uses over whole batches.
+                    let sum = values.iter().map(|&v| v as i128).sum::<i128>();
+                    return Some(MeasureValue::Long(Some(i64::try_from(sum).ok()?)));
+                }
+                let it = (start..end).map(|i| a.is_valid(i).then(|| a.value(i)));
+                fold_longs(it, agg).map(MeasureValue::Long)
             }
             Self::Double(a) => {
-                let mut it = a.values()[start..end]
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| a.is_valid(start + i))
-                    .map(|(_, &v)| v);
-                let Some(first) = it.next() else {
-                    return Some(MeasureValue::Double(None));
-                };
-                // In row order from the first value, as the row-by-row fold
-                // adds: the same sum, bit for bit.
-                let out = match agg {
-                    Agg::Count | Agg::Sum => {
-                        let sum = it.fold(first, |s, v| s + v);
-                        if !sum.is_finite() && end - start > 1 {
-                            return None;
-                        }
-                        sum
-                    }
-                    Agg::Min => it.fold(first, f64::min),
-                    Agg::Max => it.fold(first, f64::max),
-                };
-                Some(MeasureValue::Double(Some(out)))
+                let it = (start..end).map(|i| a.is_valid(i).then(|| a.value(i)));
+                fold_doubles(it, end - start, agg).map(MeasureValue::Double)
             }
         }
     }
+}
+
+/// `values` folded by `agg` (`Count` as `Sum`), nulls skipped (all null:
+/// null), or `None` when a sum's total leaves `i64`'s range: the sum is
+/// exact whatever its partial sums, so a fold never splits on an
+/// intermediate overflow.
+pub(super) fn fold_longs(
+    values: impl Iterator<Item = Option<i64>>,
+    agg: Agg,
+) -> Option<Option<i64>> {
+    let mut values = values.flatten();
+    Some(match agg {
+        Agg::Count | Agg::Sum => {
+            let first = values.next();
+            match first {
+                None => None,
+                Some(first) => {
+                    let sum = values.fold(first as i128, |s, v| s + v as i128);
+                    Some(i64::try_from(sum).ok()?)
+                }
+            }
+        }
+        Agg::Min => values.min(),
+        Agg::Max => values.max(),
+    })
+}
+
+/// `values` (`rows` of them) folded by `agg` (`Count` as `Sum`) in order
+/// from the first non-null value, as the row-by-row fold adds (the same sum,
+/// bit for bit), nulls skipped; `None` when a sum of several rows is not
+/// finite (the row-by-row fold then keeps the rows apart).
+pub(super) fn fold_doubles(
+    values: impl Iterator<Item = Option<f64>>,
+    rows: usize,
+    agg: Agg,
+) -> Option<Option<f64>> {
+    let mut values = values.flatten();
+    let Some(first) = values.next() else {
+        return Some(None);
+    };
+    Some(Some(match agg {
+        Agg::Count | Agg::Sum => {
+            let sum = values.fold(first, |s, v| s + v);
+            if !sum.is_finite() && rows > 1 {
+                return None;
+            }
+            sum
+        }
+        Agg::Min => values.fold(first, f64::min),
+        Agg::Max => values.fold(first, f64::max),
+    }))
 }
 
 /// An input batch as runs: one row per run (more for a run split to keep a
@@ -319,6 +326,58 @@ pub(super) fn fold_runs(
         .map(|(values, m)| values_array(m, values))
         .collect();
     (heads, columns)
+}
+
+/// Measure `j` of each key's rows folded straight from the run batches the
+/// rows were read from (`picks`, in merge order: (batch, row); key `k`'s
+/// rows start at `starts[k]`), without gathering them first; `None` when a
+/// fold would leave the exact range (then the rows are gathered and folded
+/// row by row, see [`fold_runs`]).
+pub(super) fn fold_picks(
+    batches: &[Arc<RunBatch>],
+    j: usize,
+    picks: &[(usize, usize)],
+    starts: &[u32],
+    agg: Agg,
+) -> Option<Values> {
+    let runs = starts.iter().enumerate().map(|(k, &start)| {
+        let end = starts.get(k + 1).map_or(picks.len(), |&e| e as usize);
+        &picks[start as usize..end]
+    });
+    match &batches.first()?.measures[j] {
+        Values::Long(_) => {
+            let columns: Vec<&Int64Array> = batches
+                .iter()
+                .map(|b| match &b.measures[j] {
+                    Values::Long(a) => Some(a),
+                    Values::Double(_) => None,
+                })
+                .collect::<Option<_>>()?;
+            let value = |&(b, r): &(usize, usize)| {
+                let a = columns[b];
+                a.is_valid(r).then(|| a.value(r))
+            };
+            runs.map(|run| fold_longs(run.iter().map(value), agg))
+                .collect::<Option<Int64Array>>()
+                .map(Values::Long)
+        }
+        Values::Double(_) => {
+            let columns: Vec<&Float64Array> = batches
+                .iter()
+                .map(|b| match &b.measures[j] {
+                    Values::Double(a) => Some(a),
+                    Values::Long(_) => None,
+                })
+                .collect::<Option<_>>()?;
+            let value = |&(b, r): &(usize, usize)| {
+                let a = columns[b];
+                a.is_valid(r).then(|| a.value(r))
+            };
+            runs.map(|run| fold_doubles(run.iter().map(value), run.len(), agg))
+                .collect::<Option<Float64Array>>()
+                .map(Values::Double)
+        }
+    }
 }
 
 /// A measure column from folded values, of `like`'s type.
