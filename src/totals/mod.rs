@@ -117,9 +117,12 @@ impl Totals {
             (Total::Long(t), DataType::Int64) => {
                 let a = array.as_primitive::<Int64Type>();
                 let folded = if a.null_count() == 0 {
+                    // Over the slice, so that each fold vectorises.
+                    let values = a.values();
                     match agg {
-                        Agg::Count | Agg::Sum => exact_sum(a.values()),
-                        _ => fold_longs(agg, a.values().iter().copied()),
+                        Agg::Count | Agg::Sum => exact_sum(values),
+                        Agg::Min => values.iter().min().map(|&v| i128::from(v)),
+                        Agg::Max => values.iter().max().map(|&v| i128::from(v)),
                     }
                 } else {
                     fold_longs(agg, a.iter().flatten())

@@ -353,6 +353,25 @@ pub(super) fn fold_picks(
                     Values::Double(_) => None,
                 })
                 .collect::<Option<_>>()?;
+            if columns.iter().all(|a| a.null_count() == 0) {
+                // No nulls: plain folds over the values.
+                let values: Vec<&[i64]> = columns.iter().map(|a| a.values().as_ref()).collect();
+                let value = |&(b, r): &(usize, usize)| values[b][r];
+                return runs
+                    .map(|run| {
+                        let mut it = run.iter().map(value);
+                        let first = it.next()?;
+                        match agg {
+                            Agg::Count | Agg::Sum => {
+                                i64::try_from(it.fold(first as i128, |s, v| s + v as i128)).ok()
+                            }
+                            Agg::Min => Some(it.fold(first, i64::min)),
+                            Agg::Max => Some(it.fold(first, i64::max)),
+                        }
+                    })
+                    .collect::<Option<Vec<i64>>>()
+                    .map(|v| Values::Long(Int64Array::from(v)));
+            }
             let value = |&(b, r): &(usize, usize)| {
                 let a = columns[b];
                 a.is_valid(r).then(|| a.value(r))
