@@ -5,7 +5,7 @@
 mod flat;
 mod object;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod time;
 
 use std::fmt;

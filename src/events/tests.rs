@@ -7,7 +7,7 @@ use super::*;
 use crate::rows::DimValue;
 
 /// The JSON fields the example declaration reads.
-const EXAMPLE_FIELDS: [&str; 8] = [
+pub(crate) const EXAMPLE_FIELDS: [&str; 8] = [
     "ts",
     "account_id",
     "zone_id",

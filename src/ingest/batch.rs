@@ -280,16 +280,7 @@ mod fuzz {
 
     /// A valid event with fields replaced, dropped, doubled, or its bytes cut.
     fn mutated() -> impl Strategy<Value = Vec<u8>> {
-        let fields = [
-            "ts",
-            "account_id",
-            "zone_id",
-            "colo",
-            "product",
-            "bytes",
-            "cpu_ms",
-            "ttfb_ms",
-        ];
+        let fields = crate::events::tests::EXAMPLE_FIELDS;
         (
             prop::collection::vec((0..fields.len(), hostile(), 0..4u8), 0..4),
             any::<Option<(usize, u8)>>(),

@@ -143,36 +143,20 @@ struct Unzstd {
 }
 
 impl Unzstd {
-    fn decompressed(&self, page: Page) -> Result<Page> {
-        Ok(match page {
-            Page::DataPage {
-                buf,
-                num_values,
-                encoding,
-                def_level_encoding,
-                rep_level_encoding,
-                statistics,
-            } => Page::DataPage {
-                buf: decompress(&buf, 0, self.bound)?,
-                num_values,
-                encoding,
-                def_level_encoding,
-                rep_level_encoding,
-                statistics,
-            },
+    fn decompressed(&self, mut page: Page) -> Result<Page> {
+        match &mut page {
+            Page::DataPage { buf, .. } | Page::DictionaryPage { buf, .. } => {
+                *buf = decompress(buf, 0, self.bound)?;
+            }
             Page::DataPageV2 {
                 buf,
-                num_values,
-                encoding,
-                num_nulls,
-                num_rows,
                 def_levels_byte_len,
                 rep_levels_byte_len,
                 is_compressed,
-                statistics,
+                ..
             } => {
                 // The levels are stored uncompressed before the values.
-                let levels = def_levels_byte_len as usize + rep_levels_byte_len as usize;
+                let levels = *def_levels_byte_len as usize + *rep_levels_byte_len as usize;
                 if levels > buf.len() {
                     return Err(ParquetError::General(format!(
                         "a data page's levels ({levels} bytes) are longer than the page ({} \
@@ -180,33 +164,12 @@ impl Unzstd {
                         buf.len()
                     )));
                 }
-                Page::DataPageV2 {
-                    buf: match is_compressed {
-                        true => decompress(&buf, levels, self.bound)?,
-                        false => buf,
-                    },
-                    num_values,
-                    encoding,
-                    num_nulls,
-                    num_rows,
-                    def_levels_byte_len,
-                    rep_levels_byte_len,
-                    is_compressed,
-                    statistics,
+                if *is_compressed {
+                    *buf = decompress(buf, levels, self.bound)?;
                 }
             }
-            Page::DictionaryPage {
-                buf,
-                num_values,
-                encoding,
-                is_sorted,
-            } => Page::DictionaryPage {
-                buf: decompress(&buf, 0, self.bound)?,
-                num_values,
-                encoding,
-                is_sorted,
-            },
-        })
+        }
+        Ok(page)
     }
 }
 

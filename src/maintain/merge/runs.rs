@@ -348,45 +348,28 @@ pub(super) fn fold_picks(
         Values::Long(_) => {
             let columns: Vec<&Int64Array> = batches
                 .iter()
-                .map(|b| match &b.measures[j] {
-                    Values::Long(a) => Some(a),
-                    Values::Double(_) => None,
-                })
+                .map(|b| b.measures[j].as_long())
                 .collect::<Option<_>>()?;
-            if columns.iter().all(|a| a.null_count() == 0) {
-                // No nulls: plain folds over the values.
+            let folded = if columns.iter().all(|a| a.null_count() == 0) {
+                // No nulls: the values alone, without a validity lookup.
                 let values: Vec<&[i64]> = columns.iter().map(|a| a.values().as_ref()).collect();
-                let value = |&(b, r): &(usize, usize)| values[b][r];
-                return runs
-                    .map(|run| {
-                        let mut it = run.iter().map(value);
-                        let first = it.next()?;
-                        match agg {
-                            Agg::Count | Agg::Sum => {
-                                i64::try_from(it.fold(first as i128, |s, v| s + v as i128)).ok()
-                            }
-                            Agg::Min => Some(it.fold(first, i64::min)),
-                            Agg::Max => Some(it.fold(first, i64::max)),
-                        }
-                    })
-                    .collect::<Option<Vec<i64>>>()
-                    .map(|v| Values::Long(Int64Array::from(v)));
-            }
-            let value = |&(b, r): &(usize, usize)| {
-                let a = columns[b];
-                a.is_valid(r).then(|| a.value(r))
+                let value = |&(b, r): &(usize, usize)| Some(values[b][r]);
+                runs.map(|run| fold_longs(run.iter().map(value), agg))
+                    .collect::<Option<Int64Array>>()
+            } else {
+                let value = |&(b, r): &(usize, usize)| {
+                    let a = columns[b];
+                    a.is_valid(r).then(|| a.value(r))
+                };
+                runs.map(|run| fold_longs(run.iter().map(value), agg))
+                    .collect::<Option<Int64Array>>()
             };
-            runs.map(|run| fold_longs(run.iter().map(value), agg))
-                .collect::<Option<Int64Array>>()
-                .map(Values::Long)
+            folded.map(Values::Long)
         }
         Values::Double(_) => {
             let columns: Vec<&Float64Array> = batches
                 .iter()
-                .map(|b| match &b.measures[j] {
-                    Values::Double(a) => Some(a),
-                    Values::Long(_) => None,
-                })
+                .map(|b| b.measures[j].as_double())
                 .collect::<Option<_>>()?;
             let value = |&(b, r): &(usize, usize)| {
                 let a = columns[b];
@@ -429,6 +412,22 @@ impl Values {
         match self {
             Self::Long(a) => Arc::new(a.clone()),
             Self::Double(a) => Arc::new(a.clone()),
+        }
+    }
+
+    /// The `long` column, if it is one.
+    fn as_long(&self) -> Option<&Int64Array> {
+        match self {
+            Self::Long(a) => Some(a),
+            Self::Double(_) => None,
+        }
+    }
+
+    /// The `double` column, if it is one.
+    fn as_double(&self) -> Option<&Float64Array> {
+        match self {
+            Self::Double(a) => Some(a),
+            Self::Long(_) => None,
         }
     }
 
