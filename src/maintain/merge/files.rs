@@ -19,14 +19,11 @@ use iceberg::spec::{DataFileFormat, SchemaRef as IcebergSchemaRef};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
 };
-use parquet::arrow::{
-    PARQUET_FIELD_ID_META_KEY, ParquetRecordBatchStreamBuilder, ProjectionMask,
-    parquet_to_arrow_field_levels,
-};
+use parquet::arrow::{PARQUET_FIELD_ID_META_KEY, ParquetRecordBatchStreamBuilder, ProjectionMask};
 
 use super::super::state::LiveFile;
 use super::BatchStream;
-use super::pages::InMemory;
+use super::pages;
 use crate::catalog::TableHandle;
 use crate::error::{Error, ErrorKind, Result};
 use crate::schema::layout::Grain;
@@ -64,21 +61,9 @@ pub fn read(
             let found = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new())
                 .map_err(parquet_error)?;
             if let Some(plan) = Plan::new(found, schema, &field_ids).map_err(parquet_error)? {
-                let levels = parquet_to_arrow_field_levels(
-                    plan.metadata.parquet_schema(),
-                    plan.mask,
-                    Some(plan.metadata.schema().fields()),
-                )
-                .map_err(parquet_error)?;
-                let rows = plan.metadata.metadata().file_metadata().num_rows();
-                let pages = InMemory::new(bytes, plan.metadata.metadata().clone());
-                let reader = ParquetRecordBatchReader::try_new_with_row_groups(
-                    &levels,
-                    &pages,
-                    batch_rows.min(usize::try_from(rows).unwrap_or(0).max(1)),
-                    None,
-                )
-                .map_err(parquet_error)?;
+                let reader: ParquetRecordBatchReader =
+                    pages::reader(bytes, &plan.metadata, plan.mask, batch_rows)
+                        .map_err(parquet_error)?;
                 let (out, path) = (plan.out, path.to_string());
                 return Ok(
                     futures::stream::iter(reader.map(move |b| renamed(&out, b, &path))).boxed(),

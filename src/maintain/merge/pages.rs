@@ -12,6 +12,8 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReader};
+use parquet::arrow::{ProjectionMask, parquet_to_arrow_field_levels};
 use parquet::basic::Compression;
 use parquet::column::page::{Page, PageIterator, PageMetadata, PageReader};
 use parquet::errors::{ParquetError, Result};
@@ -43,6 +45,27 @@ impl InMemory {
             metadata,
         }
     }
+}
+
+/// A reader of the columns `mask` of the file `bytes` (whose metadata,
+/// with the Arrow types to read it as, is `found`), `batch_rows` rows at a
+/// time.
+pub(super) fn reader(
+    bytes: Bytes,
+    found: &ArrowReaderMetadata,
+    mask: ProjectionMask,
+    batch_rows: usize,
+) -> Result<ParquetRecordBatchReader> {
+    let levels =
+        parquet_to_arrow_field_levels(found.parquet_schema(), mask, Some(found.schema().fields()))?;
+    let rows = found.metadata().file_metadata().num_rows();
+    let pages = InMemory::new(bytes, found.metadata().clone());
+    ParquetRecordBatchReader::try_new_with_row_groups(
+        &levels,
+        &pages,
+        batch_rows.min(usize::try_from(rows).unwrap_or(0).max(1)),
+        None,
+    )
 }
 
 impl parquet::arrow::arrow_reader::RowGroups for InMemory {
@@ -284,11 +307,7 @@ mod tests {
 
     use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
     use parquet::arrow::ArrowWriter;
-    use parquet::arrow::arrow_reader::{
-        ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
-        ParquetRecordBatchReaderBuilder,
-    };
-    use parquet::arrow::{ProjectionMask, parquet_to_arrow_field_levels};
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
     use parquet::basic::{Compression, ZstdLevel};
     use parquet::file::properties::{WriterProperties, WriterVersion};
     use proptest::prelude::*;
@@ -334,13 +353,7 @@ mod tests {
     fn read_here(bytes: &Bytes, columns: &[usize]) -> Result<Vec<RecordBatch>> {
         let found = ArrowReaderMetadata::load(bytes, ArrowReaderOptions::new())?;
         let mask = ProjectionMask::roots(found.parquet_schema(), columns.iter().copied());
-        let levels = parquet_to_arrow_field_levels(
-            found.parquet_schema(),
-            mask,
-            Some(found.schema().fields()),
-        )?;
-        let pages = InMemory::new(bytes.clone(), found.metadata().clone());
-        ParquetRecordBatchReader::try_new_with_row_groups(&levels, &pages, 100, None)?
+        reader(bytes.clone(), &found, mask, 100)?
             .map(|b| b.map_err(|e| ParquetError::External(Box::new(e))))
             .collect()
     }
