@@ -8,8 +8,9 @@
 //! compacted into one file. Both in a local lake (`FIRN_BENCH_DIR`, default
 //! `target/bench-rollup`), generated outside the measured part; each run is
 //! a child process (so its peak RSS is the run's alone), once on one
-//! thread (`--jobs 1`) and, from the same table state (the SQLite catalog is
-//! put back; the minute files are still there), once with `--jobs 2`.
+//! thread (`--jobs 1` on a runtime of one worker thread) and, from the same
+//! table state (the SQLite catalog is put back; the minute files are still
+//! there), once with `--jobs 2` on two.
 //! Each is run `FIRN_BENCH_REPEAT` times (default 3) and the fastest kept.
 //! Prints one JSON line per run. `benches/rollup_vs_duckdb.sh` runs DuckDB
 //! on the same files and checks the outputs agree.
@@ -304,12 +305,19 @@ fn run_child(dir: &Path, what: &str, jobs: usize) -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let rt = tokio::runtime::Runtime::new().unwrap();
     if let Some(i) = args.iter().position(|a| a == "--child") {
         let jobs = args[i + 3].parse().unwrap();
+        // As many runtime threads as jobs: "one thread" is one thread
+        // doing the work, as DuckDB's `threads` is.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(jobs)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(measured(Path::new(&args[i + 2]), &args[i + 1], jobs));
         return;
     }
+    let rt = tokio::runtime::Runtime::new().unwrap();
     if args.iter().any(|a| a == "--test" || a == "--list") {
         return; // `cargo test --benches` runs nothing heavy
     }

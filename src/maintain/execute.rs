@@ -154,12 +154,21 @@ async fn prepare(
                 .await?
                 .with_faults(faults, table.metadata.location());
             let key = write::partition_key(&table, grain, partition)?;
-            let mut writer =
+            let writer =
                 PartitionWriter::open(&table, Some(key), grain.as_str(), target_file_size).await?;
+            // The files are encoded on a task of their own while the merge
+            // makes the next batch: one batch in flight, so memory stays
+            // bounded by the merge's.
+            let (batches, writing) = write_behind(writer);
             while let Some(batch) = reader.next_batch().await? {
                 outcome.rows_out += batch.num_rows() as u64;
-                writer.write(batch).await?;
+                if batches.send(batch).await.is_err() {
+                    // The writer stopped on an error, which `finish` returns.
+                    break;
+                }
             }
+            drop(batches);
+            let files = writing.finish().await?;
             if let Some((day, measure, read, merged)) = reader.unconserved() {
                 return Err(Error::new(
                     ErrorKind::Internal,
@@ -180,7 +189,6 @@ async fn prepare(
             for (file, read) in task.inputs.iter().zip(reader.read_by_input()) {
                 totals.1.add(file.grain, read);
             }
-            let files = writer.close().await?;
             outcome.files_out = files.len();
             outcome.bytes_out = files.iter().map(|f| f.file.file_size_in_bytes()).sum();
             files
@@ -192,6 +200,44 @@ async fn prepare(
         added,
         totals,
     })
+}
+
+/// A writer of merged batches on a task of its own: batches sent to the
+/// channel are written in order; [`Writing::finish`] closes the files once
+/// the sender is dropped. The task is aborted if dropped unfinished (the
+/// merge failed), leaving what it wrote to orphan removal.
+fn write_behind(
+    mut writer: PartitionWriter,
+) -> (tokio::sync::mpsc::Sender<arrow_array::RecordBatch>, Writing) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let task = tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            writer.write(batch).await?;
+        }
+        writer.close().await
+    });
+    (tx, Writing(task))
+}
+
+/// The task of [`write_behind`].
+struct Writing(tokio::task::JoinHandle<Result<Vec<NewFile>>>);
+
+impl Writing {
+    /// The files written, once every batch is.
+    async fn finish(mut self) -> Result<Vec<NewFile>> {
+        (&mut self.0).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("writing data files stopped: {e}"),
+            )
+        })?
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Swap the prepared tasks in with one commit (a `replace`, or a `delete`

@@ -74,7 +74,12 @@ impl TableState {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!(
-                    "table {table} holds {} delete file(s) (row-level deletes another engine                      wrote, e.g. {first}); firn's compaction, rollup, retention and backfill                      --replace do not apply deletes, so they refuse the table rather than                      resurrect deleted rows. Rewrite the deletes into the data files with the                      engine that wrote them (Spark's rewrite_data_files with                      delete-file-threshold=1, or a copy-on-write overwrite), then run again",
+                    "table {table} holds {} delete file(s) (row-level deletes another engine \
+                     wrote, e.g. {first}); firn's compaction, rollup, retention and backfill \
+                     --replace do not apply deletes, so they refuse the table rather than \
+                     resurrect deleted rows. Rewrite the deletes into the data files with the \
+                     engine that wrote them (Spark's rewrite_data_files with \
+                     delete-file-threshold=1, or a copy-on-write overwrite), then run again",
                     self.delete_files.len()
                 ),
             ));
@@ -83,7 +88,10 @@ impl TableState {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!(
-                    "table {table} holds {} data file(s) written with partition spec {spec},                      which does not partition `ts` by hour, day or month (e.g. {path}); firn                      cannot place their rows in time, so it refuses to plan maintenance.                      Rewrite them with one of the table's time partition specs",
+                    "table {table} holds {} data file(s) written with partition spec {spec}, \
+                     which does not partition `ts` by hour, day or month (e.g. {path}); firn \
+                     cannot place their rows in time, so it refuses to plan maintenance. \
+                     Rewrite them with one of the table's time partition specs",
                     self.unplannable.len()
                 ),
             ));

@@ -17,6 +17,7 @@ mod runs;
 mod spill;
 #[cfg(test)]
 mod tests;
+mod tree;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ pub use self::files::{field_ids, read as read_columns, read_file};
 pub use self::layout::Layout;
 use self::layout::Source;
 use self::runs::{RunBatch, Values};
+use self::tree::LoserTree;
 use super::state::LiveFile;
 use crate::catalog::TableHandle;
 use crate::error::{Error, ErrorKind, Result};
@@ -74,26 +76,9 @@ impl Input {
         self.pos = pos;
     }
 
-    /// The encoded key of the head.
-    fn key(&self) -> &[u8] {
-        self.batch
-            .as_ref()
-            .map_or(&[], |b| b.rows.row(self.pos).data())
-    }
-}
-
-/// Whether input `a`'s current key sorts before `b`'s (equal keys by input
-/// order, so rows fold in the order the inputs were given); an input with
-/// no current row sorts after every other.
-fn before(inputs: &[Input], a: usize, b: usize) -> bool {
-    match (inputs[a].batch.is_some(), inputs[b].batch.is_some()) {
-        (_, false) => true,
-        (false, true) => false,
-        (true, true) => match inputs[a].key().cmp(inputs[b].key()) {
-            std::cmp::Ordering::Less => true,
-            std::cmp::Ordering::Greater => false,
-            std::cmp::Ordering::Equal => a < b,
-        },
+    /// The encoded key of the head, if there is one.
+    fn head(&self) -> Option<&[u8]> {
+        self.batch.as_ref().map(|b| b.rows.row(self.pos).data())
     }
 }
 
@@ -144,13 +129,6 @@ impl Chunk {
             false => arrow_cast::cast(&key, ty)?,
         })
     }
-
-    /// The encoded key of the last key started.
-    fn last_key(&self) -> Option<arrow_row::Row<'_>> {
-        let &start = self.starts.last()?;
-        let (batch, row) = self.picks[start as usize];
-        Some(self.batches[batch].rows.row(row))
-    }
 }
 
 /// What stopped [`MergeReader::fill`].
@@ -166,11 +144,9 @@ enum Step {
 /// Merges sorted inputs into rows of one grain, in output batches.
 pub struct MergeReader {
     inputs: Vec<Input>,
-    /// A loser tree over the inputs (see [`before`]): `tree[0]` is the input
-    /// with the smallest current key, `tree[n]` the loser of the match at
-    /// node `n`; input `i` is the leaf `inputs.len() + i`. Replacing the
-    /// winner's key costs one comparison per level, half a binary heap's.
-    tree: Vec<usize>,
+    /// The inputs' heads in a loser tree: equal keys come out in input
+    /// order, so rows fold in the order the inputs were given.
+    tree: LoserTree,
     layout: Layout,
     converters: runs::Converters,
     /// Rows read from the inputs so far.
@@ -302,7 +278,7 @@ impl MergeReader {
                     pos: 0,
                 })
                 .collect(),
-            tree: Vec::new(),
+            tree: LoserTree::default(),
             converters: runs::Converters::default(),
             layout,
             rows_read: 0,
@@ -326,10 +302,8 @@ impl MergeReader {
                 merge.runs_of(i, &batch)?;
             }
         }
-        merge.tree = vec![0; merge.inputs.len().max(1)];
-        if !merge.inputs.is_empty() {
-            merge.tree[0] = merge.play(1);
-        }
+        let inputs = &merge.inputs;
+        merge.tree = LoserTree::new(inputs.len(), |i| inputs[i].head());
         Ok(merge)
     }
 
@@ -340,18 +314,22 @@ impl MergeReader {
         self
     }
 
-    /// Read input `i`'s next non-empty batch; `false` when it has no more.
-    async fn load(&mut self, i: usize) -> Result<bool> {
+    /// Read input `i`'s next non-empty batch, the winner's, whose last
+    /// head was the last key put out, and play its new head up the tree.
+    async fn load(&mut self, i: usize) -> Result<()> {
         let input = &mut self.inputs[i];
-        input.batch = None;
+        let last = input.batch.take();
         input.seek(0);
-        match next_batch(&mut input.stream).await? {
-            Some(batch) => {
-                self.runs_of(i, &batch)?;
-                Ok(true)
-            }
-            None => Ok(false),
+        if let Some(batch) = next_batch(&mut input.stream).await? {
+            self.runs_of(i, &batch)?;
         }
+        let next = self.inputs[i].head().zip(last).map(|(head, last)| {
+            let base = last.rows.row(last.len() - 1);
+            tree::code(base.data(), head)
+        });
+        let inputs = &self.inputs;
+        self.tree.advance(next, |j| inputs[j].head());
+        Ok(())
     }
 
     /// Make `batch` input `i`'s current one, as runs.
@@ -370,51 +348,20 @@ impl MergeReader {
         Ok(())
     }
 
-    /// The winner of the matches below `node`, recording each match's
-    /// loser (building the tree).
-    fn play(&mut self, node: usize) -> usize {
-        let k = self.inputs.len();
-        if node >= k {
-            return node - k;
-        }
-        let (a, b) = (self.play(2 * node), self.play(2 * node + 1));
-        let (winner, loser) = if before(&self.inputs, a, b) {
-            (a, b)
-        } else {
-            (b, a)
-        };
-        self.tree[node] = loser;
-        winner
-    }
-
-    /// Input `i`'s key changed (it is the winner): play its way up again.
-    fn replay(&mut self, i: usize) {
-        let mut winner = i;
-        let mut node = (self.inputs.len() + i) / 2;
-        while node > 0 {
-            if before(&self.inputs, self.tree[node], winner) {
-                std::mem::swap(&mut self.tree[node], &mut winner);
-            }
-            node /= 2;
-        }
-        self.tree[0] = winner;
-    }
-
     /// Merge rows into `chunk` until it is full, an input needs its next
     /// batch, or every input is done. A full chunk ends only between keys,
     /// so rows of one key always fold into one output row.
     fn fill(&mut self, chunk: &mut Chunk) -> Step {
         let max_batches = 2 * self.inputs.len().max(8);
         loop {
-            let i = self.tree[0];
-            if self.inputs.get(i).is_none_or(|input| input.batch.is_none()) {
+            let (i, some) = self.tree.winner();
+            if !some {
                 return Step::Done;
             }
             let input = &mut self.inputs[i];
             let batch = input.batch.as_ref().expect("the winner has a batch");
-            let same = chunk
-                .last_key()
-                .is_some_and(|last| last.data() == input.key());
+            // The last key put out is the chunk's last, if it has one.
+            let same = !chunk.starts.is_empty() && self.tree.winner_repeats();
             // Full at a batch's worth of keys or of rows read, or once the
             // chunk holds two batches per input (memory stays bounded by
             // the inputs).
@@ -437,8 +384,11 @@ impl MergeReader {
                 chunk.slot[i] = None;
                 return Step::Refill(i);
             }
+            let rows = &batch.rows;
+            let next = tree::code(rows.row(input.pos).data(), rows.row(input.pos + 1).data());
             input.seek(input.pos + 1);
-            self.replay(i);
+            let inputs = &self.inputs;
+            self.tree.advance(Some(next), |j| inputs[j].head());
         }
     }
 
@@ -448,7 +398,6 @@ impl MergeReader {
         let mut chunk = Chunk::new(self.inputs.len());
         while let Step::Refill(i) = self.fill(&mut chunk) {
             self.load(i).await?;
-            self.replay(i);
         }
         if let Some((faults, location)) = &self.faults
             && let Decision::Inject(Fault::DropRow, _) =

@@ -351,11 +351,21 @@ pub(super) fn fold_picks(
                 .map(|b| b.measures[j].as_long())
                 .collect::<Option<_>>()?;
             let folded = if columns.iter().all(|a| a.null_count() == 0) {
-                // No nulls: the values alone, without a validity lookup.
+                // No nulls: the values alone, folded into a plain vector
+                // (every run holds a row, so every fold has a value).
                 let values: Vec<&[i64]> = columns.iter().map(|a| a.values().as_ref()).collect();
-                let value = |&(b, r): &(usize, usize)| Some(values[b][r]);
-                runs.map(|run| fold_longs(run.iter().map(value), agg))
-                    .collect::<Option<Int64Array>>()
+                let mut out = Vec::with_capacity(starts.len());
+                for run in runs {
+                    let run = run.iter().map(|&(b, r)| values[b][r]);
+                    out.push(match agg {
+                        Agg::Count | Agg::Sum => {
+                            i64::try_from(run.map(i128::from).sum::<i128>()).ok()?
+                        }
+                        Agg::Min => run.min()?,
+                        Agg::Max => run.max()?,
+                    });
+                }
+                Some(Int64Array::from(out))
             } else {
                 let value = |&(b, r): &(usize, usize)| {
                     let a = columns[b];
