@@ -13,7 +13,7 @@ use arrow_array::{
 };
 use arrow_buffer::{BooleanBufferBuilder, NullBufferBuilder, OffsetBuffer};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
-use iceberg::spec::{DataFileFormat, Literal, PartitionKey, Struct};
+use iceberg::spec::{DataFile, DataFileBuilder, DataFileFormat, Literal, PartitionKey, Struct};
 use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{
@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::rows::key::KeyDim;
 use crate::rows::{MeasureValue, Measures, RowKey, SortedRow, SortedRows};
 use crate::schema::decl::TableDecl;
-use crate::schema::layout::Grain;
+use crate::schema::layout::{self, Grain};
 
 /// Rows per Arrow batch handed to the Parquet writer.
 const BATCH_ROWS: usize = 64 * 1024;
@@ -301,12 +301,21 @@ pub async fn write_rows(
             .push(row);
     }
 
+    let order = layout::key_order_id(&table.metadata, decl);
     let mut files = Vec::new();
     for (ordinal, part_rows) in partitions {
         let key = partition_key(table, grain, ordinal)?;
         let batches = sorted_batches(&arrow_schema, decl, grain, &part_rows)?;
         files.extend(
-            write_batches(table, Some(key), grain.as_str(), batches, target_file_size).await?,
+            write_batches(
+                table,
+                Some(key),
+                grain.as_str(),
+                batches,
+                target_file_size,
+                order,
+            )
+            .await?,
         );
     }
     Ok(files)
@@ -318,6 +327,8 @@ pub async fn write_rows(
 pub struct PartitionWriter {
     inner: DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>,
     spec_id: i32,
+    /// The sort order the rows arrive in, recorded on each file.
+    sort_order: Option<i32>,
     ident: String,
 }
 
@@ -331,12 +342,16 @@ impl std::fmt::Debug for PartitionWriter {
 }
 
 impl PartitionWriter {
-    /// A writer for one partition of `table`; file names start with `prefix`.
+    /// A writer for one partition of `table`; file names start with
+    /// `prefix`. Rows written in one of the table's sort orders,
+    /// `sort_order`, are recorded as such (see [`layout::key_order_id`]),
+    /// so that a merge need not sort them again.
     pub async fn open(
         table: &TableHandle,
         partition: Option<PartitionKey>,
         prefix: &str,
         target_file_size: usize,
+        sort_order: Option<i32>,
     ) -> Result<Self> {
         let meta = table.metadata.as_ref();
         let ident = table.ident.to_string();
@@ -368,6 +383,7 @@ impl PartitionWriter {
         Ok(Self {
             inner,
             spec_id,
+            sort_order,
             ident,
         })
     }
@@ -390,11 +406,50 @@ impl PartitionWriter {
             .await
             .map_err(|e| Error::iceberg(format!("closing data file for {ident}"), e))?;
         let spec_id = self.spec_id;
-        Ok(files
+        files
             .into_iter()
-            .map(|file| NewFile { spec_id, file })
-            .collect())
+            .map(|file| {
+                let file = match self.sort_order {
+                    Some(order) => in_order(&file, spec_id, order)
+                        .map_err(|e| Error::iceberg(format!("data file for {ident}"), e))?,
+                    None => file,
+                };
+                Ok(NewFile { spec_id, file })
+            })
+            .collect()
     }
+}
+
+/// `file` (of partition spec `spec_id`) recorded as sorted in `order`.
+fn in_order(file: &DataFile, spec_id: i32, order: i32) -> iceberg::Result<DataFile> {
+    let mut b = DataFileBuilder::default();
+    b.content(file.content_type())
+        .file_path(file.file_path().to_string())
+        .file_format(file.file_format())
+        .partition(file.partition().clone())
+        .record_count(file.record_count())
+        .file_size_in_bytes(file.file_size_in_bytes())
+        .column_sizes(file.column_sizes().clone())
+        .value_counts(file.value_counts().clone())
+        .null_value_counts(file.null_value_counts().clone())
+        .nan_value_counts(file.nan_value_counts().clone())
+        .lower_bounds(file.lower_bounds().clone())
+        .upper_bounds(file.upper_bounds().clone())
+        .key_metadata(file.key_metadata().map(<[u8]>::to_vec))
+        .split_offsets(file.split_offsets().map(<[i64]>::to_vec))
+        .equality_ids(file.equality_ids())
+        .sort_order_id(order)
+        .first_row_id(file.first_row_id())
+        .partition_spec_id(spec_id)
+        .referenced_data_file(file.referenced_data_file())
+        .content_offset(file.content_offset())
+        .content_size_in_bytes(file.content_size_in_bytes());
+    b.build().map_err(|e| {
+        iceberg::Error::new(
+            iceberg::ErrorKind::Unexpected,
+            format!("recording the sort order: {e}"),
+        )
+    })
 }
 
 /// The partition key of `grain`'s partition `ordinal` in `table`.
@@ -417,15 +472,18 @@ pub fn partition_key(table: &TableHandle, grain: Grain, ordinal: i32) -> Result<
     ))
 }
 
-/// Write batches as data files of one partition.
+/// Write batches as data files of one partition (rows in `sort_order`,
+/// when they are in one; see [`PartitionWriter::open`]).
 pub async fn write_batches(
     table: &TableHandle,
     partition: Option<PartitionKey>,
     prefix: &str,
     batches: Vec<RecordBatch>,
     target_file_size: usize,
+    sort_order: Option<i32>,
 ) -> Result<Vec<NewFile>> {
-    let mut writer = PartitionWriter::open(table, partition, prefix, target_file_size).await?;
+    let mut writer =
+        PartitionWriter::open(table, partition, prefix, target_file_size, sort_order).await?;
     for batch in batches {
         writer.write(batch).await?;
     }

@@ -573,8 +573,15 @@ async fn commit_rejects(target: &Target<'_>, rejects: &[RejectRecord], set: Stri
             .map_err(|e| Error::iceberg(format!("arrow schema of {rejects_ident}"), e))?,
     );
     let batch = rejects::to_batch(schema, rejects)?;
-    let files =
-        write::write_batches(&rt, None, "rejects", vec![batch], opts.target_file_size).await?;
+    let files = write::write_batches(
+        &rt,
+        None,
+        "rejects",
+        vec![batch],
+        opts.target_file_size,
+        None,
+    )
+    .await?;
     let change = Change::append(FirnOperation::BackfillRejects, files).with_claim(Claim {
         key: key.to_string(),
         expect: held(&rt, key),

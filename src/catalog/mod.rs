@@ -2,6 +2,7 @@
 //! compare-and-set that swaps it. firn's commit layer builds the new metadata
 //! itself; a catalog only loads, creates and swaps.
 
+mod manifests;
 pub mod rest;
 pub mod sql;
 

@@ -26,6 +26,12 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::Ledger;
 use crate::offsets::{self, OffsetAdvance};
 pub use crate::retry::RetryPolicy;
+
+/// Manifests read (or read and rewritten) at once, each on a task of its
+/// own, when a step touches many: a compaction of a day's minute files
+/// removes files from one manifest per ingest commit, and on object storage
+/// each is a GET (and a PUT).
+pub const MANIFESTS_AT_ONCE: usize = 16;
 use crate::retry::retry;
 
 /// A data file to add, with the partition spec it was written for (iceberg's

@@ -20,6 +20,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use iceberg::spec::{
     DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestEntry, ManifestFile,
     ManifestListWriter, ManifestWriter, ManifestWriterBuilder, PartitionSpec, SchemaRef, Snapshot,
@@ -124,10 +126,25 @@ struct Carried {
     removed_records: u64,
 }
 
-/// One snapshot being written on a base: its ids, and where its files go.
+/// What [`SnapshotWriter::rewrite_removing`] made of one base manifest.
 #[derive(Debug)]
-struct SnapshotWriter<'a> {
-    base: &'a TableHandle,
+enum Rewrite {
+    /// It holds no removed file: carried as it is.
+    Unchanged(ManifestFile),
+    /// Rewritten with `removed` (its entries found live) marked deleted.
+    Removing {
+        manifest: ManifestFile,
+        spec: Arc<PartitionSpec>,
+        removed: Vec<DataFile>,
+    },
+}
+
+/// One snapshot being written on a base: its ids, and where its files go.
+/// Cheap to clone (the base's metadata and IO are shared), so manifests are
+/// rewritten on tasks of their own.
+#[derive(Debug, Clone)]
+struct SnapshotWriter {
+    base: TableHandle,
     snapshot_id: i64,
     sequence_number: i64,
     /// Names this attempt's manifests and manifest list.
@@ -135,8 +152,8 @@ struct SnapshotWriter<'a> {
     attempt: u32,
 }
 
-impl<'a> SnapshotWriter<'a> {
-    fn new(base: &'a TableHandle, attempt: u32) -> Result<Self> {
+impl SnapshotWriter {
+    fn new(base: &TableHandle, attempt: u32) -> Result<Self> {
         let meta = base.metadata.as_ref();
         if meta.format_version() != FormatVersion::V2 {
             return Err(Error::new(
@@ -148,7 +165,7 @@ impl<'a> SnapshotWriter<'a> {
             ));
         }
         Ok(Self {
-            base,
+            base: base.clone(),
             snapshot_id: unique_snapshot_id(meta),
             sequence_number: meta.next_sequence_number(),
             commit_uuid: Uuid::now_v7().to_string(),
@@ -227,6 +244,9 @@ impl<'a> SnapshotWriter<'a> {
     /// manifests carried as they are, and those holding a file in `removed`,
     /// rewritten (a manifest left holding only entries deleted by an earlier
     /// snapshot has nothing live and is dropped, as Iceberg's producers do).
+    /// The manifests that may hold a removed file are read and rewritten
+    /// [`super::MANIFESTS_AT_ONCE`] at a time, each on a task of its own; what they
+    /// find is recorded in the base's manifest order.
     async fn carry_base(
         &self,
         removed: &[RemovedFile],
@@ -236,9 +256,14 @@ impl<'a> SnapshotWriter<'a> {
         let Some(current) = self.meta().current_snapshot() else {
             return Ok(carried);
         };
-        let by_path: HashMap<&str, &RemovedFile> =
-            removed.iter().map(|r| (r.path.as_str(), r)).collect();
+        let by_path: Arc<HashMap<String, RemovedFile>> = Arc::new(
+            removed
+                .iter()
+                .map(|r| (r.path.clone(), r.clone()))
+                .collect(),
+        );
         let list = self.base.manifest_list(current).await?;
+        let mut rewrites = Vec::new();
         for (n, mf) in list.entries().iter().cloned().enumerate() {
             if !mf.has_added_files() && !mf.has_existing_files() {
                 continue;
@@ -248,8 +273,36 @@ impl<'a> SnapshotWriter<'a> {
             } else if by_path.is_empty() || !may_hold(&mf, removed) {
                 carried.unchanged.push(mf);
             } else {
-                self.rewrite_removing(n, mf, &by_path, collector, &mut carried)
-                    .await?;
+                let (writer, removed) = (self.clone(), by_path.clone());
+                rewrites.push(async move {
+                    tokio::spawn(async move { writer.rewrite_removing(n, mf, &removed).await })
+                        .await
+                        .map_err(|e| {
+                            Error::new(
+                                ErrorKind::Internal,
+                                format!("rewriting a manifest stopped: {e}"),
+                            )
+                        })?
+                });
+            }
+        }
+        let mut rewrites = futures::stream::iter(rewrites).buffered(super::MANIFESTS_AT_ONCE);
+        let schema = self.meta().current_schema().clone();
+        while let Some(rewrite) = rewrites.next().await {
+            match rewrite? {
+                Rewrite::Unchanged(mf) => carried.unchanged.push(mf),
+                Rewrite::Removing {
+                    manifest,
+                    spec,
+                    removed,
+                } => {
+                    carried.found += removed.len();
+                    for file in &removed {
+                        carried.removed_records += file.record_count();
+                        collector.remove_file(file, schema.clone(), spec.clone());
+                    }
+                    carried.rewritten.push(manifest);
+                }
             }
         }
         Ok(carried)
@@ -262,18 +315,12 @@ impl<'a> SnapshotWriter<'a> {
         &self,
         n: usize,
         mf: ManifestFile,
-        removed: &HashMap<&str, &RemovedFile>,
-        collector: &mut SnapshotSummaryCollector,
-        carried: &mut Carried,
-    ) -> Result<()> {
-        let manifest = mf
-            .load_manifest(&self.base.file_io)
-            .await
-            .map_err(self.ice("reading manifest"))?;
+        removed: &HashMap<String, RemovedFile>,
+    ) -> Result<Rewrite> {
+        let manifest = self.base.manifest(&mf).await?;
         let live = || manifest.entries().iter().filter(|e| e.is_alive());
         if !live().any(|e| removed.contains_key(e.file_path())) {
-            carried.unchanged.push(mf);
-            return Ok(());
+            return Ok(Rewrite::Unchanged(mf));
         }
         let mmeta = manifest.metadata();
         let spec = self
@@ -281,20 +328,18 @@ impl<'a> SnapshotWriter<'a> {
             .partition_spec_by_id(mmeta.partition_spec().spec_id())
             .cloned()
             .unwrap_or_else(|| Arc::new(mmeta.partition_spec().clone()));
-        let schema = self.meta().current_schema().clone();
         let mut writer = self.manifest_writer(
             &format!("r{n}"),
             mmeta.schema.clone(),
             mmeta.partition_spec().clone(),
         )?;
+        let mut found = Vec::new();
         for e in live() {
             if !removed.contains_key(e.file_path()) {
                 self.carry_entry(&mut writer, e)?;
                 continue;
             }
-            carried.found += 1;
-            carried.removed_records += e.record_count();
-            collector.remove_file(&e.data_file, schema.clone(), spec.clone());
+            found.push(e.data_file.clone());
             let seq = e.sequence_number.unwrap_or(0);
             writer
                 .add_delete_file(
@@ -304,8 +349,11 @@ impl<'a> SnapshotWriter<'a> {
                 )
                 .map_err(self.ice("marking a data file deleted"))?;
         }
-        carried.rewritten.push(self.finish(writer).await?);
-        Ok(())
+        Ok(Rewrite::Removing {
+            manifest: self.finish(writer).await?,
+            spec,
+            removed: found,
+        })
     }
 
     /// Step 2: the carried data manifests, clustered by partition into
@@ -317,7 +365,7 @@ impl<'a> SnapshotWriter<'a> {
         carried: Vec<ManifestFile>,
         rewrite: Option<u64>,
     ) -> Result<Vec<ManifestFile>> {
-        let merge = MergePolicy::of(self.base);
+        let merge = MergePolicy::of(&self.base);
         if rewrite.is_none() && !merge.due(&carried) {
             return Ok(carried);
         }
@@ -335,7 +383,7 @@ impl<'a> SnapshotWriter<'a> {
     /// Rewrite `inputs` into manifests holding whole partitions, about
     /// `target` bytes each, every live entry carried as EXISTING.
     async fn recluster(&self, inputs: &[ManifestFile], target: u64) -> Result<Vec<ManifestFile>> {
-        let clustered = Clustered::load(self.base, inputs).await?;
+        let clustered = Clustered::load(&self.base, inputs).await?;
         let schema = self.meta().current_schema().clone();
         let mut out = Vec::new();
         for (n, (spec_id, parts)) in clustered.pack(target).into_iter().enumerate() {

@@ -165,10 +165,7 @@ impl NoConflictingData {
             {
                 continue;
             }
-            let manifest = mf
-                .load_manifest(&base.file_io)
-                .await
-                .map_err(|e| Error::iceberg(format!("reading manifest {}", mf.manifest_path), e))?;
+            let manifest = base.manifest(mf).await?;
             for e in manifest.entries() {
                 if e.status() == ManifestStatus::Added
                     && e.snapshot_id() == Some(id)

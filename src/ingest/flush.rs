@@ -195,6 +195,7 @@ async fn commit_rejects(
                 "rejects",
                 vec![batch],
                 write::DEFAULT_TARGET_FILE_SIZE,
+                None,
             )
             .await?;
             let change = Change::append(FirnOperation::IngestRejects, files).with_offsets(advance);

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use iceberg::TableIdent;
 use serde::Serialize;
 
-use super::merge::MergeReader;
+use super::merge::{MergeReader, OutOfOrder};
 use super::operation::Context;
 use super::plan::{self, PlanOptions, Task, TaskKind};
 use super::state;
@@ -150,26 +150,42 @@ async fn prepare(
             Vec::new()
         }
         Some((grain, partition)) => {
-            let mut reader = MergeReader::open(&table, &decl, &task.inputs, grain, jobs)
-                .await?
-                .with_faults(faults, table.metadata.location());
-            let key = write::partition_key(&table, grain, partition)?;
-            let writer =
-                PartitionWriter::open(&table, Some(key), grain.as_str(), target_file_size).await?;
-            // The files are encoded on a task of their own while the merge
-            // makes the next batch: one batch in flight, so memory stays
-            // bounded by the merge's.
-            let (batches, writing) = write_behind(writer);
-            while let Some(batch) = reader.next_batch().await? {
-                outcome.rows_out += batch.num_rows() as u64;
-                if batches.send(batch).await.is_err() {
-                    // The writer stopped on an error, which `finish` returns.
-                    break;
+            let mut inputs = task.inputs.clone();
+            let (files, reader) = loop {
+                let merged = merge_into(
+                    &table,
+                    &decl,
+                    &inputs,
+                    (grain, partition),
+                    target_file_size,
+                    faults.clone(),
+                    jobs,
+                )
+                .await;
+                // A file recorded as in key order that is not: merged
+                // again, the file sorted first (a merge stops at the first
+                // row out of order, before anything is committed).
+                let unsorted = merged.as_ref().err().and_then(OutOfOrder::of);
+                match unsorted.and_then(|o| {
+                    inputs
+                        .iter_mut()
+                        .find(|f| f.path == o.input && f.sort_order.is_some())
+                }) {
+                    Some(file) => {
+                        tracing::warn!(
+                            table = %table.ident,
+                            file = %file.path,
+                            sort_order = file.sort_order,
+                            "a data file recorded as in key order is not; merging again with \
+                             the file sorted first"
+                        );
+                        file.sort_order = None;
+                    }
+                    None => break merged?,
                 }
-            }
-            drop(batches);
-            let files = writing.finish().await?;
-            if let Some((day, measure, read, merged)) = reader.unconserved() {
+            };
+            outcome.rows_out = reader.rows_out;
+            if let Some((day, measure, read, merged)) = reader.merge.unconserved() {
                 return Err(Error::new(
                     ErrorKind::Internal,
                     format!(
@@ -185,8 +201,8 @@ async fn prepare(
                     ),
                 ));
             }
-            totals.0.add(grain, reader.written());
-            for (file, read) in task.inputs.iter().zip(reader.read_by_input()) {
+            totals.0.add(grain, reader.merge.written());
+            for (file, read) in task.inputs.iter().zip(reader.merge.read_by_input()) {
                 totals.1.add(file.grain, read);
             }
             outcome.files_out = files.len();
@@ -200,6 +216,47 @@ async fn prepare(
         added,
         totals,
     })
+}
+
+/// A finished merge, and the rows it put out.
+struct Merged {
+    merge: MergeReader,
+    rows_out: u64,
+}
+
+/// Merge `inputs` into `target` (a grain and partition) of `table` and
+/// write the rows as data files.
+async fn merge_into(
+    table: &TableHandle,
+    decl: &TableDecl,
+    inputs: &[state::LiveFile],
+    (grain, partition): (crate::schema::layout::Grain, i32),
+    target_file_size: usize,
+    faults: Option<Arc<Faults>>,
+    jobs: usize,
+) -> Result<(Vec<NewFile>, Merged)> {
+    let mut merge = MergeReader::open(table, decl, inputs, grain, jobs)
+        .await?
+        .with_faults(faults, table.metadata.location());
+    let key = write::partition_key(table, grain, partition)?;
+    let order = crate::schema::layout::key_order_id(&table.metadata, decl);
+    let writer =
+        PartitionWriter::open(table, Some(key), grain.as_str(), target_file_size, order).await?;
+    // The files are encoded on a task of their own while the merge makes
+    // the next batch: one batch in flight, so memory stays bounded by the
+    // merge's.
+    let (batches, writing) = write_behind(writer);
+    let mut rows_out = 0;
+    while let Some(batch) = merge.next_batch().await? {
+        rows_out += batch.num_rows() as u64;
+        if batches.send(batch).await.is_err() {
+            // The writer stopped on an error, which `finish` returns.
+            break;
+        }
+    }
+    drop(batches);
+    let files = writing.finish().await?;
+    Ok((files, Merged { merge, rows_out }))
 }
 
 /// A writer of merged batches on a task of its own: batches sent to the

@@ -320,6 +320,7 @@ mod tests {
             partition: grain.partition_ordinal(at.timestamp_micros()),
             records: 10,
             bytes,
+            sort_order: None,
         }
     }
 

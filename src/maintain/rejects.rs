@@ -224,7 +224,8 @@ pub async fn compaction(
             }
         }
         added.extend(
-            crate::write::write_batches(&table, None, "rejects", batches, target as usize).await?,
+            crate::write::write_batches(&table, None, "rejects", batches, target as usize, None)
+                .await?,
         );
     }
     report.written = added.len();

@@ -10,6 +10,7 @@
 //! recorded so that maintenance refuses the table with a clear error instead
 //! of planning around rows it cannot see.
 
+use futures::StreamExt;
 use iceberg::spec::{Literal, ManifestContentType, PartitionSpec, PrimitiveLiteral, Schema};
 
 use crate::catalog::TableHandle;
@@ -33,6 +34,9 @@ pub struct LiveFile {
     pub records: u64,
     /// Bytes.
     pub bytes: u64,
+    /// The sort order its rows are in, as its manifest entry records it
+    /// (`None`: unsorted).
+    pub sort_order: Option<i32>,
 }
 
 impl LiveFile {
@@ -127,14 +131,30 @@ pub async fn load(table: &TableHandle) -> Result<TableState> {
         snapshot_id: Some(snapshot.snapshot_id()),
         ..TableState::default()
     };
-    for mf in list.entries() {
-        if !mf.has_added_files() && !mf.has_existing_files() {
-            continue;
-        }
-        let manifest = mf
-            .load_manifest(&table.file_io)
-            .await
-            .map_err(|e| Error::iceberg(format!("reading manifest {}", mf.manifest_path), e))?;
+    // Manifests are read several at once, each on a task of its own (on
+    // object storage each is a GET), and taken in the list's order.
+    let loads = list
+        .entries()
+        .iter()
+        .filter(|mf| mf.has_added_files() || mf.has_existing_files())
+        .cloned()
+        .map(|mf| {
+            let table = table.clone();
+            async move {
+                let path = mf.manifest_path.clone();
+                let read =
+                    tokio::spawn(async move { Ok::<_, Error>((table.manifest(&mf).await?, mf)) });
+                read.await.map_err(|e| {
+                    Error::new(
+                        ErrorKind::Internal,
+                        format!("reading manifest {path} stopped: {e}"),
+                    )
+                })?
+            }
+        });
+    let mut loads = futures::stream::iter(loads).buffered(crate::commit::MANIFESTS_AT_ONCE);
+    while let Some(loaded) = loads.next().await {
+        let (manifest, mf) = loaded?;
         let live = manifest.entries().iter().filter(|e| e.is_alive());
         if mf.content == ManifestContentType::Deletes {
             state
@@ -176,6 +196,7 @@ pub async fn load(table: &TableHandle) -> Result<TableState> {
                 partition,
                 records: f.record_count(),
                 bytes: f.file_size_in_bytes(),
+                sort_order: f.sort_order_id(),
             });
         }
     }

@@ -2,8 +2,8 @@
 //! partition specs over `ts`, and the sort order (dimensions, then `ts`).
 
 use iceberg::spec::{
-    NestedField, NullOrder, PrimitiveType, Schema, SortDirection, SortField, SortOrder, Transform,
-    Type, UnboundPartitionSpec,
+    NestedField, NullOrder, PrimitiveType, Schema, SortDirection, SortField, SortOrder,
+    TableMetadata, Transform, Type, UnboundPartitionSpec,
 };
 
 use super::decl::{DimType, MeasureType, TableDecl};
@@ -237,6 +237,32 @@ pub fn partition_spec(grain: Grain) -> Result<UnboundPartitionSpec> {
         )
         .map(|b| b.build())
         .map_err(|e| Error::iceberg("partition spec", e))
+}
+
+/// The ids of `meta`'s sort orders that are firn's key order for `decl`
+/// over the table's current schema (see [`sort_order`]): a data file whose
+/// manifest entry names one of them is merged as it stands.
+pub fn key_orders(meta: &TableMetadata, decl: &TableDecl) -> Vec<i64> {
+    let Ok(want) = sort_order(meta.current_schema(), decl, 1) else {
+        return Vec::new();
+    };
+    meta.sort_orders_iter()
+        .filter(|o| o.fields == want.fields)
+        .map(|o| o.order_id)
+        .collect()
+}
+
+/// The sort order firn records on the data files it writes for `decl`
+/// (rows in key order): the table's default order when that is firn's key
+/// order, else the newest of its orders that is; none when the table has
+/// none (the files are then sorted again before they are merged).
+pub fn key_order_id(meta: &TableMetadata, decl: &TableDecl) -> Option<i32> {
+    let ids = key_orders(meta, decl);
+    let id = match ids.contains(&meta.default_sort_order_id()) {
+        true => meta.default_sort_order_id(),
+        false => ids.into_iter().max()?,
+    };
+    i32::try_from(id).ok()
 }
 
 /// Sort order: every dimension ascending (nulls first), then `ts`.

@@ -669,6 +669,135 @@ async fn maintenance_plans_from_another_engines_layout() {
     assert_eq!(per_day(catalog.as_ref(), &lake).await, before, "{out}");
 }
 
+/// A data file whose manifest entry says its rows are in the table's key
+/// order though they are not (an engine that records the table's order
+/// without sorting): the rollup finds the first row out of order, merges
+/// again with the file sorted first, and every total stands. The files it
+/// writes record the key order; another engine's files (which record none)
+/// are sorted before they are merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_recorded_as_sorted_that_is_not_is_sorted_before_it_is_merged() {
+    use firn::commit::{Change, RetryPolicy};
+    use firn::schema::layout::{self, Grain};
+
+    let lake = Lake::without_broker();
+    lake.run(&["tables", "sync"]);
+    let catalog = lake.catalog().await;
+    let decl = lake.decl();
+    let ident = tables::ident(&decl).unwrap();
+    old_minute_rows(catalog.as_ref(), &lake).await;
+    foreign(
+        &lake,
+        "append",
+        Some(&(chrono::Utc::now() - chrono::Duration::days(10)).to_rfc3339()),
+    );
+
+    let table = catalog.load(&ident).await.unwrap();
+    let order = layout::key_order_id(&table.metadata, &decl);
+    assert!(order.is_some(), "firn's table has its key order");
+    let spec = MeasureSpec::new(&decl);
+    let hour = (chrono::Utc::now() - chrono::Duration::days(10))
+        .date_naive()
+        .and_hms_opt(3, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros();
+    let mut rows: Vec<(RowKey, firn::rows::Measures)> = (0..120i64)
+        .map(|i| {
+            let mut m = spec.empty();
+            spec.add_event_saturating(
+                &mut m,
+                &[
+                    None,
+                    Some(MeasureValue::Long(Some(1000 + i))),
+                    Some(MeasureValue::Long(Some(i % 9))),
+                    Some(MeasureValue::Long(Some(i % 50))),
+                ],
+            );
+            let key = RowKey {
+                dims: vec![
+                    DimValue::Long(i % 5),
+                    DimValue::Long(9),
+                    DimValue::Str(["AMS", "Zürich"][(i % 2) as usize].into()),
+                    DimValue::Str("cdn".into()),
+                ],
+                ts_micros: hour + (i % 60) * 60_000_000,
+            };
+            (key, m)
+        })
+        .collect();
+    // Descending: every row sorts before the one ahead of it.
+    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    let schema =
+        Arc::new(iceberg::arrow::schema_to_arrow_schema(table.metadata.current_schema()).unwrap());
+    let batches: Vec<_> = rows
+        .iter()
+        .flat_map(|r| {
+            firn::write::to_batches(&schema, &decl, Grain::Minute, std::slice::from_ref(r)).unwrap()
+        })
+        .collect();
+    let batch = arrow_select::concat::concat_batches(&schema, &batches).unwrap();
+    let key =
+        firn::write::partition_key(&table, Grain::Minute, Grain::Minute.partition_ordinal(hour))
+            .unwrap();
+    let files =
+        firn::write::write_batches(&table, Some(key), "unsorted", vec![batch], 128 << 20, order)
+            .await
+            .unwrap();
+    assert!(files.iter().all(|f| f.file.sort_order_id() == order));
+    firn::commit::commit(
+        catalog.as_ref(),
+        &ident,
+        &Change::append(FirnOperation::Backfill, files),
+        RetryPolicy::default(),
+    )
+    .await
+    .unwrap();
+    let before = per_day(catalog.as_ref(), &lake).await;
+    let state = firn::maintain::state::load(&catalog.load(&ident).await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        state.files.iter().any(|f| f.sort_order.is_none()),
+        "{:?}",
+        state.files
+    );
+
+    let unsorted = state
+        .files
+        .iter()
+        .find(|f| f.path.contains("unsorted"))
+        .unwrap()
+        .path
+        .clone();
+    let out = lake
+        .firn()
+        .args(["rollup", "usage.http_requests"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("a data file recorded as in key order is not") && log.contains(&unsorted),
+        "the rollup says which file it sorted again:\n{log}"
+    );
+    let state = firn::maintain::state::load(&catalog.load(&ident).await.unwrap())
+        .await
+        .unwrap();
+    assert!(!state.files.is_empty());
+    for f in &state.files {
+        assert_eq!(f.grain, Grain::Hour, "{f:?}");
+        assert_eq!(f.sort_order, order, "{f:?}");
+        assert!(!f.path.contains("unsorted"), "{f:?}");
+    }
+    assert_eq!(per_day(catalog.as_ref(), &lake).await, before);
+    let theirs = foreign(&lake, "sums", None);
+    let ours = table_sums(catalog.as_ref(), &lake).await;
+    for m in SUMS {
+        assert_eq!(theirs[m].as_i64().unwrap(), ours[m], "PyIceberg reads {m}");
+    }
+}
+
 /// Another engine's merge-on-read delete: a position-delete file removing
 /// row 0 of the first live data file, committed in its own snapshot with a
 /// delete manifest (as Spark or Trino write them). The delete file's path.

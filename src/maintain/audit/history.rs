@@ -226,6 +226,7 @@ impl Manifests {
                             partition: 0,
                             records: f.record_count(),
                             bytes: f.file_size_in_bytes(),
+                            sort_order: f.sort_order_id(),
                         },
                         status: e.status(),
                         snapshot_id: e.snapshot_id(),

@@ -269,6 +269,7 @@ pub fn read_file(
         partition: 0,
         records,
         bytes,
+        sort_order: None,
     };
     iceberg_stream(table, &file, field_ids, super::READ_BATCH)
 }

@@ -5,15 +5,20 @@
 //! input in memory. Each input batch is first collapsed into runs of equal
 //! keys ([`runs`]); the runs' heads are merged across inputs by their keys
 //! in arrow's row format (byte order is key order), as DataFusion's
-//! `SortPreservingMergeExec` merges cursors; output batches are gathered
+//! `SortPreservingMergeExec` merges cursors, in a loser tree whose heads
+//! carry offset-value codes ([`tree`]); output batches are gathered
 //! with arrow's `interleave`. A merge of more files than [`spill::FAN_IN`]
 //! merges them a group at a time into runs in temporary files, then the
-//! runs.
+//! runs. A file whose manifest entry does not say it is in the table's key
+//! order (another engine's) is sorted first ([`sort`]); one that says so
+//! and is not stops the merge with an [`OutOfOrder`] error, before
+//! anything is committed.
 
 mod files;
 mod layout;
 mod pages;
 mod runs;
+mod sort;
 mod spill;
 #[cfg(test)]
 mod tests;
@@ -78,7 +83,7 @@ impl Input {
 
     /// The encoded key of the head, if there is one.
     fn head(&self) -> Option<&[u8]> {
-        self.batch.as_ref().map(|b| b.rows.row(self.pos).data())
+        self.batch.as_ref().map(|b| b.rows.value(self.pos))
     }
 }
 
@@ -137,8 +142,33 @@ enum Step {
     Full,
     /// Input `.0` ran out of its batch and must read its next.
     Refill(usize),
+    /// Input `.0`'s next row sorts before its last.
+    OutOfOrder(usize),
     /// Every input is exhausted.
     Done,
+}
+
+/// The cause of a merge's error when an input was not in key order though
+/// it was merged as sorted: the input's name (a data file's path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutOfOrder {
+    /// The input found out of order.
+    pub input: String,
+}
+
+impl std::fmt::Display for OutOfOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is out of key order", self.input)
+    }
+}
+
+impl std::error::Error for OutOfOrder {}
+
+impl OutOfOrder {
+    /// The input `error` found out of order, if that is what stopped a merge.
+    pub fn of(error: &Error) -> Option<&Self> {
+        std::error::Error::source(error)?.downcast_ref::<Self>()
+    }
 }
 
 /// Merges sorted inputs into rows of one grain, in output batches.
@@ -190,11 +220,47 @@ impl MergeReader {
         let layout = Layout::new(arrow_schema(table)?, decl, grain)?;
         let field_ids = field_ids(table, layout.read_columns())?;
         let batch_rows = batch_rows(files.len().min(spill::FAN_IN));
+        let key_orders = crate::schema::layout::key_orders(&table.metadata, decl);
         let mut inputs = Vec::with_capacity(files.len());
-        for f in files {
+        let mut unsorted = Vec::new();
+        for (i, f) in files.iter().enumerate() {
             let stream = files::read(table, f, field_ids.clone(), batch_rows)?;
-            inputs.push((f.path.clone(), stream));
+            if !f
+                .sort_order
+                .is_some_and(|id| key_orders.contains(&i64::from(id)))
+            {
+                unsorted.push((i, f.path.clone(), stream));
+                inputs.push((f.path.clone(), futures::stream::empty().boxed()));
+            } else {
+                inputs.push((f.path.clone(), stream));
+            }
         }
+        // Files not in key order are sorted first, a few at once, each on
+        // a task of its own.
+        let mut work = Vec::with_capacity(unsorted.len());
+        for (i, name, stream) in unsorted {
+            let layout = layout.clone();
+            work.push(async move {
+                let sorting = tokio::spawn(async move {
+                    let sorted =
+                        sort::sorted(&layout, &name, stream, batch_rows, sort::SORT_ROWS).await;
+                    (name, sorted)
+                });
+                let (name, sorted) = sorting.await.map_err(|e| {
+                    Error::new(
+                        ErrorKind::Internal,
+                        format!("sorting a data file stopped: {e}"),
+                    )
+                })?;
+                Ok::<_, Error>((i, name, sorted?))
+            });
+        }
+        let mut sorting = futures::stream::iter(work).buffer_unordered(parallel.max(1));
+        while let Some(done) = sorting.next().await {
+            let (i, name, sorted) = done?;
+            inputs[i] = (name, sorted);
+        }
+        drop(sorting);
         Self::merge_with_fan_in(layout, inputs, spill::FAN_IN, parallel).await
     }
 
@@ -323,13 +389,30 @@ impl MergeReader {
         if let Some(batch) = next_batch(&mut input.stream).await? {
             self.runs_of(i, &batch)?;
         }
-        let next = self.inputs[i].head().zip(last).map(|(head, last)| {
-            let base = last.rows.row(last.len() - 1);
-            tree::code(base.data(), head)
-        });
+        let next = match (self.inputs[i].head(), last) {
+            (Some(head), Some(last)) => Some(
+                tree::code(last.rows.value(last.len() - 1), head)
+                    .ok_or_else(|| self.out_of_order(i))?,
+            ),
+            _ => None,
+        };
         let inputs = &self.inputs;
         self.tree.advance(next, |j| inputs[j].head());
         Ok(())
+    }
+
+    /// The error of input `i` found out of key order.
+    fn out_of_order(&self, i: usize) -> Error {
+        let input = self.inputs[i].name.clone();
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{input} is not in the table's key order (dimensions, then `ts`): a row \
+                 sorts before the one ahead of it, though the file's manifest entry says \
+                 its rows are sorted; nothing was committed"
+            ),
+        )
+        .with_source(OutOfOrder { input })
     }
 
     /// Make `batch` input `i`'s current one, as runs.
@@ -385,7 +468,9 @@ impl MergeReader {
                 return Step::Refill(i);
             }
             let rows = &batch.rows;
-            let next = tree::code(rows.row(input.pos).data(), rows.row(input.pos + 1).data());
+            let Some(next) = tree::code(rows.value(input.pos), rows.value(input.pos + 1)) else {
+                return Step::OutOfOrder(i);
+            };
             input.seek(input.pos + 1);
             let inputs = &self.inputs;
             self.tree.advance(Some(next), |j| inputs[j].head());
@@ -396,8 +481,12 @@ impl MergeReader {
     /// `None` when every input is done.
     pub async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         let mut chunk = Chunk::new(self.inputs.len());
-        while let Step::Refill(i) = self.fill(&mut chunk) {
-            self.load(i).await?;
+        loop {
+            match self.fill(&mut chunk) {
+                Step::Refill(i) => self.load(i).await?,
+                Step::OutOfOrder(i) => return Err(self.out_of_order(i)),
+                Step::Full | Step::Done => break,
+            }
         }
         if let Some((faults, location)) = &self.faults
             && let Decision::Inject(Fault::DropRow, _) =

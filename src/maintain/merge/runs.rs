@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
-use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, UInt32Array};
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, Float64Array, Int64Array, RecordBatch, UInt32Array,
+};
 use arrow_buffer::BooleanBuffer;
 use arrow_row::{RowConverter, Rows, SortField};
 use arrow_schema::DataType;
@@ -130,8 +132,9 @@ pub(super) fn fold_doubles(
 pub(super) struct RunBatch {
     /// Dimension columns then the truncated `ts`, one row per run.
     pub keys: Vec<ArrayRef>,
-    /// `keys` encoded: byte order is key order.
-    pub rows: Rows,
+    /// `keys` encoded in arrow's row format (byte order is key order), one
+    /// value per row.
+    pub rows: BinaryArray,
     /// Folded measures in declaration order.
     pub measures: Vec<Values>,
 }
@@ -139,7 +142,7 @@ pub(super) struct RunBatch {
 impl RunBatch {
     /// Number of rows.
     pub(super) fn len(&self) -> usize {
-        self.rows.num_rows()
+        self.rows.len()
     }
 }
 
@@ -237,7 +240,7 @@ pub(super) fn collapse(
     };
     // Dictionaries stay dictionaries: their values are encoded once, and
     // only the rows a merge keeps are hydrated (see `MergeReader::build`).
-    let rows = converters.convert(&keys)?;
+    let rows = converters.convert(&keys)?.try_into_binary()?;
     Ok(RunBatch {
         keys,
         rows,

@@ -382,6 +382,19 @@ fn check(inputs: Vec<Input>, grain: Grain, fan_in: usize) {
 }
 
 fn check_with(inputs: Vec<Input>, grain: Grain, fan_in: usize, parallel: usize, strings: Strings) {
+    check_sorting(inputs, grain, fan_in, parallel, strings, None);
+}
+
+/// [`check_with`], each input first sorted `sort_chunk` rows at a time
+/// when one is given (its rows may then be in any order).
+fn check_sorting(
+    inputs: Vec<Input>,
+    grain: Grain,
+    fan_in: usize,
+    parallel: usize,
+    strings: Strings,
+    sort_chunk: Option<usize>,
+) {
     let decl = decl();
     let mut want: BTreeMap<RowKey, Totals> = BTreeMap::new();
     let mut rows_in = 0u64;
@@ -400,14 +413,18 @@ fn check_with(inputs: Vec<Input>, grain: Grain, fan_in: usize, parallel: usize, 
         .unwrap();
     let (out, rows_read) = rt.block_on(async {
         let layout = Layout::new(arrow_schema(&decl), &decl, grain).unwrap();
-        let mut merge = MergeReader::merge_with_fan_in(
-            layout,
-            streams_with(&decl, &inputs, strings),
-            fan_in,
-            parallel,
-        )
-        .await
-        .unwrap();
+        let mut streams = streams_with(&decl, &inputs, strings);
+        if let Some(chunk) = sort_chunk {
+            for (name, stream) in &mut streams {
+                let read = std::mem::replace(stream, futures::stream::empty().boxed());
+                *stream = super::sort::sorted(&layout, name, read, 5, chunk)
+                    .await
+                    .unwrap();
+            }
+        }
+        let mut merge = MergeReader::merge_with_fan_in(layout, streams, fan_in, parallel)
+            .await
+            .unwrap();
         let mut out = Vec::new();
         while let Some(b) = merge.next_batch().await.unwrap() {
             assert!(b.num_rows() > 0);
@@ -416,7 +433,11 @@ fn check_with(inputs: Vec<Input>, grain: Grain, fan_in: usize, parallel: usize, 
         assert_eq!(merge.unconserved(), None, "fan-in {fan_in}");
         (out, merge.rows_read())
     });
-    assert_eq!(rows_read, rows_in);
+    // A file sorted from several runs is read as the runs merged (folded).
+    match sort_chunk {
+        None => assert_eq!(rows_read, rows_in),
+        Some(_) => assert!(rows_read <= rows_in, "{rows_read} rows read of {rows_in}"),
+    }
     // Sorted; a key in two rows only when its sums reach past the exact
     // range on the way (a fold row by row closes a row at an overflow, so
     // the rows need not be fewest; they are exact).
@@ -492,6 +513,99 @@ proptest! {
         fan_in in prop::sample::select(vec![2, 3, super::spill::FAN_IN]),
     ) {
         check(inputs, grain, fan_in);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Inputs in any order (as another engine writes them), sorted before
+    /// the merge a few rows at a time (several runs merged into one) or
+    /// all at once, merge as the same rows sorted would.
+    #[test]
+    fn inputs_out_of_order_sorted_first_agree_with_the_reference(
+        inputs in inputs().prop_flat_map(|inputs| {
+            inputs
+                .into_iter()
+                .map(|(rows, sizes)| (Just(rows).prop_shuffle(), Just(sizes)))
+                .collect::<Vec<_>>()
+        }),
+        grain in prop::sample::select(vec![Grain::Minute, Grain::Hour, Grain::Day]),
+        chunk in prop::sample::select(vec![1usize, 4, 17, 1000]),
+        strings in prop::sample::select(vec![Strings::Plain, Strings::Dictionary, Strings::Mixed]),
+    ) {
+        check_sorting(inputs, grain, 3, 1, strings, Some(chunk));
+    }
+}
+
+/// Rows of one key each, at the minutes given, of one input: one batch per
+/// row, or all in one batch in the order given.
+fn minutes(decl: &TableDecl, at: &[i64], one_batch: bool) -> BatchStream {
+    let schema = arrow_schema(decl);
+    let batches: Vec<RecordBatch> = at
+        .iter()
+        .flat_map(|&m| {
+            let key = RowKey {
+                dims: vec![DimValue::Long(1), DimValue::Null, DimValue::Bool(true)],
+                ts_micros: T0 + m * MINUTE,
+            };
+            let measures = Measures(vec![
+                MeasureValue::Long(Some(1)),
+                MeasureValue::Long(Some(m)),
+                MeasureValue::Long(None),
+                MeasureValue::Long(None),
+                MeasureValue::Double(None),
+                MeasureValue::Double(None),
+                MeasureValue::Double(None),
+            ]);
+            write::to_batches(&schema, decl, Grain::Minute, &[(key, measures)]).unwrap()
+        })
+        .collect();
+    let batches = match one_batch {
+        true => vec![arrow_select::concat::concat_batches(&schema, &batches).unwrap()],
+        false => batches,
+    };
+    futures::stream::iter(batches.into_iter().map(Ok)).boxed()
+}
+
+/// An input merged as sorted that is not stops the merge with an error
+/// naming it, whether the row out of order is in the same batch as the one
+/// before it or in the next, and whether the input is merged directly or
+/// in a spilled group.
+#[test]
+fn an_input_out_of_order_stops_the_merge_naming_it() {
+    let decl = decl();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for one_batch in [true, false] {
+        for fan_in in [2, super::spill::FAN_IN] {
+            let err = rt.block_on(async {
+                let layout = Layout::new(arrow_schema(&decl), &decl, Grain::Minute).unwrap();
+                let inputs = vec![
+                    ("sorted-a".to_string(), minutes(&decl, &[1, 2, 3], false)),
+                    ("sorted-b".to_string(), minutes(&decl, &[0, 4], false)),
+                    (
+                        "the-unsorted-one".to_string(),
+                        minutes(&decl, &[1, 5, 2], one_batch),
+                    ),
+                ];
+                let mut merge = MergeReader::merge_with_fan_in(layout, inputs, fan_in, 1).await?;
+                while merge.next_batch().await?.is_some() {}
+                Ok::<_, crate::Error>(())
+            });
+            let err = err.expect_err("an input out of order is refused");
+            assert_eq!(
+                super::OutOfOrder::of(&err).map(|o| o.input.as_str()),
+                Some("the-unsorted-one"),
+                "{err}"
+            );
+            assert!(
+                err.to_string()
+                    .contains("the-unsorted-one is not in the table's key order"),
+                "{err}"
+            );
+        }
     }
 }
 
