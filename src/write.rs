@@ -497,6 +497,38 @@ mod tests {
 
     use super::*;
 
+    /// Recording a sort order changes that and nothing else of a file.
+    #[test]
+    fn a_file_recorded_in_order_keeps_every_other_field() {
+        use std::collections::HashMap;
+        let file = |order: Option<i32>| {
+            let mut b = DataFileBuilder::default();
+            b.content(iceberg::spec::DataContentType::Data)
+                .file_path("s3://b/t/data/f.parquet".to_string())
+                .file_format(DataFileFormat::Parquet)
+                .partition(Struct::from_iter([Some(Literal::int(7))]))
+                .record_count(12)
+                .file_size_in_bytes(3456)
+                .column_sizes(HashMap::from([(1, 10)]))
+                .value_counts(HashMap::from([(1, 12)]))
+                .null_value_counts(HashMap::from([(2, 1)]))
+                .nan_value_counts(HashMap::from([(3, 0)]))
+                .lower_bounds(HashMap::from([(1, Datum::long(1))]))
+                .upper_bounds(HashMap::from([(1, Datum::long(9))]))
+                .key_metadata(Some(vec![1, 2]))
+                .split_offsets(Some(vec![4]))
+                .first_row_id(Some(100))
+                .partition_spec_id(2);
+            if let Some(order) = order {
+                b.sort_order_id(order);
+            }
+            b.build().unwrap()
+        };
+        let recorded = in_order(&file(None), 2, 3).unwrap();
+        assert_eq!(recorded.sort_order_id(), Some(3));
+        assert_eq!(recorded, file(Some(3)));
+    }
+
     #[test]
     fn partition_values_match_icebergs_transforms() {
         for ts in [

@@ -20,6 +20,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
 };
 use parquet::arrow::{PARQUET_FIELD_ID_META_KEY, ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
 use super::super::state::LiveFile;
 use super::BatchStream;
@@ -58,9 +59,11 @@ pub fn read(
                 .read()
                 .await
                 .map_err(|e| Error::iceberg(format!("reading data file {path}"), e))?;
-            let found = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new())
+            let found = ParquetMetaDataReader::new()
+                .parse_and_finish(&bytes)
                 .map_err(parquet_error)?;
-            if let Some(plan) = Plan::new(found, schema, &field_ids).map_err(parquet_error)? {
+            let hinted = hinted(Arc::new(found)).map_err(parquet_error)?;
+            if let Some(plan) = Plan::new(hinted, schema, &field_ids).map_err(parquet_error)? {
                 let reader: ParquetRecordBatchReader =
                     pages::reader(bytes, &plan.metadata, plan.mask, batch_rows)
                         .map_err(parquet_error)?;
@@ -78,7 +81,8 @@ pub fn read(
             let found = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
                 .await
                 .map_err(parquet_error)?;
-            if let Some(plan) = Plan::new(found, schema, &field_ids).map_err(parquet_error)? {
+            let hinted = hinted(found.metadata().clone()).map_err(parquet_error)?;
+            if let Some(plan) = Plan::new(hinted, schema, &field_ids).map_err(parquet_error)? {
                 let stream =
                     ParquetRecordBatchStreamBuilder::new_with_metadata(reader, plan.metadata)
                         .with_projection(plan.mask)
@@ -96,9 +100,7 @@ pub fn read(
 
 /// How a file whose columns are all found by field id is read.
 struct Plan {
-    /// Its metadata, string columns read as dictionaries (no string is
-    /// copied out of a dictionary-encoded column chunk: a merge compares
-    /// and folds the keys, and copies strings only for the rows it keeps).
+    /// Its metadata, string columns read as dictionaries (see [`hinted`]).
     metadata: ArrowReaderMetadata,
     /// The columns read.
     mask: ProjectionMask,
@@ -111,16 +113,11 @@ impl Plan {
     /// `None` when a column is not found by field id (iceberg's reader
     /// handles that).
     fn new(
-        found: ArrowReaderMetadata,
+        metadata: ArrowReaderMetadata,
         schema: &IcebergSchemaRef,
         field_ids: &[i32],
     ) -> parquet::errors::Result<Option<Self>> {
-        let file_schema = found.schema().clone();
-        let id_of = |f: &Field| {
-            f.metadata()
-                .get(PARQUET_FIELD_ID_META_KEY)
-                .and_then(|id| id.parse::<i32>().ok())
-        };
+        let file_schema = metadata.schema().clone();
         let mut roots = Vec::with_capacity(field_ids.len());
         for id in field_ids {
             match file_schema
@@ -133,30 +130,9 @@ impl Plan {
             }
         }
         roots.sort_unstable();
-        let hinted: Vec<Field> = file_schema
-            .fields()
-            .iter()
-            .map(|f| match f.data_type() {
-                DataType::Utf8 => Field::new(
-                    f.name(),
-                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-                    f.is_nullable(),
-                )
-                .with_metadata(f.metadata().clone()),
-                _ => f.as_ref().clone(),
-            })
-            .collect();
-        let hint = Arc::new(Schema::new_with_metadata(
-            hinted,
-            file_schema.metadata().clone(),
-        ));
-        let metadata = ArrowReaderMetadata::try_new(
-            found.metadata().clone(),
-            ArrowReaderOptions::new().with_schema(hint),
-        )?;
         let mut fields = Vec::with_capacity(roots.len());
         for &root in &roots {
-            let f = &metadata.schema().fields()[root];
+            let f = &file_schema.fields()[root];
             let Some(current) = id_of(f).and_then(|id| schema.name_by_field_id(id)) else {
                 return Ok(None);
             };
@@ -169,6 +145,79 @@ impl Plan {
             out: Arc::new(Schema::new(fields)),
         }))
     }
+}
+
+/// A column's Iceberg field id, as its Parquet schema records it.
+fn id_of(f: &Field) -> Option<i32> {
+    f.metadata()
+        .get(PARQUET_FIELD_ID_META_KEY)
+        .and_then(|id| id.parse::<i32>().ok())
+}
+
+/// Arrow schemas of the Parquet schemas read lately (with the Arrow schema a
+/// file embeds, if any), string columns as dictionaries: the files of a
+/// table share a few schemas, and deriving one is a good part of opening a
+/// small file.
+static HINTS: std::sync::LazyLock<std::sync::Mutex<Vec<Hint>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Schemas kept in [`HINTS`], at most.
+const HINTS_KEPT: usize = 16;
+
+/// A Parquet schema, the Arrow schema its file embeds, and the Arrow schema
+/// it is read with.
+type Hint = (parquet::schema::types::TypePtr, Option<String>, Arc<Schema>);
+
+/// `metadata` ready for reading, string columns as dictionaries (no string
+/// is copied out of a dictionary-encoded column chunk: a merge compares and
+/// folds the keys, and copies strings only for the rows it keeps).
+fn hinted(metadata: Arc<ParquetMetaData>) -> parquet::errors::Result<ArrowReaderMetadata> {
+    let root = metadata.file_metadata().schema_descr().root_schema_ptr();
+    let embedded = metadata
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| {
+            kv.iter()
+                .find(|e| e.key == parquet::arrow::ARROW_SCHEMA_META_KEY)
+        })
+        .and_then(|e| e.value.clone());
+    let known = HINTS
+        .lock()
+        .expect("hints")
+        .iter()
+        .find(|(r, e, _)| *r == root && *e == embedded)
+        .map(|(_, _, hint)| hint.clone());
+    let hint = match known {
+        Some(hint) => hint,
+        None => {
+            let found = ArrowReaderMetadata::try_new(metadata.clone(), ArrowReaderOptions::new())?;
+            let file_schema = found.schema();
+            let hinted: Vec<Field> = file_schema
+                .fields()
+                .iter()
+                .map(|f| match f.data_type() {
+                    DataType::Utf8 => Field::new(
+                        f.name(),
+                        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                        f.is_nullable(),
+                    )
+                    .with_metadata(f.metadata().clone()),
+                    _ => f.as_ref().clone(),
+                })
+                .collect();
+            let hint = Arc::new(Schema::new_with_metadata(
+                hinted,
+                file_schema.metadata().clone(),
+            ));
+            let mut hints = HINTS.lock().expect("hints");
+            if hints.len() >= HINTS_KEPT {
+                hints.remove(0);
+            }
+            hints.push((root, embedded, hint.clone()));
+            hint
+        }
+    };
+    ArrowReaderMetadata::try_new(metadata, ArrowReaderOptions::new().with_schema(hint))
 }
 
 /// `batch` under the table's current names.

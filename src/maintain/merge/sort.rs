@@ -22,7 +22,7 @@ use super::{BatchStream, Layout, MergeReader, next_batch, spill};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Rows sorted in memory at once, at most.
-pub(super) const SORT_ROWS: usize = 1 << 18;
+pub(super) const SORT_ROWS: usize = 1 << 17;
 
 /// The rows of `stream` (input `name`, as read) in key order, in batches
 /// of `batch_rows`, sorted `chunk_rows` (see [`SORT_ROWS`]) at a time.
