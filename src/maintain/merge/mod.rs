@@ -467,10 +467,10 @@ impl MergeReader {
                 chunk.slot[i] = None;
                 return Step::Refill(i);
             }
-            let rows = &batch.rows;
-            let Some(next) = tree::code(rows.value(input.pos), rows.value(input.pos + 1)) else {
+            let next = batch.next[input.pos];
+            if next == tree::OUT_OF_ORDER {
                 return Step::OutOfOrder(i);
-            };
+            }
             input.seek(input.pos + 1);
             let inputs = &self.inputs;
             self.tree.advance(Some(next), |j| inputs[j].head());

@@ -135,6 +135,9 @@ pub(super) struct RunBatch {
     /// `keys` encoded in arrow's row format (byte order is key order), one
     /// value per row.
     pub rows: BinaryArray,
+    /// Per row but the last, the next row's code against it (see
+    /// [`super::tree::successors`]).
+    pub next: Vec<u64>,
     /// Folded measures in declaration order.
     pub measures: Vec<Values>,
 }
@@ -241,9 +244,11 @@ pub(super) fn collapse(
     // Dictionaries stay dictionaries: their values are encoded once, and
     // only the rows a merge keeps are hydrated (see `MergeReader::build`).
     let rows = converters.convert(&keys)?.try_into_binary()?;
+    let next = super::tree::successors(&rows);
     Ok(RunBatch {
         keys,
         rows,
+        next,
         measures,
     })
 }

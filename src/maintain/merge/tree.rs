@@ -74,6 +74,20 @@ pub(super) fn code(base: &[u8], key: &[u8]) -> Option<Code> {
     }
 }
 
+/// What [`successors`] gives a row that sorts before the one ahead of it
+/// (no code is this large).
+pub(super) const OUT_OF_ORDER: Code = Code::MAX - 1;
+
+/// Per key of `rows` but the last, the next key's code against it, or
+/// [`OUT_OF_ORDER`]: the codes a merge plays as it takes the keys in turn,
+/// made in one pass over the batch.
+pub(super) fn successors(rows: &arrow_array::BinaryArray) -> Vec<Code> {
+    use arrow_array::Array;
+    (1..rows.len())
+        .map(|r| code(rows.value(r - 1), rows.value(r)).unwrap_or(OUT_OF_ORDER))
+        .collect()
+}
+
 /// The code of `key` against a key before every key (a merge's first).
 fn code_first(key: &[u8]) -> Code {
     code_at(key, 0)
