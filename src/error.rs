@@ -178,6 +178,27 @@ impl fmt::Debug for Error {
     }
 }
 
+/// `work` run on a task of its own (so that several run on the runtime's
+/// threads at once), awaited; the task is aborted if this future is dropped
+/// first (a caller that stopped on another error leaves nothing running).
+/// A task that panicked is an internal error: "`what` stopped".
+pub async fn on_task<T: Send + 'static>(
+    what: impl fmt::Display,
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    /// Aborts its task when dropped (a no-op once the task is done).
+    struct Aborting<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for Aborting<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = Aborting(tokio::spawn(work));
+    (&mut task.0)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("{what} stopped: {e}")))?
+}
+
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source

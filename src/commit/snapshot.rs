@@ -274,16 +274,10 @@ impl SnapshotWriter {
                 carried.unchanged.push(mf);
             } else {
                 let (writer, removed) = (self.clone(), by_path.clone());
-                rewrites.push(async move {
-                    tokio::spawn(async move { writer.rewrite_removing(n, mf, &removed).await })
-                        .await
-                        .map_err(|e| {
-                            Error::new(
-                                ErrorKind::Internal,
-                                format!("rewriting a manifest stopped: {e}"),
-                            )
-                        })?
-                });
+                let what = format!("rewriting manifest {}", mf.manifest_path);
+                rewrites.push(crate::error::on_task(what, async move {
+                    writer.rewrite_removing(n, mf, &removed).await
+                }));
             }
         }
         let mut rewrites = futures::stream::iter(rewrites).buffered(super::MANIFESTS_AT_ONCE);

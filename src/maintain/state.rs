@@ -140,17 +140,8 @@ pub async fn load(table: &TableHandle) -> Result<TableState> {
         .cloned()
         .map(|mf| {
             let table = table.clone();
-            async move {
-                let path = mf.manifest_path.clone();
-                let read =
-                    tokio::spawn(async move { Ok::<_, Error>((table.manifest(&mf).await?, mf)) });
-                read.await.map_err(|e| {
-                    Error::new(
-                        ErrorKind::Internal,
-                        format!("reading manifest {path} stopped: {e}"),
-                    )
-                })?
-            }
+            let what = format!("reading manifest {}", mf.manifest_path);
+            crate::error::on_task(what, async move { Ok((table.manifest(&mf).await?, mf)) })
         });
     let mut loads = futures::stream::iter(loads).buffered(crate::commit::MANIFESTS_AT_ONCE);
     while let Some(loaded) = loads.next().await {

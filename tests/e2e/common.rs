@@ -757,9 +757,19 @@ pub async fn append_minute_rows(
     )
     .await
     .unwrap();
+    append_files(catalog, &ident, files).await
+}
+
+/// Commit `files` to table `ident` as one append (a backfill's); the
+/// snapshot's id.
+pub async fn append_files(
+    catalog: &dyn Catalog,
+    ident: &iceberg::TableIdent,
+    files: Vec<firn::commit::NewFile>,
+) -> i64 {
     firn::commit::commit(
         catalog,
-        &ident,
+        ident,
         &firn::commit::Change::append(firn::commit::FirnOperation::Backfill, files),
         firn::commit::RetryPolicy::default(),
     )

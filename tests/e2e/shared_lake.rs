@@ -601,6 +601,27 @@ async fn old_minute_rows(catalog: &dyn Catalog, lake: &Lake) {
     }
 }
 
+/// A lake on the embedded default whose table holds [`old_minute_rows`]: the
+/// lake, its catalog, the declaration and the table.
+async fn lake_with_old_minute_rows() -> (Lake, Arc<dyn Catalog>, TableDecl, iceberg::TableIdent) {
+    let lake = Lake::without_broker();
+    lake.run(&["tables", "sync"]);
+    let catalog = lake.catalog().await;
+    let decl = lake.decl();
+    let ident = tables::ident(&decl).unwrap();
+    old_minute_rows(catalog.as_ref(), &lake).await;
+    (lake, catalog, decl, ident)
+}
+
+/// PyIceberg reads the sums firn reads.
+async fn pyiceberg_reads_our_sums(catalog: &dyn Catalog, lake: &Lake) {
+    let theirs = foreign(lake, "sums", None);
+    let ours = table_sums(catalog, lake).await;
+    for m in SUMS {
+        assert_eq!(theirs[m].as_i64().unwrap(), ours[m], "PyIceberg reads {m}");
+    }
+}
+
 /// The table's whole and per-day totals (not its row count, which rollup changes).
 async fn per_day(
     catalog: &dyn Catalog,
@@ -617,12 +638,7 @@ async fn per_day(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_plans_from_another_engines_layout() {
-    let lake = Lake::without_broker();
-    lake.run(&["tables", "sync"]);
-    let catalog = lake.catalog().await;
-    let decl = lake.decl();
-    let ident = tables::ident(&decl).unwrap();
-    old_minute_rows(catalog.as_ref(), &lake).await;
+    let (lake, catalog, decl, ident) = lake_with_old_minute_rows().await;
     let before = per_day(catalog.as_ref(), &lake).await;
     assert_eq!(before.1.len(), 2);
 
@@ -659,11 +675,7 @@ async fn maintenance_plans_from_another_engines_layout() {
         state.files
     );
     assert_eq!(per_day(catalog.as_ref(), &lake).await, before);
-    let theirs = foreign(&lake, "sums", None);
-    let ours = table_sums(catalog.as_ref(), &lake).await;
-    for m in SUMS {
-        assert_eq!(theirs[m].as_i64().unwrap(), ours[m], "PyIceberg reads {m}");
-    }
+    pyiceberg_reads_our_sums(catalog.as_ref(), &lake).await;
     // And again: nothing left to do, nothing changes.
     let out = lake.run(&["rollup", "usage.http_requests"]);
     assert_eq!(per_day(catalog.as_ref(), &lake).await, before, "{out}");
@@ -677,15 +689,9 @@ async fn maintenance_plans_from_another_engines_layout() {
 /// are sorted before they are merged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_recorded_as_sorted_that_is_not_is_sorted_before_it_is_merged() {
-    use firn::commit::{Change, RetryPolicy};
     use firn::schema::layout::{self, Grain};
 
-    let lake = Lake::without_broker();
-    lake.run(&["tables", "sync"]);
-    let catalog = lake.catalog().await;
-    let decl = lake.decl();
-    let ident = tables::ident(&decl).unwrap();
-    old_minute_rows(catalog.as_ref(), &lake).await;
+    let (lake, catalog, decl, ident) = lake_with_old_minute_rows().await;
     foreign(
         &lake,
         "append",
@@ -745,14 +751,7 @@ async fn a_file_recorded_as_sorted_that_is_not_is_sorted_before_it_is_merged() {
             .await
             .unwrap();
     assert!(files.iter().all(|f| f.file.sort_order_id() == order));
-    firn::commit::commit(
-        catalog.as_ref(),
-        &ident,
-        &Change::append(FirnOperation::Backfill, files),
-        RetryPolicy::default(),
-    )
-    .await
-    .unwrap();
+    crate::common::append_files(catalog.as_ref(), &ident, files).await;
     let before = per_day(catalog.as_ref(), &lake).await;
     let state = firn::maintain::state::load(&catalog.load(&ident).await.unwrap())
         .await
@@ -791,11 +790,7 @@ async fn a_file_recorded_as_sorted_that_is_not_is_sorted_before_it_is_merged() {
         assert!(!f.path.contains("unsorted"), "{f:?}");
     }
     assert_eq!(per_day(catalog.as_ref(), &lake).await, before);
-    let theirs = foreign(&lake, "sums", None);
-    let ours = table_sums(catalog.as_ref(), &lake).await;
-    for m in SUMS {
-        assert_eq!(theirs[m].as_i64().unwrap(), ours[m], "PyIceberg reads {m}");
-    }
+    pyiceberg_reads_our_sums(catalog.as_ref(), &lake).await;
 }
 
 /// Another engine's merge-on-read delete: a position-delete file removing
@@ -956,12 +951,7 @@ async fn delete_manifests(catalog: &dyn Catalog, ident: &iceberg::TableIdent) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_engines_delete_files_are_carried_and_refused_by_rewrites() {
-    let lake = Lake::without_broker();
-    lake.run(&["tables", "sync"]);
-    let catalog = lake.catalog().await;
-    let decl = lake.decl();
-    let ident = tables::ident(&decl).unwrap();
-    old_minute_rows(catalog.as_ref(), &lake).await;
+    let (lake, catalog, _, ident) = lake_with_old_minute_rows().await;
     let before = table_sums(catalog.as_ref(), &lake).await;
 
     let delete_path = commit_position_delete(catalog.as_ref(), &ident).await;

@@ -240,20 +240,11 @@ impl MergeReader {
         let mut work = Vec::with_capacity(unsorted.len());
         for (i, name, stream) in unsorted {
             let layout = layout.clone();
-            work.push(async move {
-                let sorting = tokio::spawn(async move {
-                    let sorted =
-                        sort::sorted(&layout, &name, stream, batch_rows, sort::SORT_ROWS).await;
-                    (name, sorted)
-                });
-                let (name, sorted) = sorting.await.map_err(|e| {
-                    Error::new(
-                        ErrorKind::Internal,
-                        format!("sorting a data file stopped: {e}"),
-                    )
-                })?;
-                Ok::<_, Error>((i, name, sorted?))
-            });
+            let what = format!("sorting data file {name}");
+            work.push(crate::error::on_task(what, async move {
+                let sorted = sort::sorted(&layout, &name, stream, batch_rows, sort::SORT_ROWS);
+                Ok((i, name.clone(), sorted.await?))
+            }));
         }
         let mut sorting = futures::stream::iter(work).buffer_unordered(parallel.max(1));
         while let Some(done) = sorting.next().await {
@@ -300,21 +291,16 @@ impl MergeReader {
                 group[0].0
             );
             let layout = layout.clone();
-            work.push(async move {
-                let spilled = tokio::spawn(async move {
-                    let schema = layout.schema.clone();
-                    let mut merge = Self::merge_at_once(layout, group).await?;
-                    let mut run = spill::RunWriter::new(&schema, run_rows)?;
-                    while let Some(batch) = merge.next_batch().await? {
-                        run.write(&batch)?;
-                    }
-                    Ok::<_, Error>((run.finish()?, merge.read, merge.rows_read))
-                });
-                let (run, read, rows) = spilled.await.map_err(|e| {
-                    Error::new(ErrorKind::Internal, format!("merging {name} stopped: {e}"))
-                })??;
-                Ok::<_, Error>((name, run, read, rows))
-            });
+            let what = format!("merging {name}");
+            work.push(crate::error::on_task(what, async move {
+                let schema = layout.schema.clone();
+                let mut merge = Self::merge_at_once(layout, group).await?;
+                let mut run = spill::RunWriter::new(&schema, run_rows)?;
+                while let Some(batch) = merge.next_batch().await? {
+                    run.write(&batch)?;
+                }
+                Ok((name, run.finish()?, merge.read, merge.rows_read))
+            }));
         }
         let mut upstream = (Vec::with_capacity(total), 0);
         let mut runs = Vec::with_capacity(groups);

@@ -184,25 +184,8 @@ pub(super) fn collapse(
     name: &str,
     read: &mut DayTotals,
 ) -> Result<RunBatch> {
-    let cast = |col: &str, array: &ArrayRef, ty: &DataType| -> Result<ArrayRef> {
-        arrow_cast::cast(array, ty).map_err(|e| {
-            Error::new(
-                ErrorKind::Iceberg,
-                format!(
-                    "data file {name}: column `{col}` of type {} cannot be read as {ty}: {e}",
-                    array.data_type()
-                ),
-            )
-        })
-    };
-    let raw = |col: &str| -> Result<&ArrayRef> {
-        batch.column_by_name(col).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Iceberg,
-                format!("data file {name} has no column `{col}`"),
-            )
-        })
-    };
+    let cast = |col: &str, array: &ArrayRef, ty: &DataType| cast_column(name, col, array, ty);
+    let raw = |col: &str| raw_column(batch, name, col);
     let column = |col: &str, ty: &DataType| -> Result<ArrayRef> { cast(col, raw(col)?, ty) };
     // A dimension read as a dictionary of its type stays one until the
     // runs are found: only the run heads' strings are copied out.
@@ -250,6 +233,38 @@ pub(super) fn collapse(
         rows,
         next,
         measures,
+    })
+}
+
+/// Column `col` of `batch` (rows of input `name`).
+pub(super) fn raw_column<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+    col: &str,
+) -> Result<&'a ArrayRef> {
+    batch.column_by_name(col).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Iceberg,
+            format!("data file {name} has no column `{col}`"),
+        )
+    })
+}
+
+/// `array`, column `col` of input `name`, as `ty`.
+pub(super) fn cast_column(
+    name: &str,
+    col: &str,
+    array: &ArrayRef,
+    ty: &DataType,
+) -> Result<ArrayRef> {
+    arrow_cast::cast(array, ty).map_err(|e| {
+        Error::new(
+            ErrorKind::Iceberg,
+            format!(
+                "data file {name}: column `{col}` of type {} cannot be read as {ty}: {e}",
+                array.data_type()
+            ),
+        )
     })
 }
 

@@ -18,7 +18,7 @@ use arrow_row::{RowConverter, SortField};
 use arrow_schema::{Field, Schema};
 use futures::StreamExt;
 
-use super::{BatchStream, Layout, MergeReader, next_batch, spill};
+use super::{BatchStream, Layout, MergeReader, next_batch, runs, spill};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Rows sorted in memory at once, at most.
@@ -103,21 +103,8 @@ fn plain(layout: &Layout, name: &str, batch: &RecordBatch) -> Result<RecordBatch
         .chain(std::iter::once(&ts))
         .chain(&layout.measures);
     for (col, ty) in wanted {
-        let array = batch.column_by_name(col).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Iceberg,
-                format!("data file {name} has no column `{col}`"),
-            )
-        })?;
-        columns.push(arrow_cast::cast(array, ty).map_err(|e| {
-            Error::new(
-                ErrorKind::Iceberg,
-                format!(
-                    "data file {name}: column `{col}` of type {} cannot be read as {ty}: {e}",
-                    array.data_type()
-                ),
-            )
-        })?);
+        let array = runs::raw_column(batch, name, col)?;
+        columns.push(runs::cast_column(name, col, array, ty)?);
         fields.push(Field::new(col, ty.clone(), true));
     }
     Ok(RecordBatch::try_new(

@@ -538,6 +538,27 @@ proptest! {
     }
 }
 
+/// The one key of the hand-made tests, at minute `m` after `T0`.
+fn one_key_at(m: i64) -> RowKey {
+    RowKey {
+        dims: vec![DimValue::Long(1), DimValue::Null, DimValue::Bool(true)],
+        ts_micros: T0 + m * MINUTE,
+    }
+}
+
+/// One request of `b` bytes, every other measure null.
+fn bytes(b: i64) -> Measures {
+    Measures(vec![
+        MeasureValue::Long(Some(1)),
+        MeasureValue::Long(Some(b)),
+        MeasureValue::Long(None),
+        MeasureValue::Long(None),
+        MeasureValue::Double(None),
+        MeasureValue::Double(None),
+        MeasureValue::Double(None),
+    ])
+}
+
 /// Rows of one key each, at the minutes given, of one input: one batch per
 /// row, or all in one batch in the order given.
 fn minutes(decl: &TableDecl, at: &[i64], one_batch: bool) -> BatchStream {
@@ -545,20 +566,7 @@ fn minutes(decl: &TableDecl, at: &[i64], one_batch: bool) -> BatchStream {
     let batches: Vec<RecordBatch> = at
         .iter()
         .flat_map(|&m| {
-            let key = RowKey {
-                dims: vec![DimValue::Long(1), DimValue::Null, DimValue::Bool(true)],
-                ts_micros: T0 + m * MINUTE,
-            };
-            let measures = Measures(vec![
-                MeasureValue::Long(Some(1)),
-                MeasureValue::Long(Some(m)),
-                MeasureValue::Long(None),
-                MeasureValue::Long(None),
-                MeasureValue::Double(None),
-                MeasureValue::Double(None),
-                MeasureValue::Double(None),
-            ]);
-            write::to_batches(&schema, decl, Grain::Minute, &[(key, measures)]).unwrap()
+            write::to_batches(&schema, decl, Grain::Minute, &[(one_key_at(m), bytes(m))]).unwrap()
         })
         .collect();
     let batches = match one_batch {
@@ -611,21 +619,7 @@ fn an_input_out_of_order_stops_the_merge_naming_it() {
 
 #[test]
 fn a_sum_past_the_long_range_splits_and_totals_stay_exact() {
-    let key = |m: i64| RowKey {
-        dims: vec![DimValue::Long(1), DimValue::Null, DimValue::Bool(true)],
-        ts_micros: T0 + m * MINUTE,
-    };
-    let m = |b: i64| {
-        Measures(vec![
-            MeasureValue::Long(Some(1)),
-            MeasureValue::Long(Some(b)),
-            MeasureValue::Long(None),
-            MeasureValue::Long(None),
-            MeasureValue::Double(None),
-            MeasureValue::Double(None),
-            MeasureValue::Double(None),
-        ])
-    };
+    let (key, m) = (one_key_at, bytes);
     // Sixty minutes of one key in one input, three across inputs: each
     // would overflow an hour's sum alone.
     let one: Vec<_> = (0..60).map(|i| (key(i), m(i64::MAX / 30))).collect();
