@@ -473,11 +473,21 @@ struct ObjectRead {
 
 #[async_trait]
 impl FileRead for ObjectRead {
+    /// One range, asked for as a list of one: a local store then opens and
+    /// reads the file in one blocking call (its `get_range` makes two, and
+    /// stats the file), a remote one makes the same single request.
     async fn read(&self, range: Range<u64>) -> iceberg::Result<Bytes> {
-        self.store
-            .get_range(&self.path, range)
+        let mut got = self
+            .store
+            .get_ranges(&self.path, std::slice::from_ref(&range))
             .await
-            .map_err(|e| io_err("reading", &self.location, e))
+            .map_err(|e| io_err("reading", &self.location, e))?;
+        got.pop().ok_or_else(|| {
+            iceberg::Error::new(
+                iceberg::ErrorKind::Unexpected,
+                format!("reading {}: the store returned no bytes", self.location),
+            )
+        })
     }
 }
 

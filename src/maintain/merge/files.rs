@@ -55,8 +55,12 @@ pub fn read(
             Error::new(ErrorKind::Iceberg, format!("reading data file {path}")).with_source(e)
         };
         if file.bytes <= WHOLE_FILE_BYTES {
+            // Its size is the manifest's: one ranged read, no stat.
             let bytes = input
-                .read()
+                .reader()
+                .await
+                .map_err(|e| Error::iceberg(format!("opening data file {path}"), e))?
+                .read(0..file.bytes)
                 .await
                 .map_err(|e| Error::iceberg(format!("reading data file {path}"), e))?;
             let found = ParquetMetaDataReader::new()
