@@ -85,14 +85,6 @@ impl TableSink {
         self.decoder.decl()
     }
 
-    /// Next offset this worker expects from `partition`.
-    fn expected(&self, partition: i32) -> Option<Option<i64>> {
-        match self.batch.to.get(&partition) {
-            Some(to) => Some(Some(*to)),
-            None => self.positions.get(&partition).copied(),
-        }
-    }
-
     /// Take one record into the batch.
     pub fn consume(
         &mut self,
@@ -112,13 +104,21 @@ impl TableSink {
     /// or from a partition not held (then what it is). Its rows are
     /// aggregated by [`TableSink::aggregate`], here or on a shard thread.
     pub fn admit(&mut self, partition: i32, offset: i64, bytes: usize) -> Option<Consumed> {
-        let Some(expected) = self.expected(partition) else {
-            return Some(Consumed::NotAssigned);
-        };
-        if expected.is_some_and(|e| offset < e) {
-            return Some(Consumed::Duplicate);
+        // The partition's place in the batch is found once a record.
+        if let Some(to) = self.batch.to.get_mut(&partition) {
+            if offset < *to {
+                return Some(Consumed::Duplicate);
+            }
+            *to = offset + 1;
+        } else {
+            let Some(expected) = self.positions.get(&partition).copied() else {
+                return Some(Consumed::NotAssigned);
+            };
+            if expected.is_some_and(|e| offset < e) {
+                return Some(Consumed::Duplicate);
+            }
+            self.batch.to.insert(partition, offset + 1);
         }
-        self.batch.to.insert(partition, offset + 1);
         self.batch.records += 1;
         self.batch.bytes += bytes as u64;
         None

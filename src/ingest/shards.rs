@@ -142,8 +142,13 @@ impl Shards {
         payload: &[u8],
         window: impl FnOnce() -> (TimeWindow, i64),
     ) {
-        let Some(&t) = self.topics.get(topic) else {
-            return;
+        // One topic (the common case) is not looked up.
+        let t = match self.topics.len() {
+            1 => 0,
+            _ => match self.topics.get(topic) {
+                Some(&t) => t,
+                None => return,
+            },
         };
         let chunk = self.pending[t].get_or_insert_with(|| {
             let (window, now_micros) = window();

@@ -236,10 +236,19 @@ impl Core {
                 || self.buffered_bytes() >= self.opts.max_buffered_bytes.div_ceil(2))
     }
 
-    fn consume(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
+    /// Take one record of `topic` (`None`: the one topic subscribed to).
+    fn consume(&mut self, topic: Option<&str>, partition: i32, offset: i64, payload: &[u8]) {
         self.active = true;
         let skew = self.opts.future_skew;
-        let Some(sink) = self.sinks.get_mut(topic) else {
+        let found = match topic {
+            Some(topic) => self.sinks.get_mut(topic).map(|sink| (topic, sink)),
+            None => self
+                .sinks
+                .iter_mut()
+                .next()
+                .map(|(t, sink)| (t.as_str(), sink)),
+        };
+        let Some((topic, sink)) = found else {
             return;
         };
         if let Some(shards) = &mut self.shards {
@@ -419,6 +428,9 @@ pub(super) fn run_blocking(
     let mut stopped_idle = false;
     let mut unassigned = Unassigned::new(&opts.group, &topics);
     let mut records = 0u32;
+    // With one topic, a record's topic is not read: naming it costs a
+    // string check a record, as much as all the rest of taking it.
+    let one_topic = topics.len() == 1;
     while !stop.load(Ordering::Relaxed) {
         let polled = consumer.poll(Duration::from_millis(100));
         // The clock is read between records only so often: at millions of
@@ -430,25 +442,23 @@ pub(super) fn run_blocking(
             0
         };
         let timed = records.is_multiple_of(CLOCK_EVERY);
+        // One lock a record: rebalances (inside `poll`) and statistics
+        // take it too.
+        let mut core = consumer.context().core();
         match polled {
             None => {
-                if let Some(shards) = &mut consumer.context().core().shards {
+                if let Some(shards) = &mut core.shards {
                     shards.send_pending();
                 }
             }
             Some(Ok(msg)) => {
                 let payload = msg.payload().unwrap_or_default();
-                consumer.context().core().consume(
-                    msg.topic(),
-                    msg.partition(),
-                    msg.offset(),
-                    payload,
-                );
+                let topic = (!one_topic).then(|| msg.topic());
+                core.consume(topic, msg.partition(), msg.offset(), payload);
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => tracing::warn!(error = %e, "kafka"),
         }
-        let mut core = consumer.context().core();
         if let Some(e) = core.fatal.take() {
             return Err(e);
         }
