@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
-use firn::events::{Decoder, TimeWindow};
+use firn::events::{Decoder, Scratch, TimeWindow};
 use firn::ingest::shards::{Shards, TopicDecoding};
 use firn::produce::{EventGenerator, ProduceOptions};
 use firn::rows::{MeasureSpec, RowMap};
@@ -146,8 +146,9 @@ fn main() {
         let bytes: usize = payloads.iter().map(Vec::len).sum();
         let aggregate = || {
             let mut rows = RowMap::default();
+            let mut scratch = Scratch::default();
             for p in &payloads {
-                if let Ok(ev) = decoder.decode_ref(p, window) {
+                if let Ok(ev) = decoder.decode_into(p, window, &mut scratch) {
                     rows.add_event_ref(&spec, &ev.dims, ev.ts_micros, &ev.values);
                 }
             }
@@ -169,9 +170,10 @@ fn main() {
             out.len()
         });
         let decode = best(runs, events, || {
+            let mut scratch = Scratch::default();
             payloads
                 .iter()
-                .filter(|p| decoder.decode_ref(p, window).is_ok())
+                .filter(|p| decoder.decode_into(p, window, &mut scratch).is_ok())
                 .count()
         });
         let bare = best(runs, events, || {

@@ -123,9 +123,17 @@ pub struct DecodedEvent {
     pub values: Vec<Option<MeasureValue>>,
 }
 
+/// What [`Decoder::decode_into`] decodes into: the declared fields' values
+/// as read, and the event made of them.
+#[derive(Debug, Default)]
+pub struct Scratch<'p> {
+    slots: Slots<'p>,
+    event: EventRef<'p>,
+}
+
 /// A decoded event whose strings borrow from its payload: what ingest and
 /// backfill aggregate (see [`crate::rows::RowMap::add_event_ref`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct EventRef<'p> {
     /// Dimension values, in declaration order.
     pub dims: SmallVec<[DimRef<'p>; 8]>,
@@ -231,8 +239,32 @@ impl Decoder {
         payload: &'p [u8],
         window: TimeWindow,
     ) -> Result<EventRef<'p>, RejectReason> {
-        let mut values: Slots<'p> = (0..self.fields.len()).map(|_| None).collect();
-        self.fields(payload, &mut values)?;
+        let mut scratch = Scratch::default();
+        self.decode_into(payload, window, &mut scratch)?;
+        Ok(scratch.event)
+    }
+
+    /// Decode one record payload, borrowing its strings, into `scratch`
+    /// (kept between the records of one buffer: an event is then built
+    /// where it is read, not moved out of the decoder).
+    pub fn decode_into<'s, 'p>(
+        &self,
+        payload: &'p [u8],
+        window: TimeWindow,
+        scratch: &'s mut Scratch<'p>,
+    ) -> Result<&'s EventRef<'p>, RejectReason> {
+        let Scratch {
+            slots: values,
+            event,
+        } = scratch;
+        // Every slot empty: the readers fill only the fields they find.
+        if values.len() == self.fields.len() {
+            values.iter_mut().for_each(|v| *v = None);
+        } else {
+            values.clear();
+            values.resize_with(self.fields.len(), || None);
+        }
+        self.fields(payload, values)?;
         let get = |slot: usize| values[slot].as_ref().filter(|v| !matches!(v, Scalar::Null));
 
         let ts_field = &self.decl.event_time;
@@ -247,7 +279,8 @@ impl Decoder {
             return Err(RejectReason::TooFarInFuture(format_ms(ts_ms)));
         }
 
-        let mut dims = SmallVec::with_capacity(self.decl.dimensions.len());
+        let dims = &mut event.dims;
+        dims.clear();
         for (d, &slot) in self.decl.dimensions.iter().zip(&self.dim_slots) {
             let dv = match get(slot) {
                 None if d.optional => DimRef::Null,
@@ -271,7 +304,8 @@ impl Decoder {
             dims.push(dv);
         }
 
-        let mut out = SmallVec::with_capacity(self.decl.measures.len());
+        let out = &mut event.values;
+        out.clear();
         for (m, slot) in self.decl.measures.iter().zip(&self.measure_slots) {
             let Some(slot) = *slot else {
                 out.push(None);
@@ -301,11 +335,8 @@ impl Decoder {
         }
 
         let minute_ms = ts_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
-        Ok(EventRef {
-            dims,
-            ts_micros: minute_ms * 1000,
-            values: out,
-        })
+        event.ts_micros = minute_ms * 1000;
+        Ok(event)
     }
 
     /// The declared fields of the payload's top-level object, by slot,

@@ -580,6 +580,34 @@ proptest::proptest! {
     }
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+    /// Records decoded one after another into one scratch (as a shard
+    /// decodes a chunk) decode as each does alone: nothing of a record,
+    /// accepted or rejected, is left for the next.
+    #[test]
+    fn a_scratch_kept_between_records_leaves_nothing_behind(
+        ps in prop::collection::vec(
+            prop_oneof![
+                flat_object(false),
+                flat_object(true),
+                payload(),
+                near_valid(),
+                prop::collection::vec(any::<u8>(), 0..64),
+            ],
+            1..12,
+        ),
+    ) {
+        let (d, w) = (decoder(), window());
+        let mut scratch = Scratch::default();
+        for p in &ps {
+            let kept = d.decode_into(p, w, &mut scratch).cloned();
+            proptest::prop_assert_eq!(kept, d.decode_ref(p, w));
+        }
+    }
+}
+
 /// An event as producers write it is read by the one pass, not by the
 /// serde_json fallback.
 #[test]

@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::{Decoder, Origin, TimeWindow};
+use crate::events::{Decoder, Origin, Scratch, TimeWindow};
 use crate::rejects::RejectRecord;
 use crate::rows::{MeasureSpec, RowMap};
 use crate::telemetry::IngestMetrics;
@@ -278,10 +278,11 @@ impl ShardState {
         let (rows, rejects) = &mut self.held[chunk.topic];
         let mut rejected: HashMap<&'static str, u64> = HashMap::new();
         let mut start = 0;
+        let mut scratch = Scratch::default();
         for &(partition, offset, end) in &chunk.records {
             let payload = &chunk.payloads[start..end];
             start = end;
-            match ctx.decoder.decode_ref(payload, chunk.window) {
+            match ctx.decoder.decode_into(payload, chunk.window, &mut scratch) {
                 Ok(ev) => rows.add_event_ref(&ctx.spec, &ev.dims, ev.ts_micros, &ev.values),
                 Err(reason) => {
                     let origin = Origin::Kafka {
