@@ -49,6 +49,10 @@ impl Chunk {
 /// Events between two counts of a chunk's rows.
 const ROWS_CHECKED_EVERY: u64 = 256;
 
+/// Events between two reports of progress (each reads the clock, and
+/// redraws the bar on a terminal).
+const PROGRESS_EVERY: u64 = 4096;
+
 /// Turns input records into chunks of at most `chunk_events` events and
 /// about `chunk_rows` rows.
 pub(super) struct Loader<'a> {
@@ -114,8 +118,10 @@ impl<'a> Loader<'a> {
                 break;
             };
             self.progress.bytes += record.bytes;
-            self.progress.events = events_before + chunk.events;
-            (self.report_progress)(self.progress);
+            if chunk.events % PROGRESS_EVERY == 0 {
+                self.progress.events = events_before + chunk.events;
+                (self.report_progress)(self.progress);
+            }
             if record.is_blank_line() {
                 continue;
             }
@@ -128,6 +134,7 @@ impl<'a> Loader<'a> {
             }
         }
         self.progress.events = events_before + chunk.events;
+        (self.report_progress)(self.progress);
         Ok((chunk, eof))
     }
 

@@ -604,7 +604,7 @@ async fn write_grains(
     for (grain, rows) in rows {
         let rows = rows.sorted(&crate::rows::MeasureSpec::new(decl));
         let mut t = DayTotals::new(&Totals::new(decl));
-        for row in rows.iter() {
+        for row in rows.each_unordered() {
             t.add_row(row.ts_micros(), row.measures);
         }
         totals.add(grain, &t);

@@ -104,7 +104,7 @@ pub async fn flush(
     let rows = batch.rows.sorted(&MeasureSpec::new(&decl));
     let row_count = rows.len() as u64;
     let mut added = DayTotals::new(&Totals::new(&decl));
-    for row in rows.iter() {
+    for row in rows.each_unordered() {
         added.add_row(row.ts_micros(), row.measures);
     }
     let mut added_by_grain = ChangeTotals::default();

@@ -357,6 +357,25 @@ impl SortedRows {
         (0..self.len()).map(|i| self.get(i))
     }
 
+    /// The rows in the order they are held, not sorted: for folds that
+    /// take rows in any order (totals). Held memory is read in order, not
+    /// a row here and a row there as the sort order reads it.
+    pub fn each_unordered(&self) -> impl Iterator<Item = SortedRow<'_>> {
+        let mut kept: Vec<Vec<bool>> = self.arenas.iter().map(|a| vec![false; a.len()]).collect();
+        for p in &self.order {
+            kept[p.arena()][p.row()] = true;
+        }
+        self.arenas.iter().zip(kept).flat_map(|(arena, kept)| {
+            kept.into_iter()
+                .enumerate()
+                .filter(|&(_, k)| k)
+                .map(move |(r, _)| SortedRow {
+                    key: arena.key(r),
+                    measures: arena.measures(r),
+                })
+        })
+    }
+
     /// The rows as owned keys and measures.
     pub fn to_rows(&self) -> Vec<(RowKey, Measures)> {
         self.iter()

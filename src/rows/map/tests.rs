@@ -160,6 +160,44 @@ fn appended_maps_sort_to_the_rows_of_merged_maps() {
     }
 }
 
+/// Sorted rows taken in the order they are held are the sorted rows, each
+/// once: rows folded into another by the sort are left out.
+#[test]
+fn sorted_rows_taken_unordered_are_the_sorted_rows() {
+    let s = spec();
+    let mut map = RowMap::default();
+    for n in 0..3i64 {
+        let mut part = RowMap::default();
+        for i in 0..50i64 {
+            let key = RowKey {
+                dims: vec![
+                    DimValue::Long((i * 7 + n) % 11),
+                    DimValue::Str("cdn".into()),
+                ],
+                ts_micros: (i % 4) * 60_000_000,
+            };
+            part.add_event(
+                &s,
+                key,
+                &[None, Some(MeasureValue::Long(Some(i))), None, None],
+            );
+        }
+        map.append(part);
+    }
+    let held = map.len();
+    let sorted = map.sorted(&s);
+    assert!(
+        sorted.len() < held,
+        "the sort folded appended rows together"
+    );
+    let row = |r: SortedRow<'_>| (r.key.to_vec(), r.measures.to_vec());
+    let mut unordered: Vec<_> = sorted.each_unordered().map(row).collect();
+    let in_order: Vec<_> = sorted.iter().map(row).collect();
+    assert_ne!(unordered, in_order, "held in another order than sorted");
+    unordered.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(unordered, in_order);
+}
+
 /// Borrowed and owned keys of the same values find the same row; keys
 /// that differ only in a value's type or in null against empty do not.
 #[test]
