@@ -541,9 +541,13 @@ fn consumer_config(opts: &IngestOptions) -> rdkafka::ClientConfig {
         // librdkafka's 1 s: a worker that falls behind for a moment would
         // otherwise sit idle for the rest of that second, every time.
         ("fetch.queue.backoff.ms", "10"),
-        // Prefetch up to 16 MiB (librdkafka: 64 MiB): with fetches 10 ms
-        // apart that is ample, and a worker's memory stays with its batches.
-        ("queued.max.messages.kbytes", "16384"),
+        // Prefetch up to 8 MiB of payloads (librdkafka: 64 MiB): with
+        // fetches 10 ms apart that is ample, and a worker's memory stays
+        // with its batches. librdkafka holds about five times the payload
+        // bytes it counts (each record's op, whole decompressed message
+        // sets): at 16 MiB it held some 90 MiB, and a high-cardinality
+        // worker with frequent commits peaked over 256 MiB.
+        ("queued.max.messages.kbytes", "8192"),
     ];
     if let Some(id) = &opts.instance_id {
         settings.push(("group.instance.id", id.as_str()));
