@@ -70,7 +70,9 @@ struct Shard {
 /// N shard threads and the chunks being filled for them.
 pub struct Shards {
     shards: Vec<Shard>,
-    topics: HashMap<String, usize>,
+    /// Topic → its index, hashed with hashbrown's fast hasher (a lookup
+    /// a record).
+    topics: hashbrown::HashMap<String, usize>,
     pending: Vec<Option<Chunk>>,
     next: usize,
     /// Records handed out (pending or sent).
@@ -142,13 +144,8 @@ impl Shards {
         payload: &[u8],
         window: impl FnOnce() -> (TimeWindow, i64),
     ) {
-        // One topic (the common case) is not looked up.
-        let t = match self.topics.len() {
-            1 => 0,
-            _ => match self.topics.get(topic) {
-                Some(&t) => t,
-                None => return,
-            },
+        let Some(&t) = self.topics.get(topic) else {
+            return;
         };
         let chunk = self.pending[t].get_or_insert_with(|| {
             let (window, now_micros) = window();
