@@ -3,7 +3,6 @@
 //! of files per partition of the grain's spec. Rows arrive sorted by
 //! dimensions then `ts`; each file keeps that order.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{Float64Builder, Int64Builder};
@@ -113,16 +112,23 @@ fn to_batch(
             Some(MeasureColumn::new(field.data_type(), n))
         })
         .collect();
-    // One pass over the rows (each row's key and measures read once).
-    for row in rows {
-        let mut key = row.dims();
-        for column in &mut dims {
-            column.push(key.next_dim());
-        }
-        ts.push(row.ts_micros());
-        for (column, value) in measures.iter_mut().zip(row.measures) {
-            if let Some(column) = column {
-                column.push(*value);
+    // A few thousand rows at a time, their keys and measures are copied out
+    // first, in order: rows in sort order lie here and there in memory, and
+    // a plain copy lets those reads overlap, where decoding each row in
+    // place would wait on each in turn. Then one pass over the copies.
+    let mut copied = Copied::default();
+    for some in rows.chunks(COPY_ROWS) {
+        copied.fill(some);
+        for row in copied.rows() {
+            let mut key = row.dims();
+            for column in &mut dims {
+                column.push(key.next_dim());
+            }
+            ts.push(row.ts_micros());
+            for (column, value) in measures.iter_mut().zip(row.measures) {
+                if let Some(column) = column {
+                    column.push(*value);
+                }
             }
         }
     }
@@ -159,6 +165,42 @@ fn to_batch(
         columns.push(column.unwrap_or_else(|| new_null_array(field.data_type(), n)));
     }
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// Rows copied out together by [`to_batch`], at most.
+const COPY_ROWS: usize = 4096;
+
+/// Some rows' keys and measures, copied end to end.
+#[derive(Default)]
+struct Copied {
+    keys: Vec<u8>,
+    values: Vec<MeasureValue>,
+    /// Per row, where its key and its measures end.
+    ends: Vec<(usize, usize)>,
+}
+
+impl Copied {
+    /// Hold copies of `rows`, in order.
+    fn fill(&mut self, rows: &[SortedRow<'_>]) {
+        self.keys.clear();
+        self.values.clear();
+        self.ends.clear();
+        for row in rows {
+            self.keys.extend_from_slice(row.key());
+            self.values.extend_from_slice(row.measures);
+            self.ends.push((self.keys.len(), self.values.len()));
+        }
+    }
+
+    /// The rows held, in order.
+    fn rows(&self) -> impl Iterator<Item = SortedRow<'_>> {
+        let mut start = (0, 0);
+        self.ends.iter().map(move |&end| {
+            let row = SortedRow::new(&self.keys[start.0..end.0], &self.values[start.1..end.1]);
+            start = end;
+            row
+        })
+    }
 }
 
 /// One dimension's column being built, as the table's schema types it.
@@ -293,13 +335,7 @@ pub async fn write_rows(
     );
 
     // Split by partition, keeping the sort order within each.
-    let mut partitions: BTreeMap<i32, Vec<SortedRow<'_>>> = BTreeMap::new();
-    for row in rows.iter() {
-        partitions
-            .entry(grain.partition_ordinal(row.ts_micros()))
-            .or_default()
-            .push(row);
-    }
+    let partitions = rows.grouped_by(|ts| grain.partition_ordinal(ts));
 
     let order = layout::key_order_id(&table.metadata, decl);
     let mut files = Vec::new();

@@ -69,14 +69,22 @@ pub(super) fn shared_prefix<'k>(keys: impl Iterator<Item = &'k [u8]>, first: &[u
     })
 }
 
-/// The sixteen bytes of `key` from `at` (zeros past its end) as one number
-/// that orders as they do.
-pub(super) fn word_at(key: &[u8], at: usize) -> u128 {
-    let mut w = [0u8; 16];
+/// Bytes of a key held beside it for sorting ([`prefix_at`]).
+pub(super) const PREFIX_BYTES: usize = 32;
+
+/// The [`PREFIX_BYTES`] bytes of `key` from `at` (zeros past its end), as
+/// words that order as the bytes do: two keys whose prefixes differ order
+/// as their prefixes do.
+pub(super) fn prefix_at(key: &[u8], at: usize) -> [u64; PREFIX_BYTES / 8] {
+    let mut bytes = [0u8; PREFIX_BYTES];
     let rest = key.get(at..).unwrap_or_default();
-    let n = rest.len().min(16);
-    w[..n].copy_from_slice(&rest[..n]);
-    u128::from_be_bytes(w)
+    let n = rest.len().min(PREFIX_BYTES);
+    bytes[..n].copy_from_slice(&rest[..n]);
+    let mut words = [0u64; PREFIX_BYTES / 8];
+    for (w, b) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        *w = u64::from_be_bytes(b.try_into().expect("8 bytes"));
+    }
+    words
 }
 
 /// The bucket start of an encoded key (its last eight bytes).

@@ -5,6 +5,7 @@
 //! An event neither allocates nor copies unless its key is new (then the
 //! key's bytes are appended to the arena); sorting compares byte strings.
 
+use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
@@ -224,15 +225,17 @@ impl RowMap {
             .chain(self.appended)
             .filter(|a| a.len() > 0)
             .collect();
-        // Keys are sorted by the sixteen bytes after the prefix they all
-        // share, held beside each row (most comparisons end there, without
-        // reading the keys), then by the rest of the key.
+        // Keys are sorted by the 32 bytes after the prefix they all share,
+        // held beside each row (most comparisons end there, without reading
+        // the keys, which lie here and there in memory), then by the rest of
+        // the key.
         let shared = arenas.first().map_or(0, |a| {
             key::shared_prefix(arenas.iter().flat_map(Arena::keys), a.key(0))
         });
-        let mut order: Vec<(u128, Pos)> = Vec::with_capacity(arenas.iter().map(Arena::len).sum());
+        let mut order: Vec<([u64; key::PREFIX_BYTES / 8], Pos)> =
+            Vec::with_capacity(arenas.iter().map(Arena::len).sum());
         for (i, a) in arenas.iter().enumerate() {
-            order.extend((0..a.len()).map(|r| (key::word_at(a.key(r), shared), Pos::new(i, r))));
+            order.extend((0..a.len()).map(|r| (key::prefix_at(a.key(r), shared), Pos::new(i, r))));
         }
         let key_of = |p: Pos| &arenas[p.arena()].key(p.row())[shared..];
         order.sort_unstable_by(|(wa, a), (wb, b)| {
@@ -240,10 +243,10 @@ impl RowMap {
         });
         let mut merged: Vec<Pos> = Vec::with_capacity(order.len());
         let mut other: Vec<MeasureValue> = Vec::new();
-        let mut last_word = None;
-        for (word, p) in order {
-            let same_word = last_word.replace(word) == Some(word);
-            if same_word
+        let mut last_prefix = None;
+        for (prefix, p) in order {
+            let same_prefix = last_prefix.replace(prefix) == Some(prefix);
+            if same_prefix
                 && let Some(&last) = merged.last()
                 && arenas[last.arena()].key(last.row()) == arenas[p.arena()].key(p.row())
             {
@@ -304,6 +307,16 @@ pub struct SortedRow<'a> {
 }
 
 impl<'a> SortedRow<'a> {
+    /// The row of encoded `key` and `measures`.
+    pub(crate) fn new(key: &'a [u8], measures: &'a [MeasureValue]) -> Self {
+        Self { key, measures }
+    }
+
+    /// Its encoded key.
+    pub(crate) fn key(&self) -> &'a [u8] {
+        self.key
+    }
+
     /// The bucket start, microseconds since the epoch.
     pub fn ts_micros(&self) -> i64 {
         key::bucket_start(self.key)
@@ -374,6 +387,40 @@ impl SortedRows {
                     measures: arena.measures(r),
                 })
         })
+    }
+
+    /// The rows grouped by `group` of their bucket start, each group in
+    /// order. The groups are found in one pass over held memory in the
+    /// order it is held (reading each row's key in sort order would jump
+    /// about memory); only the rows' places are then read in sort order.
+    pub fn grouped_by<K: Ord + Copy>(
+        &self,
+        group: impl Fn(i64) -> K,
+    ) -> BTreeMap<K, Vec<SortedRow<'_>>> {
+        let groups: Vec<Vec<K>> = self
+            .arenas
+            .iter()
+            .map(|a| a.keys().map(|k| group(key::bucket_start(k))).collect())
+            .collect();
+        let mut grouped: BTreeMap<K, Vec<SortedRow<'_>>> = BTreeMap::new();
+        // Rows of one group mostly come together: the map is looked up
+        // once per run of them, not per row.
+        let mut run: Option<(K, Vec<SortedRow<'_>>)> = None;
+        for (i, &p) in self.order.iter().enumerate() {
+            let k = groups[p.arena()][p.row()];
+            match &mut run {
+                Some((at, rows)) if *at == k => rows.push(self.get(i)),
+                _ => {
+                    if let Some((at, rows)) = run.replace((k, vec![self.get(i)])) {
+                        grouped.entry(at).or_default().extend(rows);
+                    }
+                }
+            }
+        }
+        if let Some((at, rows)) = run {
+            grouped.entry(at).or_default().extend(rows);
+        }
+        grouped
     }
 
     /// The rows as owned keys and measures.

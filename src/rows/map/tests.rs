@@ -198,6 +198,47 @@ fn sorted_rows_taken_unordered_are_the_sorted_rows() {
     assert_eq!(unordered, in_order);
 }
 
+/// Sorted rows grouped by their bucket start's hour are, group by group,
+/// the sorted rows of that hour, in order.
+#[test]
+fn sorted_rows_grouped_are_the_sorted_rows_of_each_group() {
+    let s = spec();
+    let mut map = RowMap::default();
+    for n in 0..2i64 {
+        let mut part = RowMap::default();
+        for i in 0..200i64 {
+            let key = RowKey {
+                dims: vec![
+                    DimValue::Long((i * 13 + n) % 17),
+                    DimValue::Str("cdn".into()),
+                ],
+                ts_micros: (i % 7) * 1_800_000_000,
+            };
+            part.add_event(
+                &s,
+                key,
+                &[None, Some(MeasureValue::Long(Some(i))), None, None],
+            );
+        }
+        map.append(part);
+    }
+    let sorted = map.sorted(&s);
+    let hour = |ts: i64| ts.div_euclid(3_600_000_000);
+    let row = |r: &SortedRow<'_>| (r.key.to_vec(), r.measures.to_vec());
+    let grouped = sorted.grouped_by(hour);
+    assert_eq!(grouped.len(), 4, "hours 0 to 3");
+    for (h, rows) in &grouped {
+        let want: Vec<_> = sorted
+            .iter()
+            .filter(|r| hour(r.ts_micros()) == *h)
+            .map(|r| row(&r))
+            .collect();
+        let got: Vec<_> = rows.iter().map(row).collect();
+        assert_eq!(got, want, "hour {h}");
+    }
+    assert_eq!(grouped.values().map(Vec::len).sum::<usize>(), sorted.len());
+}
+
 /// Borrowed and owned keys of the same values find the same row; keys
 /// that differ only in a value's type or in null against empty do not.
 #[test]
@@ -257,8 +298,19 @@ mod arbitrary {
     fn dim_str() -> impl Strategy<Value = DimValue> {
         prop_oneof![
             Just(DimValue::Null),
-            prop::sample::select(vec!["", "a", "a\0", "\0", "b\u{e9}"])
-                .prop_map(|s| DimValue::Str(s.into())),
+            // Long strings that differ only past the bytes held beside a
+            // key for sorting, or not at all, so the sort reads the keys.
+            prop::sample::select(vec![
+                "".to_string(),
+                "a".into(),
+                "a\0".into(),
+                "\0".into(),
+                "b\u{e9}".into(),
+                "x".repeat(40),
+                format!("{}a", "x".repeat(40)),
+                format!("{}\0b", "x".repeat(40)),
+            ])
+            .prop_map(|s| DimValue::Str(s.into())),
         ]
     }
 
