@@ -81,24 +81,51 @@ pub(super) struct Lines {
     reader: Box<dyn BufRead + Send>,
     /// The number of the line last read.
     line: i64,
+    /// The last line, when it was copied out of the reader's buffer.
     buf: Vec<u8>,
+    /// The length of the last line, when it was handed out from the
+    /// reader's buffer (consumed at the next read).
+    in_buffer: usize,
 }
 
 impl Source for Lines {
     fn next(&mut self) -> Result<Option<SourceRecord<'_>>> {
-        self.buf.clear();
-        let n = self.reader.read_until(b'\n', &mut self.buf).map_err(|e| {
-            Error::new(
-                ErrorKind::Io,
-                format!("reading {} at line {}", self.location, self.line + 1),
-            )
-            .with_source(e)
-        })?;
+        let failed = |location: &str, line: i64| {
+            let what = format!("reading {location} at line {}", line + 1);
+            move |e| Error::new(ErrorKind::Io, what).with_source(e)
+        };
+        // The line handed out last lies in the reader's buffer until now.
+        self.reader.consume(std::mem::take(&mut self.in_buffer));
+        let available = self
+            .reader
+            .fill_buf()
+            .map_err(failed(&self.location, self.line))?;
+        let whole = memchr::memchr(b'\n', available);
+        let (line, n): (&[u8], usize) = match whole {
+            // A line whole in the buffer is handed out from there.
+            Some(end) => {
+                self.in_buffer = end + 1;
+                let available = self
+                    .reader
+                    .fill_buf()
+                    .map_err(failed(&self.location, self.line))?;
+                (&available[..end], end + 1)
+            }
+            // One that runs past it (or the last, unended) is copied out.
+            None => {
+                self.buf.clear();
+                let n = self
+                    .reader
+                    .read_until(b'\n', &mut self.buf)
+                    .map_err(failed(&self.location, self.line))?;
+                let line = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+                (line, n)
+            }
+        };
         if n == 0 {
             return Ok(None);
         }
         self.line += 1;
-        let line = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         Ok(Some(SourceRecord {
             origin: Origin::Line {
@@ -150,14 +177,134 @@ pub(super) async fn open(file: &InputFile, storage: &ObjectStoreStorage, at: i64
     } else {
         raw
     };
+    // A compressed file is decompressed on a thread of its own, a few
+    // blocks ahead of the decoding.
+    let decoded: Box<dyn Read + Send> =
+        if name.ends_with(".gz") || name.ends_with(".zst") || name.ends_with(".zstd") {
+            Box::new(ReadAhead::start(&file.location, decoded)?)
+        } else {
+            decoded
+        };
     let mut lines = Lines {
         location: file.location.clone(),
         reader: Box::new(BufReader::with_capacity(1 << 20, decoded)),
         line: 0,
         buf: Vec::new(),
+        in_buffer: 0,
     };
     while lines.line < at && lines.next()?.is_some() {}
     Ok(lines)
+}
+
+/// Bytes read from a reader on a thread of its own, [`READ_AHEAD_BLOCKS`]
+/// blocks of [`READ_AHEAD_BYTES`] ahead at most: the thread stops when
+/// the reader ends or fails (the error is passed on in order), or when this
+/// is dropped. Blocks read are handed back to be filled again, so the
+/// thread allocates only the few it needs.
+struct ReadAhead {
+    blocks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    emptied: std::sync::mpsc::Sender<Vec<u8>>,
+    block: std::io::Cursor<Vec<u8>>,
+    /// The reader ended (`Some(true)`: it failed, and the failure was
+    /// passed on).
+    ended: Option<bool>,
+}
+
+/// Blocks a [`ReadAhead`] holds ready, at most.
+const READ_AHEAD_BLOCKS: usize = 4;
+
+/// Bytes per [`ReadAhead`] block, at most.
+const READ_AHEAD_BYTES: usize = 1 << 20;
+
+impl ReadAhead {
+    fn start(location: &str, mut inner: Box<dyn Read + Send>) -> Result<Self> {
+        let (send, blocks) = std::sync::mpsc::sync_channel(READ_AHEAD_BLOCKS);
+        let (emptied, reuse) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::Builder::new()
+            .name("firn-read".into())
+            .spawn(move || {
+                loop {
+                    let mut block = reuse.try_recv().unwrap_or_default();
+                    block.resize(READ_AHEAD_BYTES, 0);
+                    let (n, failed) = fill(&mut inner, &mut block);
+                    block.truncate(n);
+                    // A closed channel: the reading side is gone.
+                    if n > 0 && send.send(Ok(block)).is_err() {
+                        return;
+                    }
+                    match failed {
+                        Some(e) => {
+                            let _ = send.send(Err(e));
+                            return;
+                        }
+                        // The end: an empty block says so.
+                        None if n == 0 => {
+                            let _ = send.send(Ok(Vec::new()));
+                            return;
+                        }
+                        None => {}
+                    }
+                }
+            })
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("starting a thread to read {location}"),
+                )
+                .with_source(e)
+            })?;
+        Ok(Self {
+            blocks,
+            emptied,
+            block: std::io::Cursor::new(Vec::new()),
+            ended: None,
+        })
+    }
+}
+
+/// Read from `inner` until `block` is full, `inner` ends or it fails: the
+/// bytes read, and the failure.
+fn fill(inner: &mut dyn Read, block: &mut [u8]) -> (usize, Option<std::io::Error>) {
+    let mut n = 0;
+    while n < block.len() {
+        match inner.read(&mut block[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (n, Some(e)),
+        }
+    }
+    (n, None)
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.block.read(out)?;
+            match self.ended {
+                _ if n > 0 || out.is_empty() => return Ok(n),
+                Some(false) => return Ok(0),
+                Some(true) => return Err(std::io::Error::other("reading failed earlier")),
+                None => {}
+            }
+            let failed = |e| (Some(true), Err(e));
+            let (ended, result) = match self.blocks.recv() {
+                Ok(Ok(block)) if block.is_empty() => (Some(false), Ok(0)),
+                Ok(Ok(block)) => {
+                    let read = std::mem::replace(&mut self.block, std::io::Cursor::new(block));
+                    // The thread may have stopped; the block is then dropped.
+                    let _ = self.emptied.send(read.into_inner());
+                    continue;
+                }
+                Ok(Err(e)) => failed(e),
+                Err(_) => failed(std::io::Error::other(
+                    "the thread reading ahead stopped early",
+                )),
+            };
+            self.ended = ended;
+            return result;
+        }
+    }
 }
 
 /// A Parquet file's rows as NDJSON, one object per row with every column
@@ -231,4 +378,98 @@ fn parquet_to_ndjson(location: &str, bytes: bytes::Bytes) -> Result<Vec<u8>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// Bytes in pieces of odd sizes, then an error if `fail`, and a flag
+    /// set when the reader is dropped.
+    struct Pieces {
+        bytes: Vec<u8>,
+        at: usize,
+        fail: bool,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl Read for Pieces {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            if self.at == self.bytes.len() {
+                return match self.fail {
+                    true => Err(std::io::Error::other("corrupt input")),
+                    false => Ok(0),
+                };
+            }
+            let n = out.len().min(7919).min(self.bytes.len() - self.at);
+            out[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    impl Drop for Pieces {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn pieces(len: usize, fail: bool) -> (Vec<u8>, Box<dyn Read + Send>, Arc<AtomicBool>) {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let reader = Pieces {
+            bytes: bytes.clone(),
+            at: 0,
+            fail,
+            dropped: dropped.clone(),
+        };
+        (bytes, Box::new(reader), dropped)
+    }
+
+    #[test]
+    fn reading_ahead_passes_every_byte_in_order() {
+        for len in [0, 1, READ_AHEAD_BYTES, 3 * READ_AHEAD_BYTES + 12_345] {
+            let (bytes, reader, _) = pieces(len, false);
+            let mut read = Vec::new();
+            ReadAhead::start("input", reader)
+                .unwrap()
+                .read_to_end(&mut read)
+                .unwrap();
+            assert_eq!(read.len(), bytes.len());
+            assert!(read == bytes, "bytes differ for a {len}-byte input");
+        }
+    }
+
+    #[test]
+    fn reading_ahead_passes_an_error_on_after_the_bytes_before_it() {
+        let (bytes, reader, _) = pieces(2 * READ_AHEAD_BYTES + 5, true);
+        let mut ahead = ReadAhead::start("input", reader).unwrap();
+        let mut read = vec![0; bytes.len()];
+        ahead.read_exact(&mut read).unwrap();
+        assert!(read == bytes);
+        let e = ahead.read(&mut [0; 16]).unwrap_err();
+        assert_eq!(e.to_string(), "corrupt input");
+        // It is not taken for the end of the input afterwards.
+        assert!(ahead.read(&mut [0; 16]).is_err());
+    }
+
+    #[test]
+    fn dropping_a_read_ahead_stops_its_thread() {
+        let (_, reader, dropped) = pieces(64 * READ_AHEAD_BYTES, false);
+        let mut ahead = ReadAhead::start("input", reader).unwrap();
+        ahead.read_exact(&mut [0; 1000]).unwrap();
+        drop(ahead);
+        // The thread drops the reader once it finds no one reading.
+        for _ in 0..500 {
+            if dropped.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the reading thread still holds its reader");
+    }
 }
