@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::source::{Source, SourceRecord};
 use super::{BackfillOptions, BackfillReport, Progress};
 use crate::error::Result;
-use crate::events::{Decoder, EventRef, Origin, RejectReason, TimeWindow};
+use crate::events::{Decoder, EventRef, Origin, RejectReason, Scratch, TimeWindow};
 use crate::maintain::plan::due_grain;
 use crate::rejects::RejectRecord;
 use crate::rows::{MeasureSpec, Measures, RowMap};
@@ -143,9 +143,11 @@ impl<'a> Loader<'a> {
     /// meant to hold the range), and left out of a topic (which holds every
     /// time).
     fn take(&mut self, chunk: &mut Chunk, record: &SourceRecord<'_>) {
+        // Decoded in place, not moved out of the decoder.
+        let mut scratch = Scratch::default();
         let decoded = self
             .decoder
-            .decode_ref(record.payload, self.window)
+            .decode_into(record.payload, self.window, &mut scratch)
             .and_then(|ev| {
                 let ts = ev.ts_micros;
                 match self.replaced {
@@ -170,7 +172,7 @@ impl<'a> Loader<'a> {
     }
 
     /// Add an event at the grain the table's policy gives its age.
-    fn add(&mut self, chunk: &mut Chunk, ev: EventRef<'_>) {
+    fn add(&mut self, chunk: &mut Chunk, ev: &EventRef<'_>) {
         let minute = Grain::Minute.partition_ordinal(ev.ts_micros);
         let grain = due_grain(&self.decl.policy, self.now_micros, Grain::Minute, minute);
         let ts_micros = grain.truncate(ev.ts_micros);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use iceberg::TableIdent;
 
 use super::flush::FlushJob;
-use crate::events::{Decoder, Origin, TimeWindow};
+use crate::events::{Decoder, Origin, Scratch, TimeWindow};
 use crate::rejects::RejectRecord;
 use crate::rows::{MeasureSpec, RowMap};
 use crate::schema::decl::TableDecl;
@@ -133,7 +133,9 @@ impl TableSink {
         window: TimeWindow,
         now_micros: i64,
     ) -> Consumed {
-        match self.decoder.decode_ref(payload, window) {
+        // Decoded in place, not moved out of the decoder.
+        let mut scratch = Scratch::default();
+        match self.decoder.decode_into(payload, window, &mut scratch) {
             Ok(ev) => {
                 self.batch
                     .rows
