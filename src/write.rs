@@ -28,7 +28,7 @@ use crate::catalog::TableHandle;
 use crate::commit::NewFile;
 use crate::error::{Error, Result};
 use crate::rows::key::KeyDim;
-use crate::rows::{MeasureValue, Measures, RowKey, SortedRow, SortedRows};
+use crate::rows::{MeasureValue, Measures, RowCopies, RowKey, SortedRow, SortedRows};
 use crate::schema::decl::TableDecl;
 use crate::schema::layout::{self, Grain};
 
@@ -116,7 +116,7 @@ fn to_batch(
     // first, in order: rows in sort order lie here and there in memory, and
     // a plain copy lets those reads overlap, where decoding each row in
     // place would wait on each in turn. Then one pass over the copies.
-    let mut copied = Copied::default();
+    let mut copied = RowCopies::default();
     for some in rows.chunks(COPY_ROWS) {
         copied.fill(some);
         for row in copied.rows() {
@@ -169,39 +169,6 @@ fn to_batch(
 
 /// Rows copied out together by [`to_batch`], at most.
 const COPY_ROWS: usize = 4096;
-
-/// Some rows' keys and measures, copied end to end.
-#[derive(Default)]
-struct Copied {
-    keys: Vec<u8>,
-    values: Vec<MeasureValue>,
-    /// Per row, where its key and its measures end.
-    ends: Vec<(usize, usize)>,
-}
-
-impl Copied {
-    /// Hold copies of `rows`, in order.
-    fn fill(&mut self, rows: &[SortedRow<'_>]) {
-        self.keys.clear();
-        self.values.clear();
-        self.ends.clear();
-        for row in rows {
-            self.keys.extend_from_slice(row.key());
-            self.values.extend_from_slice(row.measures);
-            self.ends.push((self.keys.len(), self.values.len()));
-        }
-    }
-
-    /// The rows held, in order.
-    fn rows(&self) -> impl Iterator<Item = SortedRow<'_>> {
-        let mut start = (0, 0);
-        self.ends.iter().map(move |&end| {
-            let row = SortedRow::new(&self.keys[start.0..end.0], &self.values[start.1..end.1]);
-            start = end;
-            row
-        })
-    }
-}
 
 /// One dimension's column being built, as the table's schema types it.
 enum DimColumn {

@@ -105,6 +105,8 @@ impl Source for Lines {
             // A line whole in the buffer is handed out from there.
             Some(end) => {
                 self.in_buffer = end + 1;
+                // The buffer again (nothing is read): the search's borrow
+                // of it has ended.
                 let available = self
                     .reader
                     .fill_buf()
@@ -205,9 +207,16 @@ struct ReadAhead {
     blocks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     emptied: std::sync::mpsc::Sender<Vec<u8>>,
     block: std::io::Cursor<Vec<u8>>,
-    /// The reader ended (`Some(true)`: it failed, and the failure was
-    /// passed on).
-    ended: Option<bool>,
+    state: Ahead,
+}
+
+/// Where a [`ReadAhead`]'s reader is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ahead {
+    Reading,
+    Ended,
+    /// It failed, and the failure was passed on.
+    Failed,
 }
 
 /// Blocks a [`ReadAhead`] holds ready, at most.
@@ -257,7 +266,7 @@ impl ReadAhead {
             blocks,
             emptied,
             block: std::io::Cursor::new(Vec::new()),
-            ended: None,
+            state: Ahead::Reading,
         })
     }
 }
@@ -281,28 +290,32 @@ impl Read for ReadAhead {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         loop {
             let n = self.block.read(out)?;
-            match self.ended {
-                _ if n > 0 || out.is_empty() => return Ok(n),
-                Some(false) => return Ok(0),
-                Some(true) => return Err(std::io::Error::other("reading failed earlier")),
-                None => {}
+            if n > 0 || out.is_empty() {
+                return Ok(n);
             }
-            let failed = |e| (Some(true), Err(e));
-            let (ended, result) = match self.blocks.recv() {
-                Ok(Ok(block)) if block.is_empty() => (Some(false), Ok(0)),
+            match self.state {
+                Ahead::Ended => return Ok(0),
+                Ahead::Failed => return Err(std::io::Error::other("reading failed earlier")),
+                Ahead::Reading => {}
+            }
+            match self.blocks.recv() {
+                Ok(Ok(block)) if block.is_empty() => self.state = Ahead::Ended,
                 Ok(Ok(block)) => {
                     let read = std::mem::replace(&mut self.block, std::io::Cursor::new(block));
                     // The thread may have stopped; the block is then dropped.
                     let _ = self.emptied.send(read.into_inner());
-                    continue;
                 }
-                Ok(Err(e)) => failed(e),
-                Err(_) => failed(std::io::Error::other(
-                    "the thread reading ahead stopped early",
-                )),
-            };
-            self.ended = ended;
-            return result;
+                Ok(Err(e)) => {
+                    self.state = Ahead::Failed;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.state = Ahead::Failed;
+                    return Err(std::io::Error::other(
+                        "the thread reading ahead stopped early",
+                    ));
+                }
+            }
         }
     }
 }

@@ -47,6 +47,21 @@ impl Arena {
         &mut self.values[row * self.width..(row + 1) * self.width]
     }
 
+    /// Hold no rows (keeping the memory).
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.spans.clear();
+        self.values.clear();
+    }
+
+    /// Row `r`.
+    fn row(&self, r: usize) -> SortedRow<'_> {
+        SortedRow {
+            key: self.key(r),
+            measures: self.measures(r),
+        }
+    }
+
     /// A new row of `key` holding `measures`; its index.
     fn push(&mut self, key: &[u8], measures: &[MeasureValue]) -> usize {
         if self.spans.is_empty() {
@@ -298,6 +313,27 @@ impl Pos {
     }
 }
 
+/// Copies of some sorted rows, end to end in one arena, in order: read
+/// again and again, they are read from one place instead of from wherever
+/// the sort left each.
+#[derive(Debug, Default)]
+pub(crate) struct RowCopies(Arena);
+
+impl RowCopies {
+    /// Hold copies of `rows` (and nothing else), in order.
+    pub(crate) fn fill(&mut self, rows: &[SortedRow<'_>]) {
+        self.0.clear();
+        for row in rows {
+            self.0.push(row.key, row.measures);
+        }
+    }
+
+    /// The rows held, in order.
+    pub(crate) fn rows(&self) -> impl Iterator<Item = SortedRow<'_>> {
+        (0..self.0.len()).map(|r| self.0.row(r))
+    }
+}
+
 /// One row of [`SortedRows`]: its encoded key and measures.
 #[derive(Debug, Clone, Copy)]
 pub struct SortedRow<'a> {
@@ -307,16 +343,6 @@ pub struct SortedRow<'a> {
 }
 
 impl<'a> SortedRow<'a> {
-    /// The row of encoded `key` and `measures`.
-    pub(crate) fn new(key: &'a [u8], measures: &'a [MeasureValue]) -> Self {
-        Self { key, measures }
-    }
-
-    /// Its encoded key.
-    pub(crate) fn key(&self) -> &'a [u8] {
-        self.key
-    }
-
     /// The bucket start, microseconds since the epoch.
     pub fn ts_micros(&self) -> i64 {
         key::bucket_start(self.key)
@@ -358,11 +384,7 @@ impl SortedRows {
     /// Row `i` of the order.
     pub fn get(&self, i: usize) -> SortedRow<'_> {
         let p = self.order[i];
-        let arena = &self.arenas[p.arena()];
-        SortedRow {
-            key: arena.key(p.row()),
-            measures: arena.measures(p.row()),
-        }
+        self.arenas[p.arena()].row(p.row())
     }
 
     /// The rows in order.
@@ -382,10 +404,7 @@ impl SortedRows {
             kept.into_iter()
                 .enumerate()
                 .filter(|&(_, k)| k)
-                .map(move |(r, _)| SortedRow {
-                    key: arena.key(r),
-                    measures: arena.measures(r),
-                })
+                .map(move |(r, _)| arena.row(r))
         })
     }
 
@@ -403,22 +422,9 @@ impl SortedRows {
             .map(|a| a.keys().map(|k| group(key::bucket_start(k))).collect())
             .collect();
         let mut grouped: BTreeMap<K, Vec<SortedRow<'_>>> = BTreeMap::new();
-        // Rows of one group mostly come together: the map is looked up
-        // once per run of them, not per row.
-        let mut run: Option<(K, Vec<SortedRow<'_>>)> = None;
         for (i, &p) in self.order.iter().enumerate() {
             let k = groups[p.arena()][p.row()];
-            match &mut run {
-                Some((at, rows)) if *at == k => rows.push(self.get(i)),
-                _ => {
-                    if let Some((at, rows)) = run.replace((k, vec![self.get(i)])) {
-                        grouped.entry(at).or_default().extend(rows);
-                    }
-                }
-            }
-        }
-        if let Some((at, rows)) = run {
-            grouped.entry(at).or_default().extend(rows);
+            grouped.entry(k).or_default().push(self.get(i));
         }
         grouped
     }

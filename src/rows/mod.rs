@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::schema::decl::{Agg, MeasureType, TableDecl};
 
+pub(crate) use self::map::RowCopies;
 pub use self::map::{RowMap, SortedRow, SortedRows};
 
 pub(crate) mod key;

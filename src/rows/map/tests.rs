@@ -160,30 +160,41 @@ fn appended_maps_sort_to_the_rows_of_merged_maps() {
     }
 }
 
-/// Sorted rows taken in the order they are held are the sorted rows, each
-/// once: rows folded into another by the sort are left out.
-#[test]
-fn sorted_rows_taken_unordered_are_the_sorted_rows() {
-    let s = spec();
+/// `parts` maps of `events` events each, appended into one: event `i` of
+/// part `n` has the account and bucket start `key(n, i)`, colo `cdn`, and
+/// `i` bytes.
+fn appended(
+    s: &MeasureSpec,
+    parts: i64,
+    events: i64,
+    key: impl Fn(i64, i64) -> (i64, i64),
+) -> RowMap {
     let mut map = RowMap::default();
-    for n in 0..3i64 {
+    for n in 0..parts {
         let mut part = RowMap::default();
-        for i in 0..50i64 {
+        for i in 0..events {
+            let (account, ts_micros) = key(n, i);
             let key = RowKey {
-                dims: vec![
-                    DimValue::Long((i * 7 + n) % 11),
-                    DimValue::Str("cdn".into()),
-                ],
-                ts_micros: (i % 4) * 60_000_000,
+                dims: vec![DimValue::Long(account), DimValue::Str("cdn".into())],
+                ts_micros,
             };
             part.add_event(
-                &s,
+                s,
                 key,
                 &[None, Some(MeasureValue::Long(Some(i))), None, None],
             );
         }
         map.append(part);
     }
+    map
+}
+
+/// Sorted rows taken in the order they are held are the sorted rows, each
+/// once: rows folded into another by the sort are left out.
+#[test]
+fn sorted_rows_taken_unordered_are_the_sorted_rows() {
+    let s = spec();
+    let map = appended(&s, 3, 50, |n, i| ((i * 7 + n) % 11, (i % 4) * 60_000_000));
     let held = map.len();
     let sorted = map.sorted(&s);
     assert!(
@@ -203,25 +214,9 @@ fn sorted_rows_taken_unordered_are_the_sorted_rows() {
 #[test]
 fn sorted_rows_grouped_are_the_sorted_rows_of_each_group() {
     let s = spec();
-    let mut map = RowMap::default();
-    for n in 0..2i64 {
-        let mut part = RowMap::default();
-        for i in 0..200i64 {
-            let key = RowKey {
-                dims: vec![
-                    DimValue::Long((i * 13 + n) % 17),
-                    DimValue::Str("cdn".into()),
-                ],
-                ts_micros: (i % 7) * 1_800_000_000,
-            };
-            part.add_event(
-                &s,
-                key,
-                &[None, Some(MeasureValue::Long(Some(i))), None, None],
-            );
-        }
-        map.append(part);
-    }
+    let map = appended(&s, 2, 200, |n, i| {
+        ((i * 13 + n) % 17, (i % 7) * 1_800_000_000)
+    });
     let sorted = map.sorted(&s);
     let hour = |ts: i64| ts.div_euclid(3_600_000_000);
     let row = |r: &SortedRow<'_>| (r.key.to_vec(), r.measures.to_vec());
