@@ -308,18 +308,17 @@ pub async fn write_rows(
     let mut files = Vec::new();
     for (ordinal, part_rows) in partitions {
         let key = partition_key(table, grain, ordinal)?;
-        let batches = sorted_batches(&arrow_schema, decl, grain, &part_rows)?;
-        files.extend(
-            write_batches(
-                table,
-                Some(key),
-                grain.as_str(),
-                batches,
-                target_file_size,
-                order,
-            )
-            .await?,
-        );
+        let mut writer =
+            PartitionWriter::open(table, Some(key), grain.as_str(), target_file_size, order)
+                .await?;
+        // Each batch is written as soon as it is built: the partition's
+        // rows are never held as columns all at once.
+        for some in part_rows.chunks(BATCH_ROWS) {
+            writer
+                .write(to_batch(&arrow_schema, decl, grain, some)?)
+                .await?;
+        }
+        files.extend(writer.close().await?);
     }
     Ok(files)
 }

@@ -3,10 +3,12 @@
 //! it was read), with the totals and partitions the report shows.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::source::{Source, SourceRecord};
 use super::{BackfillOptions, BackfillReport, Progress};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Decoder, EventRef, Origin, RejectReason, Scratch, TimeWindow};
 use crate::maintain::plan::due_grain;
 use crate::rejects::RejectRecord;
@@ -46,6 +48,33 @@ impl Chunk {
     }
 }
 
+/// A chunk being read on a thread of its own (see [`Loader::read_ahead`]);
+/// dropped unread, it stops reading within [`PROGRESS_EVERY`] events.
+pub(super) struct Reading {
+    task: tokio::task::JoinHandle<(Loader, Box<dyn Source>, Result<Read>)>,
+    stop: Arc<AtomicBool>,
+}
+
+/// A chunk, and whether its source ended.
+type Read = (Chunk, bool);
+
+impl Reading {
+    /// The chunk read, whether its source ended, and the loader and source
+    /// back (the source at the position after the chunk's last record).
+    pub async fn chunk(mut self) -> Result<(Loader, Box<dyn Source>, Read)> {
+        let (loader, source, read) = (&mut self.task).await.map_err(|e| {
+            Error::new(ErrorKind::Internal, "reading a backfill's input failed").with_source(e)
+        })?;
+        Ok((loader, source, read?))
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Events between two counts of a chunk's rows.
 const ROWS_CHECKED_EVERY: u64 = 256;
 
@@ -53,10 +82,14 @@ const ROWS_CHECKED_EVERY: u64 = 256;
 /// redraws the bar on a terminal).
 const PROGRESS_EVERY: u64 = 4096;
 
+/// How a backfill reports its progress (called from the thread that reads
+/// its input).
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
 /// Turns input records into chunks of at most `chunk_events` events and
 /// about `chunk_rows` rows.
-pub(super) struct Loader<'a> {
-    decl: &'a TableDecl,
+pub(super) struct Loader {
+    decl: TableDecl,
     pub spec: MeasureSpec,
     decoder: Decoder,
     window: TimeWindow,
@@ -70,22 +103,25 @@ pub(super) struct Loader<'a> {
     totals: Measures,
     /// Partitions written, per grain.
     partitions: BTreeMap<Grain, BTreeSet<i32>>,
+    /// The partition of the event before (consecutive events mostly share
+    /// one: the set is only looked up when it changes).
+    last_partition: Option<(Grain, i32)>,
     /// What was last reported.
     progress: Progress,
-    report_progress: &'a (dyn Fn(Progress) + Sync),
+    report_progress: ProgressFn,
 }
 
-impl<'a> Loader<'a> {
+impl Loader {
     /// A loader for `decl` reading `total_bytes` of input.
     pub fn new(
-        decl: &'a TableDecl,
+        decl: &TableDecl,
         opts: &BackfillOptions,
         total_bytes: u64,
-        report_progress: &'a (dyn Fn(Progress) + Sync),
+        report_progress: ProgressFn,
     ) -> Self {
         let spec = MeasureSpec::new(decl);
         Self {
-            decl,
+            decl: decl.clone(),
             decoder: Decoder::new(decl.clone()),
             window: TimeWindow::new(opts.now, decl, opts.future_skew),
             now_micros: opts.now.timestamp_micros(),
@@ -97,6 +133,7 @@ impl<'a> Loader<'a> {
             totals: spec.empty(),
             spec,
             partitions: BTreeMap::new(),
+            last_partition: None,
             progress: Progress {
                 bytes: 0,
                 total_bytes,
@@ -106,8 +143,9 @@ impl<'a> Loader<'a> {
         }
     }
 
-    /// The next chunk of `source`, and whether `source` ended.
-    pub fn read_chunk(&mut self, source: &mut dyn Source) -> Result<(Chunk, bool)> {
+    /// The next chunk of `source`, and whether `source` ended; cut short
+    /// (and to be thrown away) once `stop` is set.
+    pub fn read_chunk(&mut self, source: &mut dyn Source, stop: &AtomicBool) -> Result<Read> {
         let mut chunk = Chunk::default();
         // Progress counts the events of the chunks this run reads.
         let events_before = self.progress.events;
@@ -121,6 +159,9 @@ impl<'a> Loader<'a> {
             if chunk.events % PROGRESS_EVERY == 0 {
                 self.progress.events = events_before + chunk.events;
                 (self.report_progress)(self.progress);
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
             }
             if record.is_blank_line() {
                 continue;
@@ -136,6 +177,18 @@ impl<'a> Loader<'a> {
         self.progress.events = events_before + chunk.events;
         (self.report_progress)(self.progress);
         Ok((chunk, eof))
+    }
+
+    /// Read the next chunk of `source` on a thread of the blocking pool,
+    /// so that the chunk before it is written and committed meanwhile.
+    pub fn read_ahead(mut self, mut source: Box<dyn Source>) -> Reading {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let read = self.read_chunk(source.as_mut(), &stopped);
+            (self, source, read)
+        });
+        Reading { task, stop }
     }
 
     /// Decode one record into `chunk`: a row, or a reject. Replacing a
@@ -176,10 +229,14 @@ impl<'a> Loader<'a> {
         let minute = Grain::Minute.partition_ordinal(ev.ts_micros);
         let grain = due_grain(&self.decl.policy, self.now_micros, Grain::Minute, minute);
         let ts_micros = grain.truncate(ev.ts_micros);
-        self.partitions
-            .entry(grain)
-            .or_default()
-            .insert(grain.partition_ordinal(ts_micros));
+        let partition = (grain, grain.partition_ordinal(ts_micros));
+        if self.last_partition != Some(partition) {
+            self.last_partition = Some(partition);
+            self.partitions
+                .entry(grain)
+                .or_default()
+                .insert(partition.1);
+        }
         self.spec.add_event_saturating(&mut self.totals, &ev.values);
         chunk
             .rows
@@ -195,6 +252,9 @@ impl<'a> Loader<'a> {
             .into_iter()
             .map(|(g, p)| (g.as_str().to_string(), p.len()))
             .collect();
-        report.totals = self.totals.by_name(self.decl);
+        report.totals = self.totals.by_name(&self.decl);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -90,16 +90,20 @@ pub(super) struct Lines {
 
 impl Source for Lines {
     fn next(&mut self) -> Result<Option<SourceRecord<'_>>> {
-        let failed = |location: &str, line: i64| {
-            let what = format!("reading {location} at line {}", line + 1);
-            move |e| Error::new(ErrorKind::Io, what).with_source(e)
+        // The message is only made when a read fails (not for every line).
+        let failed = |location: &str, line: i64, e: std::io::Error| {
+            Error::new(
+                ErrorKind::Io,
+                format!("reading {location} at line {}", line + 1),
+            )
+            .with_source(e)
         };
         // The line handed out last lies in the reader's buffer until now.
         self.reader.consume(std::mem::take(&mut self.in_buffer));
         let available = self
             .reader
             .fill_buf()
-            .map_err(failed(&self.location, self.line))?;
+            .map_err(|e| failed(&self.location, self.line, e))?;
         let whole = memchr::memchr(b'\n', available);
         let (line, n): (&[u8], usize) = match whole {
             // A line whole in the buffer is handed out from there.
@@ -110,7 +114,7 @@ impl Source for Lines {
                 let available = self
                     .reader
                     .fill_buf()
-                    .map_err(failed(&self.location, self.line))?;
+                    .map_err(|e| failed(&self.location, self.line, e))?;
                 (&available[..end], end + 1)
             }
             // One that runs past it (or the last, unended) is copied out.
@@ -119,7 +123,7 @@ impl Source for Lines {
                 let n = self
                     .reader
                     .read_until(b'\n', &mut self.buf)
-                    .map_err(failed(&self.location, self.line))?;
+                    .map_err(|e| failed(&self.location, self.line, e))?;
                 let line = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
                 (line, n)
             }

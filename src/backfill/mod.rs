@@ -24,6 +24,7 @@ use serde::Serialize;
 use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
+pub use self::chunk::ProgressFn;
 use self::chunk::{Chunk, Loader};
 use self::input::InputFile;
 use self::record::{Held, Position, Record, Refused, Run};
@@ -58,7 +59,8 @@ pub struct BackfillOptions {
     /// Rows a chunk holds at most, over every grain: a chunk closes early
     /// when its events make this many rows (high-cardinality input), so
     /// memory is bounded by rows, as ingest's `max_buffered_rows` bounds
-    /// a worker's. Any size resumes any run.
+    /// a worker's. Two chunks are held at once (one read while the one
+    /// before it is committed). Any size resumes any run.
     pub chunk_rows: usize,
     /// Add the data again even if this backfill was committed before (and,
     /// with `replace`, replace a range that is not sealed yet).
@@ -92,7 +94,7 @@ impl Default for BackfillOptions {
             now: SystemClock.now(),
             future_skew: DEFAULT_FUTURE_SKEW,
             chunk_events: 1_000_000,
-            chunk_rows: 200_000,
+            chunk_rows: 100_000,
             force: false,
             dry_run: false,
             target_file_size: write::DEFAULT_TARGET_FILE_SIZE,
@@ -373,7 +375,7 @@ pub async fn run(
     catalog: &dyn Catalog,
     decl: &TableDecl,
     opts: &BackfillOptions,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: ProgressFn,
 ) -> Result<BackfillReport> {
     let files = match opts.kafka {
         Some(_) => Vec::new(),
@@ -406,8 +408,8 @@ pub async fn run(
         ..Default::default()
     };
     let total_bytes = inputs.files.iter().map(|f| f.size).sum();
-    let mut loader = Loader::new(decl, opts, total_bytes, progress);
-    let whole = load(&target, &inputs, &mut loader, &mut report).await?;
+    let loader = Loader::new(decl, opts, total_bytes, progress);
+    let (loader, whole) = load(&target, &inputs, loader, &mut report).await?;
     match plan {
         Some(plan) => {
             report.count_rows(&whole.rows);
@@ -441,15 +443,17 @@ pub async fn run(
 
 /// Read every input from where the run resumes, in chunks, committing each
 /// chunk (unless dry), or, with `--replace`, gathering them into the one
-/// chunk returned.
+/// chunk returned. Each chunk is read while the one before it is written
+/// and committed; commits stay in input order, one chunk at a time.
 async fn load(
     target: &Target<'_>,
     inputs: &Inputs,
-    loader: &mut Loader<'_>,
+    mut loader: Loader,
     report: &mut BackfillReport,
-) -> Result<Chunk> {
+) -> Result<(Loader, Chunk)> {
     let opts = target.opts;
     let resume = target.resume();
+    let spec = loader.spec.clone();
     let mut whole = Chunk::default();
     // What the ledger holds for this run (the next commit is fenced on it).
     let mut committed = target.resumed.as_ref().map(|(_, raw)| raw.clone());
@@ -458,10 +462,10 @@ async fn load(
     // its last record, so a rerun resumes there whatever its chunk size.
     for i in resume.input..n {
         let at = if i == resume.input { resume.at } else { 0 };
-        let mut source = inputs.open(i, target.catalog.storage(), at).await?;
-        loop {
-            let (chunk, eof) = loader.read_chunk(source.as_mut())?;
-            let last = eof && i + 1 == n;
+        let source = inputs.open(i, target.catalog.storage(), at).await?;
+        let mut reading = loader.read_ahead(source);
+        loader = loop {
+            let (read_by, source, (chunk, eof)) = reading.chunk().await?;
             let reached = if eof {
                 Position {
                     input: i + 1,
@@ -473,10 +477,16 @@ async fn load(
                     at: source.position(),
                 }
             };
+            // The next chunk is read while this one is committed.
+            let next = match eof {
+                true => Err(read_by),
+                false => Ok(read_by.read_ahead(source)),
+            };
+            let last = eof && i + 1 == n;
             if chunk.events > 0 || last {
                 report.count_read(&chunk);
                 if opts.replace.is_some() {
-                    whole.absorb(&loader.spec, chunk);
+                    whole.absorb(&spec, chunk);
                 } else {
                     report.count_rows(&chunk.rows);
                     if !opts.dry_run {
@@ -485,12 +495,13 @@ async fn load(
                     }
                 }
             }
-            if eof {
-                break;
+            match next {
+                Ok(next) => reading = next,
+                Err(done) => break done,
             }
-        }
+        };
     }
-    Ok(whole)
+    Ok((loader, whole))
 }
 
 /// Commit one chunk of input `input`: its rejects that an earlier run has

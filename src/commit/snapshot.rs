@@ -177,10 +177,10 @@ impl SnapshotWriter {
         &self.base.metadata
     }
 
-    /// An iceberg error, saying what was being done to which table.
-    fn ice(&self, what: &str) -> impl FnOnce(iceberg::Error) -> Error {
-        let what = format!("{what} for {}", self.base.ident);
-        move |e| Error::iceberg(what, e)
+    /// An iceberg error, saying what was being done to which table (the
+    /// message is made only on an error: this is called per manifest entry).
+    fn ice(&self, what: &'static str) -> impl FnOnce(iceberg::Error) -> Error + '_ {
+        move |e| Error::iceberg(format!("{what} for {}", self.base.ident), e)
     }
 
     fn spec(&self, spec_id: i32) -> Result<Arc<PartitionSpec>> {

@@ -206,7 +206,9 @@ pub(crate) struct BackfillArgs {
     pub(crate) chunk_events: usize,
     /// Rows a commit holds at most (over every grain): a chunk closes early
     /// when its events make this many rows, which bounds memory on
-    /// high-cardinality input; resumes as --chunk-events does.
+    /// high-cardinality input (two chunks are in memory at once: one read
+    /// while the one before it is committed); resumes as --chunk-events
+    /// does.
     #[arg(long, env = "FIRN_CHUNK_ROWS", default_value_t = firn::backfill::BackfillOptions::default().chunk_rows)]
     pub(crate) chunk_rows: usize,
     /// With --replace: the range must have ended this long ago (sealed: no

@@ -242,9 +242,15 @@ pub(crate) async fn backfill(
             retry: config.retry,
             stage: args.stage,
         };
-        let progress = crate::progress::ProgressDisplay::new();
-        let report =
-            firn::backfill::run(catalog.as_ref(), d, &opts, &|p| progress.update(p)).await?;
+        let progress = std::sync::Arc::new(crate::progress::ProgressDisplay::new());
+        let display = progress.clone();
+        let report = firn::backfill::run(
+            catalog.as_ref(),
+            d,
+            &opts,
+            std::sync::Arc::new(move |p| display.update(p)),
+        )
+        .await?;
         progress.finish();
         run.step(
             &d.qualified_name(),

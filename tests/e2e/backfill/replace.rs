@@ -152,7 +152,7 @@ async fn an_append_into_the_range_during_a_replace_is_not_overwritten() {
         replace: Some((midnight(day), midnight(day.succ_opt().unwrap()))),
         ..Default::default()
     };
-    let result = firn::backfill::run(&racing, &decl, &opts, &|_| {}).await;
+    let result = firn::backfill::run(&racing, &decl, &opts, std::sync::Arc::new(|_| {})).await;
     let appended = racing
         .appended
         .lock()
@@ -189,9 +189,14 @@ async fn an_append_into_the_range_during_a_replace_is_not_overwritten() {
             assert_eq!(t.per_day[&day], before, "a refused replace changed the day");
             // Run again, nothing racing it: the day holds the new input.
             let racing_done = racing.inner.clone();
-            firn::backfill::run(racing_done.as_ref(), &decl, &opts, &|_| {})
-                .await
-                .unwrap();
+            firn::backfill::run(
+                racing_done.as_ref(),
+                &decl,
+                &opts,
+                std::sync::Arc::new(|_| {}),
+            )
+            .await
+            .unwrap();
             assert_eq!(totals(&lake).await.per_day[&day], fixed);
         }
     }
