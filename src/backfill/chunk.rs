@@ -51,17 +51,17 @@ impl Chunk {
 /// A chunk being read on a thread of its own (see [`Loader::read_ahead`]);
 /// dropped unread, it stops reading within [`PROGRESS_EVERY`] events.
 pub(super) struct Reading {
-    task: tokio::task::JoinHandle<(Loader, Box<dyn Source>, Result<Read>)>,
+    task: tokio::task::JoinHandle<(Loader, Box<dyn Source>, Result<ChunkRead>)>,
     stop: Arc<AtomicBool>,
 }
 
 /// A chunk, and whether its source ended.
-type Read = (Chunk, bool);
+type ChunkRead = (Chunk, bool);
 
 impl Reading {
     /// The chunk read, whether its source ended, and the loader and source
     /// back (the source at the position after the chunk's last record).
-    pub async fn chunk(mut self) -> Result<(Loader, Box<dyn Source>, Read)> {
+    pub async fn chunk(mut self) -> Result<(Loader, Box<dyn Source>, ChunkRead)> {
         let (loader, source, read) = (&mut self.task).await.map_err(|e| {
             Error::new(ErrorKind::Internal, "reading a backfill's input failed").with_source(e)
         })?;
@@ -89,7 +89,6 @@ pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 /// Turns input records into chunks of at most `chunk_events` events and
 /// about `chunk_rows` rows.
 pub(super) struct Loader {
-    decl: TableDecl,
     pub spec: MeasureSpec,
     decoder: Decoder,
     window: TimeWindow,
@@ -121,7 +120,6 @@ impl Loader {
     ) -> Self {
         let spec = MeasureSpec::new(decl);
         Self {
-            decl: decl.clone(),
             decoder: Decoder::new(decl.clone()),
             window: TimeWindow::new(opts.now, decl, opts.future_skew),
             now_micros: opts.now.timestamp_micros(),
@@ -145,7 +143,7 @@ impl Loader {
 
     /// The next chunk of `source`, and whether `source` ended; cut short
     /// (and to be thrown away) once `stop` is set.
-    pub fn read_chunk(&mut self, source: &mut dyn Source, stop: &AtomicBool) -> Result<Read> {
+    pub fn read_chunk(&mut self, source: &mut dyn Source, stop: &AtomicBool) -> Result<ChunkRead> {
         let mut chunk = Chunk::default();
         // Progress counts the events of the chunks this run reads.
         let events_before = self.progress.events;
@@ -227,7 +225,12 @@ impl Loader {
     /// Add an event at the grain the table's policy gives its age.
     fn add(&mut self, chunk: &mut Chunk, ev: &EventRef<'_>) {
         let minute = Grain::Minute.partition_ordinal(ev.ts_micros);
-        let grain = due_grain(&self.decl.policy, self.now_micros, Grain::Minute, minute);
+        let grain = due_grain(
+            &self.decoder.decl().policy,
+            self.now_micros,
+            Grain::Minute,
+            minute,
+        );
         let ts_micros = grain.truncate(ev.ts_micros);
         let partition = (grain, grain.partition_ordinal(ts_micros));
         if self.last_partition != Some(partition) {
@@ -252,7 +255,7 @@ impl Loader {
             .into_iter()
             .map(|(g, p)| (g.as_str().to_string(), p.len()))
             .collect();
-        report.totals = self.totals.by_name(&self.decl);
+        report.totals = self.totals.by_name(self.decoder.decl());
     }
 }
 
