@@ -15,7 +15,8 @@
 //! minutes: tens of events per row, as per-account, per-zone, per-colo
 //! traffic aggregates). Each figure is the best of `FIRN_BENCH_RUNS` runs
 //! (default 5) over `FIRN_BENCH_EVENTS` events (default 200,000). Prints a
-//! line per figure and one JSON line per fixture.
+//! line per figure and one JSON line per fixture; `FIRN_BENCH_FIXTURE`
+//! names the one fixture to run.
 //!
 //! Run: `cargo bench --bench ingest_pipeline`.
 
@@ -141,7 +142,12 @@ fn main() {
         ("high-cardinality", 1000, Duration::from_secs(2 * 3600)),
         ("realistic", 1, Duration::from_secs(120)),
     ];
+    // `FIRN_BENCH_FIXTURE=realistic` (say) runs that fixture alone.
+    let only = std::env::var("FIRN_BENCH_FIXTURE").ok();
     for (name, accounts, spread) in fixtures {
+        if only.as_deref().is_some_and(|only| only != name) {
+            continue;
+        }
         let payloads = payloads(&decl, events, accounts, spread);
         let bytes: usize = payloads.iter().map(Vec::len).sum();
         let aggregate = || {
@@ -169,6 +175,36 @@ fn main() {
             w.close().unwrap();
             out.len()
         });
+        // The pipeline's parts, each the fastest of the runs (seconds).
+        let mut phases = [f64::INFINITY; 4];
+        for _ in 0..runs {
+            let started = Instant::now();
+            let map = aggregate();
+            let aggregated = Instant::now();
+            let sorted = map.sorted(&spec);
+            let rows: Vec<_> = sorted.iter().collect();
+            let ordered = Instant::now();
+            let batches = write::sorted_batches(&arrow, &decl, Grain::Minute, &rows).unwrap();
+            let built = Instant::now();
+            let mut out = Vec::with_capacity(bytes / 4);
+            let mut w =
+                ArrowWriter::try_new(&mut out, arrow.clone(), Some(write::writer_properties()))
+                    .unwrap();
+            for batch in &batches {
+                w.write(batch).unwrap();
+            }
+            w.close().unwrap();
+            let encoded = Instant::now();
+            let times = [
+                aggregated - started,
+                ordered - aggregated,
+                built - ordered,
+                encoded - built,
+            ];
+            for (best, t) in phases.iter_mut().zip(times) {
+                *best = best.min(t.as_secs_f64());
+            }
+        }
         let decode = best(runs, events, || {
             let mut scratch = Scratch::default();
             payloads
@@ -190,6 +226,13 @@ fn main() {
         println!(
             "  decode → aggregate → sort → encode: {:>10.0} events/s",
             pipeline
+        );
+        println!(
+            "    of which (ms): decode + aggregate {:.1}, sort {:.1}, build batches {:.1}, encode Parquet {:.1}",
+            phases[0] * 1e3,
+            phases[1] * 1e3,
+            phases[2] * 1e3,
+            phases[3] * 1e3
         );
         println!(
             "  firn decode alone:                  {:>10.0} events/s",
@@ -237,6 +280,12 @@ fn main() {
                 "decode_events_per_s": decode.round(),
                 "bare_decode_events_per_s": bare.round(),
                 "pipeline_over_bare": pipeline / bare,
+                "pipeline_phases_ms": {
+                    "decode_aggregate": phases[0] * 1e3,
+                    "sort": phases[1] * 1e3,
+                    "build_batches": phases[2] * 1e3,
+                    "encode_parquet": phases[3] * 1e3,
+                },
                 "decode_aggregate_inline_events_per_s": inline.round(),
                 "shards_events_per_s": scaling.iter().map(|(n, r)| (n.to_string(), r.round())).collect::<std::collections::BTreeMap<_, _>>(),
             })

@@ -223,10 +223,28 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             // The chain holds other libraries' messages too: mask them alike.
-            eprintln!("error: {}", firn::redact::credentials(&format!("{e:#}")));
+            eprintln!("error: {}", firn::redact::credentials(&chain(&e)));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each once: firn's errors show their cause in
+/// their own message, so a cause the message before it already ends with is
+/// not repeated.
+fn chain(e: &anyhow::Error) -> String {
+    let mut shown = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if shown.ends_with(&message) {
+            continue;
+        }
+        if !shown.is_empty() {
+            shown.push_str(": ");
+        }
+        shown.push_str(&message);
+    }
+    shown
 }
 
 /// How a command ended, when it did not fail.
@@ -470,4 +488,25 @@ async fn run(cli: Cli) -> Result<Outcome> {
         }
     }
     Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+    use firn::error::{Error, ErrorKind};
+
+    #[test]
+    fn an_error_shows_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::from(
+            Error::new(ErrorKind::InvalidDeclaration, "schemas directory schemas").with_source(io),
+        )
+        .context("loading declarations");
+        assert_eq!(
+            chain(&e),
+            "loading declarations: schemas directory schemas: no such file"
+        );
+        let plain = anyhow::Error::from(std::io::Error::other("disk full")).context("writing x");
+        assert_eq!(chain(&plain), "writing x: disk full");
+    }
 }
