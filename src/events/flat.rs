@@ -26,7 +26,7 @@ pub(super) fn fields<'p>(
         bytes: payload,
         at: 0,
     }
-    .object(fields, values);
+    .object(fields, values.as_mut_slice());
     if read.is_none() {
         values.iter_mut().for_each(|v| *v = None);
     }
@@ -69,13 +69,43 @@ impl Fields {
     }
 
     /// The slot of the field named `key`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn slot(&self, key: &str) -> Option<usize> {
-        match self.table[bucket(key.as_bytes())] {
+        let key = key.as_bytes();
+        match self.table[bucket(key)] {
             EMPTY => None,
-            SEVERAL => self.names.iter().position(|n| **n == *key),
-            slot => (*self.names[usize::from(slot)] == *key).then_some(usize::from(slot)),
+            SEVERAL => self.names.iter().position(|n| same(n.as_bytes(), key)),
+            slot => {
+                same(self.names[usize::from(slot)].as_bytes(), key).then_some(usize::from(slot))
+            }
         }
+    }
+}
+
+/// Whether `a` and `b` are the same bytes: a key and a field's name are a
+/// few bytes long, compared here in a few fixed-size loads rather than in a
+/// call to the C library's `memcmp` (which costs more than the comparison).
+#[inline(always)]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    // The first and the last four (or eight) bytes of each: they overlap
+    // when the length is under eight (or sixteen), and cover it whole.
+    match len {
+        0 => true,
+        // The first, middle and last bytes are every byte.
+        1..=3 => a[0] == b[0] && a[len / 2] == b[len / 2] && a[len - 1] == b[len - 1],
+        4..=7 => {
+            a.first_chunk::<4>() == b.first_chunk::<4>()
+                && a.last_chunk::<4>() == b.last_chunk::<4>()
+        }
+        8..=16 => {
+            a.first_chunk::<8>() == b.first_chunk::<8>()
+                && a.last_chunk::<8>() == b.last_chunk::<8>()
+        }
+        _ => a == b,
     }
 }
 
@@ -111,7 +141,11 @@ impl<'p> Reader<'p> {
         }
     }
 
-    fn object(mut self, fields: &Fields, values: &mut Slots<'p>) -> Option<Option<String>> {
+    fn object(
+        mut self,
+        fields: &Fields,
+        values: &mut [Option<Scalar<'p>>],
+    ) -> Option<Option<String>> {
         if self.next_token()? != b'{' {
             return None;
         }
@@ -269,4 +303,25 @@ fn special_at(s: &[u8]) -> Option<usize> {
         .iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
         .map(|i| at + i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+
+    #[test]
+    fn same_is_byte_equality_at_every_length_and_position() {
+        for len in 0..40 {
+            let a: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(same(&a, &a.clone()), "{len}");
+            for at in 0..len {
+                let mut b = a.clone();
+                b[at] ^= 0x20;
+                assert!(!same(&a, &b), "length {len}, byte {at}");
+            }
+            let longer = [a.as_slice(), b"x"].concat();
+            assert!(!same(&a, &longer), "{len}");
+            assert!(!same(&longer, &a), "{len}");
+        }
+    }
 }
