@@ -12,7 +12,7 @@ use iceberg::spec::{Manifest, ManifestFile};
 use moka::future::Cache;
 
 use super::TableHandle;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Manifest entries kept, at most (each a data file with its column
 /// statistics: about a kilobyte or two).
@@ -42,11 +42,7 @@ impl TableHandle {
         if let Some(manifest) = cache().get(path).await {
             return Ok(manifest);
         }
-        let manifest = Arc::new(
-            mf.load_manifest(&self.file_io)
-                .await
-                .map_err(|e| Error::iceberg(format!("reading manifest {path}"), e))?,
-        );
+        let manifest = Arc::new(crate::commit::avro_read::load(mf, &self.file_io).await?);
         cache().insert(path.clone(), manifest.clone()).await;
         Ok(manifest)
     }

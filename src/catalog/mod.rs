@@ -69,10 +69,7 @@ impl TableHandle {
             if mf.content != iceberg::spec::ManifestContentType::Data {
                 continue;
             }
-            let manifest = mf
-                .load_manifest(&self.file_io)
-                .await
-                .map_err(|e| Error::iceberg(format!("reading manifest {}", mf.manifest_path), e))?;
+            let manifest = crate::commit::avro_read::load(mf, &self.file_io).await?;
             out.extend(
                 manifest
                     .entries()

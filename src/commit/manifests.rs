@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use iceberg::spec::{DataFile, Literal, ManifestEntry, ManifestFile, PrimitiveLiteral};
 
 use crate::catalog::TableHandle;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Table property: target size of a merged manifest.
 pub const TARGET_SIZE_PROP: &str = "commit.manifest.target-size-bytes";
@@ -93,10 +93,7 @@ impl Clustered {
     pub async fn load(table: &TableHandle, manifests: &[ManifestFile]) -> Result<Self> {
         let mut c = Clustered::default();
         for mf in manifests {
-            let manifest = mf
-                .load_manifest(&table.file_io)
-                .await
-                .map_err(|e| Error::iceberg(format!("reading manifest {}", mf.manifest_path), e))?;
+            let manifest = crate::commit::avro_read::load(mf, &table.file_io).await?;
             *c.manifests_per_spec
                 .entry(mf.partition_spec_id)
                 .or_default() += 1;

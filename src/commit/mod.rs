@@ -8,6 +8,8 @@
 //! iceberg-rust's `Transaction` retries by re-applying updates without
 //! re-running firn's validation, so it is not used for commits.
 
+mod avro;
+pub mod avro_read;
 pub mod manifests;
 pub mod operation;
 pub mod snapshot;

@@ -24,11 +24,12 @@ use futures::StreamExt;
 
 use iceberg::spec::{
     DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestEntry, ManifestFile,
-    ManifestListWriter, ManifestWriter, ManifestWriterBuilder, PartitionSpec, SchemaRef, Snapshot,
-    SnapshotSummaryCollector, Summary, TableMetadata,
+    ManifestListWriter, PartitionSpec, SchemaRef, Snapshot, SnapshotSummaryCollector, Summary,
+    TableMetadata,
 };
 use uuid::Uuid;
 
+use super::avro::Manifest;
 use super::manifests::{Clustered, MergePolicy};
 use super::{Change, NewFile, RemovedFile, summary};
 use crate::catalog::{StagedMetadata, TableHandle};
@@ -196,12 +197,12 @@ impl SnapshotWriter {
     }
 
     /// A v2 data-manifest writer at `<table>/metadata/<commit uuid>-<suffix>.avro`.
-    fn manifest_writer(
+    async fn manifest_writer(
         &self,
         suffix: &str,
         schema: SchemaRef,
         spec: PartitionSpec,
-    ) -> Result<ManifestWriter> {
+    ) -> Result<Manifest> {
         let path = format!(
             "{}/metadata/{}-{suffix}.avro",
             self.meta().location().trim_end_matches('/'),
@@ -212,32 +213,19 @@ impl SnapshotWriter {
             .file_io
             .new_output(&path)
             .map_err(|e| Error::iceberg(format!("creating manifest {path}"), e))?;
-        Ok(
-            ManifestWriterBuilder::new(output, Some(self.snapshot_id), schema, spec)
-                .build_v2_data(),
-        )
+        Manifest::new(output, path, self.snapshot_id, schema, spec).await
     }
 
     /// Carry a live entry of a base manifest into `writer` as EXISTING, with
     /// the snapshot and sequence numbers it was added with.
-    fn carry_entry(&self, writer: &mut ManifestWriter, e: &ManifestEntry) -> Result<()> {
+    fn carry_entry(&self, writer: &mut Manifest, e: &ManifestEntry) -> Result<()> {
         let seq = e.sequence_number.unwrap_or(0);
-        writer
-            .add_existing_file(
-                e.data_file.clone(),
-                e.snapshot_id.unwrap_or(self.snapshot_id),
-                seq,
-                e.file_sequence_number.or(Some(seq)),
-            )
-            .map_err(self.ice("carrying a data file forward"))
-    }
-
-    /// Write out a manifest.
-    async fn finish(&self, writer: ManifestWriter) -> Result<ManifestFile> {
-        writer
-            .write_manifest_file()
-            .await
-            .map_err(self.ice("writing manifest"))
+        writer.existing(
+            &e.data_file,
+            e.snapshot_id.unwrap_or(self.snapshot_id),
+            seq,
+            e.file_sequence_number.or(Some(seq)),
+        )
     }
 
     /// Step 1: sort the base's live manifests into delete manifests, data
@@ -322,11 +310,13 @@ impl SnapshotWriter {
             .partition_spec_by_id(mmeta.partition_spec().spec_id())
             .cloned()
             .unwrap_or_else(|| Arc::new(mmeta.partition_spec().clone()));
-        let mut writer = self.manifest_writer(
-            &format!("r{n}"),
-            mmeta.schema.clone(),
-            mmeta.partition_spec().clone(),
-        )?;
+        let mut writer = self
+            .manifest_writer(
+                &format!("r{n}"),
+                mmeta.schema.clone(),
+                mmeta.partition_spec().clone(),
+            )
+            .await?;
         let mut found = Vec::new();
         for e in live() {
             if !removed.contains_key(e.file_path()) {
@@ -335,16 +325,10 @@ impl SnapshotWriter {
             }
             found.push(e.data_file.clone());
             let seq = e.sequence_number.unwrap_or(0);
-            writer
-                .add_delete_file(
-                    e.data_file.clone(),
-                    seq,
-                    e.file_sequence_number.or(Some(seq)),
-                )
-                .map_err(self.ice("marking a data file deleted"))?;
+            writer.deleted(&e.data_file, seq, e.file_sequence_number.or(Some(seq)))?;
         }
         Ok(Rewrite::Removing {
-            manifest: self.finish(writer).await?,
+            manifest: writer.finish().await?,
             spec,
             removed: found,
         })
@@ -382,14 +366,15 @@ impl SnapshotWriter {
         let mut out = Vec::new();
         for (n, (spec_id, parts)) in clustered.pack(target).into_iter().enumerate() {
             let spec = self.spec(spec_id)?;
-            let mut writer =
-                self.manifest_writer(&format!("c{n}"), schema.clone(), spec.as_ref().clone())?;
+            let mut writer = self
+                .manifest_writer(&format!("c{n}"), schema.clone(), spec.as_ref().clone())
+                .await?;
             for key in parts {
                 for e in &clustered.partitions[&key] {
                     self.carry_entry(&mut writer, e)?;
                 }
             }
-            out.push(self.finish(writer).await?);
+            out.push(writer.finish().await?);
         }
         Ok(out)
     }
@@ -410,17 +395,16 @@ impl SnapshotWriter {
         let mut records = 0;
         for (n, (spec_id, files)) in by_spec.into_iter().enumerate() {
             let spec = self.spec(spec_id)?;
-            let mut writer =
-                self.manifest_writer(&format!("m{n}"), schema.clone(), spec.as_ref().clone())?;
+            let mut writer = self
+                .manifest_writer(&format!("m{n}"), schema.clone(), spec.as_ref().clone())
+                .await?;
             for f in files {
                 collector.add_file(f, schema.clone(), spec.clone());
                 records += f.record_count();
-                // A negative sequence number inherits the snapshot's (v2 inheritance).
-                writer
-                    .add_file(f.clone(), -1)
-                    .map_err(self.ice("adding data file to manifest"))?;
+                // Its sequence numbers are the snapshot's (v2 inheritance).
+                writer.add(f)?;
             }
-            manifests.push(self.finish(writer).await?);
+            manifests.push(writer.finish().await?);
         }
         Ok((manifests, records))
     }

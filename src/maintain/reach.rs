@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use iceberg::spec::TableMetadata;
 
 use crate::catalog::TableHandle;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Files reachable from some snapshots, by location as the metadata writes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,10 +74,7 @@ pub async fn reach(
             }
             out.manifests
                 .insert(mf.manifest_path.clone(), mf.manifest_length.max(0) as u64);
-            let manifest = mf
-                .load_manifest(&table.file_io)
-                .await
-                .map_err(|e| Error::iceberg(format!("reading manifest {}", mf.manifest_path), e))?;
+            let manifest = crate::commit::avro_read::load(mf, &table.file_io).await?;
             for e in manifest.entries() {
                 out.data_files.insert(
                     e.file_path().to_string(),

@@ -10,7 +10,7 @@ use iceberg::spec::{ManifestContentType, ManifestStatus, Snapshot};
 
 use super::super::state::{LiveFile, grain_of_spec};
 use crate::catalog::TableHandle;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::schema::layout::Grain;
 
 /// One manifest entry, as the audit needs it.
@@ -201,10 +201,7 @@ impl Manifests {
                 out.extend(entries.iter().cloned());
                 continue;
             }
-            let manifest = mf
-                .load_manifest(&table.file_io)
-                .await
-                .map_err(|e| Error::iceberg(format!("reading manifest {}", mf.manifest_path), e))?;
+            let manifest = crate::commit::avro_read::load(mf, &table.file_io).await?;
             let spec = meta
                 .partition_spec_by_id(mf.partition_spec_id)
                 .map(|s| s.as_ref().clone())
