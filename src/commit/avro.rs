@@ -34,7 +34,7 @@ pub(super) struct Manifest {
 
 enum Inner {
     Own(Box<Encoder>),
-    Iceberg(ManifestWriter),
+    Iceberg(Box<ManifestWriter>),
 }
 
 impl Manifest {
@@ -66,9 +66,9 @@ impl Manifest {
                 stats: types.into_iter().map(FieldStats::new).collect(),
                 counts: Counts::default(),
             })),
-            _ => Inner::Iceberg(
+            _ => Inner::Iceberg(Box::new(
                 ManifestWriterBuilder::new(output, Some(snapshot_id), schema, spec).build_v2_data(),
-            ),
+            )),
         };
         Ok(Self { path, inner })
     }
@@ -226,34 +226,46 @@ pub(super) async fn header(
 /// The sync marker of `bytes` if they are exactly an Avro container
 /// header whose codec is `null`.
 fn parse_header(bytes: &[u8]) -> Option<[u8; 16]> {
-    let (map, sync, rest) = parse_header_map(bytes)?;
-    let uncompressed = map.get("avro.codec").is_none_or(|c| c == b"null");
-    (uncompressed && rest.is_empty()).then_some(sync)
+    let c = Container::parse(bytes)?;
+    let uncompressed = c.metadata.get("avro.codec").is_none_or(|c| c == b"null");
+    (uncompressed && c.body.is_empty()).then_some(c.sync)
 }
 
-/// The metadata of the Avro container in `bytes`, its sync marker, and
-/// the bytes after its header.
-pub(super) fn parse_header_map(
-    bytes: &[u8],
-) -> Option<(std::collections::HashMap<String, Vec<u8>>, [u8; 16], &[u8])> {
-    let mut at = bytes.strip_prefix(b"Obj\x01")?;
-    let mut map = std::collections::HashMap::new();
-    loop {
-        let count = read_long(&mut at)?;
-        if count == 0 {
-            break;
+/// An Avro container file, its header parsed.
+pub(super) struct Container<'a> {
+    /// The header's metadata (`avro.schema`, `avro.codec`, the writer's).
+    pub(super) metadata: std::collections::HashMap<String, Vec<u8>>,
+    pub(super) sync: [u8; 16],
+    /// The bytes after the header: the blocks.
+    pub(super) body: &'a [u8],
+}
+
+impl<'a> Container<'a> {
+    /// The container in `bytes`, if they start with a whole header.
+    pub(super) fn parse(bytes: &'a [u8]) -> Option<Self> {
+        let mut at = bytes.strip_prefix(b"Obj\x01")?;
+        let mut map = std::collections::HashMap::new();
+        loop {
+            let count = read_long(&mut at)?;
+            if count == 0 {
+                break;
+            }
+            if count < 0 {
+                read_long(&mut at)?; // the block's size in bytes
+            }
+            for _ in 0..count.unsigned_abs() {
+                let key = std::str::from_utf8(read_bytes(&mut at)?).ok()?.to_string();
+                let value = read_bytes(&mut at)?.to_vec();
+                map.insert(key, value);
+            }
         }
-        if count < 0 {
-            read_long(&mut at)?; // the block's size in bytes
-        }
-        for _ in 0..count.unsigned_abs() {
-            let key = std::str::from_utf8(read_bytes(&mut at)?).ok()?.to_string();
-            let value = read_bytes(&mut at)?.to_vec();
-            map.insert(key, value);
-        }
+        let (sync, body) = at.split_first_chunk::<16>()?;
+        Some(Self {
+            metadata: map,
+            sync: *sync,
+            body,
+        })
     }
-    let (sync, rest) = at.split_first_chunk::<16>()?;
-    Some((map, *sync, rest))
 }
 
 pub(super) fn read_long(at: &mut &[u8]) -> Option<i64> {

@@ -17,7 +17,7 @@ use iceberg::spec::{
     PrimitiveLiteral, PrimitiveType, Struct,
 };
 
-use super::avro::{header, parse_header_map, partition_types, read_bytes, read_long};
+use super::avro::{Container, header, partition_types, read_bytes, read_long};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Manifest `mf`, its entries inheriting what the manifest list says of it
@@ -75,7 +75,11 @@ fn inherit(e: &mut ManifestEntry, mf: &ManifestFile) {
 pub(super) async fn decode(
     bytes: &[u8],
 ) -> Option<std::result::Result<(ManifestMetadata, Vec<ManifestEntry>), String>> {
-    let (map, sync, body) = parse_header_map(bytes)?;
+    let Container {
+        metadata: map,
+        sync,
+        body,
+    } = Container::parse(bytes)?;
     if map.get("avro.codec").is_some_and(|c| c != b"null") {
         return None;
     }
@@ -88,8 +92,8 @@ pub(super) async fn decode(
     let (ours, _) = header(0, &metadata.schema, &metadata.partition_spec)
         .await
         .ok()??;
-    let (expected, _, _) = parse_header_map(&ours)?;
-    if expected.get("avro.schema") != map.get("avro.schema") {
+    let expected = Container::parse(&ours)?;
+    if expected.metadata.get("avro.schema") != map.get("avro.schema") {
         return None;
     }
     Some(entries(body, &sync, &metadata, &types).map(|entries| (metadata, entries)))

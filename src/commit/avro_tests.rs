@@ -486,7 +486,11 @@ fn another_writers_manifest_is_read_by_iceberg_and_inherits() {
 /// `bytes` (an Avro container) with a space after the first `{` of its
 /// Avro schema.
 fn respell(bytes: &[u8]) -> Vec<u8> {
-    let (map, sync, body) = super::parse_header_map(bytes).unwrap();
+    let super::Container {
+        metadata: map,
+        sync,
+        body,
+    } = super::Container::parse(bytes).unwrap();
     let mut out = b"Obj\x01".to_vec();
     super::long(&mut out, map.len() as i64);
     for (k, v) in &map {
