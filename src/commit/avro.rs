@@ -49,13 +49,12 @@ impl Manifest {
     ) -> Result<Self> {
         let types = partition_types(&schema, &spec)?;
         let header = match types {
-            Some(_) => header(snapshot_id, &schema, &spec).await?,
+            Some(_) => header(&schema, &spec).await?,
             None => None,
         };
         let inner = match (types, header) {
             (Some(types), Some((header, sync))) => Inner::Own(Box::new(Encoder {
                 output,
-                path: path.clone(),
                 snapshot_id,
                 spec_id: spec.spec_id(),
                 header,
@@ -143,7 +142,7 @@ impl Manifest {
     /// Write the manifest out; what the manifest list records of it.
     pub(super) async fn finish(self) -> Result<ManifestFile> {
         match self.inner {
-            Inner::Own(e) => e.finish().await,
+            Inner::Own(e) => e.finish(self.path).await,
             Inner::Iceberg(w) => {
                 let path = self.path;
                 w.write_manifest_file().await.map_err(|e| written(&path, e))
@@ -200,16 +199,16 @@ pub(super) fn partition_types(
 
 /// The header iceberg's writer gives a manifest of `spec` over `schema`,
 /// and its sync marker: the whole of an empty manifest it writes in
-/// memory. `None` when that is not a header of uncompressed blocks.
+/// memory (no snapshot's id is in a header). `None` when that is not a
+/// header of uncompressed blocks.
 pub(super) async fn header(
-    snapshot_id: i64,
     schema: &SchemaRef,
     spec: &PartitionSpec,
 ) -> Result<Option<(Bytes, [u8; 16])>> {
     let io = FileIO::new_with_memory();
     let path = "memory://firn/header.avro";
     let output = io.new_output(path).map_err(iceberg_error)?;
-    ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.clone())
+    ManifestWriterBuilder::new(output, None, schema.clone(), spec.clone())
         .build_v2_data()
         .write_manifest_file()
         .await
@@ -373,7 +372,6 @@ fn mismatch(ty: &PrimitiveType, value: &PrimitiveLiteral) -> Error {
 /// The entries of one manifest, encoded.
 struct Encoder {
     output: OutputFile,
-    path: String,
     snapshot_id: i64,
     spec_id: i32,
     header: Bytes,
@@ -578,7 +576,8 @@ impl Encoder {
         self.in_block = 0;
     }
 
-    async fn finish(mut self) -> Result<ManifestFile> {
+    /// Write the manifest out at `path` (its output's).
+    async fn finish(mut self, path: String) -> Result<ManifestFile> {
         self.flush();
         let mut bytes = Vec::with_capacity(self.header.len() + self.out.len());
         bytes.extend_from_slice(&self.header);
@@ -592,10 +591,10 @@ impl Encoder {
         self.output
             .write(Bytes::from(bytes))
             .await
-            .map_err(|e| Error::iceberg(format!("writing manifest {}", self.path), e))?;
+            .map_err(|e| written(&path, e))?;
         let c = self.counts;
         Ok(ManifestFile {
-            manifest_path: self.path,
+            manifest_path: path,
             manifest_length: length as i64,
             partition_spec_id: self.spec_id,
             content: ManifestContentType::Data,

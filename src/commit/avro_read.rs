@@ -9,6 +9,7 @@
 //! encrypted) is read by iceberg's reader as before.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use iceberg::io::FileIO;
 use iceberg::spec::{
@@ -41,10 +42,7 @@ pub async fn load(mf: &ManifestFile, file_io: &FileIO) -> Result<Manifest> {
             let (entries, metadata) = Manifest::parse_avro(&bytes)
                 .map_err(read_error)?
                 .into_parts();
-            let entries = entries
-                .into_iter()
-                .map(std::sync::Arc::unwrap_or_clone)
-                .collect();
+            let entries = entries.into_iter().map(Arc::unwrap_or_clone).collect();
             (metadata, entries)
         }
     };
@@ -89,14 +87,45 @@ pub(super) async fn decode(
         return None;
     }
     let types = partition_types(&metadata.schema, &metadata.partition_spec).ok()??;
-    let (ours, _) = header(0, &metadata.schema, &metadata.partition_spec)
-        .await
-        .ok()??;
-    let expected = Container::parse(&ours)?;
-    if expected.metadata.get("avro.schema") != map.get("avro.schema") {
+    if expected_schema(&map, &metadata).await?.as_slice() != map.get("avro.schema")?.as_slice() {
         return None;
     }
     Some(entries(body, &sync, &metadata, &types).map(|entries| (metadata, entries)))
+}
+
+/// Distinct table schemas and specs whose Avro schema is kept, at most.
+const SCHEMAS_KEPT: usize = 256;
+
+/// The Avro schema firn writes for manifests of the table schema and
+/// partition spec a manifest's header `map` holds (parsed: `metadata`),
+/// made once per distinct pair: a table's manifests share a few, and
+/// making one writes an empty manifest through iceberg's writer.
+async fn expected_schema(
+    map: &HashMap<String, Vec<u8>>,
+    metadata: &ManifestMetadata,
+) -> Option<Arc<Vec<u8>>> {
+    type Kept = Mutex<HashMap<[Vec<u8>; 3], Arc<Vec<u8>>>>;
+    static KEPT: OnceLock<Kept> = OnceLock::new();
+    let field = |k: &str| map.get(k).cloned().unwrap_or_default();
+    let key = [
+        field("schema"),
+        field("partition-spec"),
+        field("partition-spec-id"),
+    ];
+    let kept = KEPT.get_or_init(Kept::default);
+    if let Some(schema) = kept.lock().ok()?.get(&key) {
+        return Some(schema.clone());
+    }
+    let (ours, _) = header(&metadata.schema, &metadata.partition_spec)
+        .await
+        .ok()??;
+    let schema = Arc::new(Container::parse(&ours)?.metadata.remove("avro.schema")?);
+    let mut kept = kept.lock().ok()?;
+    if kept.len() >= SCHEMAS_KEPT {
+        kept.clear();
+    }
+    kept.insert(key, schema.clone());
+    Some(schema)
 }
 
 /// Every entry of the blocks in `body`.
