@@ -268,9 +268,22 @@ impl MergeReader {
     /// task of its own), and the runs merged in turn.
     async fn merge_with_fan_in(
         layout: Layout,
+        inputs: Vec<(String, BatchStream)>,
+        fan_in: usize,
+        parallel: usize,
+    ) -> Result<Self> {
+        let budget = spill::Budget::new(spill::HELD_BYTES);
+        Self::merge_in_groups(layout, inputs, fan_in, parallel, budget).await
+    }
+
+    /// [`MergeReader::merge_with_fan_in`], the runs held in memory while
+    /// they take less than `budget` allows.
+    async fn merge_in_groups(
+        layout: Layout,
         mut inputs: Vec<(String, BatchStream)>,
         fan_in: usize,
         parallel: usize,
+        budget: spill::Budget,
     ) -> Result<Self> {
         let fan_in = fan_in.max(2);
         if inputs.len() <= fan_in {
@@ -292,10 +305,11 @@ impl MergeReader {
             );
             let layout = layout.clone();
             let what = format!("merging {name}");
+            let budget = budget.clone();
             work.push(crate::error::on_task(what, async move {
                 let schema = layout.schema.clone();
                 let mut merge = Self::merge_at_once(layout, group).await?;
-                let mut run = spill::RunWriter::new(&schema, run_rows)?;
+                let mut run = spill::RunWriter::new(&schema, run_rows, Some(budget));
                 while let Some(batch) = merge.next_batch().await? {
                     run.write(&batch)?;
                 }
@@ -311,7 +325,10 @@ impl MergeReader {
             upstream.1 += rows;
             runs.push((name, run));
         }
-        let mut merge = Box::pin(Self::merge_with_fan_in(layout, runs, fan_in, parallel)).await?;
+        let mut merge = Box::pin(Self::merge_in_groups(
+            layout, runs, fan_in, parallel, budget,
+        ))
+        .await?;
         merge.upstream = Some(upstream);
         Ok(merge)
     }

@@ -52,7 +52,7 @@ pub(super) async fn sorted(
             if done && runs.is_empty() && chunk.num_rows() <= batch_rows {
                 return Ok(futures::stream::iter([Ok(chunk)]).boxed());
             }
-            let mut run = spill::RunWriter::new(&chunk.schema(), batch_rows)?;
+            let mut run = spill::RunWriter::new(&chunk.schema(), batch_rows, None);
             run.write(&chunk)?;
             runs.push((
                 format!("{name} (sorted run {})", runs.len() + 1),
@@ -71,7 +71,7 @@ pub(super) async fn sorted(
             // (its rows' totals are read from it as one file's).
             let mut merge =
                 MergeReader::merge_with_fan_in(layout.clone(), runs, spill::FAN_IN, 1).await?;
-            let mut run = spill::RunWriter::new(&layout.schema, batch_rows)?;
+            let mut run = spill::RunWriter::new(&layout.schema, batch_rows, None);
             while let Some(batch) = merge.next_batch().await? {
                 run.write(&batch)?;
             }

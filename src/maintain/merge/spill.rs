@@ -3,11 +3,19 @@
 //! sorted run written to a temporary file (Arrow IPC, LZ4-compressed), and
 //! then merges the runs: memory is bounded by the fan-in, not by the number
 //! of files (a compaction of 1,440 minute files holds 64 open readers, not
-//! 1,440). The files are unlinked when created, so nothing outlives the
-//! process, whatever ends it.
+//! 1,440). A run may instead be held in memory while the runs of its merge
+//! hold less than a [`Budget`] (runs folded from many files are small: the
+//! 1,440 minute files of an hour fold into 60 minutes of keys), which spares
+//! encoding, compressing, writing and reading it back; a run that would
+//! pass the budget goes to a file, the batches it held first. The files
+//! are unlinked when created, so nothing outlives the process, whatever
+//! ends it.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Seek};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow_array::RecordBatch;
 use arrow_ipc::CompressionType;
@@ -32,47 +40,122 @@ fn spill_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) ->
     .with_source(e)
 }
 
+/// Bytes the runs of one merge may hold in memory, at most.
+pub(super) const HELD_BYTES: usize = 32 << 20;
+
+/// What the runs of one merge may still hold in memory, in bytes: taken by
+/// a batch a run holds, given back as the batch is read or dropped.
+#[derive(Debug, Clone)]
+pub(super) struct Budget(Arc<AtomicUsize>);
+
+impl Budget {
+    pub(super) fn new(bytes: usize) -> Self {
+        Self(Arc::new(AtomicUsize::new(bytes)))
+    }
+
+    /// Take `bytes`, if that much is left.
+    fn take(&self, bytes: usize) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(bytes)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, bytes: usize) {
+        self.0.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes left.
+    #[cfg(test)]
+    pub(super) fn left(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// One merged run being written.
 pub(super) struct RunWriter {
-    writer: StreamWriter<BufWriter<File>>,
+    schema: SchemaRef,
+    /// The run's file, once it has one.
+    writer: Option<StreamWriter<BufWriter<File>>>,
+    /// Batches held in memory (while it has no file), with their sizes.
+    held: VecDeque<(RecordBatch, usize)>,
+    budget: Option<Budget>,
     /// Rows per batch written (as the final merge reads them).
     batch_rows: usize,
 }
 
 impl RunWriter {
-    /// A run of batches of `schema`, written `batch_rows` rows at a time.
-    pub(super) fn new(schema: &SchemaRef, batch_rows: usize) -> Result<Self> {
-        let file = tempfile::tempfile().map_err(|e| spill_error("creating", e))?;
-        let options = IpcWriteOptions::default()
-            .try_with_compression(Some(CompressionType::LZ4_FRAME))
-            .map_err(|e| spill_error("compressing", e))?;
-        let writer = StreamWriter::try_new_with_options(BufWriter::new(file), schema, options)
-            .map_err(|e| spill_error("starting", e))?;
-        Ok(Self {
-            writer,
+    /// A run of batches of `schema`, written `batch_rows` rows at a time,
+    /// held in memory while `budget` (if any) allows.
+    pub(super) fn new(schema: &SchemaRef, batch_rows: usize, budget: Option<Budget>) -> Self {
+        Self {
+            schema: schema.clone(),
+            writer: None,
+            held: VecDeque::new(),
+            budget,
             batch_rows: batch_rows.max(1),
-        })
+        }
+    }
+
+    /// The run's file, made (with the batches held so far written to it)
+    /// if it has none.
+    fn file(&mut self) -> Result<&mut StreamWriter<BufWriter<File>>> {
+        if self.writer.is_none() {
+            let file = tempfile::tempfile().map_err(|e| spill_error("creating", e))?;
+            let options = IpcWriteOptions::default()
+                .try_with_compression(Some(CompressionType::LZ4_FRAME))
+                .map_err(|e| spill_error("compressing", e))?;
+            let mut writer =
+                StreamWriter::try_new_with_options(BufWriter::new(file), &self.schema, options)
+                    .map_err(|e| spill_error("starting", e))?;
+            while let Some((batch, bytes)) = self.held.pop_front() {
+                writer
+                    .write(&batch)
+                    .map_err(|e| spill_error("writing", e))?;
+                if let Some(budget) = &self.budget {
+                    budget.give(bytes);
+                }
+            }
+            self.writer = Some(writer);
+        }
+        Ok(self.writer.as_mut().expect("made above"))
     }
 
     pub(super) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let mut at = 0;
         while at < batch.num_rows() {
             let len = self.batch_rows.min(batch.num_rows() - at);
-            self.writer
-                .write(&batch.slice(at, len))
-                .map_err(|e| spill_error("writing", e))?;
+            let part = batch.slice(at, len);
             at += len;
+            if self.writer.is_none()
+                && let Some(budget) = &self.budget
+            {
+                // The slice's share of the batch's buffers.
+                let bytes = batch.get_array_memory_size() * len / batch.num_rows();
+                if budget.take(bytes) {
+                    self.held.push_back((part, bytes));
+                    continue;
+                }
+            }
+            self.file()?
+                .write(&part)
+                .map_err(|e| spill_error("writing", e))?;
         }
         Ok(())
     }
 
     /// The run, read back in order.
     pub(super) fn finish(mut self) -> Result<BatchStream> {
-        self.writer
-            .finish()
-            .map_err(|e| spill_error("finishing", e))?;
-        let mut file = self
-            .writer
+        let Some(mut writer) = self.writer.take() else {
+            let held = Held {
+                batches: std::mem::take(&mut self.held),
+                budget: self.budget.take(),
+            };
+            return Ok(Box::pin(futures::stream::iter(held)));
+        };
+        writer.finish().map_err(|e| spill_error("finishing", e))?;
+        let mut file = writer
             .into_inner()
             .map_err(|e| spill_error("flushing", e))?
             .into_inner()
@@ -83,5 +166,40 @@ impl RunWriter {
         Ok(Box::pin(futures::stream::iter(
             reader.map(|b| b.map_err(|e| spill_error("reading", e))),
         )))
+    }
+}
+
+impl Drop for RunWriter {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give(self.held.iter().map(|(_, bytes)| bytes).sum());
+        }
+    }
+}
+
+/// A run held in memory, read in order: each batch's bytes go back to the
+/// budget as it is read, and the rest when the run is dropped.
+struct Held {
+    batches: VecDeque<(RecordBatch, usize)>,
+    budget: Option<Budget>,
+}
+
+impl Iterator for Held {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (batch, bytes) = self.batches.pop_front()?;
+        if let Some(budget) = &self.budget {
+            budget.give(bytes);
+        }
+        Some(Ok(batch))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give(self.batches.iter().map(|(_, bytes)| bytes).sum());
+        }
     }
 }

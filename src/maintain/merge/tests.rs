@@ -370,19 +370,28 @@ fn close(a: Option<f64>, b: Option<f64>) -> bool {
 
 /// Merge `inputs` into `grain` (`fan_in` inputs at once, more through
 /// merged runs) and compare with a reference aggregation.
+/// Merged runs are held in memory, written to files, or held until the
+/// budget runs out and then written, by the case.
 fn check(inputs: Vec<Input>, grain: Grain, fan_in: usize) {
-    for (parallel, strings) in [
-        (1, Strings::Plain),
-        (3, Strings::Dictionary),
-        (1, Strings::Repeating),
-        (2, Strings::Mixed),
+    for (parallel, strings, held) in [
+        (1, Strings::Plain, 0),
+        (3, Strings::Dictionary, super::spill::HELD_BYTES),
+        (1, Strings::Repeating, 1 << 11),
+        (2, Strings::Mixed, 1 << 13),
     ] {
-        check_with(inputs.clone(), grain, fan_in, parallel, strings);
+        check_with(inputs.clone(), grain, fan_in, parallel, strings, held);
     }
 }
 
-fn check_with(inputs: Vec<Input>, grain: Grain, fan_in: usize, parallel: usize, strings: Strings) {
-    check_sorting(inputs, grain, fan_in, parallel, strings, None);
+fn check_with(
+    inputs: Vec<Input>,
+    grain: Grain,
+    fan_in: usize,
+    parallel: usize,
+    strings: Strings,
+    held: usize,
+) {
+    check_sorting(inputs, grain, fan_in, parallel, strings, None, held);
 }
 
 /// [`check_with`], each input first sorted `sort_chunk` rows at a time
@@ -394,6 +403,7 @@ fn check_sorting(
     parallel: usize,
     strings: Strings,
     sort_chunk: Option<usize>,
+    held: usize,
 ) {
     let decl = decl();
     let mut want: BTreeMap<RowKey, Totals> = BTreeMap::new();
@@ -422,16 +432,22 @@ fn check_sorting(
                     .unwrap();
             }
         }
-        let mut merge = MergeReader::merge_with_fan_in(layout, streams, fan_in, parallel)
-            .await
-            .unwrap();
+        let budget = super::spill::Budget::new(held);
+        let mut merge =
+            MergeReader::merge_in_groups(layout, streams, fan_in, parallel, budget.clone())
+                .await
+                .unwrap();
         let mut out = Vec::new();
         while let Some(b) = merge.next_batch().await.unwrap() {
             assert!(b.num_rows() > 0);
             out.extend(rows_of(&b, grain));
         }
         assert_eq!(merge.unconserved(), None, "fan-in {fan_in}");
-        (out, merge.rows_read())
+        let rows_read = merge.rows_read();
+        drop(merge);
+        // Every byte a held run took is given back once it is read.
+        assert_eq!(budget.left(), held);
+        (out, rows_read)
     });
     // A file sorted from several runs is read as the runs merged (folded).
     match sort_chunk {
@@ -534,7 +550,7 @@ proptest! {
         chunk in prop::sample::select(vec![1usize, 4, 17, 1000]),
         strings in prop::sample::select(vec![Strings::Plain, Strings::Dictionary, Strings::Mixed]),
     ) {
-        check_sorting(inputs, grain, 3, 1, strings, Some(chunk));
+        check_sorting(inputs, grain, 3, 1, strings, Some(chunk), super::spill::HELD_BYTES);
     }
 }
 
