@@ -321,6 +321,7 @@ mod tests {
             records: 10,
             bytes,
             sort_order: None,
+            ts_bounds: None,
         }
     }
 

@@ -37,6 +37,9 @@ pub struct LiveFile {
     /// The sort order its rows are in, as its manifest entry records it
     /// (`None`: unsorted).
     pub sort_order: Option<i32>,
+    /// The least and greatest `ts` of its rows, in microseconds, as its
+    /// manifest entry records them (`None`: it records none).
+    pub ts_bounds: Option<(i64, i64)>,
 }
 
 impl LiveFile {
@@ -119,6 +122,20 @@ pub fn grain_of_spec(spec: &PartitionSpec, schema: &Schema) -> Option<Grain> {
         .find(|g| g.partition_transform() == field.transform)
 }
 
+/// The `ts` bounds data file `f`'s manifest entry records for field
+/// `ts_id`, in microseconds.
+pub fn ts_bounds(f: &iceberg::spec::DataFile, ts_id: Option<i32>) -> Option<(i64, i64)> {
+    let id = ts_id?;
+    let bound = |bounds: &std::collections::HashMap<i32, iceberg::spec::Datum>| match bounds
+        .get(&id)?
+        .literal()
+    {
+        PrimitiveLiteral::Long(v) => Some(*v),
+        _ => None,
+    };
+    Some((bound(f.lower_bounds())?, bound(f.upper_bounds())?))
+}
+
 /// Read the live files of `table`'s current snapshot.
 pub async fn load(table: &TableHandle) -> Result<TableState> {
     let meta = &table.metadata;
@@ -126,6 +143,7 @@ pub async fn load(table: &TableHandle) -> Result<TableState> {
         return Ok(TableState::default());
     };
     let schema = meta.current_schema();
+    let ts_id = schema.field_by_name("ts").map(|f| f.id);
     let list = table.manifest_list(snapshot).await?;
     let mut state = TableState {
         snapshot_id: Some(snapshot.snapshot_id()),
@@ -188,6 +206,7 @@ pub async fn load(table: &TableHandle) -> Result<TableState> {
                 records: f.record_count(),
                 bytes: f.file_size_in_bytes(),
                 sort_order: f.sort_order_id(),
+                ts_bounds: ts_bounds(f, ts_id),
             });
         }
     }

@@ -224,6 +224,7 @@ impl Manifests {
                             records: f.record_count(),
                             bytes: f.file_size_in_bytes(),
                             sort_order: f.sort_order_id(),
+                            ts_bounds: None,
                         },
                         status: e.status(),
                         snapshot_id: e.snapshot_id(),

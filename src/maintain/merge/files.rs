@@ -323,6 +323,7 @@ pub fn read_file(
         records,
         bytes,
         sort_order: None,
+        ts_bounds: None,
     };
     iceberg_stream(table, &file, field_ids, super::READ_BATCH)
 }

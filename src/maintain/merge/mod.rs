@@ -252,7 +252,23 @@ impl MergeReader {
             inputs[i] = (name, sorted);
         }
         drop(sorting);
-        Self::merge_with_fan_in(layout, inputs, spill::FAN_IN, parallel).await
+        // Rows of two files fold only if the files share a bucket of the
+        // grain: a merge in groups merges each bucket's files together.
+        let buckets: Vec<_> = files
+            .iter()
+            .map(|f| {
+                f.ts_bounds
+                    .map(|(lo, hi)| (grain.truncate(lo), grain.truncate(hi)))
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by_key(|&i| buckets[i]);
+        let mut inputs: Vec<_> = inputs.into_iter().map(Some).collect();
+        let inputs: Vec<_> = order.iter().filter_map(|&i| inputs[i].take()).collect();
+        let buckets: Vec<_> = order.iter().map(|&i| buckets[i]).collect();
+        let sizes = group_sizes(&buckets, spill::FAN_IN);
+        let budget = spill::Budget::new(spill::HELD_BYTES);
+        Self::merge_in_groups(layout, inputs, spill::FAN_IN, parallel, budget, sizes).await
     }
 
     /// Merge `inputs` (each named, for errors), every one sorted by key.
@@ -273,29 +289,37 @@ impl MergeReader {
         parallel: usize,
     ) -> Result<Self> {
         let budget = spill::Budget::new(spill::HELD_BYTES);
-        Self::merge_in_groups(layout, inputs, fan_in, parallel, budget).await
+        Self::merge_in_groups(layout, inputs, fan_in, parallel, budget, Vec::new()).await
     }
 
     /// [`MergeReader::merge_with_fan_in`], the runs held in memory while
-    /// they take less than `budget` allows.
+    /// they take less than `budget` allows, in groups of `sizes` inputs
+    /// (each at most `fan_in`; none given: `fan_in` at a time).
     async fn merge_in_groups(
         layout: Layout,
         mut inputs: Vec<(String, BatchStream)>,
         fan_in: usize,
         parallel: usize,
         budget: spill::Budget,
+        mut sizes: Vec<usize>,
     ) -> Result<Self> {
         let fan_in = fan_in.max(2);
         if inputs.len() <= fan_in {
             return Self::merge_at_once(layout, inputs).await;
         }
         let total = inputs.len();
-        let groups = total.div_ceil(fan_in);
+        if sizes.iter().sum::<usize>() != total || sizes.iter().any(|&n| n == 0 || n > fan_in) {
+            sizes = vec![fan_in; total / fan_in];
+            if total % fan_in > 0 {
+                sizes.push(total % fan_in);
+            }
+        }
+        let groups = sizes.len();
         let run_rows = batch_rows(groups.min(fan_in));
         let mut work = Vec::with_capacity(groups);
-        for g in 0..groups {
-            let group: Vec<_> = inputs.drain(..fan_in.min(inputs.len())).collect();
-            let first = g * fan_in;
+        let mut first = 0;
+        for (g, size) in sizes.into_iter().enumerate() {
+            let group: Vec<_> = inputs.drain(..size).collect();
             let name = format!(
                 "merged run {} of {groups} (inputs {} to {} of {total}, from {})",
                 g + 1,
@@ -303,6 +327,7 @@ impl MergeReader {
                 first + group.len(),
                 group[0].0
             );
+            first += group.len();
             let layout = layout.clone();
             let what = format!("merging {name}");
             let budget = budget.clone();
@@ -326,7 +351,12 @@ impl MergeReader {
             runs.push((name, run));
         }
         let mut merge = Box::pin(Self::merge_in_groups(
-            layout, runs, fan_in, parallel, budget,
+            layout,
+            runs,
+            fan_in,
+            parallel,
+            budget,
+            Vec::new(),
         ))
         .await?;
         merge.upstream = Some(upstream);
@@ -609,6 +639,47 @@ impl MergeReader {
         );
         Ok(RecordBatch::try_new(layout.schema.clone(), columns)?)
     }
+}
+
+/// The sizes of the groups a merge of inputs in `buckets` (each input's
+/// bucket of the grain, in merge order: equal buckets next to each other)
+/// merges at once, at most `fan_in` each: a bucket is never split unless it
+/// alone holds more, so that its rows fold before the groups' runs are
+/// merged; a bucket of a quarter of `fan_in` inputs or more is a group of
+/// its own (a smaller tree), and smaller ones are packed together.
+fn group_sizes<B: PartialEq>(buckets: &[B], fan_in: usize) -> Vec<usize> {
+    let fan_in = fan_in.max(2);
+    let alone = (fan_in / 4).max(1);
+    let mut sizes = Vec::new();
+    let mut current = 0;
+    // Whether the group being filled holds a bucket of `alone` or more.
+    let mut big = false;
+    let mut at = 0;
+    while at < buckets.len() {
+        let mut left = buckets[at..]
+            .iter()
+            .take_while(|b| **b == buckets[at])
+            .count();
+        at += left;
+        if current > 0 && (current + left > fan_in || left >= alone || big) {
+            sizes.push(current);
+            current = 0;
+        }
+        big = left >= alone;
+        while left > 0 {
+            let take = left.min(fan_in - current);
+            current += take;
+            left -= take;
+            if current == fan_in {
+                sizes.push(current);
+                current = 0;
+            }
+        }
+    }
+    if current > 0 {
+        sizes.push(current);
+    }
+    sizes
 }
 
 /// Rows per read batch of each of `inputs` inputs.
