@@ -8,11 +8,13 @@
 //! `SortPreservingMergeExec` merges cursors, in a loser tree whose heads
 //! carry offset-value codes ([`tree`]); output batches are gathered
 //! with arrow's `interleave`. A merge of more files than [`spill::FAN_IN`]
-//! merges them a group at a time into runs in temporary files, then the
-//! runs. A file whose manifest entry does not say it is in the table's key
-//! order (another engine's) is sorted first ([`sort`]); one that says so
-//! and is not stops the merge with an [`OutOfOrder`] error, before
-//! anything is committed.
+//! merges them a group at a time into runs (held in memory or in temporary
+//! files, see [`spill`]), then the runs; a group holds the files of one
+//! bucket of the grain (rows of two buckets never fold), or several small
+//! buckets ([`spill::group_sizes`]). A file whose manifest entry does not
+//! say it is in the table's key order (another engine's) is sorted first
+//! ([`sort`]); one that says so and is not stops the merge with an
+//! [`OutOfOrder`] error, before anything is committed.
 
 mod files;
 mod layout;
@@ -266,8 +268,8 @@ impl MergeReader {
         let mut inputs: Vec<_> = inputs.into_iter().map(Some).collect();
         let inputs: Vec<_> = order.iter().filter_map(|&i| inputs[i].take()).collect();
         let buckets: Vec<_> = order.iter().map(|&i| buckets[i]).collect();
-        let sizes = group_sizes(&buckets, spill::FAN_IN);
-        let budget = spill::Budget::new(spill::HELD_BYTES);
+        let sizes = spill::group_sizes(&buckets, spill::FAN_IN);
+        let budget = spill::Budget::shared();
         Self::merge_in_groups(layout, inputs, spill::FAN_IN, parallel, budget, sizes).await
     }
 
@@ -288,7 +290,7 @@ impl MergeReader {
         fan_in: usize,
         parallel: usize,
     ) -> Result<Self> {
-        let budget = spill::Budget::new(spill::HELD_BYTES);
+        let budget = spill::Budget::shared();
         Self::merge_in_groups(layout, inputs, fan_in, parallel, budget, Vec::new()).await
     }
 
@@ -639,47 +641,6 @@ impl MergeReader {
         );
         Ok(RecordBatch::try_new(layout.schema.clone(), columns)?)
     }
-}
-
-/// The sizes of the groups a merge of inputs in `buckets` (each input's
-/// bucket of the grain, in merge order: equal buckets next to each other)
-/// merges at once, at most `fan_in` each: a bucket is never split unless it
-/// alone holds more, so that its rows fold before the groups' runs are
-/// merged; a bucket of a quarter of `fan_in` inputs or more is a group of
-/// its own (a smaller tree), and smaller ones are packed together.
-fn group_sizes<B: PartialEq>(buckets: &[B], fan_in: usize) -> Vec<usize> {
-    let fan_in = fan_in.max(2);
-    let alone = (fan_in / 4).max(1);
-    let mut sizes = Vec::new();
-    let mut current = 0;
-    // Whether the group being filled holds a bucket of `alone` or more.
-    let mut big = false;
-    let mut at = 0;
-    while at < buckets.len() {
-        let mut left = buckets[at..]
-            .iter()
-            .take_while(|b| **b == buckets[at])
-            .count();
-        at += left;
-        if current > 0 && (current + left > fan_in || left >= alone || big) {
-            sizes.push(current);
-            current = 0;
-        }
-        big = left >= alone;
-        while left > 0 {
-            let take = left.min(fan_in - current);
-            current += take;
-            left -= take;
-            if current == fan_in {
-                sizes.push(current);
-                current = 0;
-            }
-        }
-    }
-    if current > 0 {
-        sizes.push(current);
-    }
-    sizes
 }
 
 /// Rows per read batch of each of `inputs` inputs.

@@ -3,13 +3,13 @@
 //! sorted run written to a temporary file (Arrow IPC, LZ4-compressed), and
 //! then merges the runs: memory is bounded by the fan-in, not by the number
 //! of files (a compaction of 1,440 minute files holds 64 open readers, not
-//! 1,440). A run may instead be held in memory while the runs of its merge
-//! hold less than a [`Budget`] (runs folded from many files are small: the
-//! 1,440 minute files of an hour fold into 60 minutes of keys), which spares
-//! encoding, compressing, writing and reading it back; a run that would
-//! pass the budget goes to a file, the batches it held first. The files
-//! are unlinked when created, so nothing outlives the process, whatever
-//! ends it.
+//! 1,440). A run may instead be held in memory while the runs of every
+//! merge of the process hold less than a [`Budget`] of [`HELD_BYTES`]
+//! (runs folded from many files are small: the 1,440 minute files of an
+//! hour fold into 60 minutes of keys), which spares encoding, compressing,
+//! writing and reading it back; a run that would pass the budget goes to a
+//! file, the batches it held first. The files are unlinked when created, so
+//! nothing outlives the process, whatever ends it.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -40,17 +40,24 @@ fn spill_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) ->
     .with_source(e)
 }
 
-/// Bytes the runs of one merge may hold in memory, at most.
+/// Bytes the runs of every merge of the process may hold in memory, at
+/// most, whatever the number of merges at once.
 pub(super) const HELD_BYTES: usize = 32 << 20;
 
-/// What the runs of one merge may still hold in memory, in bytes: taken by
-/// a batch a run holds, given back as the batch is read or dropped.
+/// What merged runs may still hold in memory, in bytes: taken by a batch a
+/// run holds, given back as the batch is read or dropped.
 #[derive(Debug, Clone)]
 pub(super) struct Budget(Arc<AtomicUsize>);
 
 impl Budget {
     pub(super) fn new(bytes: usize) -> Self {
         Self(Arc::new(AtomicUsize::new(bytes)))
+    }
+
+    /// The budget of [`HELD_BYTES`] every merge of the process shares.
+    pub(super) fn shared() -> Self {
+        static SHARED: std::sync::OnceLock<Budget> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| Self::new(HELD_BYTES)).clone()
     }
 
     /// Take `bytes`, if that much is left.
@@ -71,6 +78,47 @@ impl Budget {
     pub(super) fn left(&self) -> usize {
         self.0.load(Ordering::Acquire)
     }
+}
+
+/// The sizes of the groups a merge of inputs in `buckets` (each input's
+/// bucket of the grain, in merge order: equal buckets next to each other)
+/// merges at once, at most `fan_in` each: a bucket is never split unless it
+/// alone holds more, so that its rows fold before the groups' runs are
+/// merged; a bucket of a quarter of `fan_in` inputs or more is a group of
+/// its own (a smaller tree), and smaller ones are packed together.
+pub(super) fn group_sizes<B: PartialEq>(buckets: &[B], fan_in: usize) -> Vec<usize> {
+    let fan_in = fan_in.max(2);
+    let alone = (fan_in / 4).max(1);
+    let mut sizes = Vec::new();
+    let mut current = 0;
+    // Whether the group being filled holds a bucket of `alone` or more.
+    let mut big = false;
+    let mut at = 0;
+    while at < buckets.len() {
+        let mut left = buckets[at..]
+            .iter()
+            .take_while(|b| **b == buckets[at])
+            .count();
+        at += left;
+        if current > 0 && (current + left > fan_in || left >= alone || big) {
+            sizes.push(current);
+            current = 0;
+        }
+        big = left >= alone;
+        while left > 0 {
+            let take = left.min(fan_in - current);
+            current += take;
+            left -= take;
+            if current == fan_in {
+                sizes.push(current);
+                current = 0;
+            }
+        }
+    }
+    if current > 0 {
+        sizes.push(current);
+    }
+    sizes
 }
 
 /// One merged run being written.

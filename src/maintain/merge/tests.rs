@@ -441,7 +441,7 @@ fn check_sorting(
                 Some((ts.clone().min()?, ts.max()?))
             })
             .collect();
-        let sizes = super::group_sizes(&buckets, fan_in);
+        let sizes = super::spill::group_sizes(&buckets, fan_in);
         let budget = super::spill::Budget::new(held);
         let mut merge =
             MergeReader::merge_in_groups(layout, streams, fan_in, parallel, budget.clone(), sizes)
@@ -572,7 +572,7 @@ fn groups_keep_each_bucket_whole_and_big_buckets_apart() {
             .iter()
             .flat_map(|&(b, n)| std::iter::repeat_n(b, n))
             .collect();
-        super::group_sizes(&buckets, fan_in)
+        super::spill::group_sizes(&buckets, fan_in)
     };
     // An hour of minute files, 24 a minute: a group a minute.
     let hour: Vec<(u32, usize)> = (0..60).map(|m| (m, 24)).collect();
