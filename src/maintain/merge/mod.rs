@@ -189,6 +189,9 @@ pub struct MergeReader {
     upstream: Option<(Vec<DayTotals>, u64)>,
     /// Per input, the totals of the rows read from it so far, as stored.
     read: Vec<DayTotals>,
+    /// When the inputs were merged in another order than they were given:
+    /// per input merged, its place among those given.
+    order: Option<Vec<usize>>,
     /// Totals of the rows merged so far.
     written: DayTotals,
     /// Injected faults (the gauntlet's `drop_row`), and the table location
@@ -254,23 +257,40 @@ impl MergeReader {
             inputs[i] = (name, sorted);
         }
         drop(sorting);
-        // Rows of two files fold only if the files share a bucket of the
-        // grain: a merge in groups merges each bucket's files together.
-        let buckets: Vec<_> = files
+        let buckets = files
             .iter()
             .map(|f| {
                 f.ts_bounds
                     .map(|(lo, hi)| (grain.truncate(lo), grain.truncate(hi)))
             })
             .collect();
+        let budget = spill::Budget::shared();
+        Self::merge_by_bucket(layout, inputs, buckets, spill::FAN_IN, parallel, budget).await
+    }
+
+    /// Merge `inputs`, input `i`'s rows all in bucket `buckets[i]` of the
+    /// grain (if known), `fan_in` at a time. Rows of two inputs fold only if
+    /// they share a bucket, so the inputs are merged in order of bucket, in
+    /// groups that keep a bucket whole ([`spill::group_sizes`]); the totals
+    /// read are still given by input in the order of `inputs`.
+    async fn merge_by_bucket<B: Ord + Copy>(
+        layout: Layout,
+        inputs: Vec<(String, BatchStream)>,
+        buckets: Vec<B>,
+        fan_in: usize,
+        parallel: usize,
+        budget: spill::Budget,
+    ) -> Result<Self> {
         let mut order: Vec<usize> = (0..inputs.len()).collect();
         order.sort_by_key(|&i| buckets[i]);
         let mut inputs: Vec<_> = inputs.into_iter().map(Some).collect();
         let inputs: Vec<_> = order.iter().filter_map(|&i| inputs[i].take()).collect();
         let buckets: Vec<_> = order.iter().map(|&i| buckets[i]).collect();
-        let sizes = spill::group_sizes(&buckets, spill::FAN_IN);
-        let budget = spill::Budget::shared();
-        Self::merge_in_groups(layout, inputs, spill::FAN_IN, parallel, budget, sizes).await
+        let sizes = spill::group_sizes(&buckets, fan_in);
+        let mut merge =
+            Self::merge_in_groups(layout, inputs, fan_in, parallel, budget, sizes).await?;
+        merge.order = Some(order);
+        Ok(merge)
     }
 
     /// Merge `inputs` (each named, for errors), every one sorted by key.
@@ -385,6 +405,7 @@ impl MergeReader {
             rows_read: 0,
             upstream: None,
             read,
+            order: None,
             written: totals,
             faults: None,
         };
@@ -549,10 +570,18 @@ impl MergeReader {
         read.differs(&self.written)
     }
 
-    /// Per input (each file of a merge that spilled runs), the totals of
-    /// the rows read from it so far.
-    pub fn read_by_input(&self) -> &[DayTotals] {
-        self.upstream.as_ref().map_or(&self.read, |(t, _)| t)
+    /// Per input as given (each file of a merge that spilled runs), the
+    /// totals of the rows read from it so far.
+    pub fn read_by_input(&self) -> Vec<&DayTotals> {
+        let merged = self.upstream.as_ref().map_or(&self.read, |(t, _)| t);
+        let Some(order) = &self.order else {
+            return merged.iter().collect();
+        };
+        let mut given = vec![None; merged.len()];
+        for (read, &i) in merged.iter().zip(order) {
+            given[i] = Some(read);
+        }
+        given.into_iter().flatten().collect()
     }
 
     /// The totals of the rows merged so far.

@@ -251,3 +251,42 @@ impl Drop for Held {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn groups_keep_each_bucket_whole_and_big_buckets_apart() {
+        let sizes = |runs: &[(u32, usize)], fan_in| {
+            let buckets: Vec<u32> = runs
+                .iter()
+                .flat_map(|&(b, n)| std::iter::repeat_n(b, n))
+                .collect();
+            super::group_sizes(&buckets, fan_in)
+        };
+        // An hour of minute files, 24 a minute: a group a minute.
+        let hour: Vec<(u32, usize)> = (0..60).map(|m| (m, 24)).collect();
+        assert_eq!(sizes(&hour, 64), vec![24; 60]);
+        // One file a bucket: packed to the fan-in.
+        let ones: Vec<(u32, usize)> = (0..150).map(|m| (m, 1)).collect();
+        assert_eq!(sizes(&ones, 64), vec![64, 64, 22]);
+        // Small buckets packed without splitting one; a big one alone, split
+        // only when it holds more than the fan-in.
+        assert_eq!(
+            sizes(
+                &[
+                    (0, 1),
+                    (1, 2),
+                    (2, 3),
+                    (3, 20),
+                    (4, 3),
+                    (5, 70),
+                    (6, 2),
+                    (7, 3)
+                ],
+                16
+            ),
+            vec![6, 16, 4, 3, 16, 16, 16, 16, 6, 5]
+        );
+        assert_eq!(sizes(&[], 64), Vec::<usize>::new());
+    }
+}
