@@ -331,10 +331,10 @@ impl MergeReader {
         }
         let total = inputs.len();
         if sizes.iter().sum::<usize>() != total || sizes.iter().any(|&n| n == 0 || n > fan_in) {
-            sizes = vec![fan_in; total / fan_in];
-            if total % fan_in > 0 {
-                sizes.push(total % fan_in);
-            }
+            sizes = (0..total)
+                .step_by(fan_in)
+                .map(|at| fan_in.min(total - at))
+                .collect();
         }
         let groups = sizes.len();
         let run_rows = batch_rows(groups.min(fan_in));
