@@ -281,12 +281,13 @@ impl MergeReader {
         parallel: usize,
         budget: spill::Budget,
     ) -> Result<Self> {
-        let mut order: Vec<usize> = (0..inputs.len()).collect();
-        order.sort_by_key(|&i| buckets[i]);
-        let mut inputs: Vec<_> = inputs.into_iter().map(Some).collect();
-        let inputs: Vec<_> = order.iter().filter_map(|&i| inputs[i].take()).collect();
-        let buckets: Vec<_> = order.iter().map(|&i| buckets[i]).collect();
+        // A stable sort: inputs of one bucket keep their order.
+        let mut keyed: Vec<_> = inputs.into_iter().zip(buckets).enumerate().collect();
+        keyed.sort_by_key(|(_, (_, bucket))| *bucket);
+        let buckets: Vec<B> = keyed.iter().map(|(_, (_, bucket))| *bucket).collect();
         let sizes = spill::group_sizes(&buckets, fan_in);
+        let (order, inputs): (Vec<usize>, Vec<_>) =
+            keyed.into_iter().map(|(i, (input, _))| (i, input)).unzip();
         let mut merge =
             Self::merge_in_groups(layout, inputs, fan_in, parallel, budget, sizes).await?;
         merge.order = Some(order);
@@ -315,8 +316,8 @@ impl MergeReader {
     }
 
     /// [`MergeReader::merge_with_fan_in`], the runs held in memory while
-    /// they take less than `budget` allows, in groups of `sizes` inputs
-    /// (each at most `fan_in`; none given: `fan_in` at a time).
+    /// they take less than `budget` allows, in groups of `sizes` inputs (as
+    /// [`spill::group_sizes`] makes them; none given: `fan_in` at a time).
     async fn merge_in_groups(
         layout: Layout,
         mut inputs: Vec<(String, BatchStream)>,
@@ -330,11 +331,9 @@ impl MergeReader {
             return Self::merge_at_once(layout, inputs).await;
         }
         let total = inputs.len();
-        if sizes.iter().sum::<usize>() != total || sizes.iter().any(|&n| n == 0 || n > fan_in) {
-            sizes = (0..total)
-                .step_by(fan_in)
-                .map(|at| fan_in.min(total - at))
-                .collect();
+        if sizes.is_empty() {
+            // No buckets known: one, split at the fan-in.
+            sizes = spill::group_sizes(&vec![(); total], fan_in);
         }
         let groups = sizes.len();
         let run_rows = batch_rows(groups.min(fan_in));
